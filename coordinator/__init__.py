@@ -1,0 +1,1 @@
+"""The coordinator: builds a job, starts or finds its workers, feeds data, evaluates, records."""

@@ -1,0 +1,103 @@
+"""The `dni` command: run a job, serve a worker, plot runs."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from coordinator.data import DataError
+from coordinator.job import SHORTCUTS, load_job, with_addresses
+from coordinator.launcher import WorkerDied
+from coordinator.pipeline import PipelineError
+from coordinator.plots import plot_accuracy
+from protocol import ProtocolError
+from workers import cli as worker_cli
+from workers.modes import MODE_NAMES
+from workers.spec import ConfigError
+
+OVERRIDES = {  # flag -> (job setting, type, help)
+    "--mode": ("mode", str, f"training mode: {', '.join(MODE_NAMES)}"),
+    "--iterations": ("iterations", int, "training steps (batches)"),
+    "--epochs": ("epochs", int, "train for this many epochs instead of --iterations"),
+    "--batch-size": ("batch_size", int, "examples per training batch"),
+    "--lr": ("lr", float, "learning rate of every optimiser"),
+    "--seed": ("seed", int, "seed for weights and data order"),
+    "--eval-every": ("eval_every", int, "steps between test evaluations (0: once per epoch)"),
+    "--window": ("window", int, "batches a stage may run ahead of its true gradients (unlocked modes)"),
+    "--threads": ("threads", int, "torch threads per worker (0: share this machine's cores)"),
+    "--data-root": ("data_root", str, "dataset folder (else $DNI_DATA_ROOT, else ./data)"),
+    "--results": ("results", str, "folder for run folders (default ./runs)"),
+    "--name": ("name", str, "run name (default: the job file's name)"),
+    "--train-subset": ("train_subset", int, "use only the first N training examples"),
+    "--test-subset": ("test_subset", int, "use only the first N test examples"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dni", description="Decoupled Neural Interfaces: one worker process per layer.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="train a job", description=(
+        "Train a job: a shortcut (" + ", ".join(SHORTCUTS) + ") or a TOML job file. Flags override the file. "
+        "Without --workers, one local worker process per stage is started."))
+    run.add_argument("job", help="mnist, cifar10, or a path to a job file (see README: job files)")
+    for flag, (_, kind, text) in OVERRIDES.items():
+        run.add_argument(flag, type=kind, help=text, choices=MODE_NAMES if flag == "--mode" else None)
+    run.add_argument("--no-verify-data", action="store_true", help="skip dataset checksums (for rebuilt local copies)")
+    run.add_argument("--no-download", action="store_true", help="never download datasets")
+    run.add_argument("--record-spans", action="store_true", help="record per-worker activity spans (spans.json)")
+    run.add_argument("--workers", help="comma-separated addresses of running workers (tcp://host:port,...), one per stage")
+    run.add_argument("--bind", help="address of the coordinator's inbox (default: ipc for local workers, tcp://0.0.0.0:5550 for remote)")
+    run.add_argument("--advertise", help="address workers use to reach the coordinator (default: derived from --bind)")
+    run.add_argument("--transport", choices=["ipc", "tcp"], default="ipc", help="how local workers talk (default ipc)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+    worker = commands.add_parser("worker", help="serve one pipeline stage", description="Serve one pipeline stage; the coordinator configures it.")
+    worker_cli.add_arguments(worker)
+
+    plot = commands.add_parser("plot", help="draw the accuracy of several runs into one plot")
+    plot.add_argument("runs", nargs="+", type=Path, help="run folders")
+    plot.add_argument("-o", "--output", type=Path, default=Path("accuracy.png"))
+    plot.add_argument("--title", default="Test accuracy")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.command == "worker":
+        sys.exit(worker_cli.run(args))
+    if args.command == "plot":
+        print(plot_accuracy(args.runs, args.output, args.title))
+        return
+    sys.exit(_run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
+    from coordinator.run import run_job
+
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    log = logging.getLogger("dni")
+    overrides = {setting: getattr(args, flag[2:].replace("-", "_")) for flag, (setting, _, _) in OVERRIDES.items()}
+    overrides.update(verify_data=False if args.no_verify_data else None, download=False if args.no_download else None,
+                     record_spans=True if args.record_spans else None)
+    try:
+        job = load_job(args.job, overrides)
+        if args.workers:
+            job = with_addresses(job, [address.strip() for address in args.workers.split(",")])
+        folder, summary = run_job(job, args.bind, args.advertise, args.transport, not args.no_progress)
+    except (ConfigError, DataError, ProtocolError) as error:
+        log.error("%s", error)
+        return 2
+    except (PipelineError, WorkerDied) as error:
+        log.error("run failed: %s", error)
+        return 1
+    except KeyboardInterrupt:
+        log.error("interrupted; workers stopped")
+        return 130
+    print(json.dumps({key: summary[key] for key in ("test_accuracy", "wall_seconds", "samples_per_second")}))
+    print(f"results: {folder.path}")
+    return 0

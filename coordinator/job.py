@@ -1,0 +1,168 @@
+"""A job: what to train, how, and where its workers live. Read from TOML, checked before anything starts."""
+from __future__ import annotations
+
+import math
+import os
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Optional
+
+from workers.modes import MODE_NAMES, Mode
+from workers.spec import OPTIMIZERS, ConfigError, OptimizerSpec, StageSpec, SynthesizerSpec
+
+JOBS_DIR = Path(__file__).parent / "jobs"
+SHORTCUTS = {"mnist": JOBS_DIR / "mnist_fcn.toml", "cifar10": JOBS_DIR / "cifar10_cnn.toml"}
+DATASETS = ("mnist", "cifar10")
+DATA_ROOT_ENV = "DNI_DATA_ROOT"
+STAGE_KEYS = ("kind", "device", "address", "synthesizer")
+JOB_KEYS = {
+    "name": str, "dataset": str, "mode": str, "batch_size": int, "iterations": int, "epochs": int,
+    "seed": int, "eval_every": int, "eval_batch_size": int, "window": int, "threads": int,
+    "data_root": str, "results": str, "train_subset": int, "test_subset": int, "verify_data": bool,
+    "download": bool, "record_spans": bool, "optimizer": dict, "stages": list,
+}
+
+
+@dataclass(frozen=True)
+class StageEntry:
+    spec: StageSpec
+    address: Optional[str] = None  # a remote worker; None means a local process
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    dataset: str
+    stages: tuple[StageEntry, ...]
+    mode: Mode = Mode.SG
+    batch_size: int = 256
+    iterations: int = 25_000
+    epochs: int = 0  # when set, overrides iterations
+    seed: int = 0
+    eval_every: int = 0  # steps between evaluations; 0 means once per epoch
+    eval_batch_size: int = 1000
+    window: int = 4
+    threads: int = 0  # torch threads per worker; 0 shares this machine's cores among the workers
+    data_root: str = ""
+    results: str = "runs"
+    train_subset: int = 0  # use only the first N training examples (0: all)
+    test_subset: int = 0
+    verify_data: bool = True  # checksum datasets as torchvision does; off for rebuilt local copies
+    download: bool = True
+    record_spans: bool = False
+    optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
+
+    def resolved_data_root(self) -> Path:
+        return Path(self.data_root or os.environ.get(DATA_ROOT_ENV) or "data")
+
+    def total_steps(self, train_size: int) -> int:
+        if self.epochs:
+            return self.epochs * self.steps_per_epoch(train_size)
+        return self.iterations
+
+    def steps_per_epoch(self, train_size: int) -> int:
+        return max(1, train_size // self.batch_size)
+
+    def threads_per_worker(self) -> int:
+        return self.threads or max(1, (os.cpu_count() or 1) // len(self.stages))
+
+
+def load_job(target: str, overrides: Optional[dict[str, Any]] = None) -> Job:
+    """A job from a shortcut name or a TOML file, with command-line overrides applied on top."""
+    path = SHORTCUTS.get(target, Path(target))
+    if not path.is_file():
+        raise ConfigError(f"job {target!r} is neither a shortcut ({', '.join(SHORTCUTS)}) nor a TOML file")
+    try:
+        table = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: not valid TOML: {error}") from error
+    table.setdefault("name", path.stem)
+    overrides = {key: value for key, value in (overrides or {}).items() if value is not None}
+    if "lr" in overrides:
+        table["optimizer"] = {**table.get("optimizer", {}), "lr": overrides.pop("lr")}
+    table.update(overrides)
+    return job_from_table(table, str(path))
+
+
+def job_from_table(table: dict[str, Any], origin: str = "job") -> Job:
+    for key, value in table.items():
+        if key not in JOB_KEYS:
+            raise ConfigError(f"{origin}: unknown setting {key!r}; known: {', '.join(sorted(JOB_KEYS))}")
+        kind = JOB_KEYS[key]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ConfigError(f"{origin}: {key} must be {kind.__name__}, got {value!r:.60}")
+    if "stages" not in table or "dataset" not in table:
+        raise ConfigError(f"{origin}: a job needs 'dataset' and at least two [[stages]]")
+    job = Job(
+        name=table["name"],
+        dataset=table["dataset"],
+        stages=tuple(_stage(entry, index, origin) for index, entry in enumerate(table["stages"])),
+        mode=_mode(table.get("mode", "sg"), origin),
+        optimizer=_optimizer(table.get("optimizer", {}), origin),
+        **{key: value for key, value in table.items() if key not in ("name", "dataset", "stages", "mode", "optimizer")},
+    )
+    _validate(job, origin)
+    return job
+
+
+def _stage(entry: Any, index: int, origin: str) -> StageEntry:
+    where = f"{origin}: stages[{index}]"
+    if not isinstance(entry, dict) or not isinstance(entry.get("kind"), str):
+        raise ConfigError(f"{where} needs a 'kind' (a registered stage name or package.module:Name)")
+    synthesizer = entry.get("synthesizer", {})
+    if not isinstance(synthesizer, dict):
+        raise ConfigError(f"{where}.synthesizer must be a table like {{ kind = \"mlp\", hidden = 1024 }}")
+    synthesizer = dict(synthesizer)
+    spec = StageSpec(
+        kind=entry["kind"],
+        params={key: value for key, value in entry.items() if key not in STAGE_KEYS},
+        synthesizer=SynthesizerSpec(kind=str(synthesizer.pop("kind", "mlp")), params=synthesizer),
+        device=str(entry.get("device", "cpu")),
+    )
+    address = entry.get("address")
+    if address is not None and not (isinstance(address, str) and address.startswith(("tcp://", "ipc://"))):
+        raise ConfigError(f"{where}.address must be a tcp:// or ipc:// address, got {address!r:.60}")
+    return StageEntry(spec, address)
+
+
+def _mode(value: str, origin: str) -> Mode:
+    if value not in MODE_NAMES:
+        raise ConfigError(f"{origin}: mode {value!r} is not one of {', '.join(MODE_NAMES)}")
+    return Mode(value)
+
+
+def _optimizer(table: dict[str, Any], origin: str) -> OptimizerSpec:
+    unknown = set(table) - {"name", "lr"}
+    if unknown:
+        raise ConfigError(f"{origin}: optimizer has unknown settings {sorted(unknown)}; known: name, lr")
+    spec = OptimizerSpec(**table)
+    if spec.name not in OPTIMIZERS:
+        raise ConfigError(f"{origin}: optimizer.name {spec.name!r} is not one of {', '.join(OPTIMIZERS)}")
+    if not (isinstance(spec.lr, (int, float)) and not isinstance(spec.lr, bool) and math.isfinite(spec.lr) and spec.lr > 0):
+        raise ConfigError(f"{origin}: optimizer.lr must be a positive number, got {spec.lr!r}")
+    return spec
+
+
+def _validate(job: Job, origin: str) -> None:
+    if job.dataset not in DATASETS:
+        raise ConfigError(f"{origin}: dataset {job.dataset!r} is not one of {', '.join(DATASETS)}")
+    if len(job.stages) < 2:
+        raise ConfigError(f"{origin}: a pipeline needs at least two stages, got {len(job.stages)}")
+    for name in ("batch_size", "eval_batch_size", "window"):
+        if getattr(job, name) < 1:
+            raise ConfigError(f"{origin}: {name} must be at least 1, got {getattr(job, name)}")
+    for name in ("iterations", "epochs", "eval_every", "threads", "train_subset", "test_subset"):
+        if getattr(job, name) < 0:
+            raise ConfigError(f"{origin}: {name} must not be negative, got {getattr(job, name)}")
+    if not (job.iterations or job.epochs):
+        raise ConfigError(f"{origin}: set iterations or epochs")
+    remote = [entry.address is not None for entry in job.stages]
+    if any(remote) and not all(remote):
+        raise ConfigError(f"{origin}: either every stage has an address (remote workers) or none does")
+
+
+def with_addresses(job: Job, addresses: list[str]) -> Job:
+    if len(addresses) != len(job.stages):
+        raise ConfigError(f"--workers lists {len(addresses)} addresses but the job has {len(job.stages)} stages")
+    return replace(job, stages=tuple(replace(entry, address=address) for entry, address in zip(job.stages, addresses)))

@@ -1,0 +1,58 @@
+"""Running one job end to end: data, workers (local or remote), training, results, cleanup."""
+from __future__ import annotations
+
+import logging
+import secrets
+import socket
+from typing import Any, Optional
+
+from coordinator.data import load_dataset
+from coordinator.job import Job
+from coordinator.launcher import LocalWorkers
+from coordinator.pipeline import Pipeline
+from coordinator.plots import plot_accuracy
+from coordinator.results import RunFolder
+from coordinator.shapes import check_stages
+from coordinator.trainer import Trainer
+from protocol import connectable
+
+log = logging.getLogger("dni.run")
+
+
+def run_job(job: Job, bind: Optional[str] = None, advertise: Optional[str] = None, transport: str = "ipc",
+            show_progress: bool = True, worker_log_level: str = "WARNING") -> tuple[RunFolder, dict[str, Any]]:
+    data = load_dataset(job.dataset, job.resolved_data_root(), job.download, job.verify_data)
+    data = data.subset(job.train_subset, job.test_subset)
+    check_stages(job, data.input_shape, data.num_classes)
+    folder = RunFolder.create(job)
+    job_id = f"{folder.path.name}-{secrets.token_hex(4)}"
+    remote = job.stages[0].address is not None
+    local = None if remote else LocalWorkers(len(job.stages), transport, worker_log_level)
+    addresses = [entry.address for entry in job.stages] if remote else local.addresses
+    inbox = bind or (f"ipc://{local.directory}/coordinator" if transport == "ipc" and local else "tcp://127.0.0.1:*" if local else "tcp://0.0.0.0:5550")
+    pipeline = None
+    try:
+        if local:
+            local.start()
+        pipeline = Pipeline(job_id, addresses, inbox, health_check=local.check if local else lambda: None)
+        reachable = advertise or connectable(pipeline.inbox_address, socket.gethostname() if remote else "127.0.0.1")
+        pipeline.wait_for_workers(timeout=60 if local else 300)
+        log.info("job %s: %d stages at %s; results in %s", job_id, len(addresses), ", ".join(addresses), folder.path)
+        summary = Trainer(job, job_id, data, pipeline, folder, reachable, show_progress).run()
+        folder.write_json("summary.json", summary)
+        plot_accuracy([folder.path], folder.plot_path, f"{job.name}: {job.mode.value}")
+        return folder, summary
+    finally:
+        if pipeline is not None:
+            _stop_workers(pipeline)
+            pipeline.close()
+        if local:
+            local.stop()
+
+
+def _stop_workers(pipeline: Pipeline) -> None:
+    for stage in range(len(pipeline.addresses)):
+        try:
+            pipeline.request(stage, "stop", timeout=5)
+        except Exception as error:  # the worker may already be gone; cleanup goes on regardless
+            log.debug("stage %d did not acknowledge stop: %s", stage, error)

@@ -1,0 +1,182 @@
+"""The job's main loop: configure every stage, feed training batches within a credit window,
+slip evaluation batches into the same stream, and record what comes back."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+
+from coordinator.data import Dataset, test_batches, train_batches
+from coordinator.job import Job
+from coordinator.pipeline import Pipeline, PipelineError
+from coordinator.progress import Progress
+from coordinator.results import RunFolder
+from protocol import Kind, Message
+from workers.spec import StageConfig
+
+log = logging.getLogger("dni.trainer")
+RESULT_TIMEOUT = 600.0
+
+
+@dataclass
+class Tally:
+    """Sums of per-batch results over a stretch of batches."""
+    loss_sum: float = 0.0
+    correct: int = 0
+    count: int = 0
+
+    def add(self, meta: dict[str, Any]) -> None:
+        self.loss_sum += float(meta["loss_sum"])
+        self.correct += int(meta["correct"])
+        self.count += int(meta["count"])
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.count if self.count else 0.0
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / self.count if self.count else 0.0
+
+
+@dataclass
+class Evaluation:
+    index: int
+    step: int
+    epoch: float
+    batches: int
+    train: Tally
+    test: Tally = field(default_factory=Tally)
+    received: int = 0
+
+
+class Trainer:
+    def __init__(self, job: Job, job_id: str, data: Dataset, pipeline: Pipeline, folder: RunFolder,
+                 coordinator_address: str, show_progress: bool = True) -> None:
+        self.job = job
+        self.job_id = job_id
+        self.data = data
+        self.pipeline = pipeline
+        self.folder = folder
+        self.coordinator_address = coordinator_address
+        self.total = job.total_steps(len(data.train_y))
+        self.per_epoch = job.steps_per_epoch(len(data.train_y))
+        self.eval_every = job.eval_every or self.per_epoch
+        self.eval_sets = test_batches(data, job.eval_batch_size)
+        self.credit = job.window + len(job.stages)
+        self.progress = Progress(self.total, f"{job.name}/{job.mode.value}", show_progress)
+        self.sent = 0
+        self.done = 0
+        self.train_tally = Tally()
+        self.evaluations: dict[int, Evaluation] = {}
+        self.finished: list[Evaluation] = []
+        self.workers: list[dict[str, Any]] = []
+        self.started = 0.0
+        self.first_result: Optional[float] = None
+
+    def configure(self) -> None:
+        shape = self.data.input_shape
+        addresses = self.pipeline.addresses
+        for index, entry in enumerate(self.job.stages):
+            config = StageConfig(
+                job=self.job_id, index=index, num_stages=len(addresses), spec=entry.spec, mode=self.job.mode,
+                input_shape=tuple(shape), num_classes=self.data.num_classes, optimizer=self.job.optimizer,
+                seed=self.job.seed, window=self.job.window, threads=self.job.threads_per_worker(),
+                coordinator=self.coordinator_address,
+                upstream=addresses[index - 1] if index > 0 else None,
+                downstream=addresses[index + 1] if index + 1 < len(addresses) else None,
+                record_spans=self.job.record_spans,
+            )
+            reply = self.pipeline.request(index, "configure", {"config": config.to_wire()}, timeout=120)
+            self.workers.append({"stage": index, "address": addresses[index], **{k: v for k, v in reply.meta.items() if k != "ok"}})
+            shape = tuple(reply.meta["output_shape"])
+
+    def run(self) -> dict[str, Any]:
+        self.configure()
+        self.started = self.progress.started = time.monotonic()
+        batches = train_batches(self.data, self.job.batch_size, self.job.seed, self.total)
+        for step, (epoch, x, labels) in enumerate(batches):
+            while self.sent - self.done >= self.credit:
+                self._absorb(self._receive())
+            self.pipeline.send_batch(Kind.FORWARD, step, x, labels)
+            self.sent += 1
+            if self.sent % self.eval_every == 0 or self.sent == self.total:
+                self._start_evaluation()
+            self._absorb_ready()
+        while self.done < self.total or self.evaluations:
+            self._absorb(self._receive())
+        self.progress.close()
+        return self._finish()
+
+    def _receive(self) -> Message:
+        message = self.pipeline.receive(RESULT_TIMEOUT)
+        if message is None:
+            raise PipelineError(f"no result from the last stage for {RESULT_TIMEOUT:.0f}s")
+        return message
+
+    def _absorb_ready(self) -> None:
+        while (message := self.pipeline.receive(0)) is not None:
+            self._absorb(message)
+
+    def _absorb(self, message: Message) -> None:
+        if message.kind is Kind.TRAIN_RESULT:
+            self.done += 1
+            self.first_result = self.first_result or time.monotonic()
+            self.train_tally.add(message.meta)
+            latest = self.finished[-1].test.accuracy if self.finished else None
+            self.progress.update(self.done, self.done * self.job.batch_size, latest)
+        elif message.kind is Kind.EVAL_RESULT:
+            evaluation = self.evaluations[int(message.meta["eval"])]
+            evaluation.test.add(message.meta)
+            evaluation.received += 1
+            if evaluation.received == evaluation.batches:
+                self._record(self.evaluations.pop(evaluation.index))
+        else:
+            log.warning("unexpected %s from stage %d", message.kind.name, message.sender)
+
+    def _start_evaluation(self) -> None:
+        index = len(self.finished) + len(self.evaluations)
+        evaluation = Evaluation(index, self.sent, self.sent / self.per_epoch, len(self.eval_sets), self.train_tally)
+        self.train_tally = Tally()
+        self.evaluations[index] = evaluation
+        for offset, (x, labels) in enumerate(self.eval_sets):
+            self.pipeline.send_batch(Kind.EVAL, index * len(self.eval_sets) + offset, x, labels, {"eval": index})
+
+    def _record(self, evaluation: Evaluation) -> None:
+        """One metrics line; the training tally may still lack a few in-flight batches, which go to the next line."""
+        self.finished.append(evaluation)
+        worker_metrics = [reply.meta["metrics"] for reply in self.pipeline.request_all("metrics")]
+        elapsed = time.monotonic() - self.started
+        self.folder.append_metrics({
+            "eval": evaluation.index, "step": evaluation.step, "epoch": round(evaluation.epoch, 4),
+            "train_accuracy": evaluation.train.accuracy, "train_loss": evaluation.train.loss,
+            "test_accuracy": evaluation.test.accuracy, "test_loss": evaluation.test.loss,
+            "elapsed": elapsed, "samples_per_second": self.done * self.job.batch_size / elapsed,
+            "workers": worker_metrics, "worker_errors": list(self.pipeline.worker_errors),
+        })
+        self.progress.update(self.done, self.done * self.job.batch_size, evaluation.test.accuracy)
+
+    def _finish(self) -> dict[str, Any]:
+        self.pipeline.request_all("flush", timeout=RESULT_TIMEOUT)
+        wall = time.monotonic() - self.started
+        final = [reply.meta["metrics"] for reply in self.pipeline.request_all("metrics", {"spans": self.job.record_spans})]
+        self.folder.save_state([_state_of(reply) for reply in self.pipeline.request_all("state")])
+        if self.job.record_spans:
+            self.folder.write_json("spans.json", [metrics.pop("spans") for metrics in final])
+        last = self.finished[-1]
+        return {
+            "job": self.job.name, "job_id": self.job_id, "mode": self.job.mode.value, "dataset": self.job.dataset,
+            "steps": self.total, "epochs": round(self.total / self.per_epoch, 3), "batch_size": self.job.batch_size,
+            "test_accuracy": last.test.accuracy, "best_test_accuracy": max(e.test.accuracy for e in self.finished),
+            "train_accuracy": last.train.accuracy, "wall_seconds": wall,
+            "samples_per_second": self.total * self.job.batch_size / wall,
+            "seconds_to_first_result": (self.first_result or time.monotonic()) - self.started,
+            "workers": self.workers, "worker_metrics": final, "worker_errors": list(self.pipeline.worker_errors),
+        }
+
+
+def _state_of(reply: Message) -> dict[str, torch.Tensor]:
+    return {name: torch.from_numpy(array.copy()) for name, array in reply.tensors.items()}

@@ -1,0 +1,39 @@
+"""Where a worker listens: one base address gives its three sockets.
+
+A worker is named by a single address (what a user writes in a job file or a
+compose file); the control, forward and backward sockets are derived from it so
+that the coordinator and the neighbours agree without further configuration.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from protocol.errors import ProtocolError
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    control: str
+    forward: str
+    backward: str
+
+
+def worker_endpoints(base: str) -> Endpoints:
+    """tcp://host:P -> ports P, P+1, P+2; ipc://path -> path.control, path.forward, path.backward."""
+    if base.startswith("ipc://"):
+        return Endpoints(f"{base}.control", f"{base}.forward", f"{base}.backward")
+    if base.startswith("tcp://"):
+        host, _, port = base[len("tcp://"):].rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65534:
+            raise ProtocolError(f"address {base!r} must look like tcp://HOST:PORT")
+        first = int(port)
+        return Endpoints(*(f"tcp://{host}:{first + offset}" for offset in range(3)))
+    raise ProtocolError(f"address {base!r} must start with tcp:// or ipc://")
+
+
+def connectable(address: str, host: str) -> str:
+    """An address bound on a wildcard (tcp://*:P or tcp://0.0.0.0:P) as peers on `host` reach it."""
+    for wildcard in ("tcp://*:", "tcp://0.0.0.0:"):
+        if address.startswith(wildcard):
+            return f"tcp://{host}:{address[len(wildcard):]}"
+    return address

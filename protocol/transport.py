@@ -1,0 +1,34 @@
+"""Moving messages over ZeroMQ sockets without copying tensor memory."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import zmq
+
+from protocol.codec import DEFAULT_LIMITS, Limits, decode, encode
+from protocol.messages import Message
+
+ZERO_COPY_THRESHOLD = 64 << 10  # below this, copying is cheaper than zmq's bookkeeping
+
+
+def open_socket(context: zmq.Context, kind: int, limits: Limits = DEFAULT_LIMITS) -> zmq.Socket:
+    """A socket that refuses oversized messages at the transport and never blocks on close."""
+    socket = context.socket(kind)
+    socket.setsockopt(zmq.LINGER, 0)
+    socket.setsockopt(zmq.MAXMSGSIZE, max(limits.max_frame_bytes, limits.max_header_bytes))
+    return socket
+
+
+def send_message(socket: zmq.Socket, message: Message, envelope: Sequence[bytes] = (), flags: int = 0) -> None:
+    """Send one message; with zmq.NOBLOCK, raises zmq.Again instead of waiting for a slow peer."""
+    frames = [*envelope, *encode(message)]
+    copy = sum(memoryview(frame).nbytes for frame in frames) < ZERO_COPY_THRESHOLD
+    socket.send_multipart(frames, flags=flags, copy=copy)
+
+
+def receive_frames(socket: zmq.Socket, flags: int = 0) -> list:
+    return socket.recv_multipart(flags=flags, copy=False)
+
+
+def receive_message(socket: zmq.Socket, limits: Limits = DEFAULT_LIMITS) -> Message:
+    return decode(receive_frames(socket), limits)

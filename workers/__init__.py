@@ -1,0 +1,1 @@
+"""Layer workers: each process owns one stage, its synthesizer and its optimiser."""

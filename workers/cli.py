@@ -1,0 +1,36 @@
+"""Command line of a worker process."""
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from typing import Optional, Sequence
+
+from protocol import ProtocolError
+from workers.worker import serve
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bind", required=True, help="base address: tcp://HOST:PORT (uses PORT..PORT+2) or ipc://PATH")
+    parser.add_argument("--once", action="store_true", help="exit after the first job stops")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        serve(args.bind, args.once)
+    except ProtocolError as error:
+        logging.getLogger("dni.worker").error("%s", error)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    parser = argparse.ArgumentParser(prog="dni worker", description="Serve one pipeline stage.")
+    add_arguments(parser)
+    sys.exit(run(parser.parse_args(argv)))

@@ -1,0 +1,170 @@
+"""One stage's training arithmetic in every mode; no sockets here.
+
+The worker calls `forward` when a batch arrives, sends the activation
+downstream, then calls `update_after_forward` (the update-unlocked step of the
+synthetic modes); when a target comes back it calls `receive_target`. Each call
+returns what must travel upstream, if anything: the gradient w.r.t. the stage's
+input for backprop and synthetic gradients, the stage's own loss prediction for
+synthetic loss. The last stage does all of it at once in `train_last`.
+
+Losses are summed over the batch, as in the reference, so a synthesizer learns
+the per-example gradient whatever the batch size.
+"""
+from __future__ import annotations
+
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from workers.build import StageModules
+from workers.interface import call_stage
+from workers.modes import Mode
+from workers.spec import OptimizerSpec, StageConfig
+from workers.timing import Timeline
+
+
+@dataclass
+class Pending:
+    """What a stage keeps of a batch until its target arrives."""
+    x: Optional[torch.Tensor]
+    h: torch.Tensor
+    condition: Optional[torch.Tensor]
+    step: int
+
+
+@dataclass
+class LastStageResult:
+    upstream: Optional[torch.Tensor]
+    loss_sum: float
+    correct: int
+    count: int
+
+
+def make_optimizer(spec: OptimizerSpec, parameters) -> torch.optim.Optimizer:
+    if spec.name == "sgd":
+        return torch.optim.SGD(parameters, lr=spec.lr)
+    return torch.optim.Adam(parameters, lr=spec.lr)
+
+
+class StageCompute:
+    def __init__(self, config: StageConfig, modules: StageModules, timeline: Timeline) -> None:
+        self.config = config
+        self.mode = config.mode
+        self.module = modules.module
+        self.synthesizer = modules.synthesizer
+        self.time = timeline
+        self.module_optimizer = make_optimizer(config.optimizer, self.module.parameters())
+        self.synthesizer_optimizer = (
+            make_optimizer(config.optimizer, self.synthesizer.parameters()) if self.synthesizer else None
+        )
+        self.pending: OrderedDict[int, Pending] = OrderedDict()
+        self.steps = 0
+        self.staleness: Counter[int] = Counter()
+        self.synthesizer_loss = 0.0
+        self.needs_input_grad = not config.is_first and self.mode in (Mode.BACKPROP, Mode.SG, Mode.CDNI)
+
+    def can_take_batch(self) -> bool:
+        window = 1 if self.mode.locked else self.config.window
+        return len(self.pending) < window
+
+    def forward(self, batch: int, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """A hidden stage's training forward pass; returns the activation for downstream."""
+        self.steps += 1
+        with self.time("forward"):
+            if self.mode is Mode.NO_BPROP:
+                with torch.no_grad():
+                    return call_stage(self.module, x, labels)
+            x.requires_grad_(self.needs_input_grad)
+            h = call_stage(self.module, x, labels)
+        condition = F.one_hot(labels, self.config.num_classes).float() if self.mode.conditioned else None
+        self.pending[batch] = Pending(x, h, condition, self.steps)
+        return h.detach()
+
+    def update_after_forward(self, batch: int) -> Optional[torch.Tensor]:
+        """Update-unlocked step: follow the synthesizer now. Returns the upstream target."""
+        if not self.mode.uses_synthesizer:
+            return None
+        pending = self.pending[batch]
+        with self.time("backward"):
+            if self.mode.synthetic_loss:
+                upstream = self._follow_synthetic_loss(pending)
+            else:
+                upstream = self._follow_synthetic_gradient(pending)
+            self.module_optimizer.step()
+        pending.x, pending.h = None, pending.h.detach()
+        return upstream
+
+    def _follow_synthetic_gradient(self, pending: Pending) -> Optional[torch.Tensor]:
+        with torch.no_grad():
+            predicted = self.synthesizer(pending.h.detach(), pending.condition)
+        self.module_optimizer.zero_grad(set_to_none=True)
+        pending.h.backward(predicted)
+        return pending.x.grad if self.needs_input_grad else None
+
+    def _follow_synthetic_loss(self, pending: Pending) -> torch.Tensor:
+        predicted = self.synthesizer(pending.h, pending.condition).square()
+        parameters = [p for p in self.module.parameters() if p.requires_grad]
+        for parameter, grad in zip(parameters, torch.autograd.grad(predicted.sum(), parameters)):
+            parameter.grad = grad
+        return predicted.detach()
+
+    def receive_target(self, batch: int, target: torch.Tensor) -> Optional[torch.Tensor]:
+        """The true target for a batch came back. Returns what goes upstream, if anything."""
+        pending = self.pending.pop(batch)
+        if self.mode.locked:
+            return self._backpropagate(pending, target)
+        self.staleness[self.steps - pending.step] += 1
+        with self.time("synthesizer"):
+            predicted = self.synthesizer(pending.h, pending.condition)
+            if self.mode.synthetic_loss:
+                predicted = predicted.square()
+            loss = F.mse_loss(predicted, target)
+            self.synthesizer_optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.synthesizer_optimizer.step()
+        self.synthesizer_loss = loss.item()
+        return None
+
+    def _backpropagate(self, pending: Pending, gradient: torch.Tensor) -> Optional[torch.Tensor]:
+        with self.time("backward"):
+            self.module_optimizer.zero_grad(set_to_none=True)
+            pending.h.backward(gradient)
+            self.module_optimizer.step()
+        return pending.x.grad if self.needs_input_grad else None
+
+    def train_last(self, x: torch.Tensor, labels: torch.Tensor) -> LastStageResult:
+        """The last stage: real loss, its own update, and the target for the stage above."""
+        self.steps += 1
+        with self.time("forward"):
+            x.requires_grad_(self.needs_input_grad)
+            logits = call_stage(self.module, x, labels)
+            losses = F.cross_entropy(logits, labels, reduction="none")
+        with self.time("backward"):
+            self.module_optimizer.zero_grad(set_to_none=True)
+            losses.sum().backward()
+            self.module_optimizer.step()
+        upstream = None
+        if self.mode.synthetic_loss:
+            upstream = losses.detach()[:, None]
+        elif self.needs_input_grad:
+            upstream = x.grad
+        correct = int((logits.argmax(1) == labels).sum())
+        return LastStageResult(upstream, float(losses.sum()), correct, len(labels))
+
+    @torch.no_grad()
+    def evaluate(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        with self.time("forward"):
+            self.module.eval()
+            try:
+                return call_stage(self.module, x, labels)
+            finally:
+                self.module.train()
+
+    def state(self) -> dict[str, torch.Tensor]:
+        state = {f"module.{k}": v for k, v in self.module.state_dict().items()}
+        if self.synthesizer is not None:
+            state.update({f"synthesizer.{k}": v for k, v in self.synthesizer.state_dict().items()})
+        return state

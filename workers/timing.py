@@ -1,0 +1,33 @@
+"""Where a worker's wall time goes: per-activity totals and, optionally, spans for timelines."""
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from typing import Iterator
+
+ACTIVITIES = ("forward", "backward", "synthesizer", "wait_input", "wait_gradient", "transport")
+MAX_SPANS = 200_000
+
+
+class Timeline:
+    def __init__(self, record_spans: bool = False) -> None:
+        self.record_spans = record_spans
+        self.totals: dict[str, float] = defaultdict(float)
+        self.spans: list[tuple[str, float, float]] = []
+        self.started = time.time()
+        self._unix_offset = time.time() - time.perf_counter()
+
+    @contextmanager
+    def __call__(self, activity: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            end = time.perf_counter()
+            self.totals[activity] += end - start
+            if self.record_spans and len(self.spans) < MAX_SPANS:
+                self.spans.append((activity, start + self._unix_offset, end + self._unix_offset))
+
+    def wall(self) -> float:
+        return time.time() - self.started

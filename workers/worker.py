@@ -1,0 +1,342 @@
+"""A worker process: serves one stage of one job at a time over ZeroMQ.
+
+Communication lives here, arithmetic in `compute`. The worker binds three
+sockets from one address: control (ROUTER, request/reply with the
+coordinator), forward (PULL: activations and evaluation batches from upstream)
+and backward (PULL: targets from downstream). It polls the forward socket only
+while its window of batches awaiting targets has room, which is what makes
+`backprop` update-locked and keeps the unlocked modes bounded.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import socket as host
+import time
+from collections import Counter
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import zmq
+
+from protocol import DEFAULT_LIMITS, Kind, Limits, Message, ProtocolError, decode, open_socket, receive_frames, send_message, worker_endpoints
+from workers.build import build_stage
+from workers.compute import StageCompute
+from workers.registry import UnknownBuilderError
+from workers.spec import ConfigError, StageConfig
+from workers.timing import Timeline
+
+log = logging.getLogger("dni.worker")
+HEARTBEAT_SECONDS = 1.0
+
+
+class Rejected(Exception):
+    """A message that is well-formed on the wire but not acceptable to this stage now."""
+
+
+class Session:
+    """One configured job on this worker: its stage, its outgoing sockets, its counters."""
+
+    def __init__(self, context: zmq.Context, config: StageConfig, limits: Limits) -> None:
+        self.config = config
+        self.timeline = Timeline(config.record_spans)
+        torch.set_num_threads(config.threads)
+        modules = build_stage(config.spec, config.index, config.input_shape, config.mode,
+                              config.num_classes, config.seed, config.is_last, config.spec.device)
+        self.output_shape = modules.output_shape
+        self.compute = StageCompute(config, modules, self.timeline)
+        self.report = self._connect(context, config.coordinator, limits)
+        self.downstream = self._connect(context, worker_endpoints(config.downstream).forward, limits) if config.downstream else None
+        self.upstream = self._connect(context, worker_endpoints(config.upstream).backward, limits) if config.upstream else None
+        self.messages: Counter[str] = Counter()
+        self.flush_waiters: list[bytes] = []
+        self.last_heartbeat = 0.0
+
+    @staticmethod
+    def _connect(context: zmq.Context, address: str, limits: Limits) -> zmq.Socket:
+        socket = open_socket(context, zmq.PUSH, limits)
+        socket.connect(address)
+        return socket
+
+    def send(self, socket: zmq.Socket, kind: Kind, batch: int, meta: Optional[dict[str, Any]] = None,
+             tensors: Optional[dict[str, torch.Tensor]] = None) -> None:
+        """Send on a data path; blocks while the peer's queue is full (backpressure)."""
+        with self.timeline("transport"):
+            arrays = {name: tensor.detach().to("cpu").numpy() for name, tensor in (tensors or {}).items()}
+            message = Message(kind, self.config.job, batch, self.compute.steps, self.config.index, meta or {}, arrays)
+            send_message(socket, message)
+        self.messages[f"sent_{kind.name.lower()}"] += 1
+
+    def notify(self, kind: Kind, meta: dict[str, Any]) -> None:
+        """Tell the coordinator something in passing; dropped rather than waited for if it is not reading."""
+        message = Message(kind, self.config.job, -1, self.compute.steps, self.config.index, meta)
+        try:
+            send_message(self.report, message, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            self.messages["dropped_notifications"] += 1
+
+    def close(self) -> None:
+        for socket in (self.report, self.downstream, self.upstream):
+            if socket is not None:
+                socket.close()
+
+
+class Worker:
+    def __init__(self, bind: str, once: bool = False, limits: Limits = DEFAULT_LIMITS) -> None:
+        self.once = once
+        self.limits = limits
+        self.context = zmq.Context()
+        endpoints = worker_endpoints(bind)
+        self.control = self._bind(zmq.ROUTER, endpoints.control)
+        self.forward_in = self._bind(zmq.PULL, endpoints.forward)
+        self.backward_in = self._bind(zmq.PULL, endpoints.backward)
+        self.session: Optional[Session] = None
+        self.errors: Counter[str] = Counter()
+        self.running = True
+
+    def _bind(self, kind: int, address: str) -> zmq.Socket:
+        socket = open_socket(self.context, kind, self.limits)
+        socket.bind(address)
+        return socket
+
+    def serve(self) -> None:
+        log.info("worker %d serving", os.getpid())
+        try:
+            while self.running:
+                self._serve_once()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.session:
+            self.session.close()
+        self.context.destroy(linger=0)
+
+    def _serve_once(self) -> None:
+        session = self.session
+        poller = zmq.Poller()
+        poller.register(self.control, zmq.POLLIN)
+        taking_input = session is not None and session.compute.can_take_batch()
+        if taking_input:
+            poller.register(self.forward_in, zmq.POLLIN)
+        if session is not None and session.compute.pending:
+            poller.register(self.backward_in, zmq.POLLIN)
+        waiting = "wait_input" if taking_input or session is None else "wait_gradient"
+        if session is None:
+            ready = dict(poller.poll(HEARTBEAT_SECONDS * 1000))
+        else:
+            with session.timeline(waiting):
+                ready = dict(poller.poll(HEARTBEAT_SECONDS * 1000))
+        if self.control in ready:
+            self._handle(self.control, self._on_control)
+        if self.session is not None and self.backward_in in ready:
+            self._handle(self.backward_in, self._on_backward)
+        if self.session is not None and self.forward_in in ready:
+            self._handle(self.forward_in, self._on_forward)
+        self._heartbeat()
+
+    def _handle(self, socket: zmq.Socket, handler) -> None:
+        frames = receive_frames(socket, zmq.NOBLOCK)
+        try:
+            handler(frames)
+        except (ProtocolError, Rejected, ConfigError) as error:
+            self._reject(type(error).__name__, str(error))
+        except Exception as error:  # a stage's own code failed on this input; keep serving
+            log.exception("stage failed on a message")
+            self._reject("StageError", f"{type(error).__name__}: {error}")
+
+    def _reject(self, category: str, text: str) -> None:
+        self.errors[category] += 1
+        count = self.errors[category]
+        if count & (count - 1) == 0:  # log the 1st, 2nd, 4th, 8th... of each kind
+            log.warning("rejected message (%s #%d): %s", category, count, text)
+        if self.session is not None:
+            self.session.notify(Kind.ERROR, {"category": category, "error": text[:500]})
+
+    # -- data path -----------------------------------------------------------------
+
+    def _decode(self, frames: list) -> Message:
+        session = self.session
+        with session.timeline("transport"):
+            message = decode(frames, self.limits)
+        session.messages[f"received_{message.kind.name.lower()}"] += 1
+        if message.job != session.config.job:
+            raise Rejected(f"message for job {message.job!r:.40}, this worker serves {session.config.job!r}")
+        return message
+
+    def _on_forward(self, frames: list) -> None:
+        message = self._decode(frames)
+        if message.kind not in (Kind.FORWARD, Kind.EVAL):
+            raise Rejected(f"{message.kind.name} is not accepted on the forward socket")
+        session = self.session
+        x, labels = self._inputs(message)
+        if message.kind is Kind.EVAL:
+            return self._evaluate(message, x, labels)
+        compute = session.compute
+        if message.batch in compute.pending:
+            raise Rejected(f"batch {message.batch} is already in flight (duplicate or replayed)")
+        if session.config.is_last:
+            result = compute.train_last(x, labels)
+            stats = {"loss_sum": result.loss_sum, "correct": result.correct, "count": result.count}
+            session.send(session.report, Kind.TRAIN_RESULT, message.batch, stats)
+            self._send_upstream(message.batch, result.upstream)
+            return
+        h = compute.forward(message.batch, x, labels)
+        session.send(session.downstream, Kind.FORWARD, message.batch, message.meta, {"x": h, "labels": labels})
+        self._send_upstream(message.batch, compute.update_after_forward(message.batch))
+
+    def _evaluate(self, message: Message, x: torch.Tensor, labels: torch.Tensor) -> None:
+        session = self.session
+        output = session.compute.evaluate(x, labels)
+        if not session.config.is_last:
+            session.send(session.downstream, Kind.EVAL, message.batch, message.meta, {"x": output, "labels": labels})
+            return
+        loss = torch.nn.functional.cross_entropy(output, labels, reduction="sum")
+        stats = {**message.meta, "loss_sum": float(loss), "correct": int((output.argmax(1) == labels).sum()), "count": len(labels)}
+        session.send(session.report, Kind.EVAL_RESULT, message.batch, stats)
+
+    def _inputs(self, message: Message) -> tuple[torch.Tensor, torch.Tensor]:
+        config = self.session.config
+        x, labels = message.tensors.get("x"), message.tensors.get("labels")
+        if x is None or labels is None:
+            raise Rejected(f"{message.kind.name} needs tensors 'x' and 'labels', got {sorted(message.tensors)}")
+        if x.dtype != np.float32 or tuple(x.shape[1:]) != config.input_shape or x.shape[0] == 0:
+            raise Rejected(f"x must be float32 (B, {', '.join(map(str, config.input_shape))}), got {x.dtype} {list(x.shape)}")
+        if labels.dtype != np.int64 or labels.shape != (x.shape[0],):
+            raise Rejected(f"labels must be int64 ({x.shape[0]},), got {labels.dtype} {list(labels.shape)}")
+        if labels.size and not 0 <= labels.min() <= labels.max() < config.num_classes:
+            raise Rejected(f"labels must lie in 0..{config.num_classes - 1}")
+        device = config.spec.device
+        return torch.from_numpy(x.copy()).to(device), torch.from_numpy(labels.copy()).to(device)
+
+    def _on_backward(self, frames: list) -> None:
+        message = self._decode(frames)
+        if message.kind is not Kind.BACKWARD:
+            raise Rejected(f"{message.kind.name} is not accepted on the backward socket")
+        session = self.session
+        pending = session.compute.pending.get(message.batch)
+        if pending is None:
+            raise Rejected(f"no batch {message.batch} awaits a target (unknown, late or duplicate)")
+        target = message.tensors.get("target")
+        expected = (pending.h.shape[0], *((1,) if session.config.mode.synthetic_loss else session.output_shape))
+        if target is None or target.dtype != np.float32 or tuple(target.shape) != expected:
+            got = "nothing" if target is None else f"{target.dtype} {list(target.shape)}"
+            raise Rejected(f"target for batch {message.batch} must be float32 {list(expected)}, got {got}")
+        tensor = torch.from_numpy(target.copy()).to(session.config.spec.device)
+        self._send_upstream(message.batch, session.compute.receive_target(message.batch, tensor))
+        if not session.compute.pending:
+            self._release_flush_waiters()
+
+    def _send_upstream(self, batch: int, target: Optional[torch.Tensor]) -> None:
+        session = self.session
+        if target is not None and session.upstream is not None:
+            session.send(session.upstream, Kind.BACKWARD, batch, tensors={"target": target})
+
+    # -- control path --------------------------------------------------------------
+
+    def _on_control(self, frames: list) -> None:
+        identity, request = frames[0].bytes, frames[1:]
+        try:
+            message = decode(request, self.limits)
+            if message.kind is not Kind.CONTROL:
+                raise Rejected(f"{message.kind.name} is not accepted on the control socket")
+            command = message.meta.get("command")
+            handler = getattr(self, f"_command_{command}", None) if isinstance(command, str) else None
+            if handler is None:
+                raise Rejected(f"unknown control command {command!r:.40}")
+            reply = handler(identity, message)
+        except (ProtocolError, Rejected, ConfigError, UnknownBuilderError, ValueError, TypeError) as error:
+            self.errors[type(error).__name__] += 1
+            log.warning("control request refused: %s", error)
+            reply = Message(Kind.REPLY, meta={"ok": False, "error": f"{type(error).__name__}: {error}"})
+        if reply is not None:
+            send_message(self.control, reply, [identity])
+
+    def _command_ping(self, identity: bytes, message: Message) -> Message:
+        return Message(Kind.REPLY, meta={"ok": True, "pid": os.getpid()})
+
+    def _command_configure(self, identity: bytes, message: Message) -> Message:
+        config = StageConfig.from_wire(message.meta.get("config"))
+        if self.session is not None:
+            self.session.close()
+            self.session = None
+        self.session = Session(self.context, config, self.limits)
+        log.info("stage %d of job %s: %s, output %s", config.index, config.job, config.spec.kind, self.session.output_shape)
+        hostname = host.gethostname()
+        return Message(Kind.REPLY, meta={
+            "ok": True, "pid": os.getpid(), "hostname": hostname, "ip": _ip_of(hostname),
+            "output_shape": list(self.session.output_shape), "device": config.spec.device,
+        })
+
+    def _command_flush(self, identity: bytes, message: Message) -> Optional[Message]:
+        """Answered once no batch awaits its target, so the caller knows every update is done."""
+        session = self._require_session()
+        if session.compute.pending:
+            session.flush_waiters.append(identity)
+            return None
+        return Message(Kind.REPLY, meta={"ok": True})
+
+    def _release_flush_waiters(self) -> None:
+        for identity in self.session.flush_waiters:
+            send_message(self.control, Message(Kind.REPLY, meta={"ok": True}), [identity])
+        self.session.flush_waiters.clear()
+
+    def _command_metrics(self, identity: bytes, message: Message) -> Message:
+        session = self._require_session()
+        metrics = self.metrics()
+        if message.meta.get("spans"):
+            metrics["spans"] = [list(span) for span in session.timeline.spans]
+        return Message(Kind.REPLY, meta={"ok": True, "metrics": metrics})
+
+    def _command_state(self, identity: bytes, message: Message) -> Message:
+        state = self._require_session().compute.state()
+        arrays = {name: tensor.detach().to("cpu").numpy() for name, tensor in state.items()}
+        return Message(Kind.REPLY, meta={"ok": True}, tensors=arrays)
+
+    def _command_stop(self, identity: bytes, message: Message) -> Message:
+        if self.session is not None:
+            self.session.close()
+            self.session = None
+        self.running = not self.once
+        return Message(Kind.REPLY, meta={"ok": True})
+
+    def _require_session(self) -> Session:
+        if self.session is None:
+            raise Rejected("this worker has no job configured")
+        return self.session
+
+    def metrics(self) -> dict[str, Any]:
+        session = self.session
+        compute = session.compute
+        return {
+            "stage": session.config.index,
+            "steps": compute.steps,
+            "wall": session.timeline.wall(),
+            "time": dict(session.timeline.totals),
+            "messages": dict(session.messages),
+            "errors": dict(self.errors),
+            "staleness": {str(k): v for k, v in sorted(compute.staleness.items())},
+            "pending": len(compute.pending),
+            "synthesizer_loss": compute.synthesizer_loss,
+            "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        }
+
+    def _heartbeat(self) -> None:
+        session = self.session
+        if session is None or time.monotonic() - session.last_heartbeat < HEARTBEAT_SECONDS:
+            return
+        session.last_heartbeat = time.monotonic()
+        session.notify(Kind.HEARTBEAT, {"steps": session.compute.steps})
+
+
+def _ip_of(hostname: str) -> str:
+    try:
+        return host.gethostbyname(hostname)
+    except OSError:
+        return "unknown"
+
+
+def serve(bind: str, once: bool = False) -> None:
+    Worker(bind, once).serve()
