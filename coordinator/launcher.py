@@ -29,7 +29,7 @@ class LocalWorkers:
     def _address(self, transport: str, stage: int) -> str:
         if transport == "ipc":
             return f"ipc://{self.directory}/stage{stage}"
-        port = _free_port_block()
+        port = free_port_block()
         return f"tcp://127.0.0.1:{port}"
 
     def start(self) -> None:
@@ -74,7 +74,7 @@ class LocalWorkers:
         self.stop()
 
 
-def _free_port_block(size: int = 3) -> int:
+def free_port_block(size: int = 3) -> int:
     """A base port P such that P..P+size-1 are free on loopback now."""
     import socket
 

@@ -36,7 +36,9 @@ def encode(message: Message) -> list[Any]:
     """Frames for a ZeroMQ multipart send; tensor frames share the arrays' memory."""
     specs, frames = [], []
     for name, array in message.tensors.items():
-        array = np.ascontiguousarray(array)
+        array = np.asarray(array)
+        if not array.flags.c_contiguous:
+            array = np.ascontiguousarray(array)  # never for 0-d arrays, which it would turn 1-d
         if array.dtype.name not in ALLOWED_DTYPES:
             raise ProtocolError(f"tensor {name!r}: dtype {array.dtype.name} is not allowed")
         specs.append([name, array.dtype.name, list(array.shape)])

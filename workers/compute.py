@@ -152,7 +152,7 @@ class StageCompute:
         elif self.needs_input_grad:
             upstream = x.grad
         correct = int((logits.argmax(1) == labels).sum())
-        return LastStageResult(upstream, float(losses.sum()), correct, len(labels))
+        return LastStageResult(upstream, float(losses.detach().sum()), correct, len(labels))
 
     @torch.no_grad()
     def evaluate(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -121,7 +121,7 @@ class Worker:
         taking_input = session is not None and session.compute.can_take_batch()
         if taking_input:
             poller.register(self.forward_in, zmq.POLLIN)
-        if session is not None and session.compute.pending:
+        if session is not None:
             poller.register(self.backward_in, zmq.POLLIN)
         waiting = "wait_input" if taking_input or session is None else "wait_gradient"
         if session is None:

@@ -1,0 +1,115 @@
+"""A live worker process meets hostile input on every socket, rejects each message with a clear,
+reported error, and goes on training correctly on the good batches in between."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import msgpack
+import numpy as np
+import pytest
+import zmq
+
+from coordinator.data import load_dataset, train_batches
+from coordinator.launcher import free_port_block
+from protocol import Kind, Message, encode, receive_message, send_message, worker_endpoints
+from workers.spec import OptimizerSpec, StageConfig, StageSpec
+from workers.modes import Mode
+
+JOB = "hostile-test"
+
+
+@pytest.fixture
+def worker():
+    address = f"tcp://127.0.0.1:{free_port_block()}"
+    process = subprocess.Popen([sys.executable, "-m", "workers", "--bind", address, "--log-level", "ERROR"])
+    context = zmq.Context()
+    yield address, context
+    context.destroy(linger=0)
+    process.terminate()
+    process.wait(10)
+
+
+def request(control, command, **meta):
+    send_message(control, Message(Kind.CONTROL, JOB, meta={"command": command, **meta}))
+    assert control.poll(30_000), f"no reply to {command}"
+    return receive_message(control).meta
+
+
+def stage_config(inbox: str, **changes) -> dict:
+    config = StageConfig(job=JOB, index=0, num_stages=1, spec=StageSpec("linear", {"features": 10}), mode=Mode.BACKPROP,
+                         input_shape=(1, 28, 28), num_classes=10, optimizer=OptimizerSpec("adam", 1e-3), seed=0,
+                         window=1, threads=1, coordinator=inbox).to_wire()
+    config.update(changes)
+    return config
+
+
+def forward(batch, x, labels, job=JOB, kind=Kind.FORWARD):
+    return encode(Message(kind, job, batch, batch, -1, {}, {"x": x, "labels": labels}))
+
+
+def test_worker_survives_hostile_input_and_keeps_training(worker, data_root):
+    address, context = worker
+    endpoints = worker_endpoints(address)
+    control = context.socket(zmq.DEALER)
+    control.connect(endpoints.control)
+    inbox = context.socket(zmq.PULL)
+    inbox.bind("tcp://127.0.0.1:*")
+    inbox_address = inbox.getsockopt(zmq.LAST_ENDPOINT).decode()
+
+    control.send_multipart([b"\x00garbage"])
+    assert control.poll(30_000)
+    assert "not valid msgpack" in receive_message(control).meta["error"]
+    assert "unknown control command 'dance'" in request(control, "dance")["error"]
+    assert "unknown stage kind 'nope'" in request(control, "configure", config=stage_config(inbox_address, spec={
+        "kind": "nope", "params": {}, "synthesizer": {"kind": "mlp", "params": {}}, "device": "cpu"}))["error"]
+    assert "mode 'turbo'" in request(control, "configure", config=stage_config(inbox_address, mode="turbo"))["error"]
+    assert "window must be at least 1" in request(control, "configure", config=stage_config(inbox_address, window=0))["error"]
+    reply = request(control, "configure", config=stage_config(inbox_address))
+    assert reply["ok"] and reply["output_shape"] == [10]
+
+    data = load_dataset("mnist", data_root, download=False).subset(2560, 10)
+    batches = [(x.numpy(), y.numpy()) for _, x, y in train_batches(data, 64, 0, 40)]
+    x0, y0 = batches[0]
+    good_header = msgpack.unpackb(forward(0, x0, y0)[0])
+    hostile = [
+        [b"\xc1 not msgpack"],
+        [msgpack.packb({**good_header, "v": 2}), *forward(0, x0, y0)[1:]],
+        forward(0, x0.astype(np.float64), y0),
+        forward(0, x0.reshape(64, 784), y0),
+        forward(0, x0, y0 + 20),
+        forward(0, x0, y0, job="someone-else"),
+        forward(0, x0, y0, kind=Kind.BACKWARD),
+        [msgpack.packb({**good_header, "t": [["x", "float32", [64, 1, 28, 28]], ["labels", "int64", [64]]]}),
+         forward(0, x0, y0)[1][:1000], forward(0, x0, y0)[2]],
+    ]
+    feed = context.socket(zmq.PUSH)
+    feed.connect(endpoints.forward)
+    back = context.socket(zmq.PUSH)
+    back.connect(endpoints.backward)
+    tried = 0
+    for step, (x, labels) in enumerate(batches):
+        for frames in hostile:
+            feed.send_multipart(frames)
+            tried += 1
+        back.send_multipart(encode(Message(Kind.BACKWARD, JOB, 999, 0, 1, {}, {"target": np.zeros((64, 10), np.float32)})))
+        tried += 1
+        feed.send_multipart(forward(step, x, labels))
+
+    results, errors = [], 0
+    deadline = time.monotonic() + 120
+    while len(results) < len(batches) and time.monotonic() < deadline:
+        if inbox.poll(1000):
+            message = receive_message(inbox)
+            if message.kind is Kind.TRAIN_RESULT:
+                results.append(message.meta["loss_sum"] / message.meta["count"])
+            elif message.kind is Kind.ERROR:
+                errors += 1
+    assert len(results) == len(batches), "every good batch was trained on"
+    assert np.mean(results[-5:]) < 0.6 * np.mean(results[:5]), f"loss fell: {results[:5]} -> {results[-5:]}"
+    metrics = request(control, "metrics")["metrics"]
+    refused_requests = 5
+    assert sum(metrics["errors"].values()) == tried + refused_requests, metrics["errors"]
+    assert errors == tried, "each rejected data message was reported to the coordinator"
+    assert request(control, "ping")["ok"]
