@@ -50,8 +50,9 @@ def load_dataset(name: str, root: Path, download: bool = True, verify: bool = Tr
     except (RuntimeError, OSError) as error:
         if isinstance(error, DataError):
             raise
+        hint = " (a local copy rebuilt from other sources fails the checksums: set verify_data = false)" if verify else ""
         raise DataError(
-            f"cannot load {name} under {root}: {error}. Expected {root}/{EXPECTED_LAYOUT[name]}; "
+            f"cannot load {name} under {root}: {error}{hint}. Expected {root}/{EXPECTED_LAYOUT[name]}; "
             f"set --data-root or DNI_DATA_ROOT, or allow a download with network access"
         ) from error
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
+from workers.devices import DEVICE_PATTERN
 from workers.modes import MODE_NAMES, Mode
 from workers.spec import OPTIMIZERS, ConfigError, OptimizerSpec, StageSpec, SynthesizerSpec
 
@@ -120,6 +121,8 @@ def _stage(entry: Any, index: int, origin: str) -> StageEntry:
         synthesizer=SynthesizerSpec(kind=str(synthesizer.pop("kind", "mlp")), params=synthesizer),
         device=str(entry.get("device", "cpu")),
     )
+    if not DEVICE_PATTERN.match(spec.device):
+        raise ConfigError(f"{where}.device {spec.device!r} is not one of cpu, cuda, cuda:N, auto")
     address = entry.get("address")
     if address is not None and not (isinstance(address, str) and address.startswith(("tcp://", "ipc://"))):
         raise ConfigError(f"{where}.address must be a tcp:// or ipc:// address, got {address!r:.60}")

@@ -24,6 +24,7 @@ import zmq
 from protocol import DEFAULT_LIMITS, Kind, Limits, Message, ProtocolError, decode, open_socket, receive_frames, send_message, worker_endpoints
 from workers.build import build_stage
 from workers.compute import StageCompute
+from workers.devices import resolve_device, to_device
 from workers.registry import UnknownBuilderError
 from workers.spec import ConfigError, StageConfig
 from workers.timing import Timeline
@@ -42,9 +43,10 @@ class Session:
     def __init__(self, context: zmq.Context, config: StageConfig, limits: Limits) -> None:
         self.config = config
         self.timeline = Timeline(config.record_spans)
+        self.device = resolve_device(config.spec.device, config.index)
         torch.set_num_threads(config.threads)
         modules = build_stage(config.spec, config.index, config.input_shape, config.mode,
-                              config.num_classes, config.seed, config.is_last, config.spec.device)
+                              config.num_classes, config.seed, config.is_last, self.device)
         self.output_shape = modules.output_shape
         self.compute = StageCompute(config, modules, self.timeline)
         self.report = self._connect(context, config.coordinator, limits)
@@ -208,8 +210,8 @@ class Worker:
             raise Rejected(f"labels must be int64 ({x.shape[0]},), got {labels.dtype} {list(labels.shape)}")
         if labels.size and not 0 <= labels.min() <= labels.max() < config.num_classes:
             raise Rejected(f"labels must lie in 0..{config.num_classes - 1}")
-        device = config.spec.device
-        return torch.from_numpy(x.copy()).to(device), torch.from_numpy(labels.copy()).to(device)
+        device = self.session.device
+        return to_device(torch.from_numpy(x.copy()), device), to_device(torch.from_numpy(labels.copy()), device)
 
     def _on_backward(self, frames: list) -> None:
         message = self._decode(frames)
@@ -224,7 +226,7 @@ class Worker:
         if target is None or target.dtype != np.float32 or tuple(target.shape) != expected:
             got = "nothing" if target is None else f"{target.dtype} {list(target.shape)}"
             raise Rejected(f"target for batch {message.batch} must be float32 {list(expected)}, got {got}")
-        tensor = torch.from_numpy(target.copy()).to(session.config.spec.device)
+        tensor = to_device(torch.from_numpy(target.copy()), session.device)
         self._send_upstream(message.batch, session.compute.receive_target(message.batch, tensor))
         if not session.compute.pending:
             self._release_flush_waiters()
@@ -267,7 +269,7 @@ class Worker:
         hostname = host.gethostname()
         return Message(Kind.REPLY, meta={
             "ok": True, "pid": os.getpid(), "hostname": hostname, "ip": _ip_of(hostname),
-            "output_shape": list(self.session.output_shape), "device": config.spec.device,
+            "output_shape": list(self.session.output_shape), "device": self.session.device,
         })
 
     def _command_flush(self, identity: bytes, message: Message) -> Optional[Message]:
