@@ -59,6 +59,25 @@ def build_parser() -> argparse.ArgumentParser:
     worker = commands.add_parser("worker", help="serve one pipeline stage", description="Serve one pipeline stage; the coordinator configures it.")
     worker_cli.add_arguments(worker)
 
+    bench = commands.add_parser("bench", help="measure update-locking speedups and transport costs")
+    benches = bench.add_subparsers(dest="bench", required=True)
+    speedup = benches.add_parser("speedup", help="locked backprop vs unlocked DNI on the same workers, plus single-process baselines")
+    speedup.add_argument("--job", default="jobs/mnist_fcn.toml", help="job file or shortcut (ignored with --model)")
+    speedup.add_argument("--model", choices=["balanced-mlp"], help="stages of equal cost instead of a job file")
+    speedup.add_argument("--stages", default="2,4,8", help="with --model: stage counts to compare")
+    speedup.add_argument("--emulate", choices=["auto", "always", "never"], default="auto",
+                         help="emulated device time (sleep) per stage: auto = when stages outnumber cores")
+    speedup.add_argument("--modes", default="backprop,sg,cdni", help="pipeline modes; backprop is the locked reference")
+    speedup.add_argument("--iterations", type=int, default=0, help="training steps per run (default: 1000 for a job, 200 for --model)")
+    speedup.add_argument("--targets", default="0.95,0.97", help="test accuracies to time")
+    speedup.add_argument("--data-root", help="dataset folder")
+    speedup.add_argument("--results", default="runs", help="parent folder of the bench folder")
+    transport = benches.add_parser("transport", help="round-trip time of one activation and one gradient message")
+    transport.add_argument("--job", default="jobs/mnist_fcn.toml")
+    transport.add_argument("--count", type=int, default=200, help="round trips per setting")
+    transport.add_argument("--data-root", help="dataset folder")
+    transport.add_argument("--results", default="runs", help="where bench-transport.json goes")
+
     plot = commands.add_parser("plot", help="draw the accuracy of several runs into one plot")
     plot.add_argument("runs", nargs="+", type=Path, help="run folders")
     plot.add_argument("-o", "--output", type=Path, default=Path("accuracy.png"))
@@ -70,6 +89,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = build_parser().parse_args(argv)
     if args.command == "worker":
         sys.exit(worker_cli.run(args))
+    if args.command == "bench":
+        logging.basicConfig(level="WARNING")
+        from coordinator.bench.speedup import run_speedup
+        from coordinator.bench.transport import run_transport
+
+        if args.bench == "speedup" and not args.model and not args.iterations:
+            args.iterations = 1000
+        (run_speedup if args.bench == "speedup" else run_transport)(args)
+        return
     if args.command == "plot":
         print(plot_accuracy(args.runs, args.output, args.title))
         return

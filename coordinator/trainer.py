@@ -76,6 +76,7 @@ class Trainer:
         self.workers: list[dict[str, Any]] = []
         self.started = 0.0
         self.first_result: Optional[float] = None
+        self.last_result = 0.0
 
     def configure(self) -> None:
         shape = self.data.input_shape
@@ -124,7 +125,8 @@ class Trainer:
     def _absorb(self, message: Message) -> None:
         if message.kind is Kind.TRAIN_RESULT:
             self.done += 1
-            self.first_result = self.first_result or time.monotonic()
+            self.last_result = time.monotonic()
+            self.first_result = self.first_result or self.last_result
             self.train_tally.add(message.meta)
             latest = self.finished[-1].test.accuracy if self.finished else None
             self.progress.update(self.done, self.done * self.job.batch_size, latest)
@@ -173,6 +175,7 @@ class Trainer:
             "test_accuracy": last.test.accuracy, "best_test_accuracy": max(e.test.accuracy for e in self.finished),
             "train_accuracy": last.train.accuracy, "wall_seconds": wall,
             "samples_per_second": self.total * self.job.batch_size / wall,
+            "steady_samples_per_second": (self.total - 1) * self.job.batch_size / max(1e-9, self.last_result - self.first_result),
             "seconds_to_first_result": (self.first_result or time.monotonic()) - self.started,
             "workers": self.workers, "worker_metrics": final, "worker_errors": list(self.pipeline.worker_errors),
         }

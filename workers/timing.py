@@ -6,7 +6,9 @@ from collections import defaultdict
 from contextlib import contextmanager
 from typing import Iterator
 
-ACTIVITIES = ("forward", "backward", "synthesizer", "wait_input", "wait_gradient", "transport")
+COMPUTE = ("forward", "backward", "synthesizer")
+WAITING = ("wait_input", "wait_gradient")
+ACTIVITIES = (*COMPUTE, *WAITING, "transport", "control")
 MAX_SPANS = 200_000
 
 

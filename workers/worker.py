@@ -15,6 +15,7 @@ import resource
 import socket as host
 import time
 from collections import Counter
+from contextlib import nullcontext
 from typing import Any, Optional
 
 import numpy as np
@@ -132,15 +133,20 @@ class Worker:
             with session.timeline(waiting):
                 ready = dict(poller.poll(HEARTBEAT_SECONDS * 1000))
         if self.control in ready:
-            self._handle(self.control, self._on_control)
+            with self._timed("control"):
+                self._handle(self.control, self._on_control)
         if self.session is not None and self.backward_in in ready:
             self._handle(self.backward_in, self._on_backward)
         if self.session is not None and self.forward_in in ready:
             self._handle(self.forward_in, self._on_forward)
         self._heartbeat()
 
+    def _timed(self, activity: str):
+        return self.session.timeline(activity) if self.session is not None else nullcontext()
+
     def _handle(self, socket: zmq.Socket, handler) -> None:
-        frames = receive_frames(socket, zmq.NOBLOCK)
+        with self._timed("transport"):
+            frames = receive_frames(socket, zmq.NOBLOCK)
         try:
             handler(frames)
         except (ProtocolError, Rejected, ConfigError) as error:
@@ -173,7 +179,8 @@ class Worker:
         if message.kind not in (Kind.FORWARD, Kind.EVAL):
             raise Rejected(f"{message.kind.name} is not accepted on the forward socket")
         session = self.session
-        x, labels = self._inputs(message)
+        with session.timeline("transport"):
+            x, labels = self._inputs(message)
         if message.kind is Kind.EVAL:
             return self._evaluate(message, x, labels)
         compute = session.compute
@@ -226,7 +233,8 @@ class Worker:
         if target is None or target.dtype != np.float32 or tuple(target.shape) != expected:
             got = "nothing" if target is None else f"{target.dtype} {list(target.shape)}"
             raise Rejected(f"target for batch {message.batch} must be float32 {list(expected)}, got {got}")
-        tensor = to_device(torch.from_numpy(target.copy()), session.device)
+        with session.timeline("transport"):
+            tensor = to_device(torch.from_numpy(target.copy()), session.device)
         self._send_upstream(message.batch, session.compute.receive_target(message.batch, tensor))
         if not session.compute.pending:
             self._release_flush_waiters()

@@ -1,0 +1,1 @@
+"""`dni bench`: what update-unlocking buys (speedup, scaling) and what one hop costs (transport)."""

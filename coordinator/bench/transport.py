@@ -1,0 +1,95 @@
+"""`dni bench transport`: the cost of one hop, for the job's own message sizes.
+
+An echo process decodes each message and sends it back, as a worker would; the
+round-trip time is therefore two hops of serialise, send, receive and validate.
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+
+from coordinator.job import load_job
+from coordinator.launcher import free_port_block
+from coordinator.shapes import check_stages
+from protocol import Kind, Message, receive_message, send_message
+from protocol.transport import ZERO_COPY_THRESHOLD
+
+DATASET_SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
+
+
+def _echo(address: str, copy: bool, count: int) -> None:
+    context = zmq.Context()
+    socket = context.socket(zmq.PAIR)
+    socket.bind(address)
+    for _ in range(count):
+        send_message(socket, receive_message(socket), copy=copy)
+    socket.close(linger=1000)
+    context.term()
+
+
+def round_trips(address: str, message: Message, copy: bool, count: int) -> list[float]:
+    server = multiprocessing.get_context("fork").Process(target=_echo, args=(address, copy, count + 10))
+    server.start()
+    context = zmq.Context()
+    socket = context.socket(zmq.PAIR)
+    socket.connect(address)
+    times = []
+    try:
+        for index in range(count + 10):
+            start = time.perf_counter()
+            send_message(socket, message, copy=copy)
+            receive_message(socket)
+            if index >= 10:  # warm-up
+                times.append(time.perf_counter() - start)
+    finally:
+        socket.close(linger=0)
+        context.term()
+        server.join(10)
+    return times
+
+
+def run_transport(args) -> dict[str, Any]:
+    job = load_job(args.job, {"data_root": args.data_root})
+    shapes = check_stages(job, DATASET_SHAPES[job.dataset], 10)
+    activation = max(shapes[:-1], key=lambda shape: int(np.prod(shape)))
+    batch = job.batch_size
+    messages = {
+        "activation": Message(Kind.FORWARD, "bench", 1, 1, 0, {}, {
+            "x": np.random.rand(batch, *activation).astype(np.float32), "labels": np.zeros(batch, np.int64)}),
+        "gradient": Message(Kind.BACKWARD, "bench", 1, 1, 1, {}, {"target": np.random.rand(batch, *activation).astype(np.float32)}),
+    }
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="dni-bench-") as folder:
+        for transport in ("ipc", "tcp"):
+            for copy in (True, False):
+                for name, message in messages.items():
+                    address = f"ipc://{folder}/echo" if transport == "ipc" else f"tcp://127.0.0.1:{free_port_block(1)}"
+                    times = round_trips(address, message, copy, args.count)
+                    size = sum(array.nbytes for array in message.tensors.values())
+                    median = statistics.median(times)
+                    rows.append({"transport": transport, "zero_copy": not copy, "message": name, "bytes": size,
+                                 "rtt_median_ms": 1000 * median, "rtt_p90_ms": 1000 * sorted(times)[int(0.9 * len(times))],
+                                 "hop_ms": 500 * median, "throughput_mb_s": 2 * size / median / 1e6})
+    best = min(rows, key=lambda row: row["rtt_median_ms"] if row["message"] == "activation" else float("inf"))
+    report = {"job": job.name, "batch_size": batch, "activation_shape": list(activation), "rows": rows,
+              "fastest": {"transport": best["transport"], "zero_copy": best["zero_copy"]}}
+    folder = Path(args.results)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "bench-transport.json").write_text(json.dumps(report, indent=2))
+    print(f"one hop for {job.name}: batch {batch} x {activation} float32 ({rows[0]['bytes'] / 1e6:.2f} MB), echo round trips x{args.count}")
+    print(f"{'transport':<9} {'zero-copy':<9} {'message':<10} {'RTT median ms':>13} {'p90 ms':>8} {'per hop ms':>10} {'MB/s':>8}")
+    for row in rows:
+        print(f"{row['transport']:<9} {str(row['zero_copy']):<9} {row['message']:<10} {row['rtt_median_ms']:>13.3f} "
+              f"{row['rtt_p90_ms']:>8.3f} {row['hop_ms']:>10.3f} {row['throughput_mb_s']:>8.0f}")
+    print(f"fastest for activations: {best['transport']}, zero-copy={best['zero_copy']} "
+          f"(local runs use ipc; messages over {ZERO_COPY_THRESHOLD >> 10} KiB go zero-copy)")
+    print(f"results: {folder / 'bench-transport.json'}")
+    return report
