@@ -33,6 +33,8 @@ class Pending:
     h: torch.Tensor
     condition: Optional[torch.Tensor]
     step: int
+    prediction: Optional[torch.Tensor] = None  # the synthesizer's output, its graph kept for training
+    weights: Optional[dict[str, torch.Tensor]] = None  # the synthesizer weights that made it
 
 
 @dataclass
@@ -94,20 +96,32 @@ class StageCompute:
             else:
                 upstream = self._follow_synthetic_gradient(pending)
             self.module_optimizer.step()
-        pending.x, pending.h = None, pending.h.detach()
+        pending.x, pending.h = None, pending.h.detach()  # the prediction keeps what its own graph needs
         return upstream
 
+    def _predict(self, pending: Pending, h: torch.Tensor) -> torch.Tensor:
+        """The synthesizer's prediction, its graph kept against a snapshot of the weights that made it.
+
+        When the target arrives the synthesizer learns from this very prediction
+        without a second forward pass, even though its weights may have moved
+        since (weight stashing, as in PipeDream). With a window of one batch the
+        snapshot equals the current weights and this is the reference's update.
+        """
+        pending.weights = {name: p.detach().clone().requires_grad_() for name, p in self.synthesizer.named_parameters()}
+        prediction = torch.func.functional_call(self.synthesizer, pending.weights, (h, pending.condition))
+        pending.prediction = prediction.square() if self.mode.synthetic_loss else prediction
+        return pending.prediction
+
     def _follow_synthetic_gradient(self, pending: Pending) -> Optional[torch.Tensor]:
-        with torch.no_grad():
-            predicted = self.synthesizer(pending.h.detach(), pending.condition)
+        predicted = self._predict(pending, pending.h.detach())
         self.module_optimizer.zero_grad(set_to_none=True)
-        pending.h.backward(predicted)
+        pending.h.backward(predicted.detach())
         return pending.x.grad if self.needs_input_grad else None
 
     def _follow_synthetic_loss(self, pending: Pending) -> torch.Tensor:
-        predicted = self.synthesizer(pending.h, pending.condition).square()
+        predicted = self._predict(pending, pending.h)
         parameters = [p for p in self.module.parameters() if p.requires_grad]
-        for parameter, grad in zip(parameters, torch.autograd.grad(predicted.sum(), parameters)):
+        for parameter, grad in zip(parameters, torch.autograd.grad(predicted.sum(), parameters, retain_graph=True)):
             parameter.grad = grad
         return predicted.detach()
 
@@ -118,12 +132,10 @@ class StageCompute:
             return self._backpropagate(pending, target)
         self.staleness[self.steps - pending.step] += 1
         with self.time("synthesizer"):
-            predicted = self.synthesizer(pending.h, pending.condition)
-            if self.mode.synthetic_loss:
-                predicted = predicted.square()
-            loss = F.mse_loss(predicted, target)
-            self.synthesizer_optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss = F.mse_loss(pending.prediction, target)
+            grads = torch.autograd.grad(loss, list(pending.weights.values()))
+            for parameter, grad in zip(self.synthesizer.parameters(), grads):
+                parameter.grad = grad
             self.synthesizer_optimizer.step()
         self.synthesizer_loss = loss.item()
         return None

@@ -19,6 +19,7 @@ from coordinator.data import load_dataset
 from coordinator.job import Job, job_from_table, load_job
 from coordinator.results import read_metrics
 from coordinator.run import run_job
+from workers.modes import Mode
 from workers.timing import ACTIVITIES, COMPUTE
 
 EMULATED_FORWARD_MS = 20.0
@@ -41,7 +42,7 @@ def measure(job: Job, modes: list[str], targets: list[float], folder: Path, base
     results: dict[str, Any] = {}
     spans = {}
     for mode in modes:
-        run_folder, summary = run_job(replace(job, mode=mode, record_spans=True, results=str(folder)), show_progress=False)
+        run_folder, summary = run_job(replace(job, mode=Mode(mode), record_spans=True, results=str(folder)), show_progress=False)
         results[mode] = _pipeline_result(run_folder.path, summary, targets)
         spans[mode] = json.loads((run_folder.path / "spans.json").read_text())
     if baselines:

@@ -1,0 +1,115 @@
+"""The Docker stack end to end: the image, docker-compose.yml, one container per stage.
+
+Builds the image offline (base image from docker/build-base.sh, wheels from
+docker/build-wheelhouse.sh; docker/ci-setup.sh makes both and starts the
+engine), brings up coordinator + stage0..2 with the MNIST smoke job, and
+checks the run's summary.  Installs nothing; without a running Docker engine
+it fails rather than skips.  Run with `pytest -m docker`.
+
+Environment: DNI_DATA (datasets folder with MNIST/raw; default
+../shared/datasets beside the repository), DNI_BASE_IMAGE (default
+dni-base:bookworm), DNI_DOCKER_TIMEOUT (seconds for `up`, default 900).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.docker
+
+REPO = Path(__file__).resolve().parent.parent
+BASE_IMAGE = os.environ.get("DNI_BASE_IMAGE", "dni-base:bookworm")
+DATA = Path(os.environ.get("DNI_DATA", REPO.parent / "shared" / "datasets")).resolve()
+UP_TIMEOUT = int(os.environ.get("DNI_DOCKER_TIMEOUT", "900"))
+
+
+def _run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, **kwargs)
+
+
+def _compose() -> list[str]:
+    """`docker compose` (v2) where it works, else Debian's docker-compose (v1)."""
+    if _run(["docker", "compose", "version"]).returncode == 0:
+        return ["docker", "compose"]
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    pytest.fail("neither `docker compose` nor `docker-compose` is installed (see docker/ci-setup.sh)")
+
+
+def _tail(result: subprocess.CompletedProcess, lines: int = 60) -> str:
+    def last(text: str) -> str:
+        return "\n".join(text.splitlines()[-lines:])
+    return f"--- stdout (end) ---\n{last(result.stdout)}\n--- stderr (end) ---\n{last(result.stderr)}"
+
+
+@pytest.fixture
+def stack(tmp_path: Path):
+    """(compose command, environment, runs folder); always torn down."""
+    info = _run(["docker", "info"])
+    if info.returncode != 0:
+        pytest.fail(f"no running Docker engine (docker/ci-setup.sh starts one): {info.stderr.strip()[-500:]}")
+    if _run(["docker", "image", "inspect", BASE_IMAGE]).returncode != 0:
+        pytest.fail(f"base image {BASE_IMAGE} is missing: run docker/build-base.sh (or docker/ci-setup.sh)")
+    if not (REPO / "docker" / "wheelhouse" / "requirements.txt").is_file():
+        pytest.fail("docker/wheelhouse is empty: run docker/build-wheelhouse.sh (or docker/ci-setup.sh)")
+    if not (DATA / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file():
+        pytest.fail(f"MNIST not found under {DATA}; set DNI_DATA")
+
+    project = f"dnitest{uuid.uuid4().hex[:10]}"
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    env = dict(os.environ)
+    env.update({
+        "COMPOSE_PROJECT_NAME": project,
+        "DNI_IMAGE": f"dni:{project}",            # our own tag, removed afterwards (layers stay cached)
+        "DNI_BASE_IMAGE": BASE_IMAGE,
+        "DNI_OFFLINE": "1",
+        "DNI_JOB": "jobs/mnist_smoke.toml",
+        "DNI_DATA": str(DATA),
+        "DNI_RUNS": str(runs),
+        "DNI_USER": f"{os.getuid()}:{os.getgid()}",  # results owned by whoever runs the test
+        "DNI_RUN_ARGS": "--threads 1 --no-progress --no-download",
+    })
+    compose = _compose() + ["-f", str(REPO / "docker-compose.yml"), "-p", project]
+    try:
+        yield compose, env, runs
+    finally:
+        down = _run(compose + ["down", "-v", "--remove-orphans", "--timeout", "5"], cwd=REPO, env=env, timeout=300)
+        _run(["docker", "image", "rm", "-f", env["DNI_IMAGE"]])
+        left = _run(["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={project}"]).stdout.split()
+        assert down.returncode == 0 and not left, f"teardown left containers {left}: {down.stderr[-2000:]}"
+
+
+def test_smoke_job_trains_across_containers(stack) -> None:
+    compose, env, runs = stack
+
+    started = time.monotonic()
+    # One build: every service runs the same image (docker-compose 1.x would
+    # otherwise build it once per service, cached but re-sending the context).
+    build = _run(compose + ["build", "coordinator"], cwd=REPO, env=env, timeout=1800)
+    assert build.returncode == 0, f"image build failed:\n{_tail(build)}"
+    built = time.monotonic()
+
+    up = _run(compose + ["up", "--exit-code-from", "coordinator"], cwd=REPO, env=env, timeout=UP_TIMEOUT)
+    finished = time.monotonic()
+    print(f"docker build {built - started:.0f}s, stack up to coordinator exit {finished - built:.0f}s")
+    assert up.returncode == 0, f"the coordinator exited with {up.returncode}:\n{_tail(up)}"
+
+    summaries = list(runs.glob("*/summary.json"))
+    assert len(summaries) == 1, f"expected one run folder with summary.json in {runs}: {list(runs.iterdir())}"
+    summary = json.loads(summaries[0].read_text())
+    assert summary["test_accuracy"] > 0.5, summary["test_accuracy"]
+
+    workers = summary["workers"]
+    assert len(workers) == 3
+    hostnames = [worker["hostname"] for worker in workers]
+    assert len(set(hostnames)) == 3, f"stages did not run in separate containers: {hostnames}"
+    coordinator_host = _run(["hostname"]).stdout.strip()
+    assert coordinator_host not in hostnames, "a stage ran on the host, not in a container"
