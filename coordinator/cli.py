@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -43,14 +44,21 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="train a job", description=(
         "Train a job: a shortcut (" + ", ".join(SHORTCUTS) + ") or a TOML job file. Flags override the file. "
         "Without --workers, one local worker process per stage is started."))
-    run.add_argument("job", help="mnist, cifar10, or a path to a job file (see README: job files)")
+    run.add_argument("job", nargs="?", help="mnist, cifar10, or a path to a job file (see README: job files)")
+    run.add_argument("--resume", type=Path, metavar="RUN", help="continue a stopped run folder from its last checkpoint")
     for flag, (_, kind, text) in OVERRIDES.items():
         run.add_argument(flag, type=kind, help=text, choices=MODE_NAMES if flag == "--mode" else None)
     run.add_argument("--no-verify-data", action="store_true", help="skip dataset checksums (for rebuilt local copies)")
     run.add_argument("--no-download", action="store_true", help="never download datasets")
     run.add_argument("--record-spans", action="store_true", help="record per-worker activity spans (spans.json)")
     run.add_argument("--workers", help="comma-separated addresses of running workers (tcp://host:port,...), one per stage")
-    run.add_argument("--bind", help="address of the coordinator's inbox (default: ipc for local workers, tcp://0.0.0.0:5550 for remote)")
+    run.add_argument("--bind", help="address of the coordinator's inbox (default: ipc for local workers, tcp://0.0.0.0:5550 for remote; "
+                     "tcp://127.0.0.1:5550 with --insecure)")
+    security = run.add_mutually_exclusive_group()
+    security.add_argument("--keys", metavar="DIR", help="CURVE key directory made by `dni keys DIR` (required for remote workers; "
+                          "job file: keys = \"DIR\")")
+    security.add_argument("--insecure", action="store_true", help="no encryption or authentication: allowed only when every "
+                          "address is on loopback or ipc:// (job file: insecure = true)")
     run.add_argument("--advertise", help="address workers use to reach the coordinator (default: derived from --bind)")
     run.add_argument("--transport", choices=["ipc", "tcp"], default="ipc", help="how local workers talk (default ipc)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -78,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     transport.add_argument("--data-root", help="dataset folder")
     transport.add_argument("--results", default="runs", help="where bench-transport.json goes")
 
+    keys = commands.add_parser("keys", help="create CURVE keys for encrypted, authenticated tcp:// sockets", description=(
+        "Create a key directory: a server key pair (binding sockets), a client key pair (connecting sockets) and "
+        "authorized/ (public keys allowed to connect). Copy it to every host; pass --keys DIR to dni worker and dni run."))
+    keys.add_argument("directory", type=Path, help="new directory (refuses to overwrite existing keys)")
+
     plot = commands.add_parser("plot", help="draw the accuracy of several runs into one plot")
     plot.add_argument("runs", nargs="+", type=Path, help="run folders")
     plot.add_argument("-o", "--output", type=Path, default=Path("accuracy.png"))
@@ -98,26 +111,54 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             args.iterations = 1000
         (run_speedup if args.bench == "speedup" else run_transport)(args)
         return
+    if args.command == "keys":
+        sys.exit(_keys(args.directory))
     if args.command == "plot":
         print(plot_accuracy(args.runs, args.output, args.title))
         return
     sys.exit(_run(args))
 
 
+def _keys(directory: Path) -> int:
+    from protocol.security import create_keys
+
+    try:
+        create_keys(directory)
+    except (ProtocolError, OSError) as error:
+        print(f"dni keys: {error}", file=sys.stderr)
+        return 2
+    print(f"keys in {directory}: copy this directory to every host over a secure channel and pass --keys {directory} "
+          "to `dni worker` and `dni run` (or keys = \"...\" in the job file); *.key_secret files are readable by you only")
+    return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def _run(args: argparse.Namespace) -> int:
-    from coordinator.run import run_job
+    from coordinator.run import resume_job, run_job
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     log = logging.getLogger("dni")
     overrides = {setting: getattr(args, flag[2:].replace("-", "_")) for flag, (setting, _, _) in OVERRIDES.items()}
     overrides.update(verify_data=False if args.no_verify_data else None, download=False if args.no_download else None,
                      record_spans=True if args.record_spans else None)
+    if args.keys or args.insecure:  # either flag overrides the job file's keys and insecure settings
+        overrides.update(keys=args.keys or "", insecure=args.insecure)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
-        job = load_job(args.job, overrides)
-        if args.workers:
-            job = with_addresses(job, [address.strip() for address in args.workers.split(",")])
-        folder, summary = run_job(job, args.bind, args.advertise, args.transport, not args.no_progress)
-    except (ConfigError, DataError, ProtocolError) as error:
+        if args.resume:
+            folder, summary = resume_job(args.resume, bind=args.bind, advertise=args.advertise, transport=args.transport,
+                                         show_progress=not args.no_progress)
+        elif args.job is None:
+            raise ConfigError("name a job (mnist, cifar10 or a job file) or --resume RUN")
+        else:
+            job = load_job(args.job, overrides)
+            if args.workers:
+                job = with_addresses(job, [address.strip() for address in args.workers.split(",")])
+            folder, summary = run_job(job, args.bind, args.advertise, args.transport, not args.no_progress)
+    except (ConfigError, DataError, ProtocolError, FileNotFoundError) as error:
         log.error("%s", error)
         return 2
     except (PipelineError, WorkerDied) as error:

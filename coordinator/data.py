@@ -90,19 +90,23 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
     return images.float().div_(255.0)
 
 
-def train_batches(data: Dataset, batch_size: int, seed: int, steps: int) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
-    """(epoch, images, labels) for `steps` batches; reshuffled each epoch, the last partial batch dropped."""
+def train_batches(data: Dataset, batch_size: int, seed: int, steps: int, start: int = 0) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """(epoch, images, labels) for batches start..steps-1; reshuffled each epoch, the last partial batch dropped.
+
+    The order depends only on the seed, so a run resumed at `start` sees the batches it would have seen.
+    """
     generator = torch.Generator().manual_seed(seed)
     per_epoch = max(1, len(data.train_y) // batch_size)
     step = 0
     epoch = 0
     while step < steps:
         order = torch.randperm(len(data.train_y), generator=generator)
-        for start in range(0, per_epoch * batch_size, batch_size):
+        for offset in range(0, per_epoch * batch_size, batch_size):
             if step == steps:
                 return
-            index = order[start:start + batch_size]
-            yield epoch, to_float(data.train_x[index]), data.train_y[index]
+            if step >= start:
+                index = order[offset:offset + batch_size]
+                yield epoch, to_float(data.train_x[index]), data.train_y[index]
             step += 1
         epoch += 1
 

@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 from workers.devices import DEVICE_PATTERN
 from workers.modes import MODE_NAMES, Mode
-from workers.spec import OPTIMIZERS, ConfigError, OptimizerSpec, StageSpec, SynthesizerSpec
+from workers.spec import NONFINITE_POLICIES, OPTIMIZERS, ConfigError, OptimizerSpec, StageSpec, SynthesizerSpec
 
 JOBS_DIR = Path(__file__).parent / "jobs"
 SHORTCUTS = {"mnist": JOBS_DIR / "mnist_fcn.toml", "cifar10": JOBS_DIR / "cifar10_cnn.toml"}
@@ -21,7 +21,8 @@ JOB_KEYS = {
     "name": str, "dataset": str, "mode": str, "batch_size": int, "iterations": int, "epochs": int,
     "seed": int, "eval_every": int, "eval_batch_size": int, "window": int, "threads": int,
     "data_root": str, "results": str, "train_subset": int, "test_subset": int, "verify_data": bool,
-    "download": bool, "record_spans": bool, "optimizer": dict, "stages": list,
+    "download": bool, "record_spans": bool, "nonfinite": str, "checkpoint_every": int, "optimizer": dict, "stages": list,
+    "keys": str, "insecure": bool,
 }
 
 
@@ -52,6 +53,10 @@ class Job:
     verify_data: bool = True  # checksum datasets as torchvision does; off for rebuilt local copies
     download: bool = True
     record_spans: bool = False
+    nonfinite: str = "reject"  # a tensor with NaN/Inf arriving at a worker: reject the message, or count it
+    checkpoint_every: int = 1000  # steps between checkpoints of every stage (0: only at the end)
+    keys: str = ""  # CURVE key directory made by `dni keys DIR`; required when an address reaches beyond loopback
+    insecure: bool = False  # run without keys even if `keys` is set; allowed only on loopback and ipc:// addresses
     optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
 
     def resolved_data_root(self) -> Path:
@@ -155,7 +160,9 @@ def _validate(job: Job, origin: str) -> None:
     for name in ("batch_size", "eval_batch_size", "window"):
         if getattr(job, name) < 1:
             raise ConfigError(f"{origin}: {name} must be at least 1, got {getattr(job, name)}")
-    for name in ("iterations", "epochs", "eval_every", "threads", "train_subset", "test_subset"):
+    if job.nonfinite not in NONFINITE_POLICIES:
+        raise ConfigError(f"{origin}: nonfinite {job.nonfinite!r} is not one of {', '.join(NONFINITE_POLICIES)}")
+    for name in ("iterations", "epochs", "eval_every", "threads", "train_subset", "test_subset", "checkpoint_every"):
         if getattr(job, name) < 0:
             raise ConfigError(f"{origin}: {name} must not be negative, got {getattr(job, name)}")
     if not (job.iterations or job.epochs):
@@ -163,6 +170,20 @@ def _validate(job: Job, origin: str) -> None:
     remote = [entry.address is not None for entry in job.stages]
     if any(remote) and not all(remote):
         raise ConfigError(f"{origin}: either every stage has an address (remote workers) or none does")
+
+
+def job_as_table(job: Job) -> dict[str, Any]:
+    """The job in job-file form (what job_from_table reads back), for a run folder and --resume."""
+    table = {key: getattr(job, key) for key in JOB_KEYS if key not in ("stages", "optimizer", "mode")}
+    table["mode"] = job.mode.value
+    table["optimizer"] = {"name": job.optimizer.name, "lr": job.optimizer.lr}
+    table["stages"] = [
+        {"kind": entry.spec.kind, "device": entry.spec.device, **entry.spec.params,
+         "synthesizer": {"kind": entry.spec.synthesizer.kind, **entry.spec.synthesizer.params},
+         **({"address": entry.address} if entry.address else {})}
+        for entry in job.stages
+    ]
+    return table
 
 
 def with_addresses(job: Job, addresses: list[str]) -> Job:

@@ -16,11 +16,16 @@ log = logging.getLogger("dni.launcher")
 class WorkerDied(RuntimeError):
     """A local worker process exited while the job was running."""
 
+    def __init__(self, stage: int, text: str) -> None:
+        super().__init__(text)
+        self.stage = stage
+
 
 class LocalWorkers:
     """Worker processes on this machine, one per stage, talking over ipc:// (or tcp:// on loopback)."""
 
-    def __init__(self, count: int, transport: str = "ipc", log_level: str = "WARNING") -> None:
+    def __init__(self, count: int, transport: str = "ipc", log_level: str = "WARNING", keys: Optional[Path] = None) -> None:
+        self.keys = keys  # a CURVE key directory the workers load (see protocol/security.py)
         self.directory = Path(tempfile.mkdtemp(prefix="dni-"))
         self.addresses = [self._address(transport, stage) for stage in range(count)]
         self.log_level = log_level
@@ -33,17 +38,27 @@ class LocalWorkers:
         return f"tcp://127.0.0.1:{port}"
 
     def start(self) -> None:
-        for address in self.addresses:
-            command = [sys.executable, "-m", "workers", "--bind", address, "--once", "--log-level", self.log_level]
-            self.processes.append(subprocess.Popen(command, stdin=subprocess.DEVNULL))
+        self.processes = [self._spawn(address) for address in self.addresses]
         log.info("started %d workers: %s", len(self.processes), ", ".join(str(p.pid) for p in self.processes))
+
+    def _spawn(self, address: str) -> subprocess.Popen:
+        command = [sys.executable, "-m", "workers", "--bind", address, "--once", "--log-level", self.log_level]
+        if self.keys is not None:
+            command += ["--keys", str(self.keys)]
+        return subprocess.Popen(command, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+
+    def restart(self, stage: int) -> None:
+        """A fresh process for a stage whose worker died, at the same address."""
+        self.processes[stage].wait(5)
+        self.processes[stage] = self._spawn(self.addresses[stage])
+        log.warning("restarted the worker of stage %d as pid %d", stage, self.processes[stage].pid)
 
     def check(self) -> None:
         for stage, process in enumerate(self.processes):
             code = process.poll()
             if code is not None:
                 how = f"signal {-code}" if code < 0 else f"exit code {code}"
-                raise WorkerDied(f"worker for stage {stage} (pid {process.pid}) died with {how}")
+                raise WorkerDied(stage, f"worker for stage {stage} (pid {process.pid}) died with {how}")
 
     def pids(self) -> list[int]:
         return [process.pid for process in self.processes]
@@ -72,6 +87,14 @@ class LocalWorkers:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: ask Linux to SIGTERM it if the coordinator dies, even by SIGKILL."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def free_port_block(size: int = 3) -> int:

@@ -15,6 +15,7 @@ import torch
 import zmq
 
 from protocol import DEFAULT_LIMITS, Kind, Limits, Message, ProtocolError, open_socket, receive_message, send_message, worker_endpoints
+from protocol.security import Keys, check_plaintext_allowed, make_server, secure_context
 
 log = logging.getLogger("dni.pipeline")
 
@@ -26,19 +27,28 @@ class PipelineError(RuntimeError):
 class Pipeline:
     def __init__(self, job_id: str, addresses: list[str], inbox_bind: str,
                  health_check: Callable[[], None] = lambda: None, limits: Limits = DEFAULT_LIMITS,
-                 heartbeat_timeout: float = 30.0) -> None:
+                 heartbeat_timeout: float = 10.0, hang_timeout: float = 300.0, keys: Optional[Keys] = None) -> None:
         self.job_id = job_id
         self.addresses = addresses
         self.limits = limits
         self.health_check = health_check
         self.heartbeat_timeout = heartbeat_timeout
+        self.hang_timeout = hang_timeout
+        self.last_beat = 0.0
+        if keys is None:  # plaintext only where no socket reaches beyond this machine
+            check_plaintext_allowed([inbox_bind, *addresses], "coordinator address")
         self.context = zmq.Context()
+        # with keys, the inbox is a CURVE server and every other socket of this context a CURVE client
+        self.authenticator = secure_context(self.context, keys) if keys is not None else None
         self.inbox = open_socket(self.context, zmq.PULL, limits)
+        if keys is not None:
+            make_server(self.inbox, keys)
         self.inbox.bind(inbox_bind)
         self.inbox_address = self.inbox.getsockopt(zmq.LAST_ENDPOINT).decode()
         self.controls = [self._connect(zmq.DEALER, worker_endpoints(address).control) for address in addresses]
         self.feed = self._connect(zmq.PUSH, worker_endpoints(addresses[0]).forward)
         self.last_seen = [time.monotonic()] * len(addresses)
+        self.busy_for = [0.0] * len(addresses)
         self.worker_errors: list[int] = [0] * len(addresses)
 
     def _connect(self, kind: int, address: str) -> zmq.Socket:
@@ -47,6 +57,8 @@ class Pipeline:
         return socket
 
     def close(self) -> None:
+        if self.authenticator is not None:
+            self.authenticator.stop()
         self.context.destroy(linger=0)
 
     # -- control -------------------------------------------------------------------
@@ -58,6 +70,7 @@ class Pipeline:
         deadline = time.monotonic() + timeout
         while not socket.poll(200):
             self.health_check()
+            self._beat()
             if time.monotonic() > deadline:
                 raise PipelineError(f"stage {stage} ({self.addresses[stage]}) did not answer {command!r} within {timeout:.0f}s")
         reply = receive_message(socket, self.limits)
@@ -71,7 +84,15 @@ class Pipeline:
 
     def wait_for_workers(self, timeout: float) -> None:
         for stage in range(len(self.addresses)):
-            self.request(stage, "ping", timeout=timeout)
+            try:
+                self.request(stage, "ping", timeout=timeout)
+            except PipelineError as error:
+                if "did not answer" not in str(error):
+                    raise
+                hint = ("this coordinator uses CURVE keys: the worker needs --keys with a copy of the same key directory"
+                        if self.authenticator is not None else
+                        "if the worker runs with --keys, this coordinator needs --keys with a copy of the same directory")
+                raise PipelineError(f"{error} ({hint})") from error
 
     # -- data ----------------------------------------------------------------------
 
@@ -84,6 +105,7 @@ class Pipeline:
         deadline = time.monotonic() + timeout
         while True:
             self.health_check()
+            self._beat()
             self._check_heartbeats()
             remaining = deadline - time.monotonic()
             if not self.inbox.poll(max(0, min(remaining, 0.5)) * 1000):
@@ -105,6 +127,7 @@ class Pipeline:
             return None
         self.last_seen[message.sender] = time.monotonic()
         if message.kind is Kind.HEARTBEAT:
+            self.busy_for[message.sender] = float(message.meta.get("busy_for", 0.0))
             return None
         if message.kind is Kind.ERROR:
             self.worker_errors[message.sender] += 1
@@ -112,8 +135,28 @@ class Pipeline:
             return None
         return message
 
+    def forget_silence(self) -> None:
+        """Start the liveness clocks afresh (after workers were restarted)."""
+        self.last_seen = [time.monotonic()] * len(self.addresses)
+        self.busy_for = [0.0] * len(self.addresses)
+
+    def _beat(self) -> None:
+        """Tell every worker the coordinator lives; a worker that stops hearing this ends its job."""
+        now = time.monotonic()
+        if now - self.last_beat < 1.0:
+            return
+        self.last_beat = now
+        beat = Message(Kind.HEARTBEAT, self.job_id)
+        for socket in self.controls:
+            try:
+                send_message(socket, beat, flags=zmq.NOBLOCK)
+            except zmq.Again:
+                pass
+
     def _check_heartbeats(self) -> None:
         now = time.monotonic()
         for stage, seen in enumerate(self.last_seen):
             if now - seen > self.heartbeat_timeout:
-                raise PipelineError(f"stage {stage} ({self.addresses[stage]}) sent nothing for {now - seen:.0f}s: hung or unreachable")
+                raise PipelineError(f"stage {stage} ({self.addresses[stage]}) sent nothing for {now - seen:.0f}s: died or unreachable")
+            if self.busy_for[stage] > self.hang_timeout:
+                raise PipelineError(f"stage {stage} ({self.addresses[stage]}) has been stuck in one step for {self.busy_for[stage]:.0f}s")

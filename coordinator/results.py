@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from coordinator.job import Job
+from coordinator.job import Job, job_as_table
 
 
 class RunFolder:
@@ -29,8 +28,19 @@ class RunFolder:
             path = base.with_name(f"{base.name}-{suffix}")
         path.mkdir(parents=True)
         folder = cls(path)
-        folder.write_json("job.json", job_as_dict(job))
+        folder.write_json("job.json", job_as_table(job))
         return folder
+
+    @classmethod
+    def open(cls, path: Path) -> "RunFolder":
+        if not (path / "job.json").is_file():
+            raise FileNotFoundError(f"{path} is not a run folder (no job.json)")
+        return cls(path)
+
+    def rewrite_metrics(self, records: list[dict[str, Any]]) -> None:
+        partial = self.metrics_path.with_suffix(".partial")
+        partial.write_text("".join(json.dumps(record) + "\n" for record in records))
+        partial.replace(self.metrics_path)
 
     def append_metrics(self, record: dict[str, Any]) -> None:
         with self.metrics_path.open("a") as stream:
@@ -46,10 +56,6 @@ class RunFolder:
         torch.save({f"stage{index}": state for index, state in enumerate(states)}, self.path / "model.pt")
 
 
-def job_as_dict(job: Job) -> dict[str, Any]:
-    table = asdict(job)
-    table["mode"] = job.mode.value
-    return table
 
 
 def read_metrics(run: Path) -> list[dict[str, Any]]:

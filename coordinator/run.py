@@ -1,44 +1,51 @@
 """Running one job end to end: data, workers (local or remote), training, results, cleanup."""
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 import socket
+from pathlib import Path
 from typing import Any, Optional
 
 from coordinator.data import load_dataset
-from coordinator.job import Job
+from coordinator.job import Job, job_from_table
 from coordinator.launcher import LocalWorkers
 from coordinator.pipeline import Pipeline
 from coordinator.plots import plot_accuracy
 from coordinator.results import RunFolder
 from coordinator.shapes import check_stages
 from coordinator.trainer import Trainer
-from protocol import connectable
+from protocol import ProtocolError, connectable
+from protocol.security import FIX, Keys, check_plaintext_allowed, load_keys
 
 log = logging.getLogger("dni.run")
 
 
 def run_job(job: Job, bind: Optional[str] = None, advertise: Optional[str] = None, transport: str = "ipc",
-            show_progress: bool = True, worker_log_level: str = "WARNING") -> tuple[RunFolder, dict[str, Any]]:
+            show_progress: bool = True, worker_log_level: str = "WARNING",
+            resume: Optional[RunFolder] = None, keys: Optional[Keys] = None) -> tuple[RunFolder, dict[str, Any]]:
+    """Train `job`; with `resume`, continue that run folder from its last checkpoint."""
+    keys = _run_keys(job, keys, [bind, advertise])
     data = load_dataset(job.dataset, job.resolved_data_root(), job.download, job.verify_data)
     data = data.subset(job.train_subset, job.test_subset)
     check_stages(job, data.input_shape, data.num_classes)
-    folder = RunFolder.create(job)
+    folder = resume or RunFolder.create(job)
     job_id = f"{folder.path.name}-{secrets.token_hex(4)}"
     remote = job.stages[0].address is not None
-    local = None if remote else LocalWorkers(len(job.stages), transport, worker_log_level)
+    local = None if remote else LocalWorkers(len(job.stages), transport, worker_log_level, keys.directory if keys else None)
     addresses = [entry.address for entry in job.stages] if remote else local.addresses
-    inbox = bind or (f"ipc://{local.directory}/coordinator" if transport == "ipc" and local else "tcp://127.0.0.1:*" if local else "tcp://0.0.0.0:5550")
+    inbox = bind or (f"ipc://{local.directory}/coordinator" if transport == "ipc" and local else "tcp://127.0.0.1:*" if local else "tcp://0.0.0.0:5550" if keys else "tcp://127.0.0.1:5550")
     pipeline = None
     try:
         if local:
             local.start()
-        pipeline = Pipeline(job_id, addresses, inbox, health_check=local.check if local else lambda: None)
+        pipeline = Pipeline(job_id, addresses, inbox, health_check=local.check if local else lambda: None, keys=keys)
         reachable = advertise or connectable(pipeline.inbox_address, socket.gethostname() if remote else "127.0.0.1")
         pipeline.wait_for_workers(timeout=60 if local else 300)
         log.info("job %s: %d stages at %s; results in %s", job_id, len(addresses), ", ".join(addresses), folder.path)
-        summary = Trainer(job, job_id, data, pipeline, folder, reachable, show_progress).run()
+        summary = Trainer(job, job_id, data, pipeline, folder, reachable, show_progress,
+                          restart_worker=local.restart if local else None).run()
         folder.write_json("summary.json", summary)
         plot_accuracy([folder.path], folder.plot_path, f"{job.name}: {job.mode.value}")
         return folder, summary
@@ -48,6 +55,32 @@ def run_job(job: Job, bind: Optional[str] = None, advertise: Optional[str] = Non
             pipeline.close()
         if local:
             local.stop()
+
+
+def resume_job(path: Path, **options: Any) -> tuple[RunFolder, dict[str, Any]]:
+    """Continue a stopped run from its last checkpoint, with the job it was started with."""
+    folder = RunFolder.open(path)
+    job = job_from_table(json.loads((path / "job.json").read_text()), str(path / "job.json"))
+    return run_job(job, resume=folder, **options)
+
+
+def _run_keys(job: Job, keys: Optional[Keys], addresses: list[Optional[str]]) -> Optional[Keys]:
+    """The run's CURVE keys, settled before anything starts.
+
+    Keys come from the argument, else the job's `keys` directory unless `insecure`.
+    Remote workers need keys, or an explicit `insecure` when every address is on
+    loopback; local workers over ipc:// or loopback tcp need none.
+    """
+    if keys is None and job.keys and not job.insecure:
+        keys = load_keys(job.keys)
+    if keys is not None:
+        return keys
+    remote = [entry.address for entry in job.stages if entry.address is not None]
+    if remote and not job.insecure:
+        raise ProtocolError(f"remote workers need CURVE keys: {FIX}; "
+                            "for workers on this machine only (tcp://127.0.0.1), --insecure (job file: insecure = true) runs without")
+    check_plaintext_allowed([address for address in [*remote, *addresses] if address], "address")
+    return None
 
 
 def _stop_workers(pipeline: Pipeline) -> None:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
 from coordinator.data import Dataset, test_batches, train_batches
 from coordinator.job import Job
+from coordinator.checkpoints import Checkpoints
+from coordinator.launcher import WorkerDied
 from coordinator.pipeline import Pipeline, PipelineError
 from coordinator.progress import Progress
 from coordinator.results import RunFolder
@@ -19,6 +21,7 @@ from workers.spec import StageConfig
 
 log = logging.getLogger("dni.trainer")
 RESULT_TIMEOUT = 600.0
+MAX_RECOVERIES = 3
 
 
 @dataclass
@@ -55,7 +58,8 @@ class Evaluation:
 
 class Trainer:
     def __init__(self, job: Job, job_id: str, data: Dataset, pipeline: Pipeline, folder: RunFolder,
-                 coordinator_address: str, show_progress: bool = True) -> None:
+                 coordinator_address: str, show_progress: bool = True,
+                 restart_worker: Optional[Callable[[int], None]] = None) -> None:
         self.job = job
         self.job_id = job_id
         self.data = data
@@ -72,15 +76,23 @@ class Trainer:
         self.done = 0
         self.train_tally = Tally()
         self.evaluations: dict[int, Evaluation] = {}
-        self.finished: list[Evaluation] = []
+        self.checkpoints = Checkpoints(folder.path / "checkpoints", len(job.stages))
+        self.records: list[dict[str, Any]] = self.checkpoints.records(folder.metrics_path)
         self.workers: list[dict[str, Any]] = []
+        self.restart_worker = restart_worker
+        self.base_job_id = job_id
+        self.recoveries = 0
+        self.resent = 0
+        self.first_step = 0
         self.started = 0.0
         self.first_result: Optional[float] = None
         self.last_result = 0.0
 
-    def configure(self) -> None:
+    def configure(self, restore: bool) -> None:
+        """Send every stage its configuration, in order: each stage's output shape is the next one's input."""
         shape = self.data.input_shape
         addresses = self.pipeline.addresses
+        self.workers = []
         for index, entry in enumerate(self.job.stages):
             config = StageConfig(
                 job=self.job_id, index=index, num_stages=len(addresses), spec=entry.spec, mode=self.job.mode,
@@ -89,28 +101,72 @@ class Trainer:
                 coordinator=self.coordinator_address,
                 upstream=addresses[index - 1] if index > 0 else None,
                 downstream=addresses[index + 1] if index + 1 < len(addresses) else None,
-                record_spans=self.job.record_spans,
+                record_spans=self.job.record_spans, nonfinite=self.job.nonfinite,
+                restore=str(self.checkpoints.stage(index)) if restore else None,
             )
             reply = self.pipeline.request(index, "configure", {"config": config.to_wire()}, timeout=120)
             self.workers.append({"stage": index, "address": addresses[index], **{k: v for k, v in reply.meta.items() if k != "ok"}})
             shape = tuple(reply.meta["output_shape"])
 
     def run(self) -> dict[str, Any]:
-        self.configure()
+        start = self.checkpoints.step()
+        self.sent = self.done = self.first_step = start
+        self.train_tally = Tally(**self.checkpoints.tally())
+        self.configure(restore=start > 0)
         self.started = self.progress.started = time.monotonic()
-        batches = train_batches(self.data, self.job.batch_size, self.job.seed, self.total)
-        for step, (epoch, x, labels) in enumerate(batches):
+        while True:
+            try:
+                self._train(start)
+                break
+            except WorkerDied as death:
+                if self.restart_worker is None or self.recoveries >= MAX_RECOVERIES:
+                    raise
+                start = self._recover(death)
+        self.progress.close()
+        return self._finish()
+
+    def _train(self, start: int) -> None:
+        batches = train_batches(self.data, self.job.batch_size, self.job.seed, self.total, start)
+        for step, (_, x, labels) in enumerate(batches, start=start):
             while self.sent - self.done >= self.credit:
                 self._absorb(self._receive())
             self.pipeline.send_batch(Kind.FORWARD, step, x, labels)
             self.sent += 1
             if self.sent % self.eval_every == 0 or self.sent == self.total:
                 self._start_evaluation()
+            if self.job.checkpoint_every and self.sent % self.job.checkpoint_every == 0 and self.sent < self.total:
+                self._checkpoint()
             self._absorb_ready()
-        while self.done < self.total or self.evaluations:
+        self._drain()
+
+    def _drain(self) -> None:
+        while self.done < self.sent or self.evaluations:
             self._absorb(self._receive())
-        self.progress.close()
-        return self._finish()
+
+    def _checkpoint(self) -> None:
+        """A consistent cut: no batch in flight anywhere, every stage saved at the same step."""
+        self._drain()
+        self.pipeline.request_all("flush", timeout=RESULT_TIMEOUT)
+        for stage in range(len(self.job.stages)):
+            self.pipeline.request(stage, "checkpoint", {"path": str(self.checkpoints.stage(stage))}, timeout=RESULT_TIMEOUT)
+        self.checkpoints.record(self.sent, len(self.records), self.train_tally)
+
+    def _recover(self, death: WorkerDied) -> int:
+        """Restart the dead worker, roll every stage back to the last checkpoint, and re-send what was lost."""
+        step = self.checkpoints.step()
+        log.warning("%s; restarting it and resuming every stage from step %d (%d batches re-sent)", death, step, self.sent - step)
+        self.recoveries += 1
+        self.resent += self.sent - step
+        self.restart_worker(death.stage)
+        self.job_id = self.pipeline.job_id = f"{self.base_job_id}-r{self.recoveries}"  # stale messages no longer match
+        self.pipeline.forget_silence()
+        self.sent = self.done = step
+        self.evaluations.clear()
+        self.records = self.records[:self.checkpoints.evaluations()]
+        self.folder.rewrite_metrics(self.records)
+        self.train_tally = Tally(**self.checkpoints.tally())
+        self.configure(restore=step > 0)
+        return step
 
     def _receive(self) -> Message:
         message = self.pipeline.receive(RESULT_TIMEOUT)
@@ -128,7 +184,7 @@ class Trainer:
             self.last_result = time.monotonic()
             self.first_result = self.first_result or self.last_result
             self.train_tally.add(message.meta)
-            latest = self.finished[-1].test.accuracy if self.finished else None
+            latest = self.records[-1]["test_accuracy"] if self.records else None
             self.progress.update(self.done, self.done * self.job.batch_size, latest)
         elif message.kind is Kind.EVAL_RESULT:
             evaluation = self.evaluations[int(message.meta["eval"])]
@@ -140,7 +196,7 @@ class Trainer:
             log.warning("unexpected %s from stage %d", message.kind.name, message.sender)
 
     def _start_evaluation(self) -> None:
-        index = len(self.finished) + len(self.evaluations)
+        index = len(self.records) + len(self.evaluations)
         evaluation = Evaluation(index, self.sent, self.sent / self.per_epoch, len(self.eval_sets), self.train_tally)
         self.train_tally = Tally()
         self.evaluations[index] = evaluation
@@ -149,33 +205,36 @@ class Trainer:
 
     def _record(self, evaluation: Evaluation) -> None:
         """One metrics line; the training tally may still lack a few in-flight batches, which go to the next line."""
-        self.finished.append(evaluation)
         worker_metrics = [reply.meta["metrics"] for reply in self.pipeline.request_all("metrics")]
         elapsed = time.monotonic() - self.started
-        self.folder.append_metrics({
+        record = {
             "eval": evaluation.index, "step": evaluation.step, "epoch": round(evaluation.epoch, 4),
             "train_accuracy": evaluation.train.accuracy, "train_loss": evaluation.train.loss,
             "test_accuracy": evaluation.test.accuracy, "test_loss": evaluation.test.loss,
-            "elapsed": elapsed, "samples_per_second": self.done * self.job.batch_size / elapsed,
+            "elapsed": elapsed, "samples_per_second": (self.done - self.first_step) * self.job.batch_size / elapsed,
             "workers": worker_metrics, "worker_errors": list(self.pipeline.worker_errors),
-        })
+        }
+        self.records.append(record)
+        self.folder.append_metrics(record)
         self.progress.update(self.done, self.done * self.job.batch_size, evaluation.test.accuracy)
 
     def _finish(self) -> dict[str, Any]:
-        self.pipeline.request_all("flush", timeout=RESULT_TIMEOUT)
+        self._checkpoint()
         wall = time.monotonic() - self.started
+        trained = self.total - self.first_step
         final = [reply.meta["metrics"] for reply in self.pipeline.request_all("metrics", {"spans": self.job.record_spans})]
         self.folder.save_state([_state_of(reply) for reply in self.pipeline.request_all("state")])
         if self.job.record_spans:
             self.folder.write_json("spans.json", [metrics.pop("spans") for metrics in final])
-        last = self.finished[-1]
+        last = self.records[-1]
         return {
             "job": self.job.name, "job_id": self.job_id, "mode": self.job.mode.value, "dataset": self.job.dataset,
             "steps": self.total, "epochs": round(self.total / self.per_epoch, 3), "batch_size": self.job.batch_size,
-            "test_accuracy": last.test.accuracy, "best_test_accuracy": max(e.test.accuracy for e in self.finished),
-            "train_accuracy": last.train.accuracy, "wall_seconds": wall,
-            "samples_per_second": self.total * self.job.batch_size / wall,
-            "steady_samples_per_second": (self.total - 1) * self.job.batch_size / max(1e-9, self.last_result - self.first_result),
+            "test_accuracy": last["test_accuracy"], "best_test_accuracy": max(r["test_accuracy"] for r in self.records),
+            "train_accuracy": last["train_accuracy"], "wall_seconds": wall,
+            "samples_per_second": trained * self.job.batch_size / wall,
+            "steady_samples_per_second": (trained - 1) * self.job.batch_size / max(1e-9, self.last_result - self.first_result),
+            "resumed_from_step": self.first_step, "recoveries": self.recoveries, "resent_batches": self.resent,
             "seconds_to_first_result": (self.first_result or time.monotonic()) - self.started,
             "workers": self.workers, "worker_metrics": final, "worker_errors": list(self.pipeline.worker_errors),
         }

@@ -8,12 +8,16 @@ import sys
 from typing import Optional, Sequence
 
 from protocol import ProtocolError
+from protocol.security import load_keys
 from workers.worker import serve
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bind", required=True, help="base address: tcp://HOST:PORT (uses PORT..PORT+2) or ipc://PATH")
     parser.add_argument("--once", action="store_true", help="exit after the first job stops")
+    security = parser.add_mutually_exclusive_group()
+    security.add_argument("--keys", metavar="DIR", help="CURVE key directory made by `dni keys DIR` (required when --bind reaches beyond loopback)")
+    security.add_argument("--insecure", action="store_true", help="no encryption or authentication; allowed only for loopback and ipc:// addresses")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
@@ -21,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        serve(args.bind, args.once)
+        serve(args.bind, args.once, None if args.insecure or not args.keys else load_keys(args.keys))
     except ProtocolError as error:
         logging.getLogger("dni.worker").error("%s", error)
         return 2

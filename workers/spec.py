@@ -12,6 +12,7 @@ from typing import Any, Optional
 from workers.modes import MODE_NAMES, Mode
 
 OPTIMIZERS = ("adam", "sgd")
+NONFINITE_POLICIES = ("reject", "count")  # a tensor with NaN/Inf: refuse the message, or count it and go on
 
 
 class ConfigError(ValueError):
@@ -55,6 +56,8 @@ class StageConfig:
     upstream: Optional[str] = None
     downstream: Optional[str] = None
     record_spans: bool = False
+    nonfinite: str = "reject"
+    restore: Optional[str] = None  # a checkpoint file to start from
 
     @property
     def is_first(self) -> bool:
@@ -97,6 +100,8 @@ class StageConfig:
                 upstream=wire.get("upstream"),
                 downstream=wire.get("downstream"),
                 record_spans=bool(wire.get("record_spans", False)),
+                nonfinite=wire.get("nonfinite", "reject"),
+                restore=wire.get("restore"),
             )
         except (KeyError, TypeError) as error:
             raise ConfigError(f"stage config is incomplete or malformed: {error}") from error
@@ -116,6 +121,10 @@ class StageConfig:
             raise ConfigError(f"optimizer lr must be a positive number, got {self.optimizer.lr!r}")
         if not all(isinstance(size, int) and size > 0 for size in self.input_shape):
             raise ConfigError(f"input_shape must be positive integers, got {list(self.input_shape)}")
+        if self.nonfinite not in NONFINITE_POLICIES:
+            raise ConfigError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {self.nonfinite!r:.40}")
+        if self.restore is not None and not isinstance(self.restore, str):
+            raise ConfigError("restore must be a checkpoint path")
         if (self.upstream is None) != self.is_first or (self.downstream is None) != self.is_last:
             raise ConfigError("upstream/downstream addresses do not match the stage's position")
 

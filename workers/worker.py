@@ -23,15 +23,19 @@ import torch
 import zmq
 
 from protocol import DEFAULT_LIMITS, Kind, Limits, Message, ProtocolError, decode, open_socket, receive_frames, send_message, worker_endpoints
+from protocol.security import Keys, check_plaintext_allowed, make_server, secure_context
 from workers.build import build_stage
+from workers.checkpoint import load_checkpoint, save_checkpoint
 from workers.compute import StageCompute
 from workers.devices import resolve_device, to_device
+from workers.heartbeat import Heartbeat
 from workers.registry import UnknownBuilderError
 from workers.spec import ConfigError, StageConfig
 from workers.timing import Timeline
 
 log = logging.getLogger("dni.worker")
-HEARTBEAT_SECONDS = 1.0
+POLL_SECONDS = 1.0
+COORDINATOR_TIMEOUT = 20.0  # end the job when the coordinator has been silent this long
 
 
 class Rejected(Exception):
@@ -50,12 +54,20 @@ class Session:
                               config.num_classes, config.seed, config.is_last, self.device)
         self.output_shape = modules.output_shape
         self.compute = StageCompute(config, modules, self.timeline)
+        if config.restore:
+            try:
+                load_checkpoint(config.restore, self.compute)
+            except (OSError, RuntimeError, KeyError, ValueError) as error:
+                raise ConfigError(f"cannot restore stage {config.index} from {config.restore}: {error}") from error
         self.report = self._connect(context, config.coordinator, limits)
         self.downstream = self._connect(context, worker_endpoints(config.downstream).forward, limits) if config.downstream else None
         self.upstream = self._connect(context, worker_endpoints(config.upstream).backward, limits) if config.upstream else None
         self.messages: Counter[str] = Counter()
         self.flush_waiters: list[bytes] = []
-        self.last_heartbeat = 0.0
+        self.tick = self.last_heard = time.monotonic()
+        self.heartbeat = Heartbeat(context, config.coordinator, limits, config.job, config.index,
+                                   lambda: (self.compute.steps, time.monotonic() - self.tick))
+        self.heartbeat.start()
 
     @staticmethod
     def _connect(context: zmq.Context, address: str, limits: Limits) -> zmq.Socket:
@@ -81,16 +93,22 @@ class Session:
             self.messages["dropped_notifications"] += 1
 
     def close(self) -> None:
+        self.heartbeat.stop()
         for socket in (self.report, self.downstream, self.upstream):
             if socket is not None:
                 socket.close()
 
 
 class Worker:
-    def __init__(self, bind: str, once: bool = False, limits: Limits = DEFAULT_LIMITS) -> None:
+    def __init__(self, bind: str, once: bool = False, limits: Limits = DEFAULT_LIMITS, keys: Optional[Keys] = None) -> None:
         self.once = once
         self.limits = limits
+        if keys is None:  # plaintext only where no socket reaches beyond this machine
+            check_plaintext_allowed([bind], "worker address")
+        self.keys = keys
         self.context = zmq.Context()
+        # with keys, every socket of this context connects as a CURVE client and the bound ones are CURVE servers
+        self.authenticator = secure_context(self.context, keys) if keys is not None else None
         endpoints = worker_endpoints(bind)
         self.control = self._bind(zmq.ROUTER, endpoints.control)
         self.forward_in = self._bind(zmq.PULL, endpoints.forward)
@@ -101,6 +119,8 @@ class Worker:
 
     def _bind(self, kind: int, address: str) -> zmq.Socket:
         socket = open_socket(self.context, kind, self.limits)
+        if self.keys is not None:
+            make_server(socket, self.keys)
         socket.bind(address)
         return socket
 
@@ -115,10 +135,18 @@ class Worker:
     def close(self) -> None:
         if self.session:
             self.session.close()
+        if self.authenticator is not None:
+            self.authenticator.stop()
         self.context.destroy(linger=0)
 
     def _serve_once(self) -> None:
         session = self.session
+        if session is not None:
+            session.tick = time.monotonic()
+            if session.tick - session.last_heard > COORDINATOR_TIMEOUT:
+                log.error("the coordinator has been silent for %.0fs: ending job %s", session.tick - session.last_heard, session.config.job)
+                self._end_session()
+                return
         poller = zmq.Poller()
         poller.register(self.control, zmq.POLLIN)
         taking_input = session is not None and session.compute.can_take_batch()
@@ -128,10 +156,10 @@ class Worker:
             poller.register(self.backward_in, zmq.POLLIN)
         waiting = "wait_input" if taking_input or session is None else "wait_gradient"
         if session is None:
-            ready = dict(poller.poll(HEARTBEAT_SECONDS * 1000))
+            ready = dict(poller.poll(POLL_SECONDS * 1000))
         else:
             with session.timeline(waiting):
-                ready = dict(poller.poll(HEARTBEAT_SECONDS * 1000))
+                ready = dict(poller.poll(POLL_SECONDS * 1000))
         if self.control in ready:
             with self._timed("control"):
                 self._handle(self.control, self._on_control)
@@ -139,7 +167,6 @@ class Worker:
             self._handle(self.backward_in, self._on_backward)
         if self.session is not None and self.forward_in in ready:
             self._handle(self.forward_in, self._on_forward)
-        self._heartbeat()
 
     def _timed(self, activity: str):
         return self.session.timeline(activity) if self.session is not None else nullcontext()
@@ -217,6 +244,7 @@ class Worker:
             raise Rejected(f"labels must be int64 ({x.shape[0]},), got {labels.dtype} {list(labels.shape)}")
         if labels.size and not 0 <= labels.min() <= labels.max() < config.num_classes:
             raise Rejected(f"labels must lie in 0..{config.num_classes - 1}")
+        self._check_finite("x", x)
         device = self.session.device
         return to_device(torch.from_numpy(x.copy()), device), to_device(torch.from_numpy(labels.copy()), device)
 
@@ -233,11 +261,19 @@ class Worker:
         if target is None or target.dtype != np.float32 or tuple(target.shape) != expected:
             got = "nothing" if target is None else f"{target.dtype} {list(target.shape)}"
             raise Rejected(f"target for batch {message.batch} must be float32 {list(expected)}, got {got}")
+        self._check_finite("target", target)
         with session.timeline("transport"):
             tensor = to_device(torch.from_numpy(target.copy()), session.device)
         self._send_upstream(message.batch, session.compute.receive_target(message.batch, tensor))
         if not session.compute.pending:
             self._release_flush_waiters()
+
+    def _check_finite(self, name: str, array: np.ndarray) -> None:
+        if np.isfinite(array).all():
+            return
+        if self.session.config.nonfinite == "reject":
+            raise Rejected(f"{name} holds NaN or Inf values (policy: reject)")
+        self.session.messages["nonfinite_accepted"] += 1
 
     def _send_upstream(self, batch: int, target: Optional[torch.Tensor]) -> None:
         session = self.session
@@ -250,6 +286,10 @@ class Worker:
         identity, request = frames[0].bytes, frames[1:]
         try:
             message = decode(request, self.limits)
+            if self.session is not None and message.job == self.session.config.job:
+                self.session.last_heard = time.monotonic()
+            if message.kind is Kind.HEARTBEAT:
+                return
             if message.kind is not Kind.CONTROL:
                 raise Rejected(f"{message.kind.name} is not accepted on the control socket")
             command = message.meta.get("command")
@@ -257,7 +297,7 @@ class Worker:
             if handler is None:
                 raise Rejected(f"unknown control command {command!r:.40}")
             reply = handler(identity, message)
-        except (ProtocolError, Rejected, ConfigError, UnknownBuilderError, ValueError, TypeError) as error:
+        except (ProtocolError, Rejected, ConfigError, UnknownBuilderError, ValueError, TypeError, OSError) as error:
             self.errors[type(error).__name__] += 1
             log.warning("control request refused: %s", error)
             reply = Message(Kind.REPLY, meta={"ok": False, "error": f"{type(error).__name__}: {error}"})
@@ -305,12 +345,25 @@ class Worker:
         arrays = {name: tensor.detach().to("cpu").numpy() for name, tensor in state.items()}
         return Message(Kind.REPLY, meta={"ok": True}, tensors=arrays)
 
+    def _command_checkpoint(self, identity: bytes, message: Message) -> Message:
+        session = self._require_session()
+        path = message.meta.get("path")
+        if not isinstance(path, str) or not path:
+            raise Rejected("checkpoint needs a 'path'")
+        if session.compute.pending:
+            raise Rejected(f"{len(session.compute.pending)} batches still await targets: flush before a checkpoint")
+        save_checkpoint(path, session.compute)
+        return Message(Kind.REPLY, meta={"ok": True, "steps": session.compute.steps})
+
     def _command_stop(self, identity: bytes, message: Message) -> Message:
+        self._end_session()
+        return Message(Kind.REPLY, meta={"ok": True})
+
+    def _end_session(self) -> None:
         if self.session is not None:
             self.session.close()
             self.session = None
         self.running = not self.once
-        return Message(Kind.REPLY, meta={"ok": True})
 
     def _require_session(self) -> Session:
         if self.session is None:
@@ -333,13 +386,6 @@ class Worker:
             "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         }
 
-    def _heartbeat(self) -> None:
-        session = self.session
-        if session is None or time.monotonic() - session.last_heartbeat < HEARTBEAT_SECONDS:
-            return
-        session.last_heartbeat = time.monotonic()
-        session.notify(Kind.HEARTBEAT, {"steps": session.compute.steps})
-
 
 def _ip_of(hostname: str) -> str:
     try:
@@ -348,5 +394,5 @@ def _ip_of(hostname: str) -> str:
         return "unknown"
 
 
-def serve(bind: str, once: bool = False) -> None:
-    Worker(bind, once).serve()
+def serve(bind: str, once: bool = False, keys: Optional[Keys] = None) -> None:
+    Worker(bind, once, keys=keys).serve()

@@ -1,0 +1,40 @@
+"""A stage's checkpoint: module, synthesizer, both optimisers and counters.
+
+Written to a temporary file and renamed, so a crash never leaves half a
+checkpoint; read with `weights_only`, so a checkpoint cannot run code.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from workers.compute import StageCompute
+
+
+def save_checkpoint(path: str, compute: StageCompute) -> None:
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    state: dict[str, Any] = {
+        "module": compute.module.state_dict(),
+        "module_optimizer": compute.module_optimizer.state_dict(),
+        "steps": compute.steps,
+    }
+    if compute.synthesizer is not None:
+        state["synthesizer"] = compute.synthesizer.state_dict()
+        state["synthesizer_optimizer"] = compute.synthesizer_optimizer.state_dict()
+    partial = target.with_name(target.name + ".partial")
+    torch.save(state, partial)
+    os.replace(partial, target)
+
+
+def load_checkpoint(path: str, compute: StageCompute) -> None:
+    state = torch.load(path, map_location=next(compute.module.parameters()).device, weights_only=True)
+    compute.module.load_state_dict(state["module"])
+    compute.module_optimizer.load_state_dict(state["module_optimizer"])
+    if compute.synthesizer is not None:
+        compute.synthesizer.load_state_dict(state["synthesizer"])
+        compute.synthesizer_optimizer.load_state_dict(state["synthesizer_optimizer"])
+    compute.steps = int(state["steps"])
