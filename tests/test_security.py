@@ -219,3 +219,30 @@ def test_key_directory(tmp_path):
 ])
 def test_listens_beyond_loopback(address, exposed):
     assert listens_beyond_loopback(address) is exposed
+
+
+def test_a_curve_server_never_wakes_a_poller_without_a_message(keys):
+    """A worker polls, then receives without blocking: a wake-up with nothing to read would kill it."""
+    for _ in range(3):
+        port = free_port_block(1)
+        client_context, server_context = zmq.Context(), zmq.Context()
+        client_auth = secure_context(client_context, keys)
+        server_auth = secure_context(server_context, keys)
+        try:
+            push = client_context.socket(zmq.PUSH)
+            push.connect(f"tcp://127.0.0.1:{port}")  # before the server binds, as the coordinator may
+            pull = make_server(server_context.socket(zmq.PULL), keys)
+            pull.bind(f"tcp://127.0.0.1:{port}")
+            time.sleep(0.3)
+            push.send_multipart([b"header", b"x" * 50_000])
+            received = []
+            deadline = time.monotonic() + 10
+            while not received and time.monotonic() < deadline:
+                if pull.poll(100):
+                    received.append(pull.recv_multipart(zmq.NOBLOCK))  # raises zmq.Again on a spurious wake-up
+            assert received == [[b"header", b"x" * 50_000]]
+        finally:
+            client_auth.stop()
+            server_auth.stop()
+            client_context.destroy(linger=0)
+            server_context.destroy(linger=0)
