@@ -160,9 +160,16 @@ class _Authorized:
         return False
 
 
+class _Authenticator(ThreadAuthenticator):
+    def curve_user_id(self, client_public_key: bytes) -> str:
+        """No ZAP User-Id: with one, libzmq 4.3 queues a 'credential' message ahead of a peer's first message,
+        which wakes a poller with nothing to read (a receive then fails with EAGAIN)."""
+        return ""
+
+
 def start_authenticator(context: zmq.Context, keys: Keys) -> ThreadAuthenticator:
     """Start the ZAP handler of `context` before its first server socket binds; stop it before destroying the context."""
-    authenticator = ThreadAuthenticator(context, log=logging.getLogger("dni.security.zap"))
+    authenticator = _Authenticator(context, log=logging.getLogger("dni.security.zap"))
     authenticator.start()
     authenticator.configure_curve_callback(domain="*", credentials_provider=_Authorized(keys))
     return authenticator
@@ -210,5 +217,6 @@ def check_plaintext_allowed(addresses: Iterable[str], what: str = "address") -> 
     exposed = [address for address in addresses if listens_beyond_loopback(address)]
     if exposed:
         raise ProtocolError(
-            f"{what} {', '.join(exposed)} reaches beyond this machine, so CURVE keys are required: {FIX}. "
+            f"{what}{'es' * (len(exposed) > 1)} {', '.join(exposed)} reach{'es' * (len(exposed) == 1)} beyond this machine, "
+            f"so CURVE keys are required: {FIX}. "
             "Running without keys (--insecure) is allowed only on loopback (tcp://127.0.0.1) and ipc:// addresses")

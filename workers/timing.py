@@ -31,5 +31,14 @@ class Timeline:
             if self.record_spans and len(self.spans) < MAX_SPANS:
                 self.spans.append((activity, start + self._unix_offset, end + self._unix_offset))
 
+    def restart(self) -> float:
+        """Start counting afresh; returns the seconds counted so far."""
+        elapsed = self.wall()
+        self.totals.clear()
+        self.spans.clear()
+        self.started = time.time()
+        self._unix_offset = time.time() - time.perf_counter()
+        return elapsed
+
     def wall(self) -> float:
         return time.time() - self.started

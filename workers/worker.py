@@ -68,6 +68,7 @@ class Session:
         self.heartbeat = Heartbeat(context, config.coordinator, limits, config.job, config.index,
                                    lambda: (self.compute.steps, time.monotonic() - self.tick))
         self.heartbeat.start()
+        self.setup_seconds = self.timeline.restart()  # the wall clock of the job starts when the stage is ready
 
     @staticmethod
     def _connect(context: zmq.Context, address: str, limits: Limits) -> zmq.Socket:
@@ -161,8 +162,7 @@ class Worker:
             with session.timeline(waiting):
                 ready = dict(poller.poll(POLL_SECONDS * 1000))
         if self.control in ready:
-            with self._timed("control"):
-                self._handle(self.control, self._on_control)
+            self._handle(self.control, self._on_control, "control")
         if self.session is not None and self.backward_in in ready:
             self._handle(self.backward_in, self._on_backward)
         if self.session is not None and self.forward_in in ready:
@@ -171,11 +171,16 @@ class Worker:
     def _timed(self, activity: str):
         return self.session.timeline(activity) if self.session is not None else nullcontext()
 
-    def _handle(self, socket: zmq.Socket, handler) -> None:
+    def _handle(self, socket: zmq.Socket, handler, activity: Optional[str] = None) -> None:
+        """Receive one message and hand it over; data handlers time their own parts, others count as `activity`."""
         with self._timed("transport"):
-            frames = receive_frames(socket, zmq.NOBLOCK)
+            try:
+                frames = receive_frames(socket, zmq.NOBLOCK)
+            except zmq.Again:  # readable without a message (e.g. a security handshake): nothing to do
+                return
         try:
-            handler(frames)
+            with self._timed(activity) if activity else nullcontext():
+                handler(frames)
         except (ProtocolError, Rejected, ConfigError) as error:
             self._reject(type(error).__name__, str(error))
         except Exception as error:  # a stage's own code failed on this input; keep serving
@@ -377,6 +382,7 @@ class Worker:
             "stage": session.config.index,
             "steps": compute.steps,
             "wall": session.timeline.wall(),
+            "setup_seconds": session.setup_seconds,
             "time": dict(session.timeline.totals),
             "messages": dict(session.messages),
             "errors": dict(self.errors),
