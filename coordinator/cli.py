@@ -133,7 +133,11 @@ def _keys(directory: Path) -> int:
 
 
 def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+    """SIGTERM stops a running job like Ctrl-C; once training is over it lets the results be written."""
+    from coordinator.run import training_finished
+
+    if not training_finished.is_set():
+        raise KeyboardInterrupt
 
 
 def _run(args: argparse.Namespace) -> int:

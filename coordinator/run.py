@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import secrets
 import socket
 from pathlib import Path
@@ -20,6 +21,7 @@ from protocol import ProtocolError, connectable
 from protocol.security import FIX, Keys, check_plaintext_allowed, load_keys
 
 log = logging.getLogger("dni.run")
+training_finished = threading.Event()  # past this point a SIGTERM must not turn a finished job into a failure
 
 
 def run_job(job: Job, bind: Optional[str] = None, advertise: Optional[str] = None, transport: str = "ipc",
@@ -46,6 +48,7 @@ def run_job(job: Job, bind: Optional[str] = None, advertise: Optional[str] = Non
         log.info("job %s: %d stages at %s; results in %s", job_id, len(addresses), ", ".join(addresses), folder.path)
         summary = Trainer(job, job_id, data, pipeline, folder, reachable, show_progress,
                           restart_worker=local.restart if local else None).run()
+        training_finished.set()
         folder.write_json("summary.json", summary)
         plot_accuracy([folder.path], folder.plot_path, f"{job.name}: {job.mode.value}")
         return folder, summary

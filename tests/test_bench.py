@@ -1,0 +1,55 @@
+"""`dni bench` runs end to end on tiny configurations: tables, JSON and plots, and a per-worker
+accounting of busy and waiting time that adds up to the wall time."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+
+def dni(*args: str) -> str:
+    result = subprocess.run([sys.executable, "-m", "coordinator", *args], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def assert_accounting_adds_up(configuration: dict) -> None:
+    for mode, result in configuration["results"].items():
+        for worker in result.get("workers", []):
+            assert abs(worker["fractions"]["unaccounted"]) < 0.05, f"{mode} stage {worker['stage']}: {worker['fractions']}"
+
+
+def test_speedup_on_a_job_with_single_process_baselines(data_root, tmp_path):
+    out = dni("bench", "speedup", "--job", "jobs/mnist_smoke.toml", "--iterations", "40", "--modes", "backprop,sg",
+              "--data-root", str(data_root), "--results", str(tmp_path))
+    assert "single-process plain" in out and "single-process synthetic" in out and "speedup" in out
+    folder = next(tmp_path.glob("bench-speedup-*"))
+    report = json.loads((folder / "bench.json").read_text())
+    (configuration,) = report["configurations"]
+    assert set(configuration["results"]) == {"backprop", "sg", "single-process plain", "single-process synthetic"}
+    assert configuration["speedup"]["sg"] > 0
+    assert_accounting_adds_up(configuration)
+    assert (folder / "mnist_smoke" / "timeline.png").stat().st_size > 10_000
+
+
+def test_scaling_with_emulated_stages(data_root, tmp_path):
+    out = dni("bench", "speedup", "--model", "balanced-mlp", "--stages", "2,4", "--emulate", "always", "--iterations", "30",
+              "--modes", "backprop,sg", "--data-root", str(data_root), "--results", str(tmp_path))
+    assert out.count("EMULATED") == 2
+    folder = next(tmp_path.glob("bench-speedup-*"))
+    report = json.loads((folder / "bench.json").read_text())
+    assert [c["stages"] for c in report["configurations"]] == [2, 4]
+    for configuration in report["configurations"]:
+        assert configuration["emulated"]
+        assert configuration["speedup"]["sg"] > 1.0, "sleeping stages overlap when unlocked"
+        assert_accounting_adds_up(configuration)
+    assert (folder / "scaling.png").stat().st_size > 10_000
+
+
+def test_transport(tmp_path):
+    out = dni("bench", "transport", "--count", "20", "--results", str(tmp_path))
+    assert "fastest for activations" in out
+    report = json.loads((tmp_path / "bench-transport.json").read_text())
+    assert {(row["transport"], row["zero_copy"], row["message"]) for row in report["rows"]} == {
+        (transport, zero_copy, message) for transport in ("ipc", "tcp") for zero_copy in (False, True) for message in ("activation", "gradient")}
+    assert all(row["rtt_median_ms"] > 0 for row in report["rows"])
