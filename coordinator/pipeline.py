@@ -106,9 +106,9 @@ class Pipeline:
         while True:
             self.health_check()
             self._beat()
-            self._check_heartbeats()
             remaining = deadline - time.monotonic()
             if not self.inbox.poll(max(0, min(remaining, 0.5)) * 1000):
+                self._check_heartbeats()  # judged only on an empty inbox: beats may wait there while we were busy
                 if remaining <= 0:
                     return None
                 continue
