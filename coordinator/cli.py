@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     speedup.add_argument("--iterations", type=int, default=0, help="training steps per run (default: 1000 for a job, 200 for --model)")
     speedup.add_argument("--targets", default="0.95,0.97", help="test accuracies to time")
     speedup.add_argument("--data-root", help="dataset folder")
+    speedup.add_argument("--no-verify-data", action="store_true", help="skip dataset checksums (for rebuilt local copies)")
+    speedup.add_argument("--no-baselines", action="store_true", help="skip the single-process baselines")
     speedup.add_argument("--results", default="runs", help="parent folder of the bench folder")
     transport = benches.add_parser("transport", help="round-trip time of one activation and one gradient message")
     transport.add_argument("--job", default="jobs/mnist_fcn.toml")

@@ -92,13 +92,14 @@ def run_speedup(args) -> dict[str, Any]:
         for count in (int(s) for s in args.stages.split(",")):
             emulated = args.emulate == "always" or (args.emulate == "auto" and count > (os.cpu_count() or 1))
             job = balanced_job(count, emulated, args.iterations or 200, args.data_root)
-            entry = measure(job, modes, targets, folder / job.name, baselines=not emulated)
+            entry = measure(job, modes, targets, folder / job.name, baselines=not (emulated or args.no_baselines))
             entry["emulated"] = emulated
             configurations.append(entry)
     else:
-        overrides = {"iterations": args.iterations or None, "data_root": args.data_root}
+        overrides = {"iterations": args.iterations or None, "data_root": args.data_root,
+                     "verify_data": False if args.no_verify_data else None}
         job = load_job(args.job, overrides)
-        entry = measure(job, modes, targets, folder / job.name, baselines=True)
+        entry = measure(job, modes, targets, folder / job.name, baselines=not args.no_baselines)
         entry["emulated"] = False
         configurations.append(entry)
     report = {"cores": os.cpu_count(), "modes": modes, "targets": targets, "configurations": configurations,
