@@ -17,10 +17,10 @@ COLOURS = {
 
 
 def window_of(spans: list[list[list[Any]]], start_fraction: float, duration: float) -> tuple[float, float]:
-    """A window of `duration` seconds starting `start_fraction` of the way through the run."""
-    starts = [span[1] for worker in spans for span in worker]
-    ends = [span[2] for worker in spans for span in worker]
-    begin = min(starts) + start_fraction * (max(ends) - min(starts))
+    """A window of `duration` seconds starting `start_fraction` of the way through the training (first to last forward)."""
+    forward = [span for worker in spans for span in worker if span[0] == "forward"]
+    first, last = min(span[1] for span in forward), max(span[2] for span in forward)
+    begin = first + start_fraction * max(0.0, last - first - duration)
     return begin, begin + duration
 
 
