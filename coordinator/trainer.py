@@ -187,7 +187,10 @@ class Trainer:
             latest = self.records[-1]["test_accuracy"] if self.records else None
             self.progress.update(self.done, self.done * self.job.batch_size, latest)
         elif message.kind is Kind.EVAL_RESULT:
-            evaluation = self.evaluations[int(message.meta["eval"])]
+            evaluation = self.evaluations.get(message.meta.get("eval"))
+            if evaluation is None:
+                log.warning("ignored a result for evaluation %r, which is not running", message.meta.get("eval"))
+                return
             evaluation.test.add(message.meta)
             evaluation.received += 1
             if evaluation.received == evaluation.batches:
@@ -233,7 +236,8 @@ class Trainer:
             "test_accuracy": last["test_accuracy"], "best_test_accuracy": max(r["test_accuracy"] for r in self.records),
             "train_accuracy": last["train_accuracy"], "wall_seconds": wall,
             "samples_per_second": trained * self.job.batch_size / wall,
-            "steady_samples_per_second": (trained - 1) * self.job.batch_size / max(1e-9, self.last_result - self.first_result),
+            "steady_samples_per_second": (trained - 1) * self.job.batch_size / (self.last_result - self.first_result)
+            if self.first_result and self.last_result > self.first_result else 0.0,
             "resumed_from_step": self.first_step, "recoveries": self.recoveries, "resent_batches": self.resent,
             "seconds_to_first_result": (self.first_result or time.monotonic()) - self.started,
             "workers": self.workers, "worker_metrics": final, "worker_errors": list(self.pipeline.worker_errors),
