@@ -90,7 +90,9 @@ class LocalWorkers:
 
 
 def _die_with_parent() -> None:
-    """In the child before exec: ask Linux to SIGTERM it if the coordinator dies, even by SIGKILL."""
+    """In the child before exec: leave Ctrl-C to the coordinator, which checkpoints and then stops its
+    workers; and ask Linux to SIGTERM the child if the coordinator dies, even by SIGKILL."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if sys.platform.startswith("linux"):
         import ctypes
 

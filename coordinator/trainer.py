@@ -122,6 +122,10 @@ class Trainer:
                 if self.restart_worker is None or self.recoveries >= MAX_RECOVERIES:
                     raise
                 start = self._recover(death)
+            except KeyboardInterrupt:
+                log.warning("interrupted: writing a checkpoint at step %d first (interrupt again to skip it)", self.sent)
+                self._checkpoint()
+                raise
         self.progress.close()
         return self._finish()
 
