@@ -117,6 +117,7 @@ class Trainer:
         while True:
             try:
                 self._train(start)
+                self._checkpoint()
                 break
             except WorkerDied as death:
                 if self.restart_worker is None or self.recoveries >= MAX_RECOVERIES:
@@ -226,7 +227,6 @@ class Trainer:
         self.progress.update(self.done, self.done * self.job.batch_size, evaluation.test.accuracy)
 
     def _finish(self) -> dict[str, Any]:
-        self._checkpoint()
         wall = time.monotonic() - self.started
         trained = self.total - self.first_step
         final = [reply.meta["metrics"] for reply in self.pipeline.request_all("metrics", {"spans": self.job.record_spans})]

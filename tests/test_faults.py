@@ -62,7 +62,6 @@ def test_killed_worker_is_restarted_and_the_run_finishes(data_root, tmp_path):
     job = small_job(data_root, tmp_path, mode="sg", iterations=300, checkpoint_every=100)
 
     def kill_stage1() -> None:
-        time.sleep(0.5)
         victim = next(pid for pid, command in children(os.getpid()).items() if "stage1" in command)
         os.kill(victim, signal.SIGKILL)
 
