@@ -11,8 +11,8 @@ import zmq
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from coordinator.data import load_dataset, train_batches
-from protocol import Kind, Message, ProtocolError, decode, encode, receive_message, worker_endpoints
-from tests.test_worker_input import JOB, forward, request, stage_config, worker  # noqa: F401 (fixture)
+from protocol import Kind, Message, ProtocolError, decode, encode, receive_message
+from tests.test_worker_input import JOB, coordinator_side, forward, request, stage_config, worker  # noqa: F401 (fixture)
 
 VALID = encode(Message(Kind.FORWARD, JOB, 1, 1, 0, {"eval": 1},
                        {"x": np.zeros((2, 1, 28, 28), np.float32), "labels": np.zeros(2, np.int64)}))
@@ -83,12 +83,8 @@ def hostile_messages(rng: random.Random, count: int) -> list[tuple[str, list[byt
 
 def test_live_worker_survives_thousands_of_hostile_messages_then_trains(worker, data_root):  # noqa: F811
     address, context = worker
-    endpoints = worker_endpoints(address)
-    control = context.socket(zmq.DEALER)
-    control.connect(endpoints.control)
-    inbox = context.socket(zmq.PULL)
-    inbox.bind("tcp://127.0.0.1:*")
-    assert request(control, "configure", config=stage_config(inbox.getsockopt(zmq.LAST_ENDPOINT).decode()))["ok"]
+    endpoints, control, inbox, inbox_address = coordinator_side(context, address)
+    assert request(control, "configure", config=stage_config(inbox_address))["ok"]
     sockets = {"forward": context.socket(zmq.PUSH), "backward": context.socket(zmq.PUSH)}
     sockets["forward"].connect(endpoints.forward)
     sockets["backward"].connect(endpoints.backward)

@@ -49,14 +49,19 @@ def forward(batch, x, labels, job=JOB, kind=Kind.FORWARD):
     return encode(Message(kind, job, batch, batch, -1, {}, {"x": x, "labels": labels}))
 
 
-def test_worker_survives_hostile_input_and_keeps_training(worker, data_root):
-    address, context = worker
+def coordinator_side(context, address):
+    """What the test plays of the coordinator: a control DEALER to the worker and a bound inbox."""
     endpoints = worker_endpoints(address)
     control = context.socket(zmq.DEALER)
     control.connect(endpoints.control)
     inbox = context.socket(zmq.PULL)
     inbox.bind("tcp://127.0.0.1:*")
-    inbox_address = inbox.getsockopt(zmq.LAST_ENDPOINT).decode()
+    return endpoints, control, inbox, inbox.getsockopt(zmq.LAST_ENDPOINT).decode()
+
+
+def test_worker_survives_hostile_input_and_keeps_training(worker, data_root):
+    address, context = worker
+    endpoints, control, inbox, inbox_address = coordinator_side(context, address)
 
     control.send_multipart([b"\x00garbage"])
     assert control.poll(30_000)
