@@ -80,7 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     speedup.add_argument("--targets", default="0.95,0.97", help="test accuracies to time")
     speedup.add_argument("--data-root", help="dataset folder")
     speedup.add_argument("--no-verify-data", action="store_true", help="skip dataset checksums (for rebuilt local copies)")
-    speedup.add_argument("--no-baselines", action="store_true", help="skip the single-process baselines")
+    speedup.add_argument("--no-baselines", action="store_true", help="skip the single-process and torch pipelining baselines")
+    speedup.add_argument("--torch-schedules", default="gpipe,1f1b",
+                         help="torch.distributed.pipelining schedules to run as baselines (gpipe, 1f1b; empty: none)")
+    speedup.add_argument("--microbatches", type=int, default=4, help="micro-batches per batch for the torch schedules")
     speedup.add_argument("--results", default="runs", help="parent folder of the bench folder")
     transport = benches.add_parser("transport", help="round-trip time of one activation and one gradient message")
     transport.add_argument("--job", default="jobs/mnist_fcn.toml")

@@ -9,6 +9,8 @@ import socket
 from pathlib import Path
 from typing import Any, Optional
 
+import torch
+
 from coordinator.data import load_dataset
 from coordinator.job import Job, job_from_table
 from coordinator.launcher import LocalWorkers
@@ -22,6 +24,9 @@ from protocol.security import FIX, Keys, check_plaintext_allowed, load_keys
 
 log = logging.getLogger("dni.run")
 training_finished = threading.Event()  # past this point a SIGTERM must not turn a finished job into a failure
+# The coordinator's only tensor work is slicing and scaling batches. More intra-op threads
+# than one would spin between those small ops on the very cores the workers compute on.
+COORDINATOR_THREADS = 1
 
 
 def run_job(job: Job, bind: Optional[str] = None, advertise: Optional[str] = None, transport: str = "ipc",
@@ -29,6 +34,7 @@ def run_job(job: Job, bind: Optional[str] = None, advertise: Optional[str] = Non
             resume: Optional[RunFolder] = None, keys: Optional[Keys] = None) -> tuple[RunFolder, dict[str, Any]]:
     """Train `job`; with `resume`, continue that run folder from its last checkpoint."""
     keys = _run_keys(job, keys, [bind, advertise])
+    torch.set_num_threads(COORDINATOR_THREADS)
     data = load_dataset(job.dataset, job.resolved_data_root(), job.download, job.verify_data)
     data = data.subset(job.train_subset, job.test_subset)
     check_stages(job, data.input_shape, data.num_classes)

@@ -85,6 +85,7 @@ class Trainer:
         self.resent = 0
         self.first_step = 0
         self.started = 0.0
+        self.cpu_started = 0.0
         self.first_result: Optional[float] = None
         self.last_result = 0.0
 
@@ -114,6 +115,7 @@ class Trainer:
         self.train_tally = Tally(**self.checkpoints.tally())
         self.configure(restore=start > 0)
         self.started = self.progress.started = time.monotonic()
+        self.cpu_started = time.process_time()
         while True:
             try:
                 self._train(start)
@@ -228,6 +230,7 @@ class Trainer:
 
     def _finish(self) -> dict[str, Any]:
         wall = time.monotonic() - self.started
+        cpu = time.process_time() - self.cpu_started
         trained = self.total - self.first_step
         final = [reply.meta["metrics"] for reply in self.pipeline.request_all("metrics", {"spans": self.job.record_spans})]
         self.folder.save_state([_state_of(reply) for reply in self.pipeline.request_all("state")])
@@ -244,6 +247,7 @@ class Trainer:
             if self.first_result and self.last_result > self.first_result else 0.0,
             "resumed_from_step": self.first_step, "recoveries": self.recoveries, "resent_batches": self.resent,
             "seconds_to_first_result": (self.first_result or time.monotonic()) - self.started,
+            "coordinator_cpu_fraction": cpu / wall,
             "workers": self.workers, "worker_metrics": final, "worker_errors": list(self.pipeline.worker_errors),
         }
 

@@ -19,15 +19,20 @@ def assert_accounting_adds_up(configuration: dict) -> None:
             assert abs(worker["fractions"]["unaccounted"]) < 0.05, f"{mode} stage {worker['stage']}: {worker['fractions']}"
 
 
-def test_speedup_on_a_job_with_single_process_baselines(data_root, tmp_path):
+def test_speedup_on_a_job_with_single_process_and_torch_pipelining_baselines(data_root, tmp_path):
     out = dni("bench", "speedup", "--job", "jobs/mnist_smoke.toml", "--iterations", "40", "--modes", "backprop,sg",
               "--data-root", str(data_root), "--results", str(tmp_path))
     assert "single-process plain" in out and "single-process synthetic" in out and "speedup" in out
     folder = next(tmp_path.glob("bench-speedup-*"))
     report = json.loads((folder / "bench.json").read_text())
     (configuration,) = report["configurations"]
-    assert set(configuration["results"]) == {"backprop", "sg", "single-process plain", "single-process synthetic"}
+    torch_rows = {"torch GPipe (4 micro-batches)", "torch 1F1B (4 micro-batches)"}
+    assert set(configuration["results"]) == {"backprop", "sg", "single-process plain", "single-process synthetic", *torch_rows}
     assert configuration["speedup"]["sg"] > 0
+    for row in torch_rows:  # 40 steps of 3 stages trained across 3 gloo processes learn well beyond chance
+        assert configuration["results"][row]["test_accuracy"] > 0.5, configuration["results"][row]
+    for mode in ("backprop", "sg"):
+        assert 0 < configuration["results"][mode]["coordinator_cpu_fraction"] < 1
     assert_accounting_adds_up(configuration)
     assert (folder / "mnist_smoke" / "timeline.png").stat().st_size > 10_000
 

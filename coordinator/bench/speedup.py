@@ -11,10 +11,11 @@ import os
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from coordinator.bench.baselines import run_baseline
 from coordinator.bench.timeline import plot_scaling, plot_timelines
+from coordinator.bench.torch_pipelining import run_torch_pipeline
 from coordinator.data import load_dataset
 from coordinator.job import Job, job_from_table, load_job
 from coordinator.results import read_metrics
@@ -38,7 +39,8 @@ def balanced_job(stages: int, emulated: bool, iterations: int, data_root: Option
     })
 
 
-def measure(job: Job, modes: list[str], targets: list[float], folder: Path, baselines: bool) -> dict[str, Any]:
+def measure(job: Job, modes: list[str], targets: list[float], folder: Path, baselines: bool,
+            torch_schedules: Sequence[str] = (), microbatches: int = 4) -> dict[str, Any]:
     results: dict[str, Any] = {}
     spans = {}
     for mode in modes:
@@ -51,9 +53,13 @@ def measure(job: Job, modes: list[str], targets: list[float], folder: Path, base
             baseline = run_baseline(job, data, kind)
             baseline["time_to_accuracy"] = _time_to(baseline["evaluations"], targets)
             results[baseline["mode"]] = baseline
+        for schedule in torch_schedules:
+            result = run_torch_pipeline(job, data, schedule, microbatches)
+            result["time_to_accuracy"] = _time_to(result["evaluations"], targets)
+            results[result["mode"]] = result
     locked = results.get("backprop")
-    speedups = {mode: results[mode]["steady_samples_per_second"] / locked["steady_samples_per_second"]
-                for mode in modes if locked and mode != "backprop"}
+    speedups = {name: result["steady_samples_per_second"] / locked["steady_samples_per_second"]
+                for name, result in results.items() if locked and name != "backprop"}
     if "backprop" in spans and len(spans) > 1:
         step = job.batch_size / locked["steady_samples_per_second"]
         unlocked = next(mode for mode in modes if mode != "backprop")
@@ -75,6 +81,7 @@ def _pipeline_result(run: Path, summary: dict[str, Any], targets: list[float]) -
         "mode": summary["mode"], "wall_seconds": summary["wall_seconds"], "samples_per_second": summary["samples_per_second"],
         "steady_samples_per_second": summary["steady_samples_per_second"], "test_accuracy": summary["test_accuracy"],
         "time_to_accuracy": _time_to(read_metrics(run), targets), "workers": workers, "run": str(run),
+        "coordinator_cpu_fraction": summary["coordinator_cpu_fraction"],
     }
 
 
@@ -87,19 +94,21 @@ def run_speedup(args) -> dict[str, Any]:
     folder.mkdir(parents=True)
     modes = args.modes.split(",")
     targets = [float(t) for t in args.targets.split(",")]
+    schedules = [s for s in args.torch_schedules.split(",") if s]
     configurations = []
     if args.model == "balanced-mlp":
         for count in (int(s) for s in args.stages.split(",")):
             emulated = args.emulate == "always" or (args.emulate == "auto" and count > (os.cpu_count() or 1))
             job = balanced_job(count, emulated, args.iterations or 200, args.data_root)
-            entry = measure(job, modes, targets, folder / job.name, baselines=not (emulated or args.no_baselines))
+            # baselines compute for real; an emulated stage sleeps a fixed time per call, which micro-batching would multiply
+            entry = measure(job, modes, targets, folder / job.name, not (emulated or args.no_baselines), schedules, args.microbatches)
             entry["emulated"] = emulated
             configurations.append(entry)
     else:
         overrides = {"iterations": args.iterations or None, "data_root": args.data_root,
                      "verify_data": False if args.no_verify_data else None}
         job = load_job(args.job, overrides)
-        entry = measure(job, modes, targets, folder / job.name, baselines=not args.no_baselines)
+        entry = measure(job, modes, targets, folder / job.name, not args.no_baselines, schedules, args.microbatches)
         entry["emulated"] = False
         configurations.append(entry)
     report = {"cores": os.cpu_count(), "modes": modes, "targets": targets, "configurations": configurations,
@@ -119,14 +128,16 @@ def print_report(report: dict[str, Any]) -> None:
             if config["emulated"] else "real compute"
         print(f"\n== {config['job']}: {config['stages']} stages, {kind}, {report['cores']} cores")
         targets = [f"{float(t):.0%}" for t in report["targets"]]
-        print(f"{'mode':<26} {'samples/s':>10} {'step ms':>8} {'test acc':>9} " + " ".join(f"{'t->' + t:>9}" for t in targets) + f" {'speedup':>8}")
+        print(f"{'mode':<32} {'samples/s':>10} {'step ms':>8} {'test acc':>9} " + " ".join(f"{'t->' + t:>9}" for t in targets) + f" {'speedup':>8}")
         for name, result in config["results"].items():
             rate = result["steady_samples_per_second"]
             reach = " ".join(f"{(f'{v:.1f}s' if v is not None else '--'):>9}" for v in result["time_to_accuracy"].values())
             speedup = config["speedup"].get(name)
-            print(f"{name:<26} {rate:>10.0f} {1000 * config['batch_size'] / rate:>8.1f} {result['test_accuracy']:>9.2%} {reach} "
+            print(f"{name:<32} {rate:>10.0f} {1000 * config['batch_size'] / rate:>8.1f} {result['test_accuracy']:>9.2%} {reach} "
                   f"{(f'{speedup:.2f}x' if speedup else ''):>8}")
         for name, result in config["results"].items():
+            if "coordinator_cpu_fraction" in result:
+                print(f"  {name:<10} coordinator: {result['coordinator_cpu_fraction']:6.1%} of one core (feeding, collecting)")
             for worker in result.get("workers", []):
                 f = worker["fractions"]
                 print(f"  {name:<10} stage {worker['stage']}: compute {f['compute']:6.1%}  wait input {f['wait_input']:6.1%}  "

@@ -1,0 +1,158 @@
+"""PyTorch's own pipeline parallelism on the same stages: `torch.distributed.pipelining`.
+
+GPipe and 1F1B split every batch into micro-batches so that stages overlap, but
+stay update-locked: each weight update waits for the true gradient of the whole
+batch. Beside our locked and unlocked pipelines this shows what micro-batching
+alone buys. As with our workers there is one process per stage with one torch
+thread; they talk over gloo on loopback tcp. Every rank builds the stages with
+`build_stage` (same weights for the same seed) and reads the batches in the same
+order, so only activations and gradients cross between ranks.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import queue
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
+
+from coordinator.data import Dataset, load_dataset, test_batches, train_batches
+from coordinator.job import Job
+from workers.build import build_stage
+from workers.compute import make_optimizer
+from workers.modes import Mode
+
+SCHEDULES = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}
+SCHEDULE_NAMES = {"gpipe": "GPipe", "1f1b": "1F1B"}
+RANK_TIMEOUT = 900.0
+
+
+class UnsupportedPipeline(ValueError):
+    """This job cannot be expressed as a torch pipelining run."""
+
+
+def run_torch_pipeline(job: Job, data: Dataset, schedule: str, microbatches: int) -> dict[str, Any]:
+    """Train `job` with a torch pipelining schedule, one spawned process per stage; evaluate here."""
+    _check_supported(job, data, schedule, microbatches)
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    port = _free_port()
+    with tempfile.TemporaryDirectory(prefix="dni-torch-pipe-") as folder:
+        ranks = [context.Process(target=_train_rank, args=(rank, job, schedule, microbatches, port, folder, results), daemon=True)
+                 for rank in range(len(job.stages))]
+        for process in ranks:
+            process.start()
+        try:
+            timings = _collect(ranks, results)
+        finally:
+            for process in ranks:
+                process.join(timeout=30)
+                if process.is_alive():
+                    process.kill()
+        accuracy = _test_accuracy(job, data, Path(folder))
+    first, last, wall = timings[len(job.stages) - 1]
+    steps = job.total_steps(len(data.train_y))
+    return {
+        "mode": f"torch {SCHEDULE_NAMES[schedule]} ({microbatches} micro-batches)", "wall_seconds": wall,
+        "samples_per_second": steps * job.batch_size / wall,
+        "steady_samples_per_second": (steps - 1) * job.batch_size / max(1e-9, last - first),
+        "test_accuracy": accuracy, "evaluations": [{"step": steps, "elapsed": wall, "test_accuracy": accuracy}],
+    }
+
+
+def _collect(ranks: list, results) -> dict[int, tuple[float, float, float]]:
+    """Each rank's (first step done, last step done, wall); a rank that dies fails the run at once."""
+    timings: dict[int, tuple[float, float, float]] = {}
+    deadline = time.monotonic() + RANK_TIMEOUT
+    while len(timings) < len(ranks):
+        try:
+            rank, timing = results.get(timeout=1.0)
+            timings[rank] = timing
+        except queue.Empty:
+            failed = [rank for rank, process in enumerate(ranks) if process.exitcode not in (None, 0)]
+            if failed or time.monotonic() > deadline:
+                raise RuntimeError(f"torch pipelining rank(s) {failed or 'all'} failed or timed out; see their output above")
+    return timings
+
+
+def _check_supported(job: Job, data: Dataset, schedule: str, microbatches: int) -> None:
+    if schedule not in SCHEDULES:
+        raise UnsupportedPipeline(f"unknown torch schedule {schedule!r}; choose from {', '.join(SCHEDULES)}")
+    if job.batch_size % microbatches:
+        raise UnsupportedPipeline(f"batch size {job.batch_size} does not split into {microbatches} micro-batches")
+    if schedule == "1f1b" and microbatches < len(job.stages):
+        raise UnsupportedPipeline(f"1F1B needs at least as many micro-batches as stages ({len(job.stages)})")
+    if any(getattr(module, "wants_labels", False) for module in _stages(job, data)[0]):
+        raise UnsupportedPipeline("a stage takes the labels as input, which torch pipelining cannot hand to middle stages")
+
+
+def _stages(job: Job, data: Dataset) -> tuple[list[nn.Module], list[tuple[int, ...]]]:
+    """Every stage's module, built as the workers build them, and the per-example shapes between them."""
+    modules, shapes = [], [tuple(data.input_shape)]
+    for index, entry in enumerate(job.stages):
+        built = build_stage(entry.spec, index, shapes[-1], Mode.BACKPROP, data.num_classes, job.seed, index == len(job.stages) - 1)
+        modules.append(built.module)
+        shapes.append(tuple(built.output_shape))
+    return modules, shapes
+
+
+def _train_rank(rank: int, job: Job, schedule: str, microbatches: int, port: int, folder: str, results) -> None:
+    torch.set_num_threads(job.threads_per_worker())
+    count = len(job.stages)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=count)
+    try:
+        data = load_dataset(job.dataset, job.resolved_data_root(), job.download, job.verify_data).subset(job.train_subset, job.test_subset)
+        modules, shapes = _stages(job, data)
+        module = modules[rank]
+        micro = job.batch_size // microbatches
+        # shapes agreed up front; an input that requires grad is one whose gradient goes back upstream
+        stage = PipelineStage(module, rank, count, torch.device("cpu"),
+                              input_args=(torch.empty(micro, *shapes[rank], requires_grad=rank > 0),),
+                              output_args=(torch.empty(micro, *shapes[rank + 1], requires_grad=True),))
+        pipeline = SCHEDULES[schedule](stage, microbatches, loss_fn=lambda logits, labels: F.cross_entropy(logits, labels, reduction="sum"),
+                                        scale_grads=False)  # summed over the batch, as every other row
+        optimizer = make_optimizer(job.optimizer, module.parameters())
+        started = time.perf_counter()
+        first = None
+        for _, x, labels in train_batches(data, job.batch_size, job.seed, job.total_steps(len(data.train_y))):
+            optimizer.zero_grad(set_to_none=True)
+            if rank == 0:
+                pipeline.step(x)
+            elif rank == count - 1:
+                pipeline.step(target=labels)
+            else:
+                pipeline.step()
+            optimizer.step()
+            first = first or time.perf_counter()
+        last = time.perf_counter()
+        torch.save(module.state_dict(), Path(folder) / f"stage{rank}.pt")
+        results.put((rank, (first, last, last - started)))
+    finally:
+        dist.destroy_process_group()
+
+
+def _test_accuracy(job: Job, data: Dataset, folder: Path) -> float:
+    modules, _ = _stages(job, data)
+    for rank, module in enumerate(modules):
+        module.load_state_dict(torch.load(folder / f"stage{rank}.pt", weights_only=True))
+        module.eval()
+    network = nn.Sequential(*modules)
+    correct = 0
+    with torch.no_grad():
+        for x, labels in test_batches(data, job.eval_batch_size):
+            correct += int((network(x).argmax(1) == labels).sum())
+    return correct / len(data.test_y)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
