@@ -40,7 +40,11 @@ class UnsupportedPipeline(ValueError):
 
 
 def run_torch_pipeline(job: Job, data: Dataset, schedule: str, microbatches: int) -> dict[str, Any]:
-    """Train `job` with a torch pipelining schedule, one spawned process per stage; evaluate here."""
+    """Train `job` with a torch pipelining schedule, one spawned process per stage.
+
+    At each evaluation point every rank saves its weights; they are evaluated here
+    afterwards: the ranks' clocks count training and those saves, not the evaluation.
+    """
     _check_supported(job, data, schedule, microbatches)
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
@@ -51,26 +55,37 @@ def run_torch_pipeline(job: Job, data: Dataset, schedule: str, microbatches: int
         for process in ranks:
             process.start()
         try:
-            timings = _collect(ranks, results)
+            clocks = _collect(ranks, results)
         finally:
             for process in ranks:
                 process.join(timeout=30)
                 if process.is_alive():
                     process.kill()
-        accuracy = _test_accuracy(job, data, Path(folder))
-    first, last, wall = timings[len(job.stages) - 1]
+        started = min(clock["started"] for clock in clocks)
+        evaluations = [{"step": step, "elapsed": max(clock["marks"][index] for clock in clocks) - started,
+                        "test_accuracy": _test_accuracy(job, data, Path(folder), step)}
+                       for index, step in enumerate(_evaluation_steps(job, data))]
+    wall = max(clock["last"] for clock in clocks) - started
+    first, last = clocks[-1]["first"], clocks[-1]["last"]
     steps = job.total_steps(len(data.train_y))
     return {
         "mode": f"torch {SCHEDULE_NAMES[schedule]} ({microbatches} micro-batches)", "wall_seconds": wall,
         "samples_per_second": steps * job.batch_size / wall,
         "steady_samples_per_second": (steps - 1) * job.batch_size / max(1e-9, last - first),
-        "test_accuracy": accuracy, "evaluations": [{"step": steps, "elapsed": wall, "test_accuracy": accuracy}],
+        "test_accuracy": evaluations[-1]["test_accuracy"], "evaluations": evaluations,
     }
 
 
-def _collect(ranks: list, results) -> dict[int, tuple[float, float, float]]:
-    """Each rank's (first step done, last step done, wall); a rank that dies fails the run at once."""
-    timings: dict[int, tuple[float, float, float]] = {}
+def _evaluation_steps(job: Job, data: Dataset) -> list[int]:
+    """The steps after which the pipeline runs evaluate too: every `eval_every` and the last."""
+    total = job.total_steps(len(data.train_y))
+    every = job.eval_every or job.steps_per_epoch(len(data.train_y))
+    return [step for step in range(1, total + 1) if step % every == 0 or step == total]
+
+
+def _collect(ranks: list, results) -> list[dict[str, Any]]:
+    """Each rank's clock readings, in rank order; a rank that dies fails the run at once."""
+    timings: dict[int, dict[str, Any]] = {}
     deadline = time.monotonic() + RANK_TIMEOUT
     while len(timings) < len(ranks):
         try:
@@ -80,7 +95,7 @@ def _collect(ranks: list, results) -> dict[int, tuple[float, float, float]]:
             failed = [rank for rank, process in enumerate(ranks) if process.exitcode not in (None, 0)]
             if failed or time.monotonic() > deadline:
                 raise RuntimeError(f"torch pipelining rank(s) {failed or 'all'} failed or timed out; see their output above")
-    return timings
+    return [timings[rank] for rank in range(len(ranks))]
 
 
 def _check_supported(job: Job, data: Dataset, schedule: str, microbatches: int) -> None:
@@ -120,9 +135,10 @@ def _train_rank(rank: int, job: Job, schedule: str, microbatches: int, port: int
         pipeline = SCHEDULES[schedule](stage, microbatches, loss_fn=lambda logits, labels: F.cross_entropy(logits, labels, reduction="sum"),
                                         scale_grads=False)  # summed over the batch, as every other row
         optimizer = make_optimizer(job.optimizer, module.parameters())
-        started = time.perf_counter()
-        first = None
-        for _, x, labels in train_batches(data, job.batch_size, job.seed, job.total_steps(len(data.train_y))):
+        evaluate_after = set(_evaluation_steps(job, data))
+        clock: dict[str, Any] = {"started": time.perf_counter(), "first": None, "marks": []}
+        batches = train_batches(data, job.batch_size, job.seed, job.total_steps(len(data.train_y)))
+        for step, (_, x, labels) in enumerate(batches, start=1):
             optimizer.zero_grad(set_to_none=True)
             if rank == 0:
                 pipeline.step(x)
@@ -131,18 +147,24 @@ def _train_rank(rank: int, job: Job, schedule: str, microbatches: int, port: int
             else:
                 pipeline.step()
             optimizer.step()
-            first = first or time.perf_counter()
-        last = time.perf_counter()
-        torch.save(module.state_dict(), Path(folder) / f"stage{rank}.pt")
-        results.put((rank, (first, last, last - started)))
+            clock["first"] = clock["first"] or time.perf_counter()
+            if step in evaluate_after:
+                clock["marks"].append(time.perf_counter())
+                torch.save(module.state_dict(), _snapshot(Path(folder), step, rank))
+        clock["last"] = time.perf_counter()  # perf_counter is one monotonic clock for every process on a host
+        results.put((rank, clock))
     finally:
         dist.destroy_process_group()
 
 
-def _test_accuracy(job: Job, data: Dataset, folder: Path) -> float:
+def _snapshot(folder: Path, step: int, rank: int) -> Path:
+    return folder / f"step{step}-stage{rank}.pt"
+
+
+def _test_accuracy(job: Job, data: Dataset, folder: Path, step: int) -> float:
     modules, _ = _stages(job, data)
     for rank, module in enumerate(modules):
-        module.load_state_dict(torch.load(folder / f"stage{rank}.pt", weights_only=True))
+        module.load_state_dict(torch.load(_snapshot(folder, step, rank), weights_only=True))
         module.eval()
     network = nn.Sequential(*modules)
     correct = 0
