@@ -18,6 +18,7 @@ from coordinator.progress import Progress
 from coordinator.results import RunFolder
 from protocol import Kind, Message
 from workers.spec import StageConfig
+from workers.timing import spans_from_arrays
 
 log = logging.getLogger("dni.trainer")
 RESULT_TIMEOUT = 600.0
@@ -232,10 +233,11 @@ class Trainer:
         wall = time.monotonic() - self.started
         cpu = time.process_time() - self.cpu_started
         trained = self.total - self.first_step
-        final = [reply.meta["metrics"] for reply in self.pipeline.request_all("metrics", {"spans": self.job.record_spans})]
+        replies = self.pipeline.request_all("metrics", {"spans": self.job.record_spans})
+        final = [reply.meta["metrics"] for reply in replies]
         self.folder.save_state([_state_of(reply) for reply in self.pipeline.request_all("state")])
         if self.job.record_spans:
-            self.folder.write_json("spans.json", [metrics.pop("spans") for metrics in final])
+            self.folder.write_json("spans.json", [spans_from_arrays(reply.tensors) for reply in replies])
         last = self.records[-1]
         return {
             "job": self.job.name, "job_id": self.job_id, "mode": self.job.mode.value, "dataset": self.job.dataset,

@@ -13,9 +13,10 @@ import zmq
 
 from coordinator.data import load_dataset, train_batches
 from coordinator.launcher import free_port_block
-from protocol import Kind, Message, encode, receive_message, send_message, worker_endpoints
+from protocol import Kind, Limits, Message, encode, receive_message, send_message, worker_endpoints
 from workers.spec import OptimizerSpec, StageConfig, StageSpec
 from workers.modes import Mode
+from workers.timing import spans_from_arrays
 
 JOB = "hostile-test"
 
@@ -118,3 +119,26 @@ def test_worker_survives_hostile_input_and_keeps_training(worker, data_root):
     assert sum(metrics["errors"].values()) == tried + refused_requests, metrics["errors"]
     assert errors == tried, "each rejected data message was reported to the coordinator"
     assert request(control, "ping")["ok"]
+
+
+def test_activity_spans_travel_as_frames_not_in_the_header(worker, data_root):
+    """A long run records many spans; they must reach a coordinator whose header limit is far below their size."""
+    address, context = worker
+    endpoints, control, inbox, inbox_address = coordinator_side(context, address)
+    assert request(control, "configure", config=stage_config(inbox_address, record_spans=True))["ok"]
+    data = load_dataset("mnist", data_root, download=False).subset(64 * 300, 10)
+    feed = context.socket(zmq.PUSH)
+    feed.connect(endpoints.forward)
+    for step, (_, x, labels) in enumerate(train_batches(data, 64, 0, 300)):
+        feed.send_multipart(forward(step, x.numpy(), labels.numpy()))
+    results = 0
+    while results < 300 and inbox.poll(30_000):
+        results += receive_message(inbox).kind is Kind.TRAIN_RESULT
+    assert results == 300
+    send_message(control, Message(Kind.CONTROL, JOB, meta={"command": "metrics", "spans": True}))
+    assert control.poll(30_000)
+    reply = receive_message(control, Limits(max_header_bytes=8192))
+    spans = spans_from_arrays(reply.tensors)
+    assert len(spans) >= 3 * 300, "forward, backward and transport spans of every batch"  # ~40 bytes each in a header
+    assert {"forward", "backward", "transport"} <= {activity for activity, _, _ in spans}
+    assert all(start <= end for _, start, end in spans)

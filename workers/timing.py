@@ -4,7 +4,9 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterator, Mapping
+
+import numpy as np
 
 COMPUTE = ("forward", "backward", "synthesizer")
 WAITING = ("wait_input", "wait_gradient")
@@ -42,3 +44,15 @@ class Timeline:
 
     def wall(self) -> float:
         return time.time() - self.started
+
+    def span_arrays(self) -> dict[str, np.ndarray]:
+        """The spans as two arrays, to travel as raw frames: a long run's spans outgrow any message header."""
+        return {
+            "span_activity": np.array([ACTIVITIES.index(activity) for activity, _, _ in self.spans], dtype=np.uint8),
+            "span_time": np.array([(start, end) for _, start, end in self.spans], dtype=np.float64).reshape(-1, 2),
+        }
+
+
+def spans_from_arrays(arrays: Mapping[str, np.ndarray]) -> list[tuple[str, float, float]]:
+    """(activity, start, end) spans back from `Timeline.span_arrays`."""
+    return [(ACTIVITIES[code], float(start), float(end)) for code, (start, end) in zip(arrays["span_activity"], arrays["span_time"])]

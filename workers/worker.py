@@ -340,10 +340,8 @@ class Worker:
 
     def _command_metrics(self, identity: bytes, message: Message) -> Message:
         session = self._require_session()
-        metrics = self.metrics()
-        if message.meta.get("spans"):
-            metrics["spans"] = [list(span) for span in session.timeline.spans]
-        return Message(Kind.REPLY, meta={"ok": True, "metrics": metrics})
+        spans = session.timeline.span_arrays() if message.meta.get("spans") else {}
+        return Message(Kind.REPLY, meta={"ok": True, "metrics": self.metrics()}, tensors=spans)
 
     def _command_state(self, identity: bytes, message: Message) -> Message:
         state = self._require_session().compute.state()
