@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from coordinator.pipeline import PipelineError
-from coordinator.results import RunFolder, read_metrics
+from coordinator.results import read_metrics
 from coordinator.run import resume_job, run_job
 from tests.conftest import small_job
 

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from coordinator.data import load_dataset, train_batches
 from protocol import Kind, Message, ProtocolError, decode, encode, receive_message
-from tests.test_worker_input import JOB, coordinator_side, forward, request, stage_config, worker  # noqa: F401 (fixture)
+from tests.live_worker import JOB, coordinator_side, forward, request, stage_config, worker  # noqa: F401 (fixture)
 
 VALID = encode(Message(Kind.FORWARD, JOB, 1, 1, 0, {"eval": 1},
                        {"x": np.zeros((2, 1, 28, 28), np.float32), "labels": np.zeros(2, np.int64)}))

@@ -20,12 +20,9 @@ from coordinator.job import with_addresses
 from coordinator.launcher import free_port_block
 from coordinator.pipeline import Pipeline
 from coordinator.run import run_job
-from protocol import Kind, Message, ProtocolError, encode, receive_message, send_message, worker_endpoints
+from protocol import Kind, Message, ProtocolError, encode, receive_message, worker_endpoints
 from protocol.security import create_keys, listens_beyond_loopback, load_keys, make_server, secure_context
-from workers.modes import Mode
-from workers.spec import OptimizerSpec, StageConfig, StageSpec
-
-JOB = "security-test"
+from tests.live_worker import JOB, request, stage_config
 
 
 @pytest.fixture
@@ -45,18 +42,6 @@ def stop(process: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(5)
-
-
-def request(control: zmq.Socket, command: str, timeout: float = 30.0, **meta) -> dict:
-    send_message(control, Message(Kind.CONTROL, JOB, meta={"command": command, **meta}))
-    assert control.poll(timeout * 1000), f"no reply to {command}"
-    return receive_message(control).meta
-
-
-def stage_config(inbox: str, job: str = JOB) -> dict:
-    return StageConfig(job=job, index=0, num_stages=1, spec=StageSpec("linear", {"features": 10}), mode=Mode.BACKPROP,
-                       input_shape=(1, 28, 28), num_classes=10, optimizer=OptimizerSpec("adam", 1e-3), seed=0,
-                       window=1, threads=1, coordinator=inbox).to_wire()
 
 
 def batch(step: int, job: str = JOB, kind: Kind = Kind.FORWARD) -> list:

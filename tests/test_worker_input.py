@@ -2,62 +2,16 @@
 reported error, and goes on training correctly on the good batches in between."""
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 
 import msgpack
 import numpy as np
-import pytest
 import zmq
 
 from coordinator.data import load_dataset, train_batches
-from coordinator.launcher import free_port_block
-from protocol import Kind, Limits, Message, encode, receive_message, send_message, worker_endpoints
-from workers.spec import OptimizerSpec, StageConfig, StageSpec
-from workers.modes import Mode
+from protocol import Kind, Limits, Message, encode, receive_message, send_message
+from tests.live_worker import JOB, coordinator_side, forward, request, stage_config, worker  # noqa: F401 (fixture)
 from workers.timing import spans_from_arrays
-
-JOB = "hostile-test"
-
-
-@pytest.fixture
-def worker():
-    address = f"tcp://127.0.0.1:{free_port_block()}"
-    process = subprocess.Popen([sys.executable, "-m", "workers", "--bind", address, "--log-level", "ERROR"])
-    context = zmq.Context()
-    yield address, context
-    context.destroy(linger=0)
-    process.terminate()
-    process.wait(10)
-
-
-def request(control, command, **meta):
-    send_message(control, Message(Kind.CONTROL, JOB, meta={"command": command, **meta}))
-    assert control.poll(30_000), f"no reply to {command}"
-    return receive_message(control).meta
-
-
-def stage_config(inbox: str, **changes) -> dict:
-    config = StageConfig(job=JOB, index=0, num_stages=1, spec=StageSpec("linear", {"features": 10}), mode=Mode.BACKPROP,
-                         input_shape=(1, 28, 28), num_classes=10, optimizer=OptimizerSpec("adam", 1e-3), seed=0,
-                         window=1, threads=1, coordinator=inbox).to_wire()
-    config.update(changes)
-    return config
-
-
-def forward(batch, x, labels, job=JOB, kind=Kind.FORWARD):
-    return encode(Message(kind, job, batch, batch, -1, {}, {"x": x, "labels": labels}))
-
-
-def coordinator_side(context, address):
-    """What the test plays of the coordinator: a control DEALER to the worker and a bound inbox."""
-    endpoints = worker_endpoints(address)
-    control = context.socket(zmq.DEALER)
-    control.connect(endpoints.control)
-    inbox = context.socket(zmq.PULL)
-    inbox.bind("tcp://127.0.0.1:*")
-    return endpoints, control, inbox, inbox.getsockopt(zmq.LAST_ENDPOINT).decode()
 
 
 def test_worker_survives_hostile_input_and_keeps_training(worker, data_root):

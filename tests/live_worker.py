@@ -1,0 +1,57 @@
+"""What the tests play of the coordinator against a live worker process: control requests,
+stage configurations and batches, all over real sockets."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import zmq
+
+from coordinator.launcher import free_port_block
+from protocol import Kind, Message, encode, receive_message, send_message, worker_endpoints
+from workers.modes import Mode
+from workers.spec import OptimizerSpec, StageConfig, StageSpec
+
+JOB = "live-worker-test"
+
+
+@pytest.fixture
+def worker():
+    """A worker process on a free loopback port, and a ZeroMQ context to talk to it."""
+    address = f"tcp://127.0.0.1:{free_port_block()}"
+    process = subprocess.Popen([sys.executable, "-m", "workers", "--bind", address, "--log-level", "ERROR"])
+    context = zmq.Context()
+    yield address, context
+    context.destroy(linger=0)
+    process.terminate()
+    process.wait(10)
+
+
+def coordinator_side(context, address):
+    """A control DEALER to the worker and a bound inbox for its reports."""
+    endpoints = worker_endpoints(address)
+    control = context.socket(zmq.DEALER)
+    control.connect(endpoints.control)
+    inbox = context.socket(zmq.PULL)
+    inbox.bind("tcp://127.0.0.1:*")
+    return endpoints, control, inbox, inbox.getsockopt(zmq.LAST_ENDPOINT).decode()
+
+
+def request(control, command, timeout: float = 30.0, **meta) -> dict:
+    send_message(control, Message(Kind.CONTROL, JOB, meta={"command": command, **meta}))
+    assert control.poll(timeout * 1000), f"no reply to {command}"
+    return receive_message(control).meta
+
+
+def stage_config(inbox: str, **changes) -> dict:
+    """A one-stage job (Flatten + Linear to 10 classes) on MNIST-shaped input, in wire form."""
+    config = StageConfig(job=JOB, index=0, num_stages=1, spec=StageSpec("linear", {"features": 10}), mode=Mode.BACKPROP,
+                         input_shape=(1, 28, 28), num_classes=10, optimizer=OptimizerSpec("adam", 1e-3), seed=0,
+                         window=1, threads=1, coordinator=inbox).to_wire()
+    config.update(changes)
+    return config
+
+
+def forward(batch, x, labels, job=JOB, kind=Kind.FORWARD):
+    return encode(Message(kind, job, batch, batch, -1, {}, {"x": x, "labels": labels}))
