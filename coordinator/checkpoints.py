@@ -7,40 +7,36 @@ and training resumes from that step with the same batch order.
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 
+@dataclass(frozen=True)
+class Position:
+    """Where the last checkpoint cut the run: its step, the metrics lines written by then,
+    and the training tally gathered since the last of them."""
+    step: int = 0
+    evaluations: int = 0
+    tally: dict[str, Any] = field(default_factory=dict)
+
+
 class Checkpoints:
-    def __init__(self, directory: Path, stages: int) -> None:
+    def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.stages = stages
-        self.position = directory / "coordinator.json"
+        self.position_path = directory / "coordinator.json"
 
     def stage(self, index: int) -> Path:
         return self.directory / f"stage{index}.pt"
 
-    def record(self, step: int, evaluations: int, tally: Any) -> None:
+    def record(self, position: Position) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        partial = self.position.with_suffix(".partial")
-        partial.write_text(json.dumps({"step": step, "evaluations": evaluations, "tally": vars(tally)}))
-        partial.replace(self.position)
+        partial = self.position_path.with_suffix(".partial")
+        partial.write_text(json.dumps(asdict(position)))
+        partial.replace(self.position_path)
 
-    def _read(self) -> dict[str, Any]:
-        return json.loads(self.position.read_text()) if self.position.is_file() else {"step": 0, "evaluations": 0, "tally": {}}
-
-    def step(self) -> int:
-        return int(self._read()["step"])
-
-    def evaluations(self) -> int:
-        return int(self._read()["evaluations"])
-
-    def tally(self) -> dict[str, Any]:
-        return dict(self._read()["tally"])
-
-    def records(self, metrics_path: Path) -> list[dict[str, Any]]:
-        """The metrics lines written up to the checkpoint (what a resumed run keeps)."""
-        if not metrics_path.is_file():
-            return []
-        lines = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
-        return lines[:self.evaluations()]
+    def position(self) -> Position:
+        """The last checkpoint's position; the start of the run if there is none."""
+        if not self.position_path.is_file():
+            return Position()
+        return Position(**json.loads(self.position_path.read_text()))

@@ -56,7 +56,5 @@ class RunFolder:
         torch.save({f"stage{index}": state for index, state in enumerate(states)}, self.path / "model.pt")
 
 
-
-
 def read_metrics(run: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]

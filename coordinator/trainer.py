@@ -11,11 +11,11 @@ import torch
 
 from coordinator.data import Dataset, test_batches, train_batches
 from coordinator.job import Job
-from coordinator.checkpoints import Checkpoints
+from coordinator.checkpoints import Checkpoints, Position
 from coordinator.launcher import WorkerDied
 from coordinator.pipeline import Pipeline, PipelineError
 from coordinator.progress import Progress
-from coordinator.results import RunFolder
+from coordinator.results import RunFolder, read_metrics
 from protocol import Kind, Message
 from workers.spec import StageConfig
 from workers.timing import spans_from_arrays
@@ -77,8 +77,8 @@ class Trainer:
         self.done = 0
         self.train_tally = Tally()
         self.evaluations: dict[int, Evaluation] = {}
-        self.checkpoints = Checkpoints(folder.path / "checkpoints", len(job.stages))
-        self.records: list[dict[str, Any]] = self.checkpoints.records(folder.metrics_path)
+        self.checkpoints = Checkpoints(folder.path / "checkpoints")
+        self.records: list[dict[str, Any]] = []
         self.workers: list[dict[str, Any]] = []
         self.restart_worker = restart_worker
         self.base_job_id = job_id
@@ -111,10 +111,10 @@ class Trainer:
             shape = tuple(reply.meta["output_shape"])
 
     def run(self) -> dict[str, Any]:
-        start = self.checkpoints.step()
-        self.sent = self.done = self.first_step = start
-        self.train_tally = Tally(**self.checkpoints.tally())
-        self.configure(restore=start > 0)
+        position = self.checkpoints.position()
+        self.first_step = start = position.step
+        self.records = read_metrics(self.folder.path)[:position.evaluations] if position.evaluations else []
+        self._rewind(position)
         self.started = self.progress.started = time.monotonic()
         self.cpu_started = time.process_time()
         while True:
@@ -157,24 +157,29 @@ class Trainer:
         self.pipeline.request_all("flush", timeout=RESULT_TIMEOUT)
         for stage in range(len(self.job.stages)):
             self.pipeline.request(stage, "checkpoint", {"path": str(self.checkpoints.stage(stage))}, timeout=RESULT_TIMEOUT)
-        self.checkpoints.record(self.sent, len(self.records), self.train_tally)
+        self.checkpoints.record(Position(self.sent, len(self.records), vars(self.train_tally)))
 
     def _recover(self, death: WorkerDied) -> int:
         """Restart the dead worker, roll every stage back to the last checkpoint, and re-send what was lost."""
-        step = self.checkpoints.step()
-        log.warning("%s; restarting it and resuming every stage from step %d (%d batches re-sent)", death, step, self.sent - step)
+        position = self.checkpoints.position()
+        lost = self.sent - position.step
+        log.warning("%s; restarting it and resuming every stage from step %d (%d batches re-sent)", death, position.step, lost)
         self.recoveries += 1
-        self.resent += self.sent - step
+        self.resent += lost
         self.restart_worker(death.stage)
         self.job_id = self.pipeline.job_id = f"{self.base_job_id}-r{self.recoveries}"  # stale messages no longer match
         self.pipeline.forget_silence()
-        self.sent = self.done = step
         self.evaluations.clear()
-        self.records = self.records[:self.checkpoints.evaluations()]
+        self.records = self.records[:position.evaluations]
         self.folder.rewrite_metrics(self.records)
-        self.train_tally = Tally(**self.checkpoints.tally())
-        self.configure(restore=step > 0)
-        return step
+        self._rewind(position)
+        return position.step
+
+    def _rewind(self, position: Position) -> None:
+        """Counters and every stage back to a checkpoint (or to the start of the run)."""
+        self.sent = self.done = position.step
+        self.train_tally = Tally(**position.tally)
+        self.configure(restore=position.step > 0)
 
     def _receive(self) -> Message:
         message = self.pipeline.receive(RESULT_TIMEOUT)

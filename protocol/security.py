@@ -136,14 +136,6 @@ def make_server(socket: zmq.Socket, keys: Keys) -> zmq.Socket:
     return socket
 
 
-def make_client(socket: zmq.Socket, keys: Keys) -> zmq.Socket:
-    """A CURVE client: call before connect."""
-    socket.curve_secretkey = keys.client_secret
-    socket.curve_publickey = keys.client_public
-    socket.curve_serverkey = keys.server_public
-    return socket
-
-
 class _Authorized:
     """The ZAP credentials callback: admits exactly the public keys in `authorized/`."""
 

@@ -19,8 +19,7 @@ class Timeline:
         self.record_spans = record_spans
         self.totals: dict[str, float] = defaultdict(float)
         self.spans: list[tuple[str, float, float]] = []
-        self.started = time.time()
-        self._unix_offset = time.time() - time.perf_counter()
+        self._start_clock()
 
     @contextmanager
     def __call__(self, activity: str) -> Iterator[None]:
@@ -38,9 +37,12 @@ class Timeline:
         elapsed = self.wall()
         self.totals.clear()
         self.spans.clear()
+        self._start_clock()
+        return elapsed
+
+    def _start_clock(self) -> None:
         self.started = time.time()
         self._unix_offset = time.time() - time.perf_counter()
-        return elapsed
 
     def wall(self) -> float:
         return time.time() - self.started

@@ -45,7 +45,9 @@ def run_torch_pipeline(job: Job, data: Dataset, schedule: str, microbatches: int
     At each evaluation point every rank saves its weights; they are evaluated here
     afterwards: the ranks' clocks count training and those saves, not the evaluation.
     """
-    _check_supported(job, data, schedule, microbatches)
+    modules, _ = _stages(job, data)
+    eval_sets = test_batches(data, job.eval_batch_size)
+    _check_supported(job, modules, schedule, microbatches)
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
     port = _free_port()
@@ -63,7 +65,7 @@ def run_torch_pipeline(job: Job, data: Dataset, schedule: str, microbatches: int
                     process.kill()
         started = min(clock["started"] for clock in clocks)
         evaluations = [{"step": step, "elapsed": max(clock["marks"][index] for clock in clocks) - started,
-                        "test_accuracy": _test_accuracy(job, data, Path(folder), step)}
+                        "test_accuracy": _test_accuracy(modules, eval_sets, Path(folder), step)}
                        for index, step in enumerate(_evaluation_steps(job, data))]
     wall = max(clock["last"] for clock in clocks) - started
     first, last = clocks[-1]["first"], clocks[-1]["last"]
@@ -98,14 +100,14 @@ def _collect(ranks: list, results) -> list[dict[str, Any]]:
     return [timings[rank] for rank in range(len(ranks))]
 
 
-def _check_supported(job: Job, data: Dataset, schedule: str, microbatches: int) -> None:
+def _check_supported(job: Job, modules: list[nn.Module], schedule: str, microbatches: int) -> None:
     if schedule not in SCHEDULES:
         raise UnsupportedPipeline(f"unknown torch schedule {schedule!r}; choose from {', '.join(SCHEDULES)}")
     if job.batch_size % microbatches:
         raise UnsupportedPipeline(f"batch size {job.batch_size} does not split into {microbatches} micro-batches")
     if schedule == "1f1b" and microbatches < len(job.stages):
         raise UnsupportedPipeline(f"1F1B needs at least as many micro-batches as stages ({len(job.stages)})")
-    if any(getattr(module, "wants_labels", False) for module in _stages(job, data)[0]):
+    if any(getattr(module, "wants_labels", False) for module in modules):
         raise UnsupportedPipeline("a stage takes the labels as input, which torch pipelining cannot hand to middle stages")
 
 
@@ -161,17 +163,15 @@ def _snapshot(folder: Path, step: int, rank: int) -> Path:
     return folder / f"step{step}-stage{rank}.pt"
 
 
-def _test_accuracy(job: Job, data: Dataset, folder: Path, step: int) -> float:
-    modules, _ = _stages(job, data)
+def _test_accuracy(modules: list[nn.Module], eval_sets: list[tuple[torch.Tensor, torch.Tensor]], folder: Path, step: int) -> float:
+    """The test accuracy of the ranks' weights after `step`, loaded into `modules`."""
     for rank, module in enumerate(modules):
         module.load_state_dict(torch.load(_snapshot(folder, step, rank), weights_only=True))
         module.eval()
     network = nn.Sequential(*modules)
-    correct = 0
     with torch.no_grad():
-        for x, labels in test_batches(data, job.eval_batch_size):
-            correct += int((network(x).argmax(1) == labels).sum())
-    return correct / len(data.test_y)
+        correct = sum(int((network(x).argmax(1) == labels).sum()) for x, labels in eval_sets)
+    return correct / sum(len(labels) for _, labels in eval_sets)
 
 
 def _free_port() -> int:
