@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import matplotlib
 
@@ -32,7 +32,12 @@ def plot_accuracy(runs: Sequence[Path], output: Path, title: str = "Test accurac
     axes.set_ylabel("Test accuracy")
     axes.grid(alpha=0.3)
     axes.legend()
-    figure.tight_layout()
+    return save_figure(figure, output)
+
+
+def save_figure(figure: plt.Figure, output: Path, **layout: Any) -> Path:
+    """Lay out, write and release a figure (`layout` goes to tight_layout); every picture of ours is saved here."""
+    figure.tight_layout(**layout)
     figure.savefig(output, dpi=110)
     plt.close(figure)
     return output

@@ -4,9 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-import matplotlib
+from coordinator.plots import save_figure  # first: it selects the Agg backend
 
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
@@ -40,10 +39,7 @@ def plot_timelines(runs: Sequence[tuple[str, list[list[list[Any]]]]], output: Pa
         axis.set_xlim(0, duration)
     axes[-1, 0].set_xlabel("seconds")
     figure.legend(handles=[Patch(color=c, label=a) for a, c in COLOURS.items()], loc="upper right", ncol=len(COLOURS), fontsize=8)
-    figure.tight_layout(rect=(0, 0, 1, 0.95))
-    figure.savefig(output, dpi=110)
-    plt.close(figure)
-    return output
+    return save_figure(figure, output, rect=(0, 0, 1, 0.95))
 
 
 def plot_scaling(points: Sequence[dict[str, Any]], output: Path) -> Path:
@@ -59,7 +55,4 @@ def plot_scaling(points: Sequence[dict[str, Any]], output: Path) -> Path:
     axis.set_xticks(stages)
     axis.grid(alpha=0.3)
     axis.legend()
-    figure.tight_layout()
-    figure.savefig(output, dpi=110)
-    plt.close(figure)
-    return output
+    return save_figure(figure, output)
