@@ -22,7 +22,9 @@ def process_alive(pid: int) -> bool:
 
 
 # Synthetic loss learns slowest (the reference found it below even no_bprop); chance is 0.1.
-LEARNED = {"backprop": 0.8, "sg": 0.7, "cdni": 0.7, "no_bprop": 0.4, "sl": 0.3}
+# sg and cdni depend on how far the first stage runs ahead, which is timing: over 13 sg runs
+# on two shared cores the accuracy after 300 steps lay between 0.71 and 0.77.
+LEARNED = {"backprop": 0.8, "sg": 0.6, "cdni": 0.6, "no_bprop": 0.4, "sl": 0.3}
 
 
 @pytest.mark.parametrize("mode", MODE_NAMES)
