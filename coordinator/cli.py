@@ -114,7 +114,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
         if args.bench == "speedup" and not args.model and not args.iterations:
             args.iterations = 1000
-        (run_speedup if args.bench == "speedup" else run_transport)(args)
+        try:
+            (run_speedup if args.bench == "speedup" else run_transport)(args)
+        except (ConfigError, DataError) as error:
+            print(f"dni bench: {error}", file=sys.stderr)
+            sys.exit(2)
         return
     if args.command == "keys":
         sys.exit(_keys(args.directory))

@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 
 def dni(*args: str) -> str:
     result = subprocess.run([sys.executable, "-m", "coordinator", *args], capture_output=True, text=True, timeout=900)
@@ -58,3 +60,18 @@ def test_transport(tmp_path):
     assert {(row["transport"], row["zero_copy"], row["message"]) for row in report["rows"]} == {
         (transport, zero_copy, message) for transport in ("ipc", "tcp") for zero_copy in (False, True) for message in ("activation", "gradient")}
     assert all(row["rtt_median_ms"] > 0 for row in report["rows"])
+
+
+@pytest.mark.parametrize("flags, complaint", [
+    (["--modes", "backprop,turbo"], "unknown mode turbo"),
+    (["--stages", "2,x"], "--stages counts"),
+    (["--torch-schedules", "gpipe,zb"], "unknown torch schedule 'zb'"),
+    (["--microbatches", "3"], "does not split into 3 micro-batches"),
+])
+def test_bad_flags_are_named_before_anything_runs(flags, complaint, data_root, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "coordinator", "bench", "speedup", "--model", "balanced-mlp", "--stages", "2",
+                             "--iterations", "5", "--data-root", str(data_root), "--results", str(tmp_path), *flags],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and complaint in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert not list(tmp_path.glob("bench-speedup-*/*/*")), "no run was started"

@@ -15,12 +15,13 @@ from typing import Any, Optional, Sequence
 
 from coordinator.bench.baselines import run_baseline
 from coordinator.bench.timeline import plot_scaling, plot_timelines
-from coordinator.bench.torch_pipelining import run_torch_pipeline
+from coordinator.bench.torch_pipelining import check_schedule, run_torch_pipeline
 from coordinator.data import load_dataset
 from coordinator.job import Job, job_from_table, load_job
 from coordinator.results import read_metrics
 from coordinator.run import run_job
-from workers.modes import Mode
+from workers.modes import MODE_NAMES, Mode
+from workers.spec import ConfigError
 from workers.timing import ACTIVITIES, COMPUTE
 
 EMULATED_FORWARD_MS = 20.0
@@ -41,6 +42,9 @@ def balanced_job(stages: int, emulated: bool, iterations: int, data_root: Option
 
 def measure(job: Job, modes: list[str], targets: list[float], folder: Path, baselines: bool,
             torch_schedules: Sequence[str] = (), microbatches: int = 4) -> dict[str, Any]:
+    if baselines:
+        for schedule in torch_schedules:
+            check_schedule(job, schedule, microbatches)
     results: dict[str, Any] = {}
     spans = {}
     for mode in modes:
@@ -89,15 +93,29 @@ def _time_to(evaluations: list[dict[str, Any]], targets: list[float]) -> dict[st
     return {f"{target:.3f}": next((e["elapsed"] for e in evaluations if e["test_accuracy"] >= target), None) for target in targets}
 
 
+def _parse_lists(args) -> tuple[list[str], list[float], list[str], list[int]]:
+    """The comma-separated flags, checked before anything runs: a typo should not surface after minutes of measuring."""
+    modes = args.modes.split(",")
+    unknown = [mode for mode in modes if mode not in MODE_NAMES]
+    if unknown:
+        raise ConfigError(f"--modes: unknown mode {', '.join(unknown)}; choose from {', '.join(MODE_NAMES)}")
+    try:
+        targets = [float(target) for target in args.targets.split(",")]
+        stage_counts = [int(count) for count in args.stages.split(",")]
+    except ValueError as error:
+        raise ConfigError(f"--targets takes accuracies like 0.95,0.97 and --stages counts like 2,4,8: {error}") from error
+    if any(count < 2 for count in stage_counts):
+        raise ConfigError(f"--stages: a pipeline needs at least 2 stages, got {args.stages}")
+    return modes, targets, [schedule for schedule in args.torch_schedules.split(",") if schedule], stage_counts
+
+
 def run_speedup(args) -> dict[str, Any]:
+    modes, targets, schedules, stage_counts = _parse_lists(args)
     folder = Path(args.results) / f"bench-speedup-{time.strftime('%Y%m%d-%H%M%S')}"
     folder.mkdir(parents=True)
-    modes = args.modes.split(",")
-    targets = [float(t) for t in args.targets.split(",")]
-    schedules = [s for s in args.torch_schedules.split(",") if s]
     configurations = []
     if args.model == "balanced-mlp":
-        for count in (int(s) for s in args.stages.split(",")):
+        for count in stage_counts:
             emulated = args.emulate == "always" or (args.emulate == "auto" and count > (os.cpu_count() or 1))
             job = balanced_job(count, emulated, args.iterations or 200, args.data_root)
             # baselines compute for real; an emulated stage sleeps a fixed time per call, which micro-batching would multiply

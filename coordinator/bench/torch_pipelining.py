@@ -29,13 +29,14 @@ from coordinator.job import Job
 from workers.build import build_stage
 from workers.compute import make_optimizer
 from workers.modes import Mode
+from workers.spec import ConfigError
 
 SCHEDULES = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}
 SCHEDULE_NAMES = {"gpipe": "GPipe", "1f1b": "1F1B"}
 RANK_TIMEOUT = 900.0
 
 
-class UnsupportedPipeline(ValueError):
+class UnsupportedPipeline(ConfigError):
     """This job cannot be expressed as a torch pipelining run."""
 
 
@@ -45,9 +46,11 @@ def run_torch_pipeline(job: Job, data: Dataset, schedule: str, microbatches: int
     At each evaluation point every rank saves its weights; they are evaluated here
     afterwards: the ranks' clocks count training and those saves, not the evaluation.
     """
+    check_schedule(job, schedule, microbatches)
     modules, _ = _stages(job, data)
+    if any(getattr(module, "wants_labels", False) for module in modules):
+        raise UnsupportedPipeline("a stage takes the labels as input, which torch pipelining cannot hand to middle stages")
     eval_sets = test_batches(data, job.eval_batch_size)
-    _check_supported(job, modules, schedule, microbatches)
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
     port = _free_port()
@@ -100,15 +103,14 @@ def _collect(ranks: list, results) -> list[dict[str, Any]]:
     return [timings[rank] for rank in range(len(ranks))]
 
 
-def _check_supported(job: Job, modules: list[nn.Module], schedule: str, microbatches: int) -> None:
+def check_schedule(job: Job, schedule: str, microbatches: int) -> None:
+    """Whether `schedule` can run `job` at all; checked before anything is measured."""
     if schedule not in SCHEDULES:
         raise UnsupportedPipeline(f"unknown torch schedule {schedule!r}; choose from {', '.join(SCHEDULES)}")
-    if job.batch_size % microbatches:
+    if microbatches < 1 or job.batch_size % microbatches:
         raise UnsupportedPipeline(f"batch size {job.batch_size} does not split into {microbatches} micro-batches")
     if schedule == "1f1b" and microbatches < len(job.stages):
         raise UnsupportedPipeline(f"1F1B needs at least as many micro-batches as stages ({len(job.stages)})")
-    if any(getattr(module, "wants_labels", False) for module in modules):
-        raise UnsupportedPipeline("a stage takes the labels as input, which torch pipelining cannot hand to middle stages")
 
 
 def _stages(job: Job, data: Dataset) -> tuple[list[nn.Module], list[tuple[int, ...]]]:
