@@ -11,6 +11,10 @@ from coordinator.job import Job, job_from_table
 
 REPO = Path(__file__).resolve().parent.parent
 DATA_ROOT = Path(os.environ.get("DNI_DATA_ROOT", REPO.parent / "shared" / "datasets"))
+# What "learned" means for `small_job` in the unlocked modes (chance is 0.1). How far the first
+# stage runs ahead of its true gradients is timing, and so is the accuracy after 200-300 steps:
+# 0.69-0.78 measured on two shared cores (0.7 failed in CI once).
+LEARNED = 0.6
 
 
 @pytest.fixture(scope="session")

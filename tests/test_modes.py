@@ -8,7 +8,7 @@ import pytest
 
 from coordinator.results import read_metrics
 from coordinator.run import run_job
-from tests.conftest import small_job
+from tests.conftest import LEARNED, small_job
 from workers.modes import MODE_NAMES
 
 
@@ -22,16 +22,14 @@ def process_alive(pid: int) -> bool:
 
 
 # Synthetic loss learns slowest (the reference found it below even no_bprop); chance is 0.1.
-# sg and cdni depend on how far the first stage runs ahead, which is timing: over 13 sg runs
-# on two shared cores the accuracy after 300 steps lay between 0.71 and 0.77.
-LEARNED = {"backprop": 0.8, "sg": 0.6, "cdni": 0.6, "no_bprop": 0.4, "sl": 0.3}
+LEARNED_BY_MODE = {"backprop": 0.8, "sg": LEARNED, "cdni": LEARNED, "no_bprop": 0.4, "sl": 0.3}
 
 
 @pytest.mark.parametrize("mode", MODE_NAMES)
 def test_every_mode_learns_and_cleans_up(mode, data_root, tmp_path):
     job = small_job(data_root, tmp_path, mode=mode, iterations=300)
     folder, summary = run_job(job, show_progress=False)
-    assert summary["test_accuracy"] > LEARNED[mode], f"{mode} did not learn: {summary['test_accuracy']:.3f}"
+    assert summary["test_accuracy"] > LEARNED_BY_MODE[mode], f"{mode} did not learn: {summary['test_accuracy']:.3f}"
     assert not any(process_alive(worker["pid"]) for worker in summary["workers"])
     records = read_metrics(folder.path)
     assert [record["step"] for record in records] == [100, 200, 300]
