@@ -10,7 +10,8 @@ import numpy as np
 
 COMPUTE = ("forward", "backward", "synthesizer")
 WAITING = ("wait_input", "wait_gradient")
-ACTIVITIES = (*COMPUTE, *WAITING, "transport", "control")
+LOOP = "loop"  # between timed activities: the worker's own dispatch, checks and bookkeeping
+ACTIVITIES = (*COMPUTE, *WAITING, "transport", "control", LOOP)
 MAX_SPANS = 200_000
 
 
@@ -24,10 +25,11 @@ class Timeline:
     @contextmanager
     def __call__(self, activity: str) -> Iterator[None]:
         start = time.perf_counter()
+        self.totals[LOOP] += start - self._last_end  # so the activities add up to the wall time by construction
         try:
             yield
         finally:
-            end = time.perf_counter()
+            end = self._last_end = time.perf_counter()
             self.totals[activity] += end - start
             if self.record_spans and len(self.spans) < MAX_SPANS:
                 self.spans.append((activity, start + self._unix_offset, end + self._unix_offset))
@@ -43,6 +45,7 @@ class Timeline:
     def _start_clock(self) -> None:
         self.started = time.time()
         self._unix_offset = time.time() - time.perf_counter()
+        self._last_end = time.perf_counter()
 
     def wall(self) -> float:
         return time.time() - self.started

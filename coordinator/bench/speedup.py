@@ -159,5 +159,5 @@ def print_report(report: dict[str, Any]) -> None:
             for worker in result.get("workers", []):
                 f = worker["fractions"]
                 print(f"  {name:<10} stage {worker['stage']}: compute {f['compute']:6.1%}  wait input {f['wait_input']:6.1%}  "
-                      f"wait grad {f['wait_gradient']:6.1%}  transport {f['transport']:6.1%}  other {f['control'] + f['unaccounted']:6.1%}  "
+                      f"wait grad {f['wait_gradient']:6.1%}  transport {f['transport']:6.1%}  other {f['control'] + f['loop'] + f['unaccounted']:6.1%}  "
                       f"staleness {worker['staleness']}")
