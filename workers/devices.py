@@ -1,8 +1,17 @@
-"""Which device a stage runs on: `cpu`, `cuda`, `cuda:N`, or `auto` (spread stages over the visible GPUs)."""
+"""Which device a stage runs on (`cpu`, `cuda`, `cuda:N`, or `auto`), and moving arrays between it and the host.
+
+Messages arrive and leave as host arrays. For a GPU stage each crossing goes
+through page-locked memory from torch's caching host allocator: such copies run
+at full bus speed and asynchronously, and the allocator hands the same blocks
+out again once the copies that used them are done, so the steady state
+allocates nothing.
+"""
 from __future__ import annotations
 
 import re
+from typing import Callable, Optional
 
+import numpy as np
 import torch
 
 from workers.spec import ConfigError
@@ -23,8 +32,38 @@ def resolve_device(requested: str, stage_index: int) -> str:
     return requested
 
 
-def to_device(array_tensor: torch.Tensor, device: str) -> torch.Tensor:
-    """Host tensor to the stage's device; through pinned memory so the copy can overlap."""
+def to_device(array: np.ndarray, device: str) -> torch.Tensor:
+    """A received array as a tensor on `device`, copied once on the host.
+
+    The array usually lies in ZeroMQ's read-only receive buffer, so it is copied
+    once: into ordinary memory for the CPU, into page-locked memory for a GPU,
+    from where the copy to the device overlaps with whatever the host does next.
+    """
     if device == "cpu":
-        return array_tensor
-    return array_tensor.pin_memory().to(device, non_blocking=True)
+        return torch.from_numpy(array.copy())
+    staging = torch.empty(array.shape, dtype=getattr(torch, array.dtype.name), pin_memory=True)
+    staging.numpy()[...] = array
+    return staging.to(device, non_blocking=True)
+
+
+def to_host(tensor: torch.Tensor) -> np.ndarray:
+    """A tensor's values as a host array, ready for the socket.
+
+    A CPU tensor is shared, not copied. A GPU tensor is copied into page-locked
+    memory and waited for, since the socket reads that memory next; the array
+    holds its block until ZeroMQ has sent it.
+    """
+    tensor = tensor.detach()
+    if tensor.device.type == "cpu":
+        return tensor.numpy()
+    staging = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+    staging.copy_(tensor, non_blocking=True)
+    torch.cuda.current_stream(tensor.device).synchronize()
+    return staging.numpy()
+
+
+def synchronizer(device: str) -> Optional[Callable[[], None]]:
+    """What waits until the device has finished its queued work; None where work is never queued (CPU)."""
+    if device == "cpu":
+        return None
+    return lambda: torch.cuda.synchronize(device)

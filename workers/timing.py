@@ -1,10 +1,16 @@
-"""Where a worker's wall time goes: per-activity totals and, optionally, spans for timelines."""
+"""Where a worker's wall time goes: per-activity totals and, optionally, spans for timelines.
+
+On a GPU, kernels run after the call that queued them has returned. A timeline
+given `settle` (a device synchronisation) waits for them at the end of each
+compute activity, so their time counts as compute rather than as the
+transport that would otherwise wait for them.
+"""
 from __future__ import annotations
 
 import time
 from collections import defaultdict
 from contextlib import contextmanager
-from typing import Iterator, Mapping
+from typing import Callable, Iterator, Mapping, Optional
 
 import numpy as np
 
@@ -16,8 +22,9 @@ MAX_SPANS = 200_000
 
 
 class Timeline:
-    def __init__(self, record_spans: bool = False) -> None:
+    def __init__(self, record_spans: bool = False, settle: Optional[Callable[[], None]] = None) -> None:
         self.record_spans = record_spans
+        self.settle = settle
         self.totals: dict[str, float] = defaultdict(float)
         self.spans: list[tuple[str, float, float]] = []
         self._start_clock()
@@ -28,6 +35,8 @@ class Timeline:
         self.totals[LOOP] += start - self._last_end  # so the activities add up to the wall time by construction
         try:
             yield
+            if self.settle is not None and activity in COMPUTE:
+                self.settle()
         finally:
             end = self._last_end = time.perf_counter()
             self.totals[activity] += end - start

@@ -27,7 +27,7 @@ from protocol.security import Keys, check_plaintext_allowed, make_server, secure
 from workers.build import build_stage
 from workers.checkpoint import load_checkpoint, save_checkpoint
 from workers.compute import StageCompute
-from workers.devices import resolve_device, to_device
+from workers.devices import resolve_device, synchronizer, to_device, to_host
 from workers.heartbeat import Heartbeat
 from workers.registry import UnknownBuilderError
 from workers.spec import ConfigError, StageConfig
@@ -47,8 +47,8 @@ class Session:
 
     def __init__(self, context: zmq.Context, config: StageConfig, limits: Limits) -> None:
         self.config = config
-        self.timeline = Timeline(config.record_spans)
         self.device = resolve_device(config.spec.device, config.index)
+        self.timeline = Timeline(config.record_spans, settle=synchronizer(self.device))
         torch.set_num_threads(config.threads)
         modules = build_stage(config.spec, config.index, config.input_shape, config.mode,
                               config.num_classes, config.seed, config.is_last, self.device)
@@ -80,7 +80,7 @@ class Session:
              tensors: Optional[dict[str, torch.Tensor]] = None) -> None:
         """Send on a data path; blocks while the peer's queue is full (backpressure)."""
         with self.timeline("transport"):
-            arrays = {name: tensor.detach().to("cpu").numpy() for name, tensor in (tensors or {}).items()}
+            arrays = {name: to_host(tensor) for name, tensor in (tensors or {}).items()}
             message = Message(kind, self.config.job, batch, self.compute.steps, self.config.index, meta or {}, arrays)
             send_message(socket, message)
         self.messages[f"sent_{kind.name.lower()}"] += 1
@@ -251,7 +251,7 @@ class Worker:
             raise Rejected(f"labels must lie in 0..{config.num_classes - 1}")
         self._check_finite("x", x)
         device = self.session.device
-        return to_device(torch.from_numpy(x.copy()), device), to_device(torch.from_numpy(labels.copy()), device)
+        return to_device(x, device), to_device(labels, device)
 
     def _on_backward(self, frames: list) -> None:
         message = self._decode(frames)
@@ -268,7 +268,7 @@ class Worker:
             raise Rejected(f"target for batch {message.batch} must be float32 {list(expected)}, got {got}")
         self._check_finite("target", target)
         with session.timeline("transport"):
-            tensor = to_device(torch.from_numpy(target.copy()), session.device)
+            tensor = to_device(target, session.device)
         self._send_upstream(message.batch, session.compute.receive_target(message.batch, tensor))
         if not session.compute.pending:
             self._release_flush_waiters()
@@ -345,7 +345,7 @@ class Worker:
 
     def _command_state(self, identity: bytes, message: Message) -> Message:
         state = self._require_session().compute.state()
-        arrays = {name: tensor.detach().to("cpu").numpy() for name, tensor in state.items()}
+        arrays = {name: to_host(tensor) for name, tensor in state.items()}
         return Message(Kind.REPLY, meta={"ok": True}, tensors=arrays)
 
     def _command_checkpoint(self, identity: bytes, message: Message) -> Message:
