@@ -24,6 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    import_lazy_modules()
     try:
         serve(args.bind, args.once, None if args.insecure or not args.keys else load_keys(args.keys))
     except ProtocolError as error:
@@ -32,6 +33,15 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def import_lazy_modules() -> None:
+    """Import now what a stage's first optimiser would import (torch._dynamo: seconds).
+
+    Workers start side by side but are configured one after another, so a cost
+    paid at start-up is paid once in parallel instead of once per stage in turn.
+    """
+    import torch._dynamo  # noqa: F401
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
