@@ -23,6 +23,7 @@ OVERRIDES = {  # flag -> (job setting, type, help)
     "--mode": ("mode", str, f"training mode: {', '.join(MODE_NAMES)}"),
     "--iterations": ("iterations", int, "training steps (batches)"),
     "--epochs": ("epochs", int, "train for this many epochs instead of --iterations"),
+    "--time-limit": ("time_limit", int, "stop training after this many seconds, evaluate and finish normally (0: no limit)"),
     "--batch-size": ("batch_size", int, "examples per training batch"),
     "--lr": ("lr", float, "learning rate of every optimiser"),
     "--seed": ("seed", int, "seed for weights and data order"),

@@ -22,7 +22,7 @@ JOB_KEYS = {
     "seed": int, "eval_every": int, "eval_batch_size": int, "window": int, "threads": int,
     "data_root": str, "results": str, "train_subset": int, "test_subset": int, "verify_data": bool,
     "download": bool, "record_spans": bool, "nonfinite": str, "checkpoint_every": int, "optimizer": dict, "stages": list,
-    "keys": str, "insecure": bool,
+    "keys": str, "insecure": bool, "time_limit": int,
 }
 
 
@@ -41,6 +41,7 @@ class Job:
     batch_size: int = 256
     iterations: int = 25_000
     epochs: int = 0  # when set, overrides iterations
+    time_limit: int = 0  # seconds of training after which the run stops early, evaluates and finishes (0: none)
     seed: int = 0
     eval_every: int = 0  # steps between evaluations; 0 means once per epoch
     eval_batch_size: int = 1000
@@ -162,7 +163,7 @@ def _validate(job: Job, origin: str) -> None:
             raise ConfigError(f"{origin}: {name} must be at least 1, got {getattr(job, name)}")
     if job.nonfinite not in NONFINITE_POLICIES:
         raise ConfigError(f"{origin}: nonfinite {job.nonfinite!r} is not one of {', '.join(NONFINITE_POLICIES)}")
-    for name in ("iterations", "epochs", "eval_every", "threads", "train_subset", "test_subset", "checkpoint_every"):
+    for name in ("iterations", "epochs", "eval_every", "threads", "train_subset", "test_subset", "checkpoint_every", "time_limit"):
         if getattr(job, name) < 0:
             raise ConfigError(f"{origin}: {name} must not be negative, got {getattr(job, name)}")
     if not (job.iterations or job.epochs):

@@ -89,6 +89,7 @@ class Trainer:
         self.cpu_started = 0.0
         self.first_result: Optional[float] = None
         self.last_result = 0.0
+        self.stopped_at_time_limit = False
 
     def configure(self, restore: bool) -> None:
         """Send every stage its configuration, in order: each stage's output shape is the next one's input."""
@@ -136,6 +137,9 @@ class Trainer:
     def _train(self, start: int) -> None:
         batches = train_batches(self.data, self.job.batch_size, self.job.seed, self.total, start)
         for step, (_, x, labels) in enumerate(batches, start=start):
+            if self.sent > start and self._time_is_up():
+                self._stop_early()
+                break
             while self.sent - self.done >= self.credit:
                 self._absorb(self._receive())
             self.pipeline.send_batch(Kind.FORWARD, step, x, labels)
@@ -146,6 +150,17 @@ class Trainer:
                 self._checkpoint()
             self._absorb_ready()
         self._drain()
+
+    def _time_is_up(self) -> bool:
+        return bool(self.job.time_limit) and time.monotonic() - self.started >= self.job.time_limit
+
+    def _stop_early(self) -> None:
+        """The time limit ends training here: what was sent is the whole run, and it ends with an evaluation."""
+        log.info("time limit of %ds reached: stopping after %d of %d steps", self.job.time_limit, self.sent, self.total)
+        self.stopped_at_time_limit = True
+        self.total = self.sent
+        if self.sent % self.eval_every:
+            self._start_evaluation()
 
     def _drain(self) -> None:
         while self.done < self.sent or self.evaluations:
@@ -247,6 +262,7 @@ class Trainer:
         return {
             "job": self.job.name, "job_id": self.job_id, "mode": self.job.mode.value, "dataset": self.job.dataset,
             "steps": self.total, "epochs": round(self.total / self.per_epoch, 3), "batch_size": self.job.batch_size,
+            "stopped_at_time_limit": self.stopped_at_time_limit,
             "test_accuracy": last["test_accuracy"], "best_test_accuracy": max(r["test_accuracy"] for r in self.records),
             "train_accuracy": last["train_accuracy"], "wall_seconds": wall,
             "samples_per_second": trained * self.job.batch_size / wall,
