@@ -55,11 +55,11 @@ def measure(job: Job, modes: list[str], targets: list[float], folder: Path, base
         data = load_dataset(job.dataset, job.resolved_data_root(), job.download, job.verify_data).subset(job.train_subset, job.test_subset)
         for kind in ("plain", "synthetic"):
             baseline = run_baseline(job, data, kind)
-            baseline["time_to_accuracy"] = _time_to(baseline["evaluations"], targets)
+            baseline["time_to_accuracy"] = time_to_accuracy(baseline["evaluations"], targets)
             results[baseline["mode"]] = baseline
         for schedule in torch_schedules:
             result = run_torch_pipeline(job, data, schedule, microbatches)
-            result["time_to_accuracy"] = _time_to(result["evaluations"], targets)
+            result["time_to_accuracy"] = time_to_accuracy(result["evaluations"], targets)
             results[result["mode"]] = result
     locked = results.get("backprop")
     speedups = {name: result["steady_samples_per_second"] / locked["steady_samples_per_second"]
@@ -84,12 +84,12 @@ def _pipeline_result(run: Path, summary: dict[str, Any], targets: list[float]) -
     return {
         "mode": summary["mode"], "wall_seconds": summary["wall_seconds"], "samples_per_second": summary["samples_per_second"],
         "steady_samples_per_second": summary["steady_samples_per_second"], "test_accuracy": summary["test_accuracy"],
-        "time_to_accuracy": _time_to(read_metrics(run), targets), "workers": workers, "run": str(run),
+        "time_to_accuracy": time_to_accuracy(read_metrics(run), targets), "workers": workers, "run": str(run),
         "coordinator_cpu_fraction": summary["coordinator_cpu_fraction"],
     }
 
 
-def _time_to(evaluations: list[dict[str, Any]], targets: list[float]) -> dict[str, Optional[float]]:
+def time_to_accuracy(evaluations: list[dict[str, Any]], targets: list[float]) -> dict[str, Optional[float]]:
     return {f"{target:.3f}": next((e["elapsed"] for e in evaluations if e["test_accuracy"] >= target), None) for target in targets}
 
 
