@@ -151,7 +151,7 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from coordinator.run import resume_job, run_job
+    from coordinator.run import RunComplete, resume_job, run_job
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     log = logging.getLogger("dni")
@@ -172,6 +172,9 @@ def _run(args: argparse.Namespace) -> int:
             if args.workers:
                 job = with_addresses(job, [address.strip() for address in args.workers.split(",")])
             folder, summary = run_job(job, args.bind, args.advertise, args.transport, not args.no_progress)
+    except RunComplete as complete:
+        print(complete, file=sys.stderr)
+        return 0
     except (ConfigError, DataError, ProtocolError, FileNotFoundError) as error:
         log.error("%s", error)
         return 2

@@ -1,15 +1,29 @@
-"""Local worker processes: start one per stage, watch them, and leave none behind."""
+"""Local worker processes: start one per stage, watch them, and leave none behind.
+
+Over tcp each worker binds ports the system picks and reports them in a ready
+file, so no port is chosen free here and taken by someone else before the
+worker binds it.
+"""
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Optional
 
+from protocol import Endpoints, worker_endpoints
+
 log = logging.getLogger("dni.launcher")
+READY_SECONDS = 120.0
+EXIT_MEANINGS = {  # a --once worker's exit code (workers/worker.py) -> what happened
+    0: "exited: it was told to stop",
+    3: "ended its job: it heard nothing from this coordinator for 20 s",
+}
 
 
 class WorkerDied(RuntimeError):
@@ -26,41 +40,59 @@ class LocalWorkers:
     def __init__(self, count: int, transport: str = "ipc", log_level: str = "WARNING", keys: Optional[Path] = None) -> None:
         self.keys = keys  # a CURVE key directory the workers load (see protocol/security.py)
         self.directory = Path(tempfile.mkdtemp(prefix="dni-"))
-        self.addresses = [self._address(transport, stage) for stage in range(count)]
+        self.transport = transport
         self.log_level = log_level
         self.processes: list[subprocess.Popen] = []
+        self.endpoints: list[Endpoints] = []
+        self.count = count
 
-    def _address(self, transport: str, stage: int) -> str:
-        if transport == "ipc":
-            return f"ipc://{self.directory}/stage{stage}"
-        port = free_port_block()
-        return f"tcp://127.0.0.1:{port}"
+    def _bind_address(self, stage: int) -> str:
+        return f"ipc://{self.directory}/stage{stage}" if self.transport == "ipc" else "tcp://127.0.0.1:0"
 
     def start(self) -> None:
-        self.processes = [self._spawn(address) for address in self.addresses]
+        self.processes = [self._spawn(stage) for stage in range(self.count)]
         log.info("started %d workers: %s", len(self.processes), ", ".join(str(p.pid) for p in self.processes))
+        self.endpoints = [self._wait_ready(stage) for stage in range(self.count)]
 
-    def _spawn(self, address: str) -> subprocess.Popen:
-        command = [sys.executable, "-m", "workers", "--bind", address, "--once", "--log-level", self.log_level]
+    def _ready_file(self, stage: int) -> Path:
+        return self.directory / f"stage{stage}.ready"
+
+    def _spawn(self, stage: int) -> subprocess.Popen:
+        self._ready_file(stage).unlink(missing_ok=True)
+        command = [sys.executable, "-m", "workers", "--bind", self._bind_address(stage), "--once",
+                   "--ready-file", str(self._ready_file(stage)), "--log-level", self.log_level]
         if self.keys is not None:
             command += ["--keys", str(self.keys)]
         return subprocess.Popen(command, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
 
-    def restart(self, stage: int) -> None:
-        """A fresh process for a stage whose worker died, at the same address."""
+    def _wait_ready(self, stage: int) -> Endpoints:
+        """The addresses a worker reports once it listens (ipc ones are known in advance)."""
+        deadline = time.monotonic() + READY_SECONDS
+        while not self._ready_file(stage).is_file():
+            self.check()
+            if time.monotonic() > deadline:
+                raise WorkerDied(stage, f"worker for stage {stage} (pid {self.processes[stage].pid}) "
+                                        f"did not start listening within {READY_SECONDS:.0f}s")
+            time.sleep(0.02)
+        if self.transport == "ipc":
+            return worker_endpoints(self._bind_address(stage))
+        report = json.loads(self._ready_file(stage).read_text())
+        return Endpoints(report["control"], report["forward"], report["backward"])
+
+    def restart(self, stage: int) -> Endpoints:
+        """A fresh process for a stage whose worker died; returns where it listens."""
         self.processes[stage].wait(5)
-        self.processes[stage] = self._spawn(self.addresses[stage])
+        self.processes[stage] = self._spawn(stage)
+        self.endpoints[stage] = self._wait_ready(stage)
         log.warning("restarted the worker of stage %d as pid %d", stage, self.processes[stage].pid)
+        return self.endpoints[stage]
 
     def check(self) -> None:
         for stage, process in enumerate(self.processes):
             code = process.poll()
             if code is not None:
-                how = f"signal {-code}" if code < 0 else f"exit code {code}"
-                raise WorkerDied(stage, f"worker for stage {stage} (pid {process.pid}) died with {how}")
-
-    def pids(self) -> list[int]:
-        return [process.pid for process in self.processes]
+                how = EXIT_MEANINGS.get(code) or (f"was killed by signal {-code}" if code < 0 else f"died with exit code {code}")
+                raise WorkerDied(stage, f"the worker of stage {stage} (pid {process.pid}) {how}")
 
     def stop(self, grace: float = 5.0) -> None:
         """Wait briefly for workers that were told to stop, then terminate, then kill what is left."""

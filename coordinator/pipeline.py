@@ -2,41 +2,55 @@
 
 One DEALER per worker carries control requests (each answered by a REPLY); one
 PUSH feeds the first stage's forward socket; one PULL inbox receives training
-and evaluation results, heartbeats and error reports from every worker.
+and evaluation results, heartbeats and error reports from every worker. The
+inbox is read while waiting for replies too, so a stage's failure ends a wait
+at once; results that arrive meanwhile are kept for `receive`.
 """
 from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
-from protocol import DEFAULT_LIMITS, Kind, Limits, Message, ProtocolError, open_socket, receive_message, send_message, worker_endpoints
+from protocol import DEFAULT_LIMITS, Endpoints, Kind, Limits, Message, ProtocolError, open_socket, receive_message, send_message
+from protocol.refusals import RefusalLog
 from protocol.security import Keys, check_plaintext_allowed, make_server, secure_context
 
 log = logging.getLogger("dni.pipeline")
+DISCONNECT_GRACE = 3.0  # a worker whose connection dropped and did not come back this long is gone
 
 
 class PipelineError(RuntimeError):
     """A worker refused a request, stopped answering, or died."""
 
 
+class StageFailed(PipelineError):
+    """A stage's own code failed, produced NaN/Inf, or lost a batch: the run cannot go on."""
+
+    def __init__(self, stage: int, text: str) -> None:
+        super().__init__(text)
+        self.stage = stage
+
+
 class Pipeline:
-    def __init__(self, job_id: str, addresses: list[str], inbox_bind: str,
+    def __init__(self, job_id: str, endpoints: list[Endpoints], inbox_bind: str,
                  health_check: Callable[[], None] = lambda: None, limits: Limits = DEFAULT_LIMITS,
                  heartbeat_timeout: float = 10.0, hang_timeout: float = 300.0, keys: Optional[Keys] = None) -> None:
         self.job_id = job_id
-        self.addresses = addresses
+        self.endpoints = list(endpoints)
         self.limits = limits
         self.health_check = health_check
         self.heartbeat_timeout = heartbeat_timeout
         self.hang_timeout = hang_timeout
         self.last_beat = 0.0
         if keys is None:  # plaintext only where no socket reaches beyond this machine
-            check_plaintext_allowed([inbox_bind, *addresses], "coordinator address")
+            check_plaintext_allowed([inbox_bind, *(e.control for e in endpoints)], "coordinator address")
         self.context = zmq.Context()
         # with keys, the inbox is a CURVE server and every other socket of this context a CURVE client
         self.authenticator = secure_context(self.context, keys) if keys is not None else None
@@ -45,11 +59,35 @@ class Pipeline:
             make_server(self.inbox, keys)
         self.inbox.bind(inbox_bind)
         self.inbox_address = self.inbox.getsockopt(zmq.LAST_ENDPOINT).decode()
-        self.controls = [self._connect(zmq.DEALER, worker_endpoints(address).control) for address in addresses]
-        self.feed = self._connect(zmq.PUSH, worker_endpoints(addresses[0]).forward)
-        self.last_seen = [time.monotonic()] * len(addresses)
-        self.busy_for = [0.0] * len(addresses)
-        self.worker_errors: list[int] = [0] * len(addresses)
+        self.controls = [self._connect(zmq.DEALER, e.control) for e in endpoints]
+        # a dead worker's connection drops at once (its kernel closes it); heartbeats would take seconds to say so
+        self.monitors = [self._monitor(control) for control in self.controls]
+        self.disconnected_at: list[Optional[float]] = [None] * len(endpoints)
+        self.feed = self._connect(zmq.PUSH, endpoints[0].forward)
+        self.results: deque[Message] = deque()
+        self.refusals = RefusalLog(log, "input refused")
+        self.forget_silence()
+
+    @property
+    def stages(self) -> int:
+        return len(self.endpoints)
+
+    @staticmethod
+    def _monitor(socket: zmq.Socket) -> zmq.Socket:
+        return socket.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+
+    def reconnect(self, stage: int, endpoints: Endpoints) -> None:
+        """A restarted worker listens elsewhere: its control socket (and the feed, for stage 0) follow it."""
+        self.endpoints[stage] = endpoints
+        self.controls[stage].disable_monitor()
+        self.monitors[stage].close(linger=0)
+        self.controls[stage].close(linger=0)
+        self.controls[stage] = self._connect(zmq.DEALER, endpoints.control)
+        self.monitors[stage] = self._monitor(self.controls[stage])
+        self.disconnected_at[stage] = None
+        if stage == 0:
+            self.feed.close(linger=0)
+            self.feed = self._connect(zmq.PUSH, endpoints.forward)
 
     def _connect(self, kind: int, address: str) -> zmq.Socket:
         socket = open_socket(self.context, kind, self.limits)
@@ -63,27 +101,38 @@ class Pipeline:
 
     # -- control -------------------------------------------------------------------
 
-    def request(self, stage: int, command: str, meta: Optional[dict[str, Any]] = None, timeout: float = 60.0) -> Message:
-        """Send a control command to one worker and wait for its reply, watching the workers' health meanwhile."""
+    def request(self, stage: int, command: str, meta: Optional[dict[str, Any]] = None, timeout: float = 60.0,
+                stall_timeout: Optional[float] = None) -> Message:
+        """Send a control command to one worker and wait for its reply, watching the workers meanwhile.
+
+        With `stall_timeout`, the wait also ends once every stage has been idle that long (the reply
+        waits on pipeline traffic that will never come, as a flush does when a target was lost).
+        """
         socket = self.controls[stage]
         send_message(socket, Message(Kind.CONTROL, self.job_id, meta={"command": command, **(meta or {})}))
         deadline = time.monotonic() + timeout
         while not socket.poll(200):
             self.health_check()
             self._beat()
+            self._read_waiting()
+            self._check_connections()
             if time.monotonic() > deadline:
-                raise PipelineError(f"stage {stage} ({self.addresses[stage]}) did not answer {command!r} within {timeout:.0f}s")
+                raise PipelineError(f"stage {stage} ({self.endpoints[stage].control}) did not answer {command!r} within {timeout:.0f}s")
+            if stall_timeout is not None and self.idle_for() > stall_timeout:
+                raise StageFailed(stage, f"stage {stage} still waits for {self.status[stage].get('pending', '?')} target(s) "
+                                         f"with every stage idle for {self.idle_for():.0f}s: a target was lost")
         reply = receive_message(socket, self.limits)
         if not reply.meta.get("ok"):
             raise PipelineError(f"stage {stage} refused {command!r}: {reply.meta.get('error')}")
         self.last_seen[stage] = time.monotonic()
         return reply
 
-    def request_all(self, command: str, meta: Optional[dict[str, Any]] = None, timeout: float = 60.0) -> list[Message]:
-        return [self.request(stage, command, meta, timeout) for stage in range(len(self.addresses))]
+    def request_all(self, command: str, meta: Optional[dict[str, Any]] = None, timeout: float = 60.0,
+                    stall_timeout: Optional[float] = None) -> list[Message]:
+        return [self.request(stage, command, meta, timeout, stall_timeout) for stage in range(self.stages)]
 
     def wait_for_workers(self, timeout: float) -> None:
-        for stage in range(len(self.addresses)):
+        for stage in range(self.stages):
             try:
                 self.request(stage, "ping", timeout=timeout)
             except PipelineError as error:
@@ -101,44 +150,102 @@ class Pipeline:
         send_message(self.feed, Message(kind, self.job_id, batch, batch, -1, meta or {}, tensors))
 
     def receive(self, timeout: float) -> Optional[Message]:
-        """The next result from the inbox, or None after `timeout` seconds; heartbeats and errors are handled here."""
+        """The next result, or None after `timeout` seconds; heartbeats and error reports are handled on the way."""
         deadline = time.monotonic() + timeout
-        while True:
+        while not self.results:
             self.health_check()
             self._beat()
+            self._check_connections()
+            self.refusals.summarise_due()
             remaining = deadline - time.monotonic()
             if not self.inbox.poll(max(0, min(remaining, 0.5)) * 1000):
                 self._check_heartbeats()  # judged only on an empty inbox: beats may wait there while we were busy
                 if remaining <= 0:
                     return None
                 continue
-            message = self._read_inbox()
-            if message is not None:
-                return message
+            self._read_inbox()
+        return self.results.popleft()
 
-    def _read_inbox(self) -> Optional[Message]:
+    def _read_waiting(self) -> None:
+        self._read_monitors()
+        while self.inbox.poll(0):
+            self._read_inbox()
+
+    def _read_monitors(self) -> None:
+        now = time.monotonic()
+        for stage, monitor in enumerate(self.monitors):
+            while monitor.poll(0):
+                event = recv_monitor_message(monitor)["event"]
+                if event == zmq.EVENT_DISCONNECTED:
+                    self.disconnected_at[stage] = self.disconnected_at[stage] or now
+                elif event == zmq.EVENT_CONNECTED:
+                    self.disconnected_at[stage] = None
+
+    def gone(self, grace: float = DISCONNECT_GRACE) -> Optional[int]:
+        """The stage whose connection dropped first and has stayed down `grace` seconds, if any."""
+        self._read_monitors()
+        now = time.monotonic()
+        down = [(at, stage) for stage, at in enumerate(self.disconnected_at) if at is not None and now - at >= grace]
+        return min(down)[1] if down else None
+
+    def _read_inbox(self) -> None:
+        """One inbox message: a result is kept for `receive`, a beat or report is taken in here."""
         try:
             message = receive_message(self.inbox, self.limits)
         except ProtocolError as error:
-            log.warning("ignored a malformed message on the inbox: %s", error)
-            return None
-        if message.job != self.job_id or not 0 <= message.sender < len(self.addresses):
-            log.warning("ignored a message from job %r stage %d", message.job, message.sender)
-            return None
+            self.refusals.refuse("malformed on the inbox", str(error))
+            return
+        if message.job != self.job_id or not 0 <= message.sender < self.stages:
+            self.refusals.refuse("not this job's", f"a message from job {message.job!r:.60} stage {message.sender}")
+            return
         self.last_seen[message.sender] = time.monotonic()
         if message.kind is Kind.HEARTBEAT:
-            self.busy_for[message.sender] = float(message.meta.get("busy_for", 0.0))
-            return None
-        if message.kind is Kind.ERROR:
-            self.worker_errors[message.sender] += 1
-            log.warning("stage %d rejected a message: %s", message.sender, message.meta.get("error"))
-            return None
-        return message
+            self._take_status(message.sender, message.meta)
+        elif message.kind is Kind.ERROR:
+            self._take_error_report(message.sender, message.meta)
+        else:
+            self.activity_at = time.monotonic()
+            self.results.append(message)
+
+    def _take_status(self, stage: int, status: dict[str, Any]) -> None:
+        previous = self.status[stage]
+        if status.get("handled") != previous.get("handled"):
+            self.activity_at = time.monotonic()
+        refused = int(status.get("refused", 0)) - int(previous.get("refused", 0))
+        if refused > 0:
+            self.refusals.refuse(f"by stage {stage}", "details in that worker's log", refused)
+        self.status[stage] = status
+        if status.get("failure"):
+            raise StageFailed(stage, f"stage {stage} failed: {status['failure']} (traceback in that worker's log)")
+
+    def _take_error_report(self, stage: int, report: dict[str, Any]) -> None:
+        if report.get("fatal"):
+            raise StageFailed(stage, f"stage {stage} ({report.get('stage_kind')}) failed: {report.get('error')} "
+                                     "(traceback in that worker's log)")
+        if "lost_batch" in report:
+            sender = report.get("from_stage", -1)
+            source = f"stage {sender}" if isinstance(sender, int) and sender >= 0 else "the coordinator"
+            raise StageFailed(stage, f"stage {stage} refused batch {report['lost_batch']} from {source} and so lost it: "
+                                     f"{report.get('error')}")
+        self.refusals.refuse(f"by stage {stage}", str(report.get("error")))
+
+    @property
+    def refused_by_stage(self) -> list[int]:
+        """Messages each stage has refused, as its latest heartbeat counted them."""
+        return [int(status.get("refused", 0)) for status in self.status]
+
+    def idle_for(self) -> float:
+        """Seconds since a result arrived or any stage took in a message, if every stage is idle; else 0."""
+        if any(float(status.get("busy_for", 0.0)) > 2.0 for status in self.status):
+            return 0.0
+        return time.monotonic() - self.activity_at
 
     def forget_silence(self) -> None:
-        """Start the liveness clocks afresh (after workers were restarted)."""
-        self.last_seen = [time.monotonic()] * len(self.addresses)
-        self.busy_for = [0.0] * len(self.addresses)
+        """Start the liveness clocks afresh (at the start, and after workers were restarted)."""
+        now = time.monotonic()
+        self.last_seen = [now] * self.stages
+        self.status: list[dict[str, Any]] = [{} for _ in range(self.stages)]
+        self.activity_at = now
 
     def _beat(self) -> None:
         """Tell every worker the coordinator lives; a worker that stops hearing this ends its job."""
@@ -153,10 +260,22 @@ class Pipeline:
             except zmq.Again:
                 pass
 
+    def _check_connections(self) -> None:
+        stage = self.gone()
+        if stage is not None:
+            down = time.monotonic() - self.disconnected_at[stage]
+            raise StageFailed(stage, f"stage {stage} ({self.endpoints[stage].control}) lost its connection {down:.0f}s ago "
+                                     "and has not come back: its worker died or its host is unreachable")
+
     def _check_heartbeats(self) -> None:
+        """A silent stage is named, the one silent longest first: when one dies, its neighbours may go quiet after it."""
         now = time.monotonic()
-        for stage, seen in enumerate(self.last_seen):
-            if now - seen > self.heartbeat_timeout:
-                raise PipelineError(f"stage {stage} ({self.addresses[stage]}) sent nothing for {now - seen:.0f}s: died or unreachable")
-            if self.busy_for[stage] > self.hang_timeout:
-                raise PipelineError(f"stage {stage} ({self.addresses[stage]}) has been stuck in one step for {self.busy_for[stage]:.0f}s")
+        stage = min(range(self.stages), key=lambda index: self.last_seen[index])
+        silent = now - self.last_seen[stage]
+        if silent > self.heartbeat_timeout:
+            raise StageFailed(stage, f"stage {stage} ({self.endpoints[stage].control}) sent nothing for {silent:.0f}s: "
+                                     "died or unreachable")
+        for stage, status in enumerate(self.status):
+            busy = float(status.get("busy_for", 0.0))
+            if busy > self.hang_timeout:
+                raise StageFailed(stage, f"stage {stage} ({self.endpoints[stage].control}) has been stuck in one step for {busy:.0f}s")

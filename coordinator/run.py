@@ -11,15 +11,16 @@ from typing import Any, Optional
 
 import torch
 
+from coordinator.checkpoints import Checkpoints
 from coordinator.data import load_dataset
 from coordinator.job import Job, job_from_table
 from coordinator.launcher import LocalWorkers
 from coordinator.pipeline import Pipeline
 from coordinator.plots import plot_accuracy
-from coordinator.results import RunFolder
+from coordinator.results import RunFolder, read_metrics
 from coordinator.shapes import check_stages
 from coordinator.trainer import Trainer
-from protocol import ProtocolError, connectable
+from protocol import ProtocolError, connectable, worker_endpoints
 from protocol.security import FIX, Keys, check_plaintext_allowed, load_keys
 
 log = logging.getLogger("dni.run")
@@ -42,22 +43,27 @@ def run_job(job: Job, bind: Optional[str] = None, advertise: Optional[str] = Non
     job_id = f"{folder.path.name}-{secrets.token_hex(4)}"
     remote = job.stages[0].address is not None
     local = None if remote else LocalWorkers(len(job.stages), transport, worker_log_level, keys.directory if keys else None)
-    addresses = [entry.address for entry in job.stages] if remote else local.addresses
     inbox = bind or (f"ipc://{local.directory}/coordinator" if transport == "ipc" and local else "tcp://127.0.0.1:*" if local else "tcp://0.0.0.0:5550" if keys else "tcp://127.0.0.1:5550")
     pipeline = None
     try:
         if local:
             local.start()
-        pipeline = Pipeline(job_id, addresses, inbox, health_check=local.check if local else lambda: None, keys=keys)
+        endpoints = local.endpoints if local else [worker_endpoints(entry.address) for entry in job.stages]
+        pipeline = Pipeline(job_id, endpoints, inbox, health_check=local.check if local else lambda: None, keys=keys)
         reachable = advertise or connectable(pipeline.inbox_address, socket.gethostname() if remote else "127.0.0.1")
         pipeline.wait_for_workers(timeout=60 if local else 300)
-        log.info("job %s: %d stages at %s; results in %s", job_id, len(addresses), ", ".join(addresses), folder.path)
+        log.info("job %s: %d stages; results in %s", job_id, len(endpoints), folder.path)
+        for stage, at in enumerate(endpoints):
+            log.info("stage %d listens at control %s, forward %s, backward %s", stage, at.control, at.forward, at.backward)
         summary = Trainer(job, job_id, data, pipeline, folder, reachable, show_progress,
                           restart_worker=local.restart if local else None).run()
         training_finished.set()
-        folder.write_json("summary.json", summary)
+        folder.write_json("summary.json", {"status": "complete", **summary})
         plot_accuracy([folder.path], folder.plot_path, f"{job.name}: {job.mode.value}")
         return folder, summary
+    except BaseException as error:
+        _record_stop(folder, job, error)
+        raise
     finally:
         if pipeline is not None:
             _stop_workers(pipeline)
@@ -66,11 +72,35 @@ def run_job(job: Job, bind: Optional[str] = None, advertise: Optional[str] = Non
             local.stop()
 
 
+class RunComplete(Exception):
+    """`--resume` of a run that has already finished: nothing to do."""
+
+
 def resume_job(path: Path, **options: Any) -> tuple[RunFolder, dict[str, Any]]:
     """Continue a stopped run from its last checkpoint, with the job it was started with."""
     folder = RunFolder.open(path)
+    if folder.summary_path.is_file():
+        summary = json.loads(folder.summary_path.read_text())
+        if summary.get("status", "complete") == "complete":
+            raise RunComplete(f"{path} already finished ({summary.get('steps')} steps, test accuracy "
+                              f"{summary.get('test_accuracy', 0):.2%}); nothing to resume")
     job = job_from_table(json.loads((path / "job.json").read_text()), str(path / "job.json"))
     return run_job(job, resume=folder, **options)
+
+
+def _record_stop(folder: RunFolder, job: Job, error: BaseException) -> None:
+    """What a stopped run leaves: a summary saying why and where --resume starts, and its plot so far."""
+    interrupted = isinstance(error, KeyboardInterrupt)
+    status = "interrupted" if interrupted else "failed"
+    try:
+        if folder.metrics_path.is_file() and read_metrics(folder.path):
+            plot_accuracy([folder.path], folder.plot_path, f"{job.name}: {job.mode.value} ({status})")
+        folder.write_json("summary.json", {
+            "status": status, "error": status if interrupted else str(error), "failed_stage": getattr(error, "stage", None),
+            "job": job.name, "mode": job.mode.value, "resume_from_step": Checkpoints(folder.path / "checkpoints").position().step,
+        })
+    except OSError as failure:  # the run's own error is what matters; this one only goes to the log
+        log.error("could not record the stop in %s: %s", folder.path, failure)
 
 
 def _run_keys(job: Job, keys: Optional[Keys], addresses: list[Optional[str]]) -> Optional[Keys]:
@@ -93,7 +123,7 @@ def _run_keys(job: Job, keys: Optional[Keys], addresses: list[Optional[str]]) ->
 
 
 def _stop_workers(pipeline: Pipeline) -> None:
-    for stage in range(len(pipeline.addresses)):
+    for stage in range(pipeline.stages):
         try:
             pipeline.request(stage, "stop", timeout=5)
         except Exception as error:  # the worker may already be gone; cleanup goes on regardless

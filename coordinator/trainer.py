@@ -13,15 +13,16 @@ from coordinator.data import Dataset, test_batches, train_batches
 from coordinator.job import Job
 from coordinator.checkpoints import Checkpoints, Position
 from coordinator.launcher import WorkerDied
-from coordinator.pipeline import Pipeline, PipelineError
+from coordinator.pipeline import Pipeline, PipelineError, StageFailed
 from coordinator.progress import Progress
 from coordinator.results import RunFolder, read_metrics
-from protocol import Kind, Message
+from protocol import Endpoints, Kind, Message
 from workers.spec import StageConfig
 from workers.timing import spans_from_arrays
 
 log = logging.getLogger("dni.trainer")
-RESULT_TIMEOUT = 600.0
+REQUEST_TIMEOUT = 600.0  # a checkpoint or flush of a stage that keeps working
+STALL_SECONDS = 10.0  # results outstanding, every stage idle this long: something was lost
 MAX_RECOVERIES = 3
 
 
@@ -60,7 +61,7 @@ class Evaluation:
 class Trainer:
     def __init__(self, job: Job, job_id: str, data: Dataset, pipeline: Pipeline, folder: RunFolder,
                  coordinator_address: str, show_progress: bool = True,
-                 restart_worker: Optional[Callable[[int], None]] = None) -> None:
+                 restart_worker: Optional[Callable[[int], Endpoints]] = None) -> None:
         self.job = job
         self.job_id = job_id
         self.data = data
@@ -94,21 +95,21 @@ class Trainer:
     def configure(self, restore: bool) -> None:
         """Send every stage its configuration, in order: each stage's output shape is the next one's input."""
         shape = self.data.input_shape
-        addresses = self.pipeline.addresses
+        endpoints = self.pipeline.endpoints
         self.workers = []
         for index, entry in enumerate(self.job.stages):
             config = StageConfig(
-                job=self.job_id, index=index, num_stages=len(addresses), spec=entry.spec, mode=self.job.mode,
+                job=self.job_id, index=index, num_stages=len(endpoints), spec=entry.spec, mode=self.job.mode,
                 input_shape=tuple(shape), num_classes=self.data.num_classes, optimizer=self.job.optimizer,
                 seed=self.job.seed, window=self.job.window, threads=self.job.threads_per_worker(),
                 coordinator=self.coordinator_address,
-                upstream=addresses[index - 1] if index > 0 else None,
-                downstream=addresses[index + 1] if index + 1 < len(addresses) else None,
+                upstream=endpoints[index - 1].backward if index > 0 else None,
+                downstream=endpoints[index + 1].forward if index + 1 < len(endpoints) else None,
                 record_spans=self.job.record_spans, nonfinite=self.job.nonfinite,
                 restore=str(self.checkpoints.stage(index)) if restore else None,
             )
             reply = self.pipeline.request(index, "configure", {"config": config.to_wire()}, timeout=120)
-            self.workers.append({"stage": index, "address": addresses[index], **{k: v for k, v in reply.meta.items() if k != "ok"}})
+            self.workers.append({"stage": index, "address": endpoints[index].control, **{k: v for k, v in reply.meta.items() if k != "ok"}})
             shape = tuple(reply.meta["output_shape"])
 
     def run(self) -> dict[str, Any]:
@@ -128,8 +129,7 @@ class Trainer:
                     raise
                 start = self._recover(death)
             except KeyboardInterrupt:
-                log.warning("interrupted: writing a checkpoint at step %d first (interrupt again to skip it)", self.sent)
-                self._checkpoint()
+                self._checkpoint_on_interrupt()
                 raise
         self.progress.close()
         return self._finish()
@@ -169,10 +169,24 @@ class Trainer:
     def _checkpoint(self) -> None:
         """A consistent cut: no batch in flight anywhere, every stage saved at the same step."""
         self._drain()
-        self.pipeline.request_all("flush", timeout=RESULT_TIMEOUT)
+        self.pipeline.request_all("flush", timeout=REQUEST_TIMEOUT, stall_timeout=STALL_SECONDS)
         for stage in range(len(self.job.stages)):
-            self.pipeline.request(stage, "checkpoint", {"path": str(self.checkpoints.stage(stage))}, timeout=RESULT_TIMEOUT)
+            self.pipeline.request(stage, "checkpoint", {"path": str(self.checkpoints.stage(stage))}, timeout=REQUEST_TIMEOUT)
         self.checkpoints.record(Position(self.sent, len(self.records), vars(self.train_tally)))
+
+    def _checkpoint_on_interrupt(self) -> None:
+        """A last checkpoint if the pipeline can still give one; else the last periodic one stays what --resume uses."""
+        resume_from = self.checkpoints.position().step
+        gone = self.pipeline.gone(grace=0.0)
+        if gone is not None:
+            log.error("interrupted; no checkpoint written: stage %d has lost its connection; --resume continues from step %d",
+                      gone, resume_from)
+            return
+        log.warning("interrupted: writing a checkpoint at step %d first (interrupt again to skip it)", self.sent)
+        try:
+            self._checkpoint()
+        except (PipelineError, WorkerDied) as error:
+            log.error("no checkpoint written (%s); --resume continues from step %d", error, resume_from)
 
     def _recover(self, death: WorkerDied) -> int:
         """Restart the dead worker, roll every stage back to the last checkpoint, and re-send what was lost."""
@@ -181,7 +195,7 @@ class Trainer:
         log.warning("%s; restarting it and resuming every stage from step %d (%d batches re-sent)", death, position.step, lost)
         self.recoveries += 1
         self.resent += lost
-        self.restart_worker(death.stage)
+        self.pipeline.reconnect(death.stage, self.restart_worker(death.stage))
         self.job_id = self.pipeline.job_id = f"{self.base_job_id}-r{self.recoveries}"  # stale messages no longer match
         self.pipeline.forget_silence()
         self.evaluations.clear()
@@ -197,10 +211,22 @@ class Trainer:
         self.configure(restore=position.step > 0)
 
     def _receive(self) -> Message:
-        message = self.pipeline.receive(RESULT_TIMEOUT)
-        if message is None:
-            raise PipelineError(f"no result from the last stage for {RESULT_TIMEOUT:.0f}s")
+        """The next result; a result that cannot come any more (every stage idle) fails the run, naming where it was lost."""
+        while (message := self.pipeline.receive(1.0)) is None:
+            if self.pipeline.idle_for() > STALL_SECONDS:
+                raise self._lost()
         return message
+
+    def _lost(self) -> StageFailed:
+        steps = [int(status.get("steps", -1)) for status in self.pipeline.status]
+        idle = f"every stage has been idle for {self.pipeline.idle_for():.0f}s"
+        if self.done < self.sent:
+            stage = next((index for index, done in enumerate(steps) if done < self.sent), len(steps) - 1)
+            return StageFailed(stage, f"batch {self.done} never came back and {idle}: stage {stage} trained on "
+                                      f"{steps[stage]} of the {self.sent} batches sent, so it was lost at stage {stage}")
+        evaluation = next(iter(self.evaluations.values()))
+        return StageFailed(len(steps) - 1, f"evaluation {evaluation.index} got {evaluation.received} of {evaluation.batches} "
+                                           f"batch results and {idle}: the rest were lost")
 
     def _absorb_ready(self) -> None:
         while (message := self.pipeline.receive(0)) is not None:
@@ -243,7 +269,7 @@ class Trainer:
             "train_accuracy": evaluation.train.accuracy, "train_loss": evaluation.train.loss,
             "test_accuracy": evaluation.test.accuracy, "test_loss": evaluation.test.loss,
             "elapsed": elapsed, "samples_per_second": (self.done - self.first_step) * self.job.batch_size / elapsed,
-            "workers": worker_metrics, "worker_errors": list(self.pipeline.worker_errors),
+            "workers": worker_metrics, "worker_errors": self.pipeline.refused_by_stage,
         }
         self.records.append(record)
         self.folder.append_metrics(record)
@@ -271,7 +297,7 @@ class Trainer:
             "resumed_from_step": self.first_step, "recoveries": self.recoveries, "resent_batches": self.resent,
             "seconds_to_first_result": (self.first_result or time.monotonic()) - self.started,
             "coordinator_cpu_fraction": cpu / wall,
-            "workers": self.workers, "worker_metrics": final, "worker_errors": list(self.pipeline.worker_errors),
+            "workers": self.workers, "worker_metrics": final, "worker_errors": [sum(m["errors"].values()) for m in final],
         }
 
 

@@ -2,14 +2,15 @@
 stage configurations and batches, all over real sockets."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import time
 
 import pytest
 import zmq
 
-from coordinator.launcher import free_port_block
-from protocol import Kind, Message, encode, receive_message, send_message, worker_endpoints
+from protocol import Endpoints, Kind, Message, encode, receive_message, send_message
 from workers.modes import Mode
 from workers.spec import OptimizerSpec, StageConfig, StageSpec
 
@@ -17,20 +18,26 @@ JOB = "live-worker-test"
 
 
 @pytest.fixture
-def worker():
-    """A worker process on a free loopback port, and a ZeroMQ context to talk to it."""
-    address = f"tcp://127.0.0.1:{free_port_block()}"
-    process = subprocess.Popen([sys.executable, "-m", "workers", "--bind", address, "--log-level", "ERROR"])
+def worker(tmp_path):
+    """A worker process on three loopback ports the system picks (told in its ready file), and a ZeroMQ context."""
+    ready = tmp_path / "worker.ready"
+    process = subprocess.Popen([sys.executable, "-m", "workers", "--bind", "tcp://127.0.0.1:0", "--ready-file", str(ready),
+                                "--log-level", "ERROR"])
+    deadline = time.monotonic() + 60
+    while not ready.is_file():
+        assert process.poll() is None and time.monotonic() < deadline, "the worker never said where it listens"
+        time.sleep(0.05)
+    report = json.loads(ready.read_text())
+    assert report["pid"] == process.pid and len({report[name] for name in ("control", "forward", "backward")}) == 3
     context = zmq.Context()
-    yield address, context
+    yield Endpoints(report["control"], report["forward"], report["backward"]), context
     context.destroy(linger=0)
     process.terminate()
     process.wait(10)
 
 
-def coordinator_side(context, address):
+def coordinator_side(context, endpoints):
     """A control DEALER to the worker and a bound inbox for its reports."""
-    endpoints = worker_endpoints(address)
     control = context.socket(zmq.DEALER)
     control.connect(endpoints.control)
     inbox = context.socket(zmq.PULL)

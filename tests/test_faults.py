@@ -58,7 +58,8 @@ def when_checkpointed(results: Path, action) -> threading.Thread:
     return thread
 
 
-def test_killed_worker_is_restarted_and_the_run_finishes(data_root, tmp_path):
+@pytest.mark.parametrize("transport", ["ipc", "tcp"])
+def test_killed_worker_is_restarted_and_the_run_finishes(transport, data_root, tmp_path):
     job = small_job(data_root, tmp_path, mode="sg", iterations=300, checkpoint_every=100)
 
     def kill_stage1() -> None:
@@ -66,7 +67,7 @@ def test_killed_worker_is_restarted_and_the_run_finishes(data_root, tmp_path):
         os.kill(victim, signal.SIGKILL)
 
     watcher = when_checkpointed(tmp_path, kill_stage1)
-    folder, summary = run_job(job, show_progress=False)
+    folder, summary = run_job(job, transport=transport, show_progress=False)
     watcher.join()
     assert summary["recoveries"] == 1
     assert summary["resent_batches"] > 0, "the batches after the checkpoint were sent again"
@@ -150,3 +151,166 @@ def test_a_slow_stage_holds_the_pipeline_back_with_bounded_memory(data_root, tmp
             assert worker["max_rss_mb"] < 1500, f"stage {worker['stage']} grew to {worker['max_rss_mb']:.0f} MB"
     first = summary["worker_metrics"][0]
     assert first["time"]["wait_gradient"] > 0.5 * first["wall"] * 0.5, "the fast first stage spent its time held back"
+
+
+BROKEN_STAGES = '''
+import math
+import os
+
+import torch
+from torch import nn
+
+
+class Faulty(nn.Module):
+    """Linear + ReLU that misbehaves on its `at`-th training call while the file named by $BROKEN_FLAG exists."""
+
+    def __init__(self, input_shape, features, at=40, fault="raise"):
+        super().__init__()
+        self.layer = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), features), nn.ReLU())
+        self.calls, self.at, self.fault = 0, at, fault
+
+    def forward(self, x):
+        self.calls += self.training
+        out = self.layer(x)
+        if self.calls >= self.at and os.path.exists(os.environ["BROKEN_FLAG"]):
+            if self.fault == "raise":
+                raise RuntimeError(f"boom on training call {self.calls}")
+            if self.fault == "nan":
+                return out * float("nan")
+            return out[:, : out.shape[1] // 2]  # "shrink": an output the next stage cannot take
+        return out
+'''
+
+
+@pytest.fixture
+def broken_stages(monkeypatch, tmp_path):
+    """A plug-in module of misbehaving stages, importable here and in the workers; broken while the flag file exists."""
+    (tmp_path / "broken_stages.py").write_text(BROKEN_STAGES)
+    flag = tmp_path / "broken"
+    flag.touch()
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("BROKEN_FLAG", str(flag))
+    return flag
+
+
+def faulty_job_file(tmp_path: Path, data_root: Path, fault: str) -> Path:
+    job = tmp_path / f"{fault}.toml"
+    job.write_text(f'''
+dataset = "mnist"
+mode = "sg"
+batch_size = 64
+iterations = 300
+eval_every = 100
+checkpoint_every = 20
+train_subset = 6400
+test_subset = 1000
+threads = 1
+data_root = "{data_root}"
+download = false
+
+[optimizer]
+name = "adam"
+lr = 1e-3
+
+[[stages]]
+kind = "linear_bn_relu"
+features = 64
+synthesizer = {{ kind = "mlp", hidden = 64 }}
+
+[[stages]]
+kind = "broken_stages:Faulty"
+features = 64
+fault = "{fault}"
+synthesizer = {{ kind = "mlp", hidden = 64 }}
+
+[[stages]]
+kind = "linear"
+features = 10
+''')
+    return job
+
+
+def run_cli(*arguments: str) -> tuple[subprocess.CompletedProcess, set[int], float]:
+    """`dni run ...` as a user runs it: (its result, the worker pids it started, seconds it took)."""
+    started = time.monotonic()
+    process = subprocess.Popen([sys.executable, "-m", "coordinator", "run", *arguments, "--no-progress"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    workers: set[int] = set()
+    while process.poll() is None:
+        workers |= set(children(process.pid))
+        time.sleep(0.1)
+    stdout, stderr = process.communicate()
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr), workers, time.monotonic() - started
+
+
+def test_a_raising_stage_ends_the_run_naming_it_and_resume_continues_once_fixed(broken_stages, data_root, tmp_path):
+    result, workers, seconds = run_cli(str(faulty_job_file(tmp_path, data_root, "raise")), "--results", str(tmp_path / "runs"))
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "run failed: stage 1 (broken_stages:Faulty) failed: RuntimeError: boom on training call 40" in result.stderr
+    assert "Traceback" in result.stderr, "the worker logs the traceback"
+    assert seconds < 60
+    assert workers and not any(alive(pid) for pid in workers), "no process left behind"
+    run = next((tmp_path / "runs").iterdir())
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["failed_stage"] == 1 and "boom" in summary["error"]
+    assert summary["resume_from_step"] == 20, "the last periodic checkpoint before the failure"
+
+    broken_stages.unlink()  # the stage is fixed
+    result, _, _ = run_cli("--resume", str(run))
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "complete" and summary["resumed_from_step"] == 20 and summary["test_accuracy"] > LEARNED
+
+
+@pytest.mark.parametrize("fault, mode, names", [
+    ("nan", "sg", "stage 1 (broken_stages:Faulty) failed: NonFiniteOutput: its output 'x' for batch 39 holds NaN or Inf"),
+    ("shrink", "backprop", "stage 2 refused batch 39 from stage 1 and so lost it: x must be float32 (B, 64), got float32 [64, 32]"),
+])
+def test_a_stage_output_that_cannot_go_on_ends_the_run_naming_the_stage(fault, mode, names, broken_stages, data_root, tmp_path):
+    from coordinator.job import load_job
+
+    job = load_job(str(faulty_job_file(tmp_path, data_root, fault)), {"results": str(tmp_path / "runs"), "mode": mode})
+    started = time.monotonic()
+    with pytest.raises(PipelineError) as failure:
+        run_job(job, show_progress=False)
+    assert names in str(failure.value)
+    assert time.monotonic() - started < 60
+    assert not any(alive(pid) for pid in children(os.getpid())), "no worker left behind"
+
+
+def test_a_stage_producing_nan_is_counted_when_the_policy_says_count(broken_stages, data_root, tmp_path):
+    from coordinator.job import load_job
+
+    job = load_job(str(faulty_job_file(tmp_path, data_root, "nan")), {"results": str(tmp_path / "runs"), "iterations": 60,
+                                                                      "nonfinite": "count"})
+    _, summary = run_job(job, show_progress=False)
+    assert summary["worker_metrics"][1]["messages"]["nonfinite_sent"] > 0
+
+
+def test_a_killed_remote_worker_is_named_within_seconds(data_root, tmp_path):
+    """A worker the coordinator did not start (no process to watch): its dropped connection names it, not a timeout."""
+    from coordinator.launcher import free_port_block
+    from coordinator.job import with_addresses
+
+    addresses = [f"tcp://127.0.0.1:{free_port_block()}" for _ in range(3)]
+    workers = [subprocess.Popen([sys.executable, "-m", "workers", "--bind", a, "--once", "--log-level", "ERROR"]) for a in addresses]
+    try:
+        job = with_addresses(small_job(data_root, tmp_path, iterations=100_000, eval_every=50, insecure=True), addresses)
+        killed = []
+
+        def kill_stage1() -> None:
+            while not list(tmp_path.glob("*/metrics.jsonl")):
+                time.sleep(0.05)
+            os.kill(workers[1].pid, signal.SIGKILL)
+            killed.append(time.monotonic())
+
+        threading.Thread(target=kill_stage1, daemon=True).start()
+        with pytest.raises(PipelineError, match="stage 1 .* lost its connection .* has not come back"):
+            run_job(job, bind="tcp://127.0.0.1:*", show_progress=False)
+        assert time.monotonic() - killed[0] < 10.0, "named before any heartbeat timeout (10 s) could"
+        assert [worker.wait(10) for worker in (workers[0], workers[2])] == [0, 0], "the others were told to stop"
+    finally:
+        for worker in workers:
+            worker.kill()
+            worker.wait()

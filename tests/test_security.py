@@ -163,7 +163,7 @@ def test_binding_beyond_loopback_without_keys_fails_before_anything_starts(data_
             probe.bind(("0.0.0.0", port))  # it never bound
 
     with pytest.raises(ProtocolError, match="dni keys"):
-        Pipeline("job", [f"tcp://127.0.0.1:{port}"], "tcp://0.0.0.0:*")
+        Pipeline("job", [worker_endpoints(f"tcp://127.0.0.1:{port}")], "tcp://0.0.0.0:*")
 
     results = tmp_path / "runs"
     job = small_job(data_root, results)

@@ -15,8 +15,8 @@ from workers.timing import spans_from_arrays
 
 
 def test_worker_survives_hostile_input_and_keeps_training(worker, data_root):
-    address, context = worker
-    endpoints, control, inbox, inbox_address = coordinator_side(context, address)
+    endpoints, context = worker
+    endpoints, control, inbox, inbox_address = coordinator_side(context, endpoints)
 
     control.send_multipart([b"\x00garbage"])
     assert control.poll(30_000)
@@ -57,28 +57,32 @@ def test_worker_survives_hostile_input_and_keeps_training(worker, data_root):
         tried += 1
         feed.send_multipart(forward(step, x, labels))
 
-    results, errors = [], 0
+    refused_requests = 5
+    results, lost_reports, refused_by_heartbeat = [], [], 0
     deadline = time.monotonic() + 120
-    while len(results) < len(batches) and time.monotonic() < deadline:
+    while (len(results) < len(batches) or refused_by_heartbeat < tried + refused_requests) and time.monotonic() < deadline:
         if inbox.poll(1000):
             message = receive_message(inbox)
             if message.kind is Kind.TRAIN_RESULT:
                 results.append(message.meta["loss_sum"] / message.meta["count"])
             elif message.kind is Kind.ERROR:
-                errors += 1
+                lost_reports.append(message.meta["lost_batch"])
+            elif message.kind is Kind.HEARTBEAT:
+                refused_by_heartbeat = message.meta["refused"]
     assert len(results) == len(batches), "every good batch was trained on"
     assert np.mean(results[-5:]) < 0.6 * np.mean(results[:5]), f"loss fell: {results[:5]} -> {results[-5:]}"
     metrics = request(control, "metrics")["metrics"]
-    refused_requests = 5
     assert sum(metrics["errors"].values()) == tried + refused_requests, metrics["errors"]
-    assert errors == tried, "each rejected data message was reported to the coordinator"
+    assert refused_by_heartbeat == tried + refused_requests, "the heartbeats carry the complete count"
+    # only the refusals that drop a batch of this job are reported one by one: bad dtype, bad shape, bad labels
+    assert lost_reports == [0] * 3 * len(batches)
     assert request(control, "ping")["ok"]
 
 
 def test_activity_spans_travel_as_frames_not_in_the_header(worker, data_root):
     """A long run records many spans; they must reach a coordinator whose header limit is far below their size."""
-    address, context = worker
-    endpoints, control, inbox, inbox_address = coordinator_side(context, address)
+    endpoints, context = worker
+    endpoints, control, inbox, inbox_address = coordinator_side(context, endpoints)
     assert request(control, "configure", config=stage_config(inbox_address, record_spans=True))["ok"]
     data = load_dataset("mnist", data_root, download=False).subset(64 * 300, 10)
     feed = context.socket(zmq.PUSH)

@@ -13,8 +13,11 @@ from workers.worker import serve
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--bind", required=True, help="base address: tcp://HOST:PORT (uses PORT..PORT+2) or ipc://PATH")
-    parser.add_argument("--once", action="store_true", help="exit after the first job stops")
+    parser.add_argument("--bind", required=True, help="base address: tcp://HOST:PORT (uses PORT..PORT+2; PORT 0: three free "
+                        "ports, see --ready-file) or ipc://PATH")
+    parser.add_argument("--once", action="store_true", help="exit after the first job stops (exit code 0 when stopped by "
+                        "its coordinator, 3 when the coordinator fell silent)")
+    parser.add_argument("--ready-file", metavar="PATH", help="once listening, write the three bound addresses there as JSON")
     security = parser.add_mutually_exclusive_group()
     security.add_argument("--keys", metavar="DIR", help="CURVE key directory made by `dni keys DIR` (required when --bind reaches beyond loopback)")
     security.add_argument("--insecure", action="store_true", help="no encryption or authentication; allowed only for loopback and ipc:// addresses")
@@ -23,16 +26,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     import_lazy_modules()
     try:
-        serve(args.bind, args.once, None if args.insecure or not args.keys else load_keys(args.keys))
+        return serve(args.bind, args.once, None if args.insecure or not args.keys else load_keys(args.keys), args.ready_file)
     except ProtocolError as error:
         logging.getLogger("dni.worker").error("%s", error)
         return 2
     except KeyboardInterrupt:
         return 130
-    return 0
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    logging.getLogger("dni.worker").warning("received SIGTERM: exiting")
+    sys.exit(0)
 
 
 def import_lazy_modules() -> None:

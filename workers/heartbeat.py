@@ -1,12 +1,15 @@
 """A worker's pulse: sent from a thread of its own, so a long computation does not look like a death.
 
-Each beat also says how long the main loop has been inside one iteration, so
-the coordinator can tell a worker that hangs from one that is merely busy.
+Each beat carries the stage's status: how long the main loop has been inside
+one iteration (so the coordinator can tell a worker that hangs from one that is
+merely busy), how many messages it has taken in and refused, and whether the
+stage has failed, which reaches the coordinator within a beat even if the
+failure report itself was dropped.
 """
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from typing import Any, Callable
 
 import zmq
 
@@ -17,10 +20,10 @@ BEAT_SECONDS = 1.0
 
 class Heartbeat(threading.Thread):
     def __init__(self, context: zmq.Context, address: str, limits: Limits, job: str, stage: int,
-                 progress: Callable[[], tuple[int, float]]) -> None:
+                 status: Callable[[], dict[str, Any]]) -> None:
         super().__init__(name="heartbeat", daemon=True)
         self.context, self.address, self.limits = context, address, limits
-        self.job, self.stage, self.progress = job, stage, progress
+        self.job, self.stage, self.status = job, stage, status
         self.stopping = threading.Event()
 
     def run(self) -> None:
@@ -28,8 +31,8 @@ class Heartbeat(threading.Thread):
         socket.connect(self.address)
         try:
             while not self.stopping.wait(BEAT_SECONDS):
-                steps, busy_for = self.progress()
-                beat = Message(Kind.HEARTBEAT, self.job, -1, steps, self.stage, {"busy_for": busy_for})
+                status = self.status()
+                beat = Message(Kind.HEARTBEAT, self.job, -1, status["steps"], self.stage, status)
                 try:
                     send_message(socket, beat, flags=zmq.NOBLOCK)
                 except zmq.Again:

@@ -9,20 +9,24 @@ while its window of batches awaiting targets has room, which is what makes
 """
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 import resource
 import socket as host
 import time
 from collections import Counter
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 import torch
 import zmq
 
-from protocol import DEFAULT_LIMITS, Kind, Limits, Message, ProtocolError, decode, open_socket, receive_frames, send_message, worker_endpoints
+from protocol import DEFAULT_LIMITS, Endpoints, Kind, Limits, Message, ProtocolError, decode, open_socket, receive_frames, send_message, worker_endpoints
+from protocol.refusals import RefusalLog
 from protocol.security import Keys, check_plaintext_allowed, make_server, secure_context
 from workers.build import build_stage
 from workers.checkpoint import load_checkpoint, save_checkpoint
@@ -36,17 +40,33 @@ from workers.timing import Timeline
 log = logging.getLogger("dni.worker")
 POLL_SECONDS = 1.0
 COORDINATOR_TIMEOUT = 20.0  # end the job when the coordinator has been silent this long
+EXIT_STOPPED = 0  # a --once worker whose job was stopped by its coordinator
+EXIT_COORDINATOR_SILENT = 3  # a --once worker that ended its job because the coordinator fell silent
 
 
 class Rejected(Exception):
-    """A message that is well-formed on the wire but not acceptable to this stage now."""
+    """A message that is well-formed on the wire but not acceptable to this stage now.
+
+    `lost` is the message of a batch of this job that the refusal drops for good (its
+    data was unusable), which the coordinator must hear of; a duplicate or a
+    stranger's message loses nothing.
+    """
+
+    def __init__(self, text: str, lost: Optional[Message] = None) -> None:
+        super().__init__(text)
+        self.lost = lost
+
+
+class NonFiniteOutput(RuntimeError):
+    """This stage produced NaN or Inf: its own failure, not its input's."""
 
 
 class Session:
     """One configured job on this worker: its stage, its outgoing sockets, its counters."""
 
-    def __init__(self, context: zmq.Context, config: StageConfig, limits: Limits) -> None:
+    def __init__(self, context: zmq.Context, config: StageConfig, limits: Limits, refusals: RefusalLog) -> None:
         self.config = config
+        self.refusals = refusals
         self.device = resolve_device(config.spec.device, config.index)
         self.timeline = Timeline(config.record_spans, settle=synchronizer(self.device))
         torch.set_num_threads(config.threads)
@@ -60,13 +80,14 @@ class Session:
             except (OSError, RuntimeError, KeyError, ValueError) as error:
                 raise ConfigError(f"cannot restore stage {config.index} from {config.restore}: {error}") from error
         self.report = self._connect(context, config.coordinator, limits)
-        self.downstream = self._connect(context, worker_endpoints(config.downstream).forward, limits) if config.downstream else None
-        self.upstream = self._connect(context, worker_endpoints(config.upstream).backward, limits) if config.upstream else None
+        self.downstream = self._connect(context, config.downstream, limits) if config.downstream else None
+        self.upstream = self._connect(context, config.upstream, limits) if config.upstream else None
         self.messages: Counter[str] = Counter()
         self.flush_waiters: list[bytes] = []
+        self.failure: Optional[str] = None
+        self.handled = 0  # data messages taken in: progress the coordinator can see even while no result comes out
         self.tick = self.last_heard = time.monotonic()
-        self.heartbeat = Heartbeat(context, config.coordinator, limits, config.job, config.index,
-                                   lambda: (self.compute.steps, time.monotonic() - self.tick))
+        self.heartbeat = Heartbeat(context, config.coordinator, limits, config.job, config.index, self.status)
         self.heartbeat.start()
         self.setup_seconds = self.timeline.restart()  # the wall clock of the job starts when the stage is ready
 
@@ -76,14 +97,31 @@ class Session:
         socket.connect(address)
         return socket
 
+    def status(self) -> dict[str, Any]:
+        """What each heartbeat tells the coordinator (read from the heartbeat thread: plain values only)."""
+        return {"busy_for": time.monotonic() - self.tick, "steps": self.compute.steps, "handled": self.handled,
+                "pending": len(self.compute.pending), "refused": self.refusals.total, "failure": self.failure}
+
     def send(self, socket: zmq.Socket, kind: Kind, batch: int, meta: Optional[dict[str, Any]] = None,
              tensors: Optional[dict[str, torch.Tensor]] = None) -> None:
         """Send on a data path; blocks while the peer's queue is full (backpressure)."""
         with self.timeline("transport"):
             arrays = {name: to_host(tensor) for name, tensor in (tensors or {}).items()}
+        for name, array in arrays.items():
+            self.check_finite_output(name, array, batch)
+        with self.timeline("transport"):
             message = Message(kind, self.config.job, batch, self.compute.steps, self.config.index, meta or {}, arrays)
             send_message(socket, message)
         self.messages[f"sent_{kind.name.lower()}"] += 1
+
+    def check_finite_output(self, name: str, values: Any, batch: int) -> None:
+        """This stage's own output must be finite: NaN/Inf produced here ends the run, naming this stage."""
+        finite = math.isfinite(values) if isinstance(values, float) else bool(np.isfinite(values).all())
+        if finite:
+            return
+        if self.config.nonfinite == "reject":
+            raise NonFiniteOutput(f"its output {name!r} for batch {batch} holds NaN or Inf (nonfinite = \"reject\")")
+        self.messages["nonfinite_sent"] += 1
 
     def notify(self, kind: Kind, meta: dict[str, Any]) -> None:
         """Tell the coordinator something in passing; dropped rather than waited for if it is not reading."""
@@ -101,7 +139,8 @@ class Session:
 
 
 class Worker:
-    def __init__(self, bind: str, once: bool = False, limits: Limits = DEFAULT_LIMITS, keys: Optional[Keys] = None) -> None:
+    def __init__(self, bind: str, once: bool = False, limits: Limits = DEFAULT_LIMITS, keys: Optional[Keys] = None,
+                 ready_file: Optional[str] = None) -> None:
         self.once = once
         self.limits = limits
         if keys is None:  # plaintext only where no socket reaches beyond this machine
@@ -114,9 +153,13 @@ class Worker:
         self.control = self._bind(zmq.ROUTER, endpoints.control)
         self.forward_in = self._bind(zmq.PULL, endpoints.forward)
         self.backward_in = self._bind(zmq.PULL, endpoints.backward)
+        self.endpoints = Endpoints(*(_bound_address(socket) for socket in (self.control, self.forward_in, self.backward_in)))
         self.session: Optional[Session] = None
-        self.errors: Counter[str] = Counter()
+        self.refusals = RefusalLog(log, "refused a message")
         self.running = True
+        self.exit_code = EXIT_STOPPED
+        if ready_file:
+            _write_ready_file(Path(ready_file), self.endpoints)
 
     def _bind(self, kind: int, address: str) -> zmq.Socket:
         socket = open_socket(self.context, kind, self.limits)
@@ -125,13 +168,16 @@ class Worker:
         socket.bind(address)
         return socket
 
-    def serve(self) -> None:
-        log.info("worker %d serving", os.getpid())
+    def serve(self) -> int:
+        """Serve until stopped; returns the process exit code (EXIT_STOPPED or EXIT_COORDINATOR_SILENT)."""
+        log.info("worker %d serving at %s", os.getpid(), self.endpoints.control)
         try:
             while self.running:
                 self._serve_once()
+                self.refusals.summarise_due()
         finally:
             self.close()
+        return self.exit_code
 
     def close(self) -> None:
         if self.session:
@@ -145,8 +191,8 @@ class Worker:
         if session is not None:
             session.tick = time.monotonic()
             if session.tick - session.last_heard > COORDINATOR_TIMEOUT:
-                log.error("the coordinator has been silent for %.0fs: ending job %s", session.tick - session.last_heard, session.config.job)
-                self._end_session()
+                self._end_session(f"the coordinator has been silent for {session.tick - session.last_heard:.0f}s",
+                                  EXIT_COORDINATOR_SILENT)
                 return
         poller = zmq.Poller()
         poller.register(self.control, zmq.POLLIN)
@@ -182,18 +228,24 @@ class Worker:
             with self._timed(activity) if activity else nullcontext():
                 handler(frames)
         except (ProtocolError, Rejected, ConfigError) as error:
-            self._reject(type(error).__name__, str(error))
-        except Exception as error:  # a stage's own code failed on this input; keep serving
-            log.exception("stage failed on a message")
-            self._reject("StageError", f"{type(error).__name__}: {error}")
+            self._reject(type(error).__name__, str(error), getattr(error, "lost", None))
+        except Exception as error:  # the stage's own code failed (or produced NaN): the run cannot go on
+            self._stage_failed(error)
 
-    def _reject(self, category: str, text: str) -> None:
-        self.errors[category] += 1
-        count = self.errors[category]
-        if count & (count - 1) == 0:  # log the 1st, 2nd, 4th, 8th... of each kind
-            log.warning("rejected message (%s #%d): %s", category, count, text)
-        if self.session is not None:
-            self.session.notify(Kind.ERROR, {"category": category, "error": text[:500]})
+    def _reject(self, category: str, text: str, lost: Optional[Message] = None) -> None:
+        """Bad input: counted, logged within limits, and the worker goes on; a lost batch is reported at once."""
+        self.refusals.refuse(category, text)
+        if lost is not None and self.session is not None:
+            self.session.notify(Kind.ERROR, {"category": category, "error": text[:500], "lost_batch": lost.batch,
+                                             "from_stage": lost.sender})
+
+    def _stage_failed(self, error: Exception) -> None:
+        """The stage's own failure: logged with its traceback, reported as fatal; the session takes no more data."""
+        session = self.session
+        text = f"{type(error).__name__}: {error}"
+        log.error("stage %d (%s) failed: %s", session.config.index, session.config.spec.kind, text, exc_info=error)
+        session.failure = text[:2000]
+        session.notify(Kind.ERROR, {"fatal": True, "error": session.failure, "stage_kind": session.config.spec.kind})
 
     # -- data path -----------------------------------------------------------------
 
@@ -204,6 +256,9 @@ class Worker:
         session.messages[f"received_{message.kind.name.lower()}"] += 1
         if message.job != session.config.job:
             raise Rejected(f"message for job {message.job!r:.40}, this worker serves {session.config.job!r}")
+        if session.failure is not None:
+            raise Rejected(f"this stage failed earlier ({session.failure:.200}) and takes no more data")
+        session.handled += 1
         return message
 
     def _on_forward(self, frames: list) -> None:
@@ -211,15 +266,16 @@ class Worker:
         if message.kind not in (Kind.FORWARD, Kind.EVAL):
             raise Rejected(f"{message.kind.name} is not accepted on the forward socket")
         session = self.session
+        compute = session.compute
+        if message.kind is Kind.FORWARD and message.batch in compute.pending:
+            raise Rejected(f"batch {message.batch} is already in flight (duplicate or replayed)")
         with session.timeline("transport"):
             x, labels = self._inputs(message)
         if message.kind is Kind.EVAL:
             return self._evaluate(message, x, labels)
-        compute = session.compute
-        if message.batch in compute.pending:
-            raise Rejected(f"batch {message.batch} is already in flight (duplicate or replayed)")
         if session.config.is_last:
             result = compute.train_last(x, labels)
+            session.check_finite_output("loss", result.loss_sum, message.batch)
             stats = {"loss_sum": result.loss_sum, "correct": result.correct, "count": result.count}
             session.send(session.report, Kind.TRAIN_RESULT, message.batch, stats)
             self._send_upstream(message.batch, result.upstream)
@@ -235,21 +291,23 @@ class Worker:
             session.send(session.downstream, Kind.EVAL, message.batch, message.meta, {"x": output, "labels": labels})
             return
         loss = torch.nn.functional.cross_entropy(output, labels, reduction="sum")
+        session.check_finite_output("loss", float(loss), message.batch)
         stats = {**message.meta, "loss_sum": float(loss), "correct": int((output.argmax(1) == labels).sum()), "count": len(labels)}
         session.send(session.report, Kind.EVAL_RESULT, message.batch, stats)
 
     def _inputs(self, message: Message) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's tensors on this stage's device; a refusal here loses the batch, so it names it."""
         config = self.session.config
         x, labels = message.tensors.get("x"), message.tensors.get("labels")
         if x is None or labels is None:
-            raise Rejected(f"{message.kind.name} needs tensors 'x' and 'labels', got {sorted(message.tensors)}")
+            raise Rejected(f"{message.kind.name} needs tensors 'x' and 'labels', got {sorted(message.tensors)}", message)
         if x.dtype != np.float32 or tuple(x.shape[1:]) != config.input_shape or x.shape[0] == 0:
-            raise Rejected(f"x must be float32 (B, {', '.join(map(str, config.input_shape))}), got {x.dtype} {list(x.shape)}")
+            raise Rejected(f"x must be float32 (B, {', '.join(map(str, config.input_shape))}), got {x.dtype} {list(x.shape)}", message)
         if labels.dtype != np.int64 or labels.shape != (x.shape[0],):
-            raise Rejected(f"labels must be int64 ({x.shape[0]},), got {labels.dtype} {list(labels.shape)}")
+            raise Rejected(f"labels must be int64 ({x.shape[0]},), got {labels.dtype} {list(labels.shape)}", message)
         if labels.size and not 0 <= labels.min() <= labels.max() < config.num_classes:
-            raise Rejected(f"labels must lie in 0..{config.num_classes - 1}")
-        self._check_finite("x", x)
+            raise Rejected(f"labels must lie in 0..{config.num_classes - 1}", message)
+        self._check_finite("x", x, message)
         device = self.session.device
         return to_device(x, device), to_device(labels, device)
 
@@ -265,19 +323,19 @@ class Worker:
         expected = (pending.h.shape[0], *((1,) if session.config.mode.synthetic_loss else session.output_shape))
         if target is None or target.dtype != np.float32 or tuple(target.shape) != expected:
             got = "nothing" if target is None else f"{target.dtype} {list(target.shape)}"
-            raise Rejected(f"target for batch {message.batch} must be float32 {list(expected)}, got {got}")
-        self._check_finite("target", target)
+            raise Rejected(f"target for batch {message.batch} must be float32 {list(expected)}, got {got}", message)
+        self._check_finite("target", target, message)
         with session.timeline("transport"):
             tensor = to_device(target, session.device)
         self._send_upstream(message.batch, session.compute.receive_target(message.batch, tensor))
         if not session.compute.pending:
             self._release_flush_waiters()
 
-    def _check_finite(self, name: str, array: np.ndarray) -> None:
+    def _check_finite(self, name: str, array: np.ndarray, message: Message) -> None:
         if np.isfinite(array).all():
             return
         if self.session.config.nonfinite == "reject":
-            raise Rejected(f"{name} holds NaN or Inf values (policy: reject)")
+            raise Rejected(f"{name} holds NaN or Inf values (policy: reject)", message)
         self.session.messages["nonfinite_accepted"] += 1
 
     def _send_upstream(self, batch: int, target: Optional[torch.Tensor]) -> None:
@@ -303,21 +361,19 @@ class Worker:
                 raise Rejected(f"unknown control command {command!r:.40}")
             reply = handler(identity, message)
         except (ProtocolError, Rejected, ConfigError, UnknownBuilderError, ValueError, TypeError, OSError) as error:
-            self.errors[type(error).__name__] += 1
-            log.warning("control request refused: %s", error)
+            self.refusals.refuse(type(error).__name__, f"control request: {error}")
             reply = Message(Kind.REPLY, meta={"ok": False, "error": f"{type(error).__name__}: {error}"})
         if reply is not None:
             send_message(self.control, reply, [identity])
 
     def _command_ping(self, identity: bytes, message: Message) -> Message:
-        return Message(Kind.REPLY, meta={"ok": True, "pid": os.getpid()})
+        return Message(Kind.REPLY, meta={"ok": True, "pid": os.getpid(), "endpoints": list(self.endpoints.__dict__.values())})
 
     def _command_configure(self, identity: bytes, message: Message) -> Message:
         config = StageConfig.from_wire(message.meta.get("config"))
         if self.session is not None:
-            self.session.close()
-            self.session = None
-        self.session = Session(self.context, config, self.limits)
+            self._end_session(f"reconfigured for job {config.job}", EXIT_STOPPED, keep_serving=True)
+        self.session = Session(self.context, config, self.limits, self.refusals)
         log.info("stage %d of job %s: %s, output %s", config.index, config.job, config.spec.kind, self.session.output_shape)
         hostname = host.gethostname()
         return Message(Kind.REPLY, meta={
@@ -359,14 +415,19 @@ class Worker:
         return Message(Kind.REPLY, meta={"ok": True, "steps": session.compute.steps})
 
     def _command_stop(self, identity: bytes, message: Message) -> Message:
-        self._end_session()
+        self._end_session("the coordinator stopped it", EXIT_STOPPED)
         return Message(Kind.REPLY, meta={"ok": True})
 
-    def _end_session(self) -> None:
+    def _end_session(self, why: str, exit_code: int, keep_serving: bool = False) -> None:
         if self.session is not None:
+            level = logging.INFO if exit_code == EXIT_STOPPED else logging.ERROR
+            log.log(level, "ending job %s (stage %d): %s", self.session.config.job, self.session.config.index, why)
             self.session.close()
             self.session = None
-        self.running = not self.once
+        if not keep_serving and self.once:
+            self.running = False
+            self.exit_code = exit_code
+            log.info("exiting (--once): %s", why)
 
     def _require_session(self) -> Session:
         if self.session is None:
@@ -383,12 +444,24 @@ class Worker:
             "setup_seconds": session.setup_seconds,
             "time": dict(session.timeline.totals),
             "messages": dict(session.messages),
-            "errors": dict(self.errors),
+            "errors": dict(self.refusals.counts),
             "staleness": {str(k): v for k, v in sorted(compute.staleness.items())},
             "pending": len(compute.pending),
             "synthesizer_loss": compute.synthesizer_loss,
             "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         }
+
+
+def _bound_address(socket: zmq.Socket) -> str:
+    """Where a socket actually listens (a port asked for as 0 or * is known only after binding)."""
+    return socket.getsockopt(zmq.LAST_ENDPOINT).decode()
+
+
+def _write_ready_file(path: Path, endpoints: Endpoints) -> None:
+    """Tell whoever started this worker where it listens; written whole or not at all."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps({"pid": os.getpid(), **endpoints.__dict__}))
+    partial.replace(path)
 
 
 def _ip_of(hostname: str) -> str:
@@ -398,5 +471,5 @@ def _ip_of(hostname: str) -> str:
         return "unknown"
 
 
-def serve(bind: str, once: bool = False, keys: Optional[Keys] = None) -> None:
-    Worker(bind, once, keys=keys).serve()
+def serve(bind: str, once: bool = False, keys: Optional[Keys] = None, ready_file: Optional[str] = None) -> int:
+    return Worker(bind, once, keys=keys, ready_file=ready_file).serve()
