@@ -19,14 +19,17 @@ class Endpoints:
 
 
 def worker_endpoints(base: str) -> Endpoints:
-    """tcp://host:P -> ports P, P+1, P+2; ipc://path -> path.control, path.forward, path.backward."""
+    """tcp://host:P -> ports P, P+1, P+2; tcp://host:0 -> three ports the system picks when they are bound;
+    ipc://path -> path.control, path.forward, path.backward."""
     if base.startswith("ipc://"):
         return Endpoints(f"{base}.control", f"{base}.forward", f"{base}.backward")
     if base.startswith("tcp://"):
         host, _, port = base[len("tcp://"):].rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65534:
+        if not host or not port.isdigit() or not 0 <= int(port) < 65534:
             raise ProtocolError(f"address {base!r} must look like tcp://HOST:PORT")
         first = int(port)
+        if first == 0:
+            return Endpoints(*[f"tcp://{host}:*"] * 3)
         return Endpoints(*(f"tcp://{host}:{first + offset}" for offset in range(3)))
     raise ProtocolError(f"address {base!r} must start with tcp:// or ipc://")
 
