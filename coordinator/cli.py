@@ -13,7 +13,7 @@ from coordinator.data import DataError
 from coordinator.job import SHORTCUTS, load_job, with_addresses
 from coordinator.launcher import WorkerDied
 from coordinator.pipeline import PipelineError
-from coordinator.plots import plot_accuracy
+from coordinator.plots import NotARunError, check_runs, default_output, plot_accuracy
 from protocol import ProtocolError
 from workers import cli as worker_cli
 from workers.modes import MODE_NAMES
@@ -97,10 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
         "authorized/ (public keys allowed to connect). Copy it to every host; pass --keys DIR to dni worker and dni run."))
     keys.add_argument("directory", type=Path, help="new directory (refuses to overwrite existing keys)")
 
-    plot = commands.add_parser("plot", help="draw the accuracy of several runs into one plot")
-    plot.add_argument("runs", nargs="+", type=Path, help="run folders")
-    plot.add_argument("-o", "--output", type=Path, default=Path("accuracy.png"))
-    plot.add_argument("--title", default="Test accuracy")
+    plot = commands.add_parser("plot", help="draw the accuracy of several runs into one plot", description=(
+        "Draw the test accuracy per epoch of one or more runs into one PNG, one line per run, labelled with the run "
+        "folder's name, mode and final accuracy. Prints the file written."))
+    plot.add_argument("runs", nargs="+", type=Path, help="run folders (each made by dni run, with its metrics.jsonl)")
+    plot.add_argument("-o", "--output", type=Path, help="PNG file to write (default: plot-YYYYmmdd-HHMMSS.png in the "
+                      "first run's parent folder, e.g. runs/)")
+    plot.add_argument("--title", default="Test accuracy", help="title of the plot (default: Test accuracy)")
     return parser
 
 
@@ -124,7 +127,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if args.command == "keys":
         sys.exit(_keys(args.directory))
     if args.command == "plot":
-        print(plot_accuracy(args.runs, args.output, args.title))
+        try:
+            check_runs(args.runs)
+        except NotARunError as error:
+            print(f"dni plot: {error}", file=sys.stderr)
+            sys.exit(2)
+        print(plot_accuracy(args.runs, args.output or default_output(args.runs), args.title))
         return
     sys.exit(_run(args))
 
