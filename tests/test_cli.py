@@ -1,15 +1,20 @@
 """The `dni` command line as a new user meets it: plot, help texts, version, bench defaults."""
 from __future__ import annotations
 
+import argparse
 import json
+import tomllib
 import types
+from importlib import metadata
 from pathlib import Path
 
 import pytest
 
+import coordinator.cli
 import coordinator.plots
-from coordinator.cli import main
+from coordinator.cli import build_parser, main, package_version
 from coordinator.plots import run_label
+from tests.conftest import REPO
 
 
 def fake_run(folder: Path, mode: str, accuracy: float) -> Path:
@@ -51,3 +56,36 @@ def test_plot_writes_beside_the_runs_by_default_and_labels_each_run_by_its_folde
                                                      "mnist_fcn-sg-20261127-111500 (sg, 97.81%)"]
     main(["plot", str(first), "-o", str(tmp_path / "compare.png")])
     assert capsys.readouterr().out.strip() == str(tmp_path / "compare.png") and (tmp_path / "compare.png").is_file()
+
+
+def undocumented(parser: argparse.ArgumentParser, name: str) -> list[str]:
+    """Every subcommand without a description and every option or argument without help, under `parser`."""
+    found = [] if parser.description else [f"{name}: no description"]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            found += [f"{name} {choice.dest}: no help" for choice in action._choices_actions if not choice.help]
+            for command, subparser in action.choices.items():
+                found += undocumented(subparser, f"{name} {command}")
+        elif not action.help:
+            found.append(f"{name} {'/'.join(action.option_strings) or action.dest}: no help")
+    return found
+
+
+def test_every_subcommand_has_a_description_and_every_option_help():
+    parser = build_parser()
+    assert undocumented(parser, "dni") == []
+    commands = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction))
+    assert set(commands.choices) == {"run", "worker", "bench", "keys", "plot"}
+
+
+def test_version_comes_from_the_package_metadata_else_pyproject(capsys, monkeypatch):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out == f"dni {metadata.version('dni')}\n"
+
+    def not_installed(name):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(coordinator.cli.metadata, "version", not_installed)
+    assert package_version() == tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
