@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Run the same model, data and seed as locked backprop and as unlocked DNI through the same workers, plus "
         "single-process and torch.distributed.pipelining baselines; report steady throughput, speedup, time to each "
         "target accuracy and every worker's time by activity. Writes bench-speedup-<time>/ under --results (bench.json, plots)."))
-    speedup.add_argument("--job", default="jobs/mnist_fcn.toml", help="job file or shortcut (ignored with --model)")
+    speedup.add_argument("--job", default="mnist", help="shortcut (mnist, cifar10) or job file (default mnist; ignored with --model)")
     speedup.add_argument("--model", choices=["balanced-mlp"], help="stages of equal cost instead of a job file")
     speedup.add_argument("--stages", default="2,4,8", help="with --model: stage counts to compare (default 2,4,8)")
     speedup.add_argument("--emulate", choices=["auto", "always", "never"], default="auto",
@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     transport = benches.add_parser("transport", help="round-trip time of one activation and one gradient message", description=(
         "Echo the job's largest activation and its gradient between two processes over ipc and tcp, copied and "
         "zero-copy, and report round-trip times and throughput; writes bench-transport.json."))
-    transport.add_argument("--job", default="jobs/mnist_fcn.toml", help="job file or shortcut whose message sizes to time")
+    transport.add_argument("--job", default="mnist", help="shortcut (mnist, cifar10) or job file whose message sizes to time (default mnist)")
     transport.add_argument("--count", type=int, default=200, help="round trips per setting (default 200)")
     transport.add_argument("--data-root", help="dataset folder (not read: the message sizes come from the job's stage shapes)")
     transport.add_argument("--results", default="runs", help="where bench-transport.json goes (default ./runs)")

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
 import tomllib
 import types
 from importlib import metadata
@@ -13,6 +16,7 @@ import pytest
 import coordinator.cli
 import coordinator.plots
 from coordinator.cli import build_parser, main, package_version
+from coordinator.job import load_job
 from coordinator.plots import run_label
 from tests.conftest import REPO
 
@@ -89,3 +93,15 @@ def test_version_comes_from_the_package_metadata_else_pyproject(capsys, monkeypa
 
     monkeypatch.setattr(coordinator.cli.metadata, "version", not_installed)
     assert package_version() == tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+
+
+def test_bench_jobs_default_to_the_packaged_shortcut_and_work_outside_the_checkout(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for bench in ("speedup", "transport"):
+        args = build_parser().parse_args(["bench", bench])
+        assert args.job == "mnist"
+        assert load_job(args.job).name == "mnist_fcn"
+    result = subprocess.run([sys.executable, "-m", "coordinator", "bench", "transport", "--count", "2", "--results", "out"],
+                            capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "out" / "bench-transport.json").read_text())["job"] == "mnist_fcn"
