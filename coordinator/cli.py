@@ -6,6 +6,8 @@ import json
 import logging
 import signal
 import sys
+import tomllib
+from importlib import metadata
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -13,7 +15,7 @@ from coordinator.data import DataError
 from coordinator.job import SHORTCUTS, load_job, with_addresses
 from coordinator.launcher import WorkerDied
 from coordinator.pipeline import PipelineError
-from coordinator.plots import plot_accuracy
+from coordinator.plots import NotARunError, check_runs, default_output, plot_accuracy
 from protocol import ProtocolError
 from workers import cli as worker_cli
 from workers.modes import MODE_NAMES
@@ -38,8 +40,20 @@ OVERRIDES = {  # flag -> (job setting, type, help)
 }
 
 
+def package_version() -> str:
+    """dni's version: the installed package's metadata, else the pyproject.toml beside the packages (a checkout)."""
+    try:
+        return metadata.version("dni")
+    except metadata.PackageNotFoundError:
+        try:
+            return tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())["project"]["version"]
+        except (OSError, KeyError, tomllib.TOMLDecodeError):
+            return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dni", description="Decoupled Neural Interfaces: one worker process per layer.")
+    parser.add_argument("--version", action="version", version=f"dni {package_version()}", help="print dni's version and exit")
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="train a job", description=(
@@ -63,44 +77,56 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--advertise", help="address workers use to reach the coordinator (default: derived from --bind)")
     run.add_argument("--transport", choices=["ipc", "tcp"], default="ipc", help="how local workers talk (default ipc)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
-    run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                     help="the coordinator's log detail (default INFO; local workers log WARNING and up)")
 
     worker = commands.add_parser("worker", help="serve one pipeline stage", description="Serve one pipeline stage; the coordinator configures it.")
     worker_cli.add_arguments(worker)
 
-    bench = commands.add_parser("bench", help="measure update-locking speedups and transport costs")
+    bench = commands.add_parser("bench", help="measure update-locking speedups and transport costs", description=(
+        "Measure what update-unlocking buys (speedup) and what one message hop costs (transport); each prints a table "
+        "and writes JSON (and plots) under --results."))
     benches = bench.add_subparsers(dest="bench", required=True)
-    speedup = benches.add_parser("speedup", help="locked backprop vs unlocked DNI on the same workers, plus single-process baselines")
-    speedup.add_argument("--job", default="jobs/mnist_fcn.toml", help="job file or shortcut (ignored with --model)")
+    speedup = benches.add_parser("speedup", help="locked backprop vs unlocked DNI on the same workers, plus single-process baselines",
+                                 description=(
+        "Run the same model, data and seed as locked backprop and as unlocked DNI through the same workers, plus "
+        "single-process and torch.distributed.pipelining baselines; report steady throughput, speedup, time to each "
+        "target accuracy and every worker's time by activity. Writes bench-speedup-<time>/ under --results (bench.json, plots)."))
+    speedup.add_argument("--job", default="mnist", help="shortcut (mnist, cifar10) or job file (default mnist; ignored with --model)")
     speedup.add_argument("--model", choices=["balanced-mlp"], help="stages of equal cost instead of a job file")
-    speedup.add_argument("--stages", default="2,4,8", help="with --model: stage counts to compare")
+    speedup.add_argument("--stages", default="2,4,8", help="with --model: stage counts to compare (default 2,4,8)")
     speedup.add_argument("--emulate", choices=["auto", "always", "never"], default="auto",
                          help="emulated device time (sleep) per stage: auto = when stages outnumber cores")
-    speedup.add_argument("--modes", default="backprop,sg,cdni", help="pipeline modes; backprop is the locked reference")
+    speedup.add_argument("--modes", default="backprop,sg,cdni", help="pipeline modes; backprop is the locked reference (default backprop,sg,cdni)")
     speedup.add_argument("--iterations", type=int, default=0, help="training steps per run (default: 1000 for a job, 200 for --model)")
-    speedup.add_argument("--targets", default="0.95,0.97", help="test accuracies to time")
-    speedup.add_argument("--data-root", help="dataset folder")
+    speedup.add_argument("--targets", default="0.95,0.97", help="test accuracies to time (default 0.95,0.97)")
+    speedup.add_argument("--data-root", help="dataset folder (else $DNI_DATA_ROOT, else ./data)")
     speedup.add_argument("--no-verify-data", action="store_true", help="skip dataset checksums (for rebuilt local copies)")
     speedup.add_argument("--no-baselines", action="store_true", help="skip the single-process and torch pipelining baselines")
     speedup.add_argument("--torch-schedules", default="gpipe,1f1b",
                          help="torch.distributed.pipelining schedules to run as baselines (gpipe, 1f1b; empty: none)")
-    speedup.add_argument("--microbatches", type=int, default=4, help="micro-batches per batch for the torch schedules")
-    speedup.add_argument("--results", default="runs", help="parent folder of the bench folder")
-    transport = benches.add_parser("transport", help="round-trip time of one activation and one gradient message")
-    transport.add_argument("--job", default="jobs/mnist_fcn.toml")
-    transport.add_argument("--count", type=int, default=200, help="round trips per setting")
-    transport.add_argument("--data-root", help="dataset folder")
-    transport.add_argument("--results", default="runs", help="where bench-transport.json goes")
+    speedup.add_argument("--microbatches", type=int, default=4, help="micro-batches per batch for the torch schedules (default 4)")
+    speedup.add_argument("--results", default="runs", help="parent folder of the bench folder (default ./runs)")
+    transport = benches.add_parser("transport", help="round-trip time of one activation and one gradient message", description=(
+        "Echo the job's largest activation and its gradient between two processes over ipc and tcp, copied and "
+        "zero-copy, and report round-trip times and throughput; writes bench-transport.json."))
+    transport.add_argument("--job", default="mnist", help="shortcut (mnist, cifar10) or job file whose message sizes to time (default mnist)")
+    transport.add_argument("--count", type=int, default=200, help="round trips per setting (default 200)")
+    transport.add_argument("--data-root", help="dataset folder (not read: the message sizes come from the job's stage shapes)")
+    transport.add_argument("--results", default="runs", help="where bench-transport.json goes (default ./runs)")
 
     keys = commands.add_parser("keys", help="create CURVE keys for encrypted, authenticated tcp:// sockets", description=(
         "Create a key directory: a server key pair (binding sockets), a client key pair (connecting sockets) and "
         "authorized/ (public keys allowed to connect). Copy it to every host; pass --keys DIR to dni worker and dni run."))
     keys.add_argument("directory", type=Path, help="new directory (refuses to overwrite existing keys)")
 
-    plot = commands.add_parser("plot", help="draw the accuracy of several runs into one plot")
-    plot.add_argument("runs", nargs="+", type=Path, help="run folders")
-    plot.add_argument("-o", "--output", type=Path, default=Path("accuracy.png"))
-    plot.add_argument("--title", default="Test accuracy")
+    plot = commands.add_parser("plot", help="draw the accuracy of several runs into one plot", description=(
+        "Draw the test accuracy per epoch of one or more runs into one PNG, one line per run, labelled with the run "
+        "folder's name, mode and final accuracy. Prints the file written."))
+    plot.add_argument("runs", nargs="+", type=Path, help="run folders (each made by dni run, with its metrics.jsonl)")
+    plot.add_argument("-o", "--output", type=Path, help="PNG file to write (default: plot-YYYYmmdd-HHMMSS.png in the "
+                      "first run's parent folder, e.g. runs/)")
+    plot.add_argument("--title", default="Test accuracy", help="title of the plot (default: Test accuracy)")
     return parser
 
 
@@ -124,7 +150,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if args.command == "keys":
         sys.exit(_keys(args.directory))
     if args.command == "plot":
-        print(plot_accuracy(args.runs, args.output, args.title))
+        try:
+            check_runs(args.runs)
+        except NotARunError as error:
+            print(f"dni plot: {error}", file=sys.stderr)
+            sys.exit(2)
+        print(plot_accuracy(args.runs, args.output or default_output(args.runs), args.title))
         return
     sys.exit(_run(args))
 

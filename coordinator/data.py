@@ -7,6 +7,7 @@ checksums differ from the official archive (such as a rebuilt CIFAR-10).
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -42,19 +43,75 @@ EXPECTED_LAYOUT = {
     "mnist": "MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte",
     "cifar10": "cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}",
 }
+EXPECTED_FILES = {  # the folder under the data root, and the files torchvision reads there
+    "mnist": ("MNIST/raw", ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")),
+    "cifar10": ("cifar-10-batches-py", tuple(f"data_batch_{index}" for index in range(1, 6)) + ("test_batch", "batches.meta")),
+}
+MNIST_LEGACY = ("MNIST/processed/training.pt", "MNIST/processed/test.pt")  # an old torchvision layout it still reads
+DEFAULT_DATA_ROOT = Path("data")
+DATA_ROOT_ENV = "DNI_DATA_ROOT"
+
+
+def resolve_data_root(setting: str, dataset: str) -> Path:
+    """The data root: `setting` (--data-root or the job's data_root), else $DNI_DATA_ROOT, else ./data.
+
+    Only ./data is created (by a download); a root the user named must exist, so that a typo
+    fails here instead of becoming a new folder with a download in it.
+    """
+    environment = os.environ.get(DATA_ROOT_ENV, "")
+    if not setting and not environment:
+        return DEFAULT_DATA_ROOT
+    root, source = (Path(setting), "--data-root or data_root in the job file") if setting else (Path(environment), DATA_ROOT_ENV)
+    if not root.is_dir():
+        problem = "is not a folder" if root.exists() else "does not exist"
+        raise DataError(f"data root {root} (from {source}) {problem}; point it at the folder that holds "
+                        f"{EXPECTED_LAYOUT[dataset]}, or leave it unset to download {dataset} into ./{DEFAULT_DATA_ROOT}")
+    return root
+
+
+def missing_files(name: str, root: Path) -> list[str]:
+    """The dataset's files that are not under `root` (empty when torchvision has all it reads)."""
+    folder, files = EXPECTED_FILES[name]
+    if name == "mnist" and all((root / legacy).is_file() for legacy in MNIST_LEGACY):
+        return []
+    return [f"{folder}/{file}" for file in files if not (root / folder / file).is_file()]
 
 
 def load_dataset(name: str, root: Path, download: bool = True, verify: bool = True) -> Dataset:
+    """The dataset from `root`, downloaded there first when missing and `download` (CIFAR-10: and `verify`)."""
+    missing = missing_files(name, root)
+    downloads = download and (verify or name != "cifar10")  # an unverified copy is never downloaded
+    if missing and not downloads:
+        raise DataError(_not_found(name, root, missing, download))
     try:
         return _LOADERS[name](root, download, verify)
     except (RuntimeError, OSError) as error:
         if isinstance(error, DataError):
             raise
-        hint = " (a local copy rebuilt from other sources fails the checksums: set verify_data = false)" if verify else ""
+        if name == "cifar10" and verify and not missing_files(name, root):
+            failed = f", and a fresh download failed ({_plain(error)})" if download else ""
+            raise DataError(
+                f"cifar10 under {root} fails torchvision's checksums{failed}. A local copy rebuilt from other sources "
+                f"(not the official archive) is read with --no-verify-data (job file: verify_data = false)"
+            ) from error
         raise DataError(
-            f"cannot load {name} under {root}: {error}{hint}. Expected {root}/{EXPECTED_LAYOUT[name]}; "
-            f"set --data-root or DNI_DATA_ROOT, or allow a download with network access"
+            f"cannot load {name} under {root}: {_plain(error)}. Expected {root}/{EXPECTED_LAYOUT[name]}; point "
+            f"--data-root or {DATA_ROOT_ENV} at a local copy, or download it with network access"
         ) from error
+
+
+def _not_found(name: str, root: Path, missing: list[str], download: bool) -> str:
+    folder, files = EXPECTED_FILES[name]
+    absent = "" if len(missing) == len(files) else f" ({', '.join(path.rpartition('/')[2] for path in missing)} missing)"
+    fix = ("let dni download the official archive: drop --no-verify-data (or verify_data = false in the job file)" if download
+           else f"let dni download {name}: drop --no-download (or download = false in the job file)")
+    return (f"{name} not found: {root / folder} should hold {', '.join(files)}{absent}. Point --data-root or "
+            f"{DATA_ROOT_ENV} at the folder that holds {folder}/, or {fix}")
+
+
+def _plain(error: BaseException) -> str:
+    """torchvision's message without its advice to pass download=True, which is not a dni option."""
+    return str(error).replace(" You can use download=True to download it", "").strip() or type(error).__name__
 
 
 def _mnist(root: Path, download: bool, verify: bool) -> Dataset:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
+from coordinator.data import resolve_data_root
 from workers.devices import DEVICE_PATTERN
 from workers.modes import MODE_NAMES, Mode
 from workers.spec import NONFINITE_POLICIES, OPTIMIZERS, ConfigError, OptimizerSpec, StageSpec, SynthesizerSpec
@@ -15,7 +16,6 @@ from workers.spec import NONFINITE_POLICIES, OPTIMIZERS, ConfigError, OptimizerS
 JOBS_DIR = Path(__file__).parent / "jobs"
 SHORTCUTS = {"mnist": JOBS_DIR / "mnist_fcn.toml", "cifar10": JOBS_DIR / "cifar10_cnn.toml"}
 DATASETS = ("mnist", "cifar10")
-DATA_ROOT_ENV = "DNI_DATA_ROOT"
 STAGE_KEYS = ("kind", "device", "address", "synthesizer")
 JOB_KEYS = {
     "name": str, "dataset": str, "mode": str, "batch_size": int, "iterations": int, "epochs": int,
@@ -61,7 +61,8 @@ class Job:
     optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
 
     def resolved_data_root(self) -> Path:
-        return Path(self.data_root or os.environ.get(DATA_ROOT_ENV) or "data")
+        """data_root, else $DNI_DATA_ROOT, else ./data; raises DataError for a named root that does not exist."""
+        return resolve_data_root(self.data_root, self.dataset)
 
     def total_steps(self, train_size: int) -> int:
         if self.epochs:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -13,12 +14,40 @@ import matplotlib.pyplot as plt  # noqa: E402
 from coordinator.results import read_metrics  # noqa: E402
 
 
+class NotARunError(ValueError):
+    """A folder given to `dni plot` that holds no run's metrics."""
+
+
+def check_runs(runs: Sequence[Path]) -> None:
+    """Raise NotARunError naming the first folder that is not a run (one with a metrics.jsonl)."""
+    for run in runs:
+        if not run.exists():
+            raise NotARunError(f"{run} does not exist")
+        if not (run / "metrics.jsonl").is_file():
+            raise NotARunError(f"{run} is not a run folder (it has no metrics.jsonl)")
+
+
+def default_output(runs: Sequence[Path]) -> Path:
+    """plot-<timestamp>.png beside the first run (in its parent folder, such as runs/), never over an older plot."""
+    first = runs[0]
+    folder = first.resolve().parent if first.name in ("", ".", "..") else first.parent
+    base = folder / f"plot-{time.strftime('%Y%m%d-%H%M%S')}"
+    output, suffix = base.with_suffix(".png"), 1
+    while output.exists():
+        suffix += 1
+        output = folder / f"{base.name}-{suffix}.png"
+    return output
+
+
 def run_label(run: Path) -> str:
-    summary = run / "summary.json"
+    """The run folder's name, with its mode and final test accuracy where the run recorded them."""
+    summary, job = run / "summary.json", run / "job.json"
     if summary.is_file():
         data = json.loads(summary.read_text())
-        return f"{data['mode']} ({data['test_accuracy']:.2%})"
-    return json.loads((run / "job.json").read_text())["mode"]
+        return f"{run.name} ({data['mode']}, {data['test_accuracy']:.2%})"
+    if job.is_file():
+        return f"{run.name} ({json.loads(job.read_text())['mode']})"
+    return run.name
 
 
 def plot_accuracy(runs: Sequence[Path], output: Path, title: str = "Test accuracy") -> Path:

@@ -7,17 +7,22 @@ from typing import TextIO
 
 
 class Progress:
-    def __init__(self, total: int, label: str, enabled: bool = True, stream: TextIO = sys.stderr) -> None:
+    """`start` is the step the run was at when this process began (a resumed run's checkpoint):
+    rate and time left count only the steps done since, in `started`'s clock."""
+
+    def __init__(self, total: int, label: str, enabled: bool = True, stream: TextIO = sys.stderr, *, start: int = 0) -> None:
         self.total = total
         self.label = label
         self.enabled = enabled
         self.stream = stream
+        self.start = start
         self.started = time.monotonic()
         self.last_draw = 0.0
         self.interactive = stream.isatty()
         self.next_percent = 10
 
     def update(self, done: int, samples: int, accuracy: float | None) -> None:
+        """`done` steps and `samples` examples in all, the steps before `start` included."""
         if not self.enabled:
             return
         now = time.monotonic()
@@ -34,8 +39,10 @@ class Progress:
     def _line(self, done: int, samples: int, accuracy: float | None, now: float) -> str:
         elapsed = now - self.started
         filled = 24 * done // max(1, self.total)
-        rate = samples / elapsed if elapsed > 0 else 0.0
-        eta = (self.total - done) * elapsed / done if done else 0.0
+        new_steps = max(0, done - self.start)  # done by this process
+        new_samples = samples * new_steps / done if done else 0.0
+        rate = new_samples / elapsed if elapsed > 0 else 0.0
+        eta = (self.total - done) * elapsed / new_steps if new_steps else 0.0
         shown = f"test {accuracy:6.2%}" if accuracy is not None else "test   --  "
         return (f"{self.label} [{'#' * filled}{'.' * (24 - filled)}] {done}/{self.total} steps  {shown}  "
                 f"{rate:7.0f} samples/s  {elapsed:5.0f}s elapsed, {eta:5.0f}s left")

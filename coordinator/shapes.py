@@ -20,6 +20,8 @@ def check_stages(job: Job, input_shape: Shape, num_classes: int) -> list[Shape]:
             shape = build_stage(spec, index, shape, job.mode, num_classes, job.seed, index == last).output_shape
         except UnknownBuilderError as error:
             raise ConfigError(f"stage {index}: {error}") from error
+        except ConfigError:  # parameters that do not fit the builder: the message names the stage already
+            raise
         except (TypeError, ValueError, RuntimeError) as error:
             raise ConfigError(
                 f"stage {index} ({spec.kind} {spec.params}, synthesizer {spec.synthesizer.kind}) does not fit "

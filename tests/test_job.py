@@ -3,14 +3,19 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from typing import Any
 
 import pytest
+from torch import nn
 
 from coordinator.job import load_job
 from coordinator.run import run_job
 from coordinator.shapes import check_stages
 from tests.conftest import mlp_stages, small_job
-from workers.spec import ConfigError
+from workers.build import build_stage
+from workers.modes import Mode
+from workers.registry import STAGE_ARGUMENTS, check_params
+from workers.spec import ConfigError, StageSpec, SynthesizerSpec
 
 
 def test_shortcuts_load_the_reference_jobs():
@@ -71,3 +76,65 @@ def test_cli_reports_a_bad_job_file_and_exits_2(tmp_path):
     assert "batch_size must be at least 1" in result.stderr
     result = subprocess.run([sys.executable, "-m", "coordinator", "run", "mnist", "--mode", "nope"], capture_output=True, text=True)
     assert result.returncode == 2 and "invalid choice: 'nope'" in result.stderr
+
+
+def annotated(input_shape: tuple[int, ...], features: int, scale: float = 1.0, pool: str = "none", bias: bool = True) -> nn.Module:
+    return nn.Identity()
+
+
+def unannotated(input_shape, features, scale=1.0):
+    return nn.Identity()
+
+
+def open_ended(input_shape: tuple[int, ...], features: int, **options: Any) -> nn.Module:
+    return nn.Identity()
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"features": "128"}, "features must be int, got '128' (str)"),
+    ({"features": True}, "features must be int, got True (bool)"),
+    ({"features": 4.0}, "features must be int, got 4.0 (float)"),
+    ({"features": 4, "scale": True}, "scale must be float, got True (bool)"),
+    ({"features": 4, "scale": "0.5"}, "scale must be float, got '0.5' (str)"),
+    ({"features": 4, "pool": 3}, "pool must be str, got 3 (int)"),
+    ({"features": 4, "bias": 1}, "bias must be bool, got 1 (int)"),
+    ({"features": 4, "width": 8}, "unknown parameter 'width'; accepted: features, scale, pool, bias"),
+    ({"features": 4, "width": 8, "input_shape": [3]}, "unknown parameters 'width', 'input_shape'; accepted: features, scale, pool, bias"),
+    ({"scale": 2.0}, "missing parameter 'features'; accepted: features, scale, pool, bias"),
+])
+def test_params_that_do_not_fit_the_builder_signature_are_named(params, message):
+    with pytest.raises(ConfigError) as error:
+        check_params(annotated, params, "stage 3 (annotated)", STAGE_ARGUMENTS)
+    assert str(error.value) == f"stage 3 (annotated): {message}"
+
+
+def test_params_that_fit_pass_and_unannotated_builders_are_not_type_checked():
+    check_params(annotated, {"features": 4, "scale": 1, "pool": "max", "bias": False}, "stage 0", STAGE_ARGUMENTS)  # an int is a float
+    check_params(unannotated, {"features": "128", "scale": "big"}, "stage 0", STAGE_ARGUMENTS)
+    check_params(open_ended, {"features": 4, "anything": "goes"}, "stage 0", STAGE_ARGUMENTS)
+    with pytest.raises(ConfigError, match="features must be int"):
+        check_params(open_ended, {"features": "4"}, "stage 0", STAGE_ARGUMENTS)
+    with pytest.raises(ConfigError, match="unknown parameter 'width'; accepted: features, scale"):
+        check_params(unannotated, {"features": 4, "width": 1}, "stage 0", STAGE_ARGUMENTS)
+
+
+def test_built_in_stage_and_synthesizer_params_are_checked_before_building():
+    with pytest.raises(ConfigError) as error:
+        build_stage(StageSpec("linear_bn_relu", {"features": "128"}), 0, (1, 28, 28), Mode.SG, 10, 0, False)
+    assert str(error.value) == "stage 0 (linear_bn_relu): features must be int, got '128' (str)"
+    spec = StageSpec("linear_bn_relu", {"features": 8}, SynthesizerSpec("mlp", {"hidden": "1024"}))
+    with pytest.raises(ConfigError) as error:  # a class builder: its __init__'s signature, past the four arguments dni passes
+        build_stage(spec, 1, (16,), Mode.SG, 10, 0, False)
+    assert str(error.value) == "stage 1 (linear_bn_relu), synthesizer mlp: hidden must be int, got '1024' (str)"
+    assert build_stage(spec, 1, (16,), Mode.BACKPROP, 10, 0, False).output_shape == (8,), "no synthesizer in backprop"
+
+
+def test_dni_run_says_which_parameter_has_the_wrong_type_and_exits_2(tmp_path, data_root):
+    job_file = tmp_path / "strings.toml"
+    job_file.write_text('dataset = "mnist"\nmode = "sg"\n[[stages]]\nkind = "linear_bn_relu"\nfeatures = "128"\n'
+                        '[[stages]]\nkind = "linear"\nfeatures = 10\n')
+    result = subprocess.run([sys.executable, "-m", "coordinator", "run", str(job_file), "--data-root", str(data_root),
+                             "--no-download", "--results", str(tmp_path / "runs"), "--no-progress"], capture_output=True, text=True)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.rstrip().endswith("ERROR stage 0 (linear_bn_relu): features must be int, got '128' (str)")
+    assert "does not fit" not in result.stderr and not (tmp_path / "runs").exists()

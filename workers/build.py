@@ -13,7 +13,7 @@ from torch import nn
 
 from workers.interface import Shape, call_stage
 from workers.modes import Mode
-from workers.registry import resolve_stage, resolve_synthesizer
+from workers.registry import STAGE_ARGUMENTS, SYNTHESIZER_ARGUMENTS, check_params, resolve_stage, resolve_synthesizer
 from workers.spec import StageSpec
 
 
@@ -30,13 +30,21 @@ def stage_seed(seed: int, index: int) -> int:
 
 def build_stage(spec: StageSpec, index: int, input_shape: Shape, mode: Mode, num_classes: int,
                 seed: int, is_last: bool, device: str = "cpu") -> StageModules:
-    """The stage's module, and its synthesizer when the mode uses one (never for the last stage)."""
+    """The stage's module, and its synthesizer when the mode uses one (never for the last stage).
+
+    The job's parameters are checked against each builder's signature first (ConfigError).
+    """
     torch.manual_seed(stage_seed(seed, index))
-    module = resolve_stage(spec.kind)(tuple(input_shape), **spec.params).to(device)
+    where = f"stage {index} ({spec.kind})"
+    builder = resolve_stage(spec.kind)
+    check_params(builder, spec.params, where, STAGE_ARGUMENTS)
+    module = builder(tuple(input_shape), **spec.params).to(device)
     output_shape = output_shape_of(module, input_shape, device)
     synthesizer = None
     if mode.uses_synthesizer and not is_last:
-        synthesizer = resolve_synthesizer(spec.synthesizer.kind)(
+        synthesizer_builder = resolve_synthesizer(spec.synthesizer.kind)
+        check_params(synthesizer_builder, spec.synthesizer.params, f"{where}, synthesizer {spec.synthesizer.kind}", SYNTHESIZER_ARGUMENTS)
+        synthesizer = synthesizer_builder(
             output_shape,
             (1,) if mode.synthetic_loss else output_shape,
             num_classes if mode.conditioned else 0,

@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     security = parser.add_mutually_exclusive_group()
     security.add_argument("--keys", metavar="DIR", help="CURVE key directory made by `dni keys DIR` (required when --bind reaches beyond loopback)")
     security.add_argument("--insecure", action="store_true", help="no encryption or authentication; allowed only for loopback and ipc:// addresses")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log detail (default INFO)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import importlib
+import inspect
+import typing
 from importlib.metadata import entry_points
 from typing import Any, Callable
 
+from workers.spec import ConfigError
 from workers.stages import BUILTIN_STAGES
 from workers.synthesizers import BUILTIN_SYNTHESIZERS
 
@@ -45,3 +48,61 @@ def _import(path: str, what: str) -> Callable[..., Any]:
     if not callable(target):
         raise UnknownBuilderError(f"{what} kind {path!r} is not callable")
     return target
+
+
+STAGE_ARGUMENTS = 1  # builder(input_shape, **params)
+SYNTHESIZER_ARGUMENTS = 4  # builder(input_shape, output_shape, condition_dim, zero_init, **params)
+_KEYWORD = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+
+
+def check_params(builder: Callable[..., Any], params: dict[str, Any], where: str, supplied: int) -> None:
+    """Raise ConfigError unless `params` fit the builder's signature.
+
+    The first `supplied` positional parameters are dni's (the shapes); the job's params must
+    name the others, give every one without a default, and match a simple annotation (int,
+    float, str, bool: an int is a float, a bool is no int). A builder that takes **kwargs
+    accepts any name; other annotations, and builders without annotations, are not checked.
+    """
+    try:
+        signature = inspect.signature(builder)
+    except (TypeError, ValueError):  # a builtin or extension callable without a readable signature
+        return
+    parameters = list(signature.parameters.values())
+    taken = 0
+    while taken < min(supplied, len(parameters)) and parameters[taken].kind in (
+            inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD):
+        taken += 1
+    accepted = [parameter for parameter in parameters[taken:] if parameter.kind in _KEYWORD]
+    names = ", ".join(parameter.name for parameter in accepted) or "none"
+    if not any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters):
+        unknown = [name for name in params if name not in {parameter.name for parameter in accepted}]
+        if unknown:
+            listed = ", ".join(repr(name) for name in unknown)
+            raise ConfigError(f"{where}: unknown parameter{'s' if len(unknown) > 1 else ''} {listed}; accepted: {names}")
+    required = [parameter.name for parameter in accepted if parameter.default is inspect.Parameter.empty and parameter.name not in params]
+    if required:
+        raise ConfigError(f"{where}: missing parameter{'s' if len(required) > 1 else ''} {', '.join(map(repr, required))}; accepted: {names}")
+    hints = _type_hints(builder)
+    for name, value in params.items():
+        expected = hints.get(name)
+        if expected in (int, float, str, bool) and not _fits(value, expected):
+            raise ConfigError(f"{where}: {name} must be {expected.__name__}, got {value!r:.60} ({type(value).__name__})")
+
+
+def _type_hints(builder: Callable[..., Any]) -> dict[str, Any]:
+    """The builder's resolved annotations (a class: its __init__'s); none where they cannot be resolved."""
+    target = builder.__init__ if inspect.isclass(builder) else builder if inspect.isroutine(builder) else type(builder).__call__
+    try:
+        return typing.get_type_hints(target)
+    except Exception:  # a name only the builder's author can resolve (NameError), or no annotations to read
+        return {}
+
+
+def _fits(value: Any, expected: type) -> bool:
+    if expected is bool:
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    if expected is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, expected)

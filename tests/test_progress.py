@@ -1,0 +1,43 @@
+"""The progress line's rate and time left count only the steps this process has done."""
+from __future__ import annotations
+
+import io
+import types
+
+import pytest
+
+import coordinator.progress as progress_module
+from coordinator.progress import Progress
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    now = [1000.0]
+    monkeypatch.setattr(progress_module, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
+    return now
+
+
+def test_resumed_run_counts_only_the_steps_since_it_resumed(clock):
+    stream = io.StringIO()
+    progress = Progress(25_000, "mnist_fcn/sg", True, stream, start=20_000)
+    clock[0] += 10.0
+    progress.update(21_000, 21_000 * 256, 0.97)  # 1,000 steps of 256 in 10 s; 4,000 to go
+    assert stream.getvalue() == ("mnist_fcn/sg [####################....] 21000/25000 steps  test 97.00%    "
+                                 "25600 samples/s     10s elapsed,    40s left\n")
+
+
+def test_fresh_run_and_the_positional_call_the_trainer_makes(clock):
+    stream = io.StringIO()
+    progress = Progress(25_000, "mnist_fcn/sg", True, stream)
+    clock[0] += 10.0
+    progress.update(2_500, 2_500 * 256, None)
+    assert stream.getvalue() == ("mnist_fcn/sg [##......................] 2500/25000 steps  test   --      "
+                                 "64000 samples/s     10s elapsed,    90s left\n")
+
+
+def test_resumed_run_before_its_first_new_step_shows_no_rate(clock):
+    stream = io.StringIO()
+    progress = Progress(100, "job/sg", True, stream, start=100)
+    clock[0] += 1.0
+    progress.update(100, 100 * 64, 0.5)
+    assert "      0 samples/s      1s elapsed,     0s left" in stream.getvalue()
