@@ -22,7 +22,7 @@ JOB_KEYS = {
     "seed": int, "eval_every": int, "eval_batch_size": int, "window": int, "threads": int,
     "data_root": str, "results": str, "train_subset": int, "test_subset": int, "verify_data": bool,
     "download": bool, "record_spans": bool, "nonfinite": str, "checkpoint_every": int, "optimizer": dict, "stages": list,
-    "keys": str, "insecure": bool, "time_limit": int,
+    "keys": str, "insecure": bool, "time_limit": int, "tensorboard": str,
 }
 
 
@@ -58,6 +58,7 @@ class Job:
     checkpoint_every: int = 1000  # steps between checkpoints of every stage (0: only at the end)
     keys: str = ""  # CURVE key directory made by `dni keys DIR`; required when an address reaches beyond loopback
     insecure: bool = False  # run without keys even if `keys` is set; allowed only on loopback and ipc:// addresses
+    tensorboard: str = ""  # folder for TensorBoard event files, one subfolder per run ("": none); needs dni[tensorboard]
     optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
 
     def resolved_data_root(self) -> Path:

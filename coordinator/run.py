@@ -19,6 +19,7 @@ from coordinator.pipeline import Pipeline
 from coordinator.plots import plot_accuracy
 from coordinator.results import RunFolder, read_metrics
 from coordinator.shapes import check_stages
+from coordinator.tensorboard import require_tensorboard
 from coordinator.trainer import Trainer
 from protocol import ProtocolError, connectable, worker_endpoints
 from protocol.security import FIX, Keys, check_plaintext_allowed, load_keys
@@ -35,6 +36,7 @@ def run_job(job: Job, bind: Optional[str] = None, advertise: Optional[str] = Non
             resume: Optional[RunFolder] = None, keys: Optional[Keys] = None) -> tuple[RunFolder, dict[str, Any]]:
     """Train `job`; with `resume`, continue that run folder from its last checkpoint."""
     keys = _run_keys(job, keys, [bind, advertise])
+    require_tensorboard(job)
     torch.set_num_threads(COORDINATOR_THREADS)
     data = load_dataset(job.dataset, job.resolved_data_root(), job.download, job.verify_data)
     data = data.subset(job.train_subset, job.test_subset)

@@ -16,6 +16,7 @@ from coordinator.launcher import WorkerDied
 from coordinator.pipeline import Pipeline, PipelineError, StageFailed
 from coordinator.progress import Progress
 from coordinator.results import RunFolder, read_metrics
+from coordinator.tensorboard import TensorBoardLog
 from protocol import Endpoints, Kind, Message
 from workers.spec import StageConfig
 from workers.timing import spans_from_arrays
@@ -91,6 +92,7 @@ class Trainer:
         self.first_result: Optional[float] = None
         self.last_result = 0.0
         self.stopped_at_time_limit = False
+        self.tensorboard = TensorBoardLog(job, folder.path)
 
     def configure(self, restore: bool) -> None:
         """Send every stage its configuration, in order: each stage's output shape is the next one's input."""
@@ -115,6 +117,7 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         position = self.checkpoints.position()
         self.first_step = start = position.step
+        self.progress.start = start
         self.records = read_metrics(self.folder.path)[:position.evaluations] if position.evaluations else []
         self._rewind(position)
         self.started = self.progress.started = time.monotonic()
@@ -132,6 +135,7 @@ class Trainer:
                 self._checkpoint_on_interrupt()
                 raise
         self.progress.close()
+        self.tensorboard.close()
         return self._finish()
 
     def _train(self, start: int) -> None:
@@ -273,6 +277,7 @@ class Trainer:
         }
         self.records.append(record)
         self.folder.append_metrics(record)
+        self.tensorboard.write(record)
         self.progress.update(self.done, self.done * self.job.batch_size, evaluation.test.accuracy)
 
     def _finish(self) -> dict[str, Any]:
