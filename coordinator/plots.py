@@ -44,6 +44,8 @@ def run_label(run: Path) -> str:
     summary, job = run / "summary.json", run / "job.json"
     if summary.is_file():
         data = json.loads(summary.read_text())
+        if data.get("status", "complete") != "complete":
+            return f"{run.name} ({data['mode']}, {data['status']})"
         return f"{run.name} ({data['mode']}, {data['test_accuracy']:.2%})"
     if job.is_file():
         return f"{run.name} ({json.loads(job.read_text())['mode']})"
