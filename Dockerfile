@@ -74,7 +74,7 @@ RUN set -eu; \
     pip install --no-index --no-deps /tmp/dist/*.whl; \
     rm -rf /tmp/dist; \
     pip check >/tmp/pip-check.txt 2>&1 || true; \
-    if grep -v '^No broken requirements' /tmp/pip-check.txt | grep -qvE ' requires (nvidia-|triton|cuda-)'; then \
+    if grep -v '^No broken requirements' /tmp/pip-check.txt | grep -vE ' requires (nvidia-|triton|cuda-)' >/dev/null; then \
         echo "missing dependencies (offline: rebuild the wheelhouse, docker/build-wheelhouse.sh):" >&2; \
         grep -vE ' requires (nvidia-|triton|cuda-)' /tmp/pip-check.txt >&2; exit 1; \
     fi; \

@@ -14,6 +14,27 @@
 # `docker compose` when it works and `docker-compose` otherwise.
 set -euo pipefail
 
+# candidate_available PKG: apt has a version of PKG to install.  The output is
+# captured first: `apt-cache policy PKG | grep -q ...` fails under pipefail
+# whenever grep exits at the match and apt-cache dies of SIGPIPE.
+candidate_available() {
+    local policy
+    policy=$(apt-cache policy "$1" 2>/dev/null) || return 1
+    [[ $policy == *"Candidate: "[0-9]* ]]
+}
+
+# compose_package: the first Compose package apt can install (v2 plugin first).
+compose_package() {
+    local c
+    for c in docker-compose-v2 docker-compose-plugin docker-compose; do
+        if candidate_available "$c"; then echo "$c"; return 0; fi
+    done
+    return 1
+}
+
+# Sourced (tests/test_ci_setup.py): define the functions only.
+[[ ${BASH_SOURCE[0]} == "$0" ]] || return 0
+
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 IMAGE="${DNI_IMAGE:-dni:latest}"
 BASE_IMAGE="${DNI_BASE_IMAGE:-dni-base:bookworm}"
@@ -45,9 +66,8 @@ if (( ${#need[@]} )); then
     pkgs=()
     for p in "${need[@]}"; do
         if [[ $p == COMPOSE ]]; then
-            for c in docker-compose-v2 docker-compose-plugin docker-compose; do
-                if apt-cache policy "$c" 2>/dev/null | grep -q 'Candidate: [0-9]'; then pkgs+=("$c"); break; fi
-            done
+            c=$(compose_package) || { echo "[ci-setup] apt has no Compose package" >&2; exit 1; }
+            pkgs+=("$c")
         else
             pkgs+=("$p")
         fi
