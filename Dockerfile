@@ -47,7 +47,11 @@ RUN set -eu; \
 
 # The project itself, as a wheel: the final image installs it in a small layer
 # of its own, so a source change does not copy the whole environment again.
-COPY . /src
+# (Only the packages of pyproject.toml; .dockerignore lets in nothing else.)
+COPY README.md /src/
+COPY protocol/ /src/protocol/
+COPY workers/ /src/workers/
+COPY coordinator/ /src/coordinator/
 RUN set -eu; \
     if [ "$DNI_OFFLINE" = 1 ]; then \
         pip wheel --no-index --find-links /wheelhouse --no-deps -w /dist /src; \
