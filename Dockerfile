@@ -47,7 +47,11 @@ RUN set -eu; \
 
 # The project itself, as a wheel: the final image installs it in a small layer
 # of its own, so a source change does not copy the whole environment again.
-COPY . /src
+# (Only the packages of pyproject.toml; .dockerignore lets in nothing else.)
+COPY README.md /src/
+COPY protocol/ /src/protocol/
+COPY workers/ /src/workers/
+COPY coordinator/ /src/coordinator/
 RUN set -eu; \
     if [ "$DNI_OFFLINE" = 1 ]; then \
         pip wheel --no-index --find-links /wheelhouse --no-deps -w /dist /src; \
@@ -74,7 +78,7 @@ RUN set -eu; \
     pip install --no-index --no-deps /tmp/dist/*.whl; \
     rm -rf /tmp/dist; \
     pip check >/tmp/pip-check.txt 2>&1 || true; \
-    if grep -v '^No broken requirements' /tmp/pip-check.txt | grep -qvE ' requires (nvidia-|triton|cuda-)'; then \
+    if grep -v '^No broken requirements' /tmp/pip-check.txt | grep -vE ' requires (nvidia-|triton|cuda-)' >/dev/null; then \
         echo "missing dependencies (offline: rebuild the wheelhouse, docker/build-wheelhouse.sh):" >&2; \
         grep -vE ' requires (nvidia-|triton|cuda-)' /tmp/pip-check.txt >&2; exit 1; \
     fi; \

@@ -105,7 +105,7 @@ else
     fi
     cp "$CACHE/stubs-$key"/dni_cuda_stubs-*.whl "$TMP/house/"
     for w in "$TMP"/runtime/*.whl; do
-        basename "$w" | grep -qE "$IS_CUDA" || mv "$w" "$TMP/house/"
+        [[ ${w##*/} =~ $IS_CUDA ]] || mv "$w" "$TMP/house/"
     done
 fi
 

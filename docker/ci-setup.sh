@@ -10,8 +10,29 @@
 #
 # Compose: Debian bookworm has no `docker compose` v2 plugin package (no
 # docker-compose-v2 / docker-compose-plugin), so this installs docker-compose
-# 1.29; where the plugin package exists it is installed too.  The test uses
+# 1.29; where a v2 plugin package exists it is installed instead.  The test uses
 # `docker compose` when it works and `docker-compose` otherwise.
+
+# candidate_available PKG: apt has a version of PKG to install.  The output is
+# captured first: `apt-cache policy PKG | grep -q ...` fails under pipefail
+# whenever grep exits at the match and apt-cache dies of SIGPIPE.
+candidate_available() {
+    local policy
+    policy=$(apt-cache policy "$1" 2>/dev/null) || return 1
+    [[ $policy == *"Candidate: "[0-9]* ]]
+}
+
+# compose_package: the first Compose package apt can install (v2 plugin first).
+compose_package() {
+    local c
+    for c in docker-compose-v2 docker-compose-plugin docker-compose; do
+        if candidate_available "$c"; then echo "$c"; return 0; fi
+    done
+    return 1
+}
+
+# Sourced (tests/test_ci_setup.py): define the functions only.
+[[ ${BASH_SOURCE[0]} == "$0" ]] || return 0
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -25,7 +46,7 @@ step() {  # step NAME: print the time the previous step took, then NAME
     local now; now=$(date +%s)
     [[ -z "${current:-}" ]] || printf '[ci-setup] %-28s %4ds\n' "$current" $(( now - step_start )) >&2
     current=$1; step_start=$now
-    [[ "$1" == done ]] || printf '[ci-setup] %s ...\n' "$1" >&2
+    [[ "$1" == "done" ]] || printf '[ci-setup] %s ...\n' "$1" >&2
 }
 SUDO=""
 [[ $(id -u) == 0 ]] || SUDO=sudo
@@ -45,9 +66,8 @@ if (( ${#need[@]} )); then
     pkgs=()
     for p in "${need[@]}"; do
         if [[ $p == COMPOSE ]]; then
-            for c in docker-compose-v2 docker-compose-plugin docker-compose; do
-                if apt-cache policy "$c" 2>/dev/null | grep -q 'Candidate: [0-9]'; then pkgs+=("$c"); break; fi
-            done
+            c=$(compose_package) || { echo "[ci-setup] apt has no Compose package" >&2; exit 1; }
+            pkgs+=("$c")
         else
             pkgs+=("$p")
         fi
@@ -98,5 +118,5 @@ if ! docker build -q -t "$IMAGE" --build-arg BASE_IMAGE="$BASE_IMAGE" --build-ar
 fi
 printf '[ci-setup] %s: %s MB\n' "$IMAGE" "$(docker image inspect -f '{{.Size}}' "$IMAGE" | awk '{printf "%d", $1/1e6}')" >&2
 
-step done
+step "done"
 printf '[ci-setup] total %ds\n' $(( $(date +%s) - t0 )) >&2

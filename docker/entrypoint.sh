@@ -1,6 +1,7 @@
 #!/bin/sh
 # Entry point of the dni image.  Passes its arguments to `dni` (a leading
-# "dni" is dropped, so `docker compose run coordinator dni run JOB` works), or
+# "dni" is dropped, so `docker compose run coordinator dni run JOB` and
+# `docker-compose run coordinator dni run JOB` work), or
 # runs another program given by name (`docker run IMAGE python -c ...`).
 #
 # Fills in what the command line does not already give, from the environment
@@ -16,7 +17,8 @@
 #   DNI_WORKERS    --workers     tcp://stage0:5555,tcp://stage1:5555,...
 #   DNI_BIND       --bind        (default tcp://0.0.0.0:5550)
 #   DNI_ADVERTISE  --advertise   (default tcp://<this container's IP>:<bind port>,
-#                                 reachable also from a `docker compose run` container)
+#                                 reachable also from a `docker compose run` /
+#                                 `docker-compose run` container)
 #   DNI_RESULTS    --results
 #   DNI_RUN_ARGS   default flags for every `dni run` (e.g. "--threads 1"); the
 #                  command line overrides them
