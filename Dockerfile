@@ -52,6 +52,7 @@ COPY README.md /src/
 COPY protocol/ /src/protocol/
 COPY workers/ /src/workers/
 COPY coordinator/ /src/coordinator/
+COPY dni/ /src/dni/
 RUN set -eu; \
     if [ "$DNI_OFFLINE" = 1 ]; then \
         pip wheel --no-index --find-links /wheelhouse --no-deps -w /dist /src; \

@@ -11,15 +11,15 @@ from importlib import metadata
 from pathlib import Path
 from typing import Optional, Sequence
 
-from coordinator.data import DataError
-from coordinator.job import SHORTCUTS, load_job, with_addresses
-from coordinator.launcher import WorkerDied
-from coordinator.pipeline import PipelineError
-from coordinator.plots import NotARunError, check_runs, default_output, plot_accuracy
-from protocol import ProtocolError
-from workers import cli as worker_cli
-from workers.modes import MODE_NAMES
-from workers.spec import ConfigError
+from dni.coordinator.data import DataError
+from dni.coordinator.job import SHORTCUTS, load_job, with_addresses
+from dni.coordinator.launcher import WorkerDied
+from dni.coordinator.pipeline import PipelineError
+from dni.coordinator.plots import NotARunError, check_runs, default_output, plot_accuracy
+from dni.protocol import ProtocolError
+from dni.workers import cli as worker_cli
+from dni.workers.modes import MODE_NAMES
+from dni.workers.spec import ConfigError
 
 OVERRIDES = {  # flag -> (job setting, type, help)
     "--mode": ("mode", str, f"training mode: {', '.join(MODE_NAMES)}"),
@@ -138,8 +138,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         sys.exit(worker_cli.run(args))
     if args.command == "bench":
         logging.basicConfig(level="WARNING")
-        from coordinator.bench.speedup import run_speedup
-        from coordinator.bench.transport import run_transport
+        from dni.coordinator.bench.speedup import run_speedup
+        from dni.coordinator.bench.transport import run_transport
 
         if args.bench == "speedup" and not args.model and not args.iterations:
             args.iterations = 1000
@@ -163,7 +163,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 def _keys(directory: Path) -> int:
-    from protocol.security import create_keys
+    from dni.protocol.security import create_keys
 
     try:
         create_keys(directory)
@@ -177,14 +177,14 @@ def _keys(directory: Path) -> int:
 
 def _interrupt(signum: int, frame: object) -> None:
     """SIGTERM stops a running job like Ctrl-C; once training is over it lets the results be written."""
-    from coordinator.run import training_finished
+    from dni.coordinator.run import training_finished
 
     if not training_finished.is_set():
         raise KeyboardInterrupt
 
 
 def _run(args: argparse.Namespace) -> int:
-    from coordinator.run import RunComplete, resume_job, run_job
+    from dni.coordinator.run import RunComplete, resume_job, run_job
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     log = logging.getLogger("dni")

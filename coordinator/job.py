@@ -8,13 +8,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
-from coordinator.data import resolve_data_root
-from workers.devices import DEVICE_PATTERN
-from workers.modes import MODE_NAMES, Mode
-from workers.spec import NONFINITE_POLICIES, OPTIMIZERS, ConfigError, OptimizerSpec, StageSpec, SynthesizerSpec
+from dni.coordinator.data import resolve_data_root
+from dni.workers.devices import DEVICE_PATTERN
+from dni.workers.modes import MODE_NAMES, Mode
+from dni.workers.spec import NONFINITE_POLICIES, OPTIMIZERS, ConfigError, OptimizerSpec, StageSpec, SynthesizerSpec
 
 JOBS_DIR = Path(__file__).parent / "jobs"
-SHORTCUTS = {"mnist": JOBS_DIR / "mnist_fcn.toml", "cifar10": JOBS_DIR / "cifar10_cnn.toml"}
+SHORTCUTS = {"mnist": JOBS_DIR / "mnist_fcn.toml", "mnist-smoke": JOBS_DIR / "mnist_smoke.toml", "cifar10": JOBS_DIR / "cifar10_cnn.toml"}
 DATASETS = ("mnist", "cifar10")
 STAGE_KEYS = ("kind", "device", "address", "synthesizer")
 JOB_KEYS = {

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from protocol import Endpoints, worker_endpoints
+from dni.protocol import Endpoints, worker_endpoints
 
 log = logging.getLogger("dni.launcher")
 READY_SECONDS = 120.0
@@ -59,7 +59,7 @@ class LocalWorkers:
 
     def _spawn(self, stage: int) -> subprocess.Popen:
         self._ready_file(stage).unlink(missing_ok=True)
-        command = [sys.executable, "-m", "workers", "--bind", self._bind_address(stage), "--once",
+        command = [sys.executable, "-m", "dni.workers", "--bind", self._bind_address(stage), "--once",
                    "--ready-file", str(self._ready_file(stage)), "--log-level", self.log_level]
         if self.keys is not None:
             command += ["--keys", str(self.keys)]

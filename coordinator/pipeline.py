@@ -18,9 +18,9 @@ import torch
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from protocol import DEFAULT_LIMITS, Endpoints, Kind, Limits, Message, ProtocolError, open_socket, receive_message, send_message
-from protocol.refusals import RefusalLog
-from protocol.security import Keys, check_plaintext_allowed, make_server, secure_context
+from dni.protocol import DEFAULT_LIMITS, Endpoints, Kind, Limits, Message, ProtocolError, open_socket, receive_message, send_message
+from dni.protocol.refusals import RefusalLog
+from dni.protocol.security import Keys, check_plaintext_allowed, make_server, secure_context
 
 log = logging.getLogger("dni.pipeline")
 DISCONNECT_GRACE = 3.0  # a worker whose connection dropped and did not come back this long is gone

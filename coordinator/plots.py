@@ -11,7 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from coordinator.results import read_metrics  # noqa: E402
+from dni.coordinator.results import read_metrics  # noqa: E402
 
 
 class NotARunError(ValueError):

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from coordinator.job import Job, job_as_table
+from dni.coordinator.job import Job, job_as_table
 
 
 class RunFolder:

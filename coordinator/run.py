@@ -11,18 +11,18 @@ from typing import Any, Optional
 
 import torch
 
-from coordinator.checkpoints import Checkpoints
-from coordinator.data import load_dataset
-from coordinator.job import Job, job_from_table
-from coordinator.launcher import LocalWorkers
-from coordinator.pipeline import Pipeline
-from coordinator.plots import plot_accuracy
-from coordinator.results import RunFolder, read_metrics
-from coordinator.shapes import check_stages
-from coordinator.tensorboard import require_tensorboard
-from coordinator.trainer import Trainer
-from protocol import ProtocolError, connectable, worker_endpoints
-from protocol.security import FIX, Keys, check_plaintext_allowed, load_keys
+from dni.coordinator.checkpoints import Checkpoints
+from dni.coordinator.data import load_dataset
+from dni.coordinator.job import Job, job_from_table
+from dni.coordinator.launcher import LocalWorkers
+from dni.coordinator.pipeline import Pipeline
+from dni.coordinator.plots import plot_accuracy
+from dni.coordinator.results import RunFolder, read_metrics
+from dni.coordinator.shapes import check_stages
+from dni.coordinator.tensorboard import require_tensorboard
+from dni.coordinator.trainer import Trainer
+from dni.protocol import ProtocolError, connectable, worker_endpoints
+from dni.protocol.security import FIX, Keys, check_plaintext_allowed, load_keys
 
 log = logging.getLogger("dni.run")
 training_finished = threading.Event()  # past this point a SIGTERM must not turn a finished job into a failure

@@ -1,12 +1,12 @@
 """Checking a job's stages against each other before any worker starts."""
 from __future__ import annotations
 
-from workers.build import build_stage
-from workers.interface import Shape
-from workers.registry import UnknownBuilderError
-from workers.spec import ConfigError
+from dni.workers.build import build_stage
+from dni.workers.interface import Shape
+from dni.workers.registry import UnknownBuilderError
+from dni.workers.spec import ConfigError
 
-from coordinator.job import Job
+from dni.coordinator.job import Job
 
 
 def check_stages(job: Job, input_shape: Shape, num_classes: int) -> list[Shape]:

@@ -17,9 +17,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Optional
 
-from coordinator.job import Job
-from workers.spec import ConfigError
-from workers.timing import ACTIVITIES, COMPUTE
+from dni.coordinator.job import Job
+from dni.workers.spec import ConfigError
+from dni.workers.timing import ACTIVITIES, COMPUTE
 
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter

@@ -9,17 +9,17 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from coordinator.data import Dataset, test_batches, train_batches
-from coordinator.job import Job
-from coordinator.checkpoints import Checkpoints, Position
-from coordinator.launcher import WorkerDied
-from coordinator.pipeline import Pipeline, PipelineError, StageFailed
-from coordinator.progress import Progress
-from coordinator.results import RunFolder, read_metrics
-from coordinator.tensorboard import TensorBoardLog
-from protocol import Endpoints, Kind, Message
-from workers.spec import StageConfig
-from workers.timing import spans_from_arrays
+from dni.coordinator.data import Dataset, test_batches, train_batches
+from dni.coordinator.job import Job
+from dni.coordinator.checkpoints import Checkpoints, Position
+from dni.coordinator.launcher import WorkerDied
+from dni.coordinator.pipeline import Pipeline, PipelineError, StageFailed
+from dni.coordinator.progress import Progress
+from dni.coordinator.results import RunFolder, read_metrics
+from dni.coordinator.tensorboard import TensorBoardLog
+from dni.protocol import Endpoints, Kind, Message
+from dni.workers.spec import StageConfig
+from dni.workers.timing import spans_from_arrays
 
 log = logging.getLogger("dni.trainer")
 REQUEST_TIMEOUT = 600.0  # a checkpoint or flush of a stage that keeps working

@@ -1,9 +1,9 @@
 """The wire format: msgpack headers and raw tensor frames over ZeroMQ. Knows nothing about training."""
-from protocol.codec import ALLOWED_DTYPES, DEFAULT_LIMITS, Limits, decode, encode
-from protocol.endpoints import Endpoints, connectable, worker_endpoints
-from protocol.errors import ProtocolError
-from protocol.messages import PROTOCOL_VERSION, Kind, Message
-from protocol.transport import open_socket, receive_frames, receive_message, send_message
+from dni.protocol.codec import ALLOWED_DTYPES, DEFAULT_LIMITS, Limits, decode, encode
+from dni.protocol.endpoints import Endpoints, connectable, worker_endpoints
+from dni.protocol.errors import ProtocolError
+from dni.protocol.messages import PROTOCOL_VERSION, Kind, Message
+from dni.protocol.transport import open_socket, receive_frames, receive_message, send_message
 
 __all__ = [
     "ALLOWED_DTYPES", "DEFAULT_LIMITS", "Endpoints", "Kind", "Limits", "Message", "PROTOCOL_VERSION",

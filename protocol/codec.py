@@ -13,8 +13,8 @@ from typing import Any, Sequence, Union
 import msgpack
 import numpy as np
 
-from protocol.errors import ProtocolError
-from protocol.messages import PROTOCOL_VERSION, Kind, Message
+from dni.protocol.errors import ProtocolError
+from dni.protocol.messages import PROTOCOL_VERSION, Kind, Message
 
 ALLOWED_DTYPES = frozenset({"float16", "float32", "float64", "int32", "int64", "uint8", "bool"})
 

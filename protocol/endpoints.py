@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from protocol.errors import ProtocolError
+from dni.protocol.errors import ProtocolError
 
 
 @dataclass(frozen=True)

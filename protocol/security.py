@@ -28,7 +28,7 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
 
-from protocol.errors import ProtocolError
+from dni.protocol.errors import ProtocolError
 
 log = logging.getLogger("dni.security")
 

@@ -5,8 +5,8 @@ from typing import Optional, Sequence
 
 import zmq
 
-from protocol.codec import DEFAULT_LIMITS, Limits, decode, encode
-from protocol.messages import Message
+from dni.protocol.codec import DEFAULT_LIMITS, Limits, decode, encode
+from dni.protocol.messages import Message
 
 ZERO_COPY_THRESHOLD = 1 << 20  # `dni bench transport`: below ~1 MiB copying is as fast as zero-copy
 

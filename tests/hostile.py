@@ -10,7 +10,7 @@ import msgpack
 import numpy as np
 import zmq
 
-from protocol import Kind, Message, encode
+from dni.protocol import Kind, Message, encode
 from tests.live_worker import JOB
 
 VALID = encode(Message(Kind.FORWARD, JOB, 1, 1, 0, {"eval": 1},

@@ -10,9 +10,9 @@ import time
 import pytest
 import zmq
 
-from protocol import Endpoints, Kind, Message, encode, receive_message, send_message
-from workers.modes import Mode
-from workers.spec import OptimizerSpec, StageConfig, StageSpec
+from dni.protocol import Endpoints, Kind, Message, encode, receive_message, send_message
+from dni.workers.modes import Mode
+from dni.workers.spec import OptimizerSpec, StageConfig, StageSpec
 
 JOB = "live-worker-test"
 
@@ -21,7 +21,7 @@ JOB = "live-worker-test"
 def worker(tmp_path):
     """A worker process on three loopback ports the system picks (told in its ready file), and a ZeroMQ context."""
     ready = tmp_path / "worker.ready"
-    process = subprocess.Popen([sys.executable, "-m", "workers", "--bind", "tcp://127.0.0.1:0", "--ready-file", str(ready),
+    process = subprocess.Popen([sys.executable, "-m", "dni.workers", "--bind", "tcp://127.0.0.1:0", "--ready-file", str(ready),
                                 "--log-level", "ERROR"])
     deadline = time.monotonic() + 60
     while not ready.is_file():

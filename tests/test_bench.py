@@ -10,7 +10,7 @@ import pytest
 
 
 def dni(*args: str) -> str:
-    result = subprocess.run([sys.executable, "-m", "coordinator", *args], capture_output=True, text=True, timeout=900)
+    result = subprocess.run([sys.executable, "-m", "dni", *args], capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
 
@@ -22,7 +22,7 @@ def assert_accounting_adds_up(configuration: dict) -> None:
 
 
 def test_speedup_on_a_job_with_single_process_and_torch_pipelining_baselines(data_root, tmp_path):
-    out = dni("bench", "speedup", "--job", "jobs/mnist_smoke.toml", "--iterations", "40", "--modes", "backprop,sg",
+    out = dni("bench", "speedup", "--job", "mnist-smoke", "--iterations", "40", "--modes", "backprop,sg",
               "--data-root", str(data_root), "--results", str(tmp_path))
     assert "single-process plain" in out and "single-process synthetic" in out and "speedup" in out
     folder = next(tmp_path.glob("bench-speedup-*"))
@@ -69,7 +69,7 @@ def test_transport(tmp_path):
     (["--microbatches", "3"], "does not split into 3 micro-batches"),
 ])
 def test_bad_flags_are_named_before_anything_runs(flags, complaint, data_root, tmp_path):
-    result = subprocess.run([sys.executable, "-m", "coordinator", "bench", "speedup", "--model", "balanced-mlp", "--stages", "2",
+    result = subprocess.run([sys.executable, "-m", "dni", "bench", "speedup", "--model", "balanced-mlp", "--stages", "2",
                              "--iterations", "5", "--data-root", str(data_root), "--results", str(tmp_path), *flags],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and complaint in result.stderr, result.stderr[-2000:]

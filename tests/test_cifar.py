@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from coordinator.data import DataError, load_dataset
-from coordinator.run import run_job
+from dni.coordinator.data import DataError, load_dataset
+from dni.coordinator.run import run_job
 from tests.conftest import small_job
 
 CONV_STAGES = [

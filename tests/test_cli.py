@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-import coordinator.cli
-import coordinator.plots
-from coordinator.cli import build_parser, main, package_version
-from coordinator.job import load_job
-from coordinator.plots import run_label
+import dni.coordinator.cli
+import dni.coordinator.plots
+from dni.coordinator.cli import build_parser, main, package_version
+from dni.coordinator.job import load_job
+from dni.coordinator.plots import run_label
 from tests.conftest import REPO
 
 
@@ -46,7 +46,7 @@ def test_plot_refuses_a_folder_that_is_not_a_run(tmp_path, capsys, monkeypatch):
 
 def test_plot_writes_beside_the_runs_by_default_and_labels_each_run_by_its_folder(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(coordinator.plots, "time", types.SimpleNamespace(strftime=lambda form: "20261127-120000"))
+    monkeypatch.setattr(dni.coordinator.plots, "time", types.SimpleNamespace(strftime=lambda form: "20261127-120000"))
     first = fake_run(tmp_path / "runs" / "mnist_fcn-sg-20261127-101500", "sg", 0.9772)
     second = fake_run(tmp_path / "runs" / "mnist_fcn-sg-20261127-111500", "sg", 0.9781)
     main(["plot", "runs/mnist_fcn-sg-20261127-101500", "runs/mnist_fcn-sg-20261127-111500"])
@@ -91,7 +91,7 @@ def test_version_comes_from_the_package_metadata_else_pyproject(capsys, monkeypa
     def not_installed(name):
         raise metadata.PackageNotFoundError(name)
 
-    monkeypatch.setattr(coordinator.cli.metadata, "version", not_installed)
+    monkeypatch.setattr(dni.coordinator.cli.metadata, "version", not_installed)
     assert package_version() == tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
 
 
@@ -101,7 +101,7 @@ def test_bench_jobs_default_to_the_packaged_shortcut_and_work_outside_the_checko
         args = build_parser().parse_args(["bench", bench])
         assert args.job == "mnist"
         assert load_job(args.job).name == "mnist_fcn"
-    result = subprocess.run([sys.executable, "-m", "coordinator", "bench", "transport", "--count", "2", "--results", "out"],
+    result = subprocess.run([sys.executable, "-m", "dni", "bench", "transport", "--count", "2", "--results", "out"],
                             capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((tmp_path / "out" / "bench-transport.json").read_text())["job"] == "mnist_fcn"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.data import DataError, load_dataset, resolve_data_root
-from coordinator.job import load_job
+from dni.coordinator.data import DataError, load_dataset, resolve_data_root
+from dni.coordinator.job import load_job
 from tests.conftest import REPO
 
 MNIST_FILES = "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte"
@@ -77,7 +77,7 @@ def test_cifar_files_that_fail_the_checksums_get_the_checksum_advice(tmp_path):
 
 
 def test_dni_run_with_a_data_root_that_does_not_exist_exits_2_and_creates_nothing(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "coordinator", "run", "mnist", "--data-root", str(tmp_path / "nonexistent"),
+    result = subprocess.run([sys.executable, "-m", "dni", "run", "mnist", "--data-root", str(tmp_path / "nonexistent"),
                              "--results", str(tmp_path / "runs"), "--no-progress"], capture_output=True, text=True,
                             cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert result.returncode == 2, result.stderr

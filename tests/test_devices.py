@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from workers.devices import synchronizer, to_device, to_host
+from dni.workers.devices import synchronizer, to_device, to_host
 
 
 def test_a_received_array_is_copied_once_into_a_writable_tensor():

@@ -87,7 +87,7 @@ def stack(tmp_path: Path):
         "DNI_IMAGE": f"dni:{project}",            # our own tag, removed afterwards (layers stay cached)
         "DNI_BASE_IMAGE": BASE_IMAGE,
         "DNI_OFFLINE": "1",
-        "DNI_JOB": "jobs/mnist_smoke.toml",
+        "DNI_JOB": "mnist-smoke",
         "DNI_DATA": str(DATA),
         "DNI_RUNS": str(runs),
         "DNI_USER": f"{os.getuid()}:{os.getgid()}",  # results owned by whoever runs the test

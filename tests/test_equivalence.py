@@ -13,10 +13,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from coordinator.data import load_dataset, train_batches
-from coordinator.run import run_job
+from dni.coordinator.data import load_dataset, train_batches
+from dni.coordinator.run import run_job
 from tests.conftest import small_job
-from workers.build import build_stage
+from dni.workers.build import build_stage
 
 STEPS = 6
 

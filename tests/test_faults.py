@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.pipeline import PipelineError
-from coordinator.results import read_metrics
-from coordinator.run import resume_job, run_job
+from dni.coordinator.job import SHORTCUTS
+from dni.coordinator.pipeline import PipelineError
+from dni.coordinator.results import read_metrics
+from dni.coordinator.run import resume_job, run_job
 from tests.conftest import LEARNED, small_job
 
 
@@ -93,11 +94,11 @@ def test_stopped_run_resumes_from_its_checkpoint(data_root, tmp_path):
 
 
 def test_a_hung_worker_is_noticed_within_seconds(data_root, tmp_path):
-    from coordinator.launcher import free_port_block
-    from coordinator.job import with_addresses
+    from dni.coordinator.launcher import free_port_block
+    from dni.coordinator.job import with_addresses
 
     addresses = [f"tcp://127.0.0.1:{free_port_block()}" for _ in range(3)]
-    workers = [subprocess.Popen([sys.executable, "-m", "workers", "--bind", a, "--once", "--log-level", "ERROR"]) for a in addresses]
+    workers = [subprocess.Popen([sys.executable, "-m", "dni.workers", "--bind", a, "--once", "--log-level", "ERROR"]) for a in addresses]
     try:
         job = with_addresses(small_job(data_root, tmp_path, iterations=100_000, eval_every=50, insecure=True), addresses)
         stopped = []
@@ -121,8 +122,8 @@ def test_a_hung_worker_is_noticed_within_seconds(data_root, tmp_path):
 
 def test_workers_exit_when_the_coordinator_dies(data_root, tmp_path):
     job_file = tmp_path / "job.toml"
-    job_file.write_text((Path(__file__).parent.parent / "jobs" / "mnist_smoke.toml").read_text().replace("iterations = 300", "iterations = 100000"))
-    coordinator = subprocess.Popen([sys.executable, "-m", "coordinator", "run", str(job_file), "--data-root", str(data_root),
+    job_file.write_text(SHORTCUTS["mnist-smoke"].read_text().replace("iterations = 300", "iterations = 100000"))
+    coordinator = subprocess.Popen([sys.executable, "-m", "dni", "run", str(job_file), "--data-root", str(data_root),
                                     "--results", str(tmp_path / "runs"), "--no-progress"])
     try:
         deadline = time.monotonic() + 60
@@ -234,7 +235,7 @@ features = 10
 def run_cli(*arguments: str) -> tuple[subprocess.CompletedProcess, set[int], float]:
     """`dni run ...` as a user runs it: (its result, the worker pids it started, seconds it took)."""
     started = time.monotonic()
-    process = subprocess.Popen([sys.executable, "-m", "coordinator", "run", *arguments, "--no-progress"],
+    process = subprocess.Popen([sys.executable, "-m", "dni", "run", *arguments, "--no-progress"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     workers: set[int] = set()
     while process.poll() is None:
@@ -268,7 +269,7 @@ def test_a_raising_stage_ends_the_run_naming_it_and_resume_continues_once_fixed(
     ("shrink", "backprop", "stage 2 refused batch 39 from stage 1 and so lost it: x must be float32 (B, 64), got float32 [64, 32]"),
 ])
 def test_a_stage_output_that_cannot_go_on_ends_the_run_naming_the_stage(fault, mode, names, broken_stages, data_root, tmp_path):
-    from coordinator.job import load_job
+    from dni.coordinator.job import load_job
 
     job = load_job(str(faulty_job_file(tmp_path, data_root, fault)), {"results": str(tmp_path / "runs"), "mode": mode})
     started = time.monotonic()
@@ -280,7 +281,7 @@ def test_a_stage_output_that_cannot_go_on_ends_the_run_naming_the_stage(fault, m
 
 
 def test_a_stage_producing_nan_is_counted_when_the_policy_says_count(broken_stages, data_root, tmp_path):
-    from coordinator.job import load_job
+    from dni.coordinator.job import load_job
 
     job = load_job(str(faulty_job_file(tmp_path, data_root, "nan")), {"results": str(tmp_path / "runs"), "iterations": 60,
                                                                       "nonfinite": "count"})
@@ -290,11 +291,11 @@ def test_a_stage_producing_nan_is_counted_when_the_policy_says_count(broken_stag
 
 def test_a_killed_remote_worker_is_named_within_seconds(data_root, tmp_path):
     """A worker the coordinator did not start (no process to watch): its dropped connection names it, not a timeout."""
-    from coordinator.launcher import free_port_block
-    from coordinator.job import with_addresses
+    from dni.coordinator.launcher import free_port_block
+    from dni.coordinator.job import with_addresses
 
     addresses = [f"tcp://127.0.0.1:{free_port_block()}" for _ in range(3)]
-    workers = [subprocess.Popen([sys.executable, "-m", "workers", "--bind", a, "--once", "--log-level", "ERROR"]) for a in addresses]
+    workers = [subprocess.Popen([sys.executable, "-m", "dni.workers", "--bind", a, "--once", "--log-level", "ERROR"]) for a in addresses]
     try:
         job = with_addresses(small_job(data_root, tmp_path, iterations=100_000, eval_every=50, insecure=True), addresses)
         killed = []

@@ -13,8 +13,8 @@ import numpy as np
 import zmq
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from coordinator.data import load_dataset, train_batches
-from protocol import Kind, Message, ProtocolError, decode, receive_message
+from dni.coordinator.data import load_dataset, train_batches
+from dni.protocol import Kind, Message, ProtocolError, decode, receive_message
 from tests.conftest import LEARNED, REPO
 from tests.hostile import HEADER, flood, hostile_messages, wait_for_endpoints
 from tests.live_worker import coordinator_side, forward, request, stage_config, worker  # noqa: F401 (fixture)
@@ -97,7 +97,7 @@ FLOODED_LOG_BAR = 100_000
 
 def test_a_flood_of_hostile_messages_leaves_a_small_log_and_the_run_learns(data_root, tmp_path):
     log_path = tmp_path / "run.log"
-    command = [sys.executable, "-m", "coordinator", "run", str(REPO / "jobs" / "mnist_smoke.toml"), "--transport", "tcp",
+    command = [sys.executable, "-m", "dni", "run", "mnist-smoke", "--transport", "tcp",
                "--iterations", "600", "--data-root", str(data_root), "--results", str(tmp_path / "runs"), "--no-progress"]
     with log_path.open("w") as log_file:
         run = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)

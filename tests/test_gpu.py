@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from coordinator.run import run_job
+from dni.coordinator.run import run_job
 from tests.conftest import LEARNED, mlp_stages, small_job
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none visible)")
@@ -24,8 +24,8 @@ def test_stages_on_gpus_learn(mode, data_root, tmp_path):
 
 
 def test_auto_falls_back_to_cpu_without_gpus():
-    from workers.devices import resolve_device
-    from workers.spec import ConfigError
+    from dni.workers.devices import resolve_device
+    from dni.workers.spec import ConfigError
 
     expected = "cuda:1" if torch.cuda.device_count() > 1 else ("cuda:0" if torch.cuda.is_available() else "cpu")
     assert resolve_device("auto", 1) == expected

@@ -8,7 +8,7 @@ import json
 import subprocess
 import sys
 
-from coordinator.data import load_dataset
+from dni.coordinator.data import load_dataset
 from tests.conftest import REPO
 
 SCRIPT = REPO / "benchmarks" / "gpu" / "run.py"

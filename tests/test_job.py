@@ -8,14 +8,14 @@ from typing import Any
 import pytest
 from torch import nn
 
-from coordinator.job import load_job
-from coordinator.run import run_job
-from coordinator.shapes import check_stages
+from dni.coordinator.job import load_job
+from dni.coordinator.run import run_job
+from dni.coordinator.shapes import check_stages
 from tests.conftest import mlp_stages, small_job
-from workers.build import build_stage
-from workers.modes import Mode
-from workers.registry import STAGE_ARGUMENTS, check_params
-from workers.spec import ConfigError, StageSpec, SynthesizerSpec
+from dni.workers.build import build_stage
+from dni.workers.modes import Mode
+from dni.workers.registry import STAGE_ARGUMENTS, check_params
+from dni.workers.spec import ConfigError, StageSpec, SynthesizerSpec
 
 
 def test_shortcuts_load_the_reference_jobs():
@@ -71,10 +71,10 @@ def test_last_stage_must_produce_one_logit_per_class(tmp_path, data_root):
 def test_cli_reports_a_bad_job_file_and_exits_2(tmp_path):
     job_file = tmp_path / "bad.toml"
     job_file.write_text('dataset = "mnist"\nmode = "sg"\nbatch_size = -4\n[[stages]]\nkind = "linear"\nfeatures = 10\n[[stages]]\nkind = "linear"\nfeatures = 10\n')
-    result = subprocess.run([sys.executable, "-m", "coordinator", "run", str(job_file)], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "dni", "run", str(job_file)], capture_output=True, text=True)
     assert result.returncode == 2
     assert "batch_size must be at least 1" in result.stderr
-    result = subprocess.run([sys.executable, "-m", "coordinator", "run", "mnist", "--mode", "nope"], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "dni", "run", "mnist", "--mode", "nope"], capture_output=True, text=True)
     assert result.returncode == 2 and "invalid choice: 'nope'" in result.stderr
 
 
@@ -133,7 +133,7 @@ def test_dni_run_says_which_parameter_has_the_wrong_type_and_exits_2(tmp_path, d
     job_file = tmp_path / "strings.toml"
     job_file.write_text('dataset = "mnist"\nmode = "sg"\n[[stages]]\nkind = "linear_bn_relu"\nfeatures = "128"\n'
                         '[[stages]]\nkind = "linear"\nfeatures = 10\n')
-    result = subprocess.run([sys.executable, "-m", "coordinator", "run", str(job_file), "--data-root", str(data_root),
+    result = subprocess.run([sys.executable, "-m", "dni", "run", str(job_file), "--data-root", str(data_root),
                              "--no-download", "--results", str(tmp_path / "runs"), "--no-progress"], capture_output=True, text=True)
     assert result.returncode == 2, result.stderr
     assert result.stderr.rstrip().endswith("ERROR stage 0 (linear_bn_relu): features must be int, got '128' (str)")

@@ -6,10 +6,10 @@ import os
 
 import pytest
 
-from coordinator.results import read_metrics
-from coordinator.run import run_job
+from dni.coordinator.results import read_metrics
+from dni.coordinator.run import run_job
 from tests.conftest import LEARNED, small_job
-from workers.modes import MODE_NAMES
+from dni.workers.modes import MODE_NAMES
 
 
 def process_alive(pid: int) -> bool:

@@ -8,8 +8,8 @@ import time
 import pytest
 import zmq
 
-from coordinator.pipeline import Pipeline, StageFailed
-from protocol import Endpoints, Kind, Message, send_message
+from dni.coordinator.pipeline import Pipeline, StageFailed
+from dni.protocol import Endpoints, Kind, Message, send_message
 
 JOB = "pipeline-test"
 

@@ -6,9 +6,9 @@ import os
 
 import pytest
 
-from coordinator.run import run_job
+from dni.coordinator.run import run_job
 from tests.conftest import LEARNED, REPO, mlp_stages, small_job
-from workers.registry import STAGE_GROUP, resolve_stage
+from dni.workers.registry import STAGE_GROUP, resolve_stage
 
 EXAMPLE = REPO / "examples" / "gated_stage"
 

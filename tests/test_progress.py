@@ -6,8 +6,8 @@ import types
 
 import pytest
 
-import coordinator.progress as progress_module
-from coordinator.progress import Progress
+import dni.coordinator.progress as progress_module
+from dni.coordinator.progress import Progress
 
 
 @pytest.fixture

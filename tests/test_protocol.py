@@ -5,7 +5,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from protocol import PROTOCOL_VERSION, Kind, Limits, Message, ProtocolError, decode, encode, worker_endpoints
+from dni.protocol import PROTOCOL_VERSION, Kind, Limits, Message, ProtocolError, decode, encode, worker_endpoints
 
 
 def sample() -> Message:

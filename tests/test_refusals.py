@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 
-from protocol.refusals import RefusalLog
+from dni.protocol.refusals import RefusalLog
 
 
 class Clock:

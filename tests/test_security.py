@@ -16,12 +16,12 @@ import pytest
 import zmq
 
 from tests.conftest import LEARNED, small_job
-from coordinator.job import with_addresses
-from coordinator.launcher import free_port_block
-from coordinator.pipeline import Pipeline
-from coordinator.run import run_job
-from protocol import Kind, Message, ProtocolError, encode, receive_message, worker_endpoints
-from protocol.security import create_keys, listens_beyond_loopback, load_keys, make_server, secure_context
+from dni.coordinator.job import with_addresses
+from dni.coordinator.launcher import free_port_block
+from dni.coordinator.pipeline import Pipeline
+from dni.coordinator.run import run_job
+from dni.protocol import Kind, Message, ProtocolError, encode, receive_message, worker_endpoints
+from dni.protocol.security import create_keys, listens_beyond_loopback, load_keys, make_server, secure_context
 from tests.live_worker import JOB, request, stage_config
 
 
@@ -31,7 +31,7 @@ def keys(tmp_path):
 
 
 def start_worker(*arguments: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "workers", *arguments, "--log-level", "ERROR"],
+    return subprocess.Popen([sys.executable, "-m", "dni.workers", *arguments, "--log-level", "ERROR"],
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import HISTOGRAMS, SCALARS, EventAccumulator
 
-from coordinator.results import read_metrics
-from coordinator.run import run_job
-from coordinator.tensorboard import TensorBoardLog
+from dni.coordinator.results import read_metrics
+from dni.coordinator.run import run_job
+from dni.coordinator.tensorboard import TensorBoardLog
 from tests.conftest import REPO, small_job
-from workers.spec import ConfigError
-from workers.timing import ACTIVITIES
+from dni.workers.spec import ConfigError
+from dni.workers.timing import ACTIVITIES
 
 INSTALL = r"pip install 'dni\[tensorboard\]'"
 
@@ -123,9 +123,9 @@ def test_missing_package_fails_before_anything_starts_and_names_the_extra(tmp_pa
             run_job(job, show_progress=False)
     assert not results.exists() and not (tmp_path / "tb").exists(), "no run folder, no workers, no event file"
 
-    script = ("import sys; sys.modules['torch.utils.tensorboard'] = None; from coordinator.cli import main; "
+    script = ("import sys; sys.modules['torch.utils.tensorboard'] = None; from dni.coordinator.cli import main; "
               "main(sys.argv[1:])")
-    result = subprocess.run([sys.executable, "-c", script, "run", "jobs/mnist_smoke.toml", "--no-progress",
+    result = subprocess.run([sys.executable, "-c", script, "run", "mnist-smoke", "--no-progress",
                              "--tensorboard", str(tmp_path / "tb"), "--results", str(results)],
                             cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stderr

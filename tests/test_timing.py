@@ -1,7 +1,7 @@
 """A worker's time accounting: activities add up to the wall time, and queued device work counts as compute."""
 from __future__ import annotations
 
-from workers.timing import COMPUTE, Timeline
+from dni.workers.timing import COMPUTE, Timeline
 
 
 def test_device_work_is_waited_for_at_the_end_of_compute_activities_only():

@@ -1,8 +1,8 @@
 """The coordinator's main loop, on real workers: here, a run that stops at its time limit."""
 from __future__ import annotations
 
-from coordinator.results import read_metrics
-from coordinator.run import run_job
+from dni.coordinator.results import read_metrics
+from dni.coordinator.run import run_job
 from tests.conftest import small_job
 
 

@@ -8,10 +8,10 @@ import msgpack
 import numpy as np
 import zmq
 
-from coordinator.data import load_dataset, train_batches
-from protocol import Kind, Limits, Message, encode, receive_message, send_message
+from dni.coordinator.data import load_dataset, train_batches
+from dni.protocol import Kind, Limits, Message, encode, receive_message, send_message
 from tests.live_worker import JOB, coordinator_side, forward, request, stage_config, worker  # noqa: F401 (fixture)
-from workers.timing import spans_from_arrays
+from dni.workers.timing import spans_from_arrays
 
 
 def test_worker_survives_hostile_input_and_keeps_training(worker, data_root):

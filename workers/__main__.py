@@ -1,4 +1,4 @@
-"""`python -m workers --bind ADDRESS`: run one worker process (what `dni worker` runs)."""
-from workers.cli import main
+"""`python -m dni.workers --bind ADDRESS`: run one worker process (what `dni worker` runs)."""
+from dni.workers.cli import main
 
 main()

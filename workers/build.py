@@ -11,10 +11,10 @@ from typing import Optional
 import torch
 from torch import nn
 
-from workers.interface import Shape, call_stage
-from workers.modes import Mode
-from workers.registry import STAGE_ARGUMENTS, SYNTHESIZER_ARGUMENTS, check_params, resolve_stage, resolve_synthesizer
-from workers.spec import StageSpec
+from dni.workers.interface import Shape, call_stage
+from dni.workers.modes import Mode
+from dni.workers.registry import STAGE_ARGUMENTS, SYNTHESIZER_ARGUMENTS, check_params, resolve_stage, resolve_synthesizer
+from dni.workers.spec import StageSpec
 
 
 @dataclass

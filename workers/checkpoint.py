@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from workers.compute import StageCompute
+from dni.workers.compute import StageCompute
 
 
 def save_checkpoint(path: str, compute: StageCompute) -> None:

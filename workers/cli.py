@@ -7,9 +7,9 @@ import signal
 import sys
 from typing import Optional, Sequence
 
-from protocol import ProtocolError
-from protocol.security import load_keys
-from workers.worker import serve
+from dni.protocol import ProtocolError
+from dni.protocol.security import load_keys
+from dni.workers.worker import serve
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -19,11 +19,11 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from workers.build import StageModules
-from workers.interface import call_stage
-from workers.modes import Mode
-from workers.spec import OptimizerSpec, StageConfig
-from workers.timing import Timeline
+from dni.workers.build import StageModules
+from dni.workers.interface import call_stage
+from dni.workers.modes import Mode
+from dni.workers.spec import OptimizerSpec, StageConfig
+from dni.workers.timing import Timeline
 
 
 @dataclass

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import zmq
 
-from protocol import Kind, Limits, Message, open_socket, send_message
+from dni.protocol import Kind, Limits, Message, open_socket, send_message
 
 BEAT_SECONDS = 1.0
 

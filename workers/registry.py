@@ -7,9 +7,9 @@ import typing
 from importlib.metadata import entry_points
 from typing import Any, Callable
 
-from workers.spec import ConfigError
-from workers.stages import BUILTIN_STAGES
-from workers.synthesizers import BUILTIN_SYNTHESIZERS
+from dni.workers.spec import ConfigError
+from dni.workers.stages import BUILTIN_STAGES
+from dni.workers.synthesizers import BUILTIN_SYNTHESIZERS
 
 STAGE_GROUP = "dni.stages"
 SYNTHESIZER_GROUP = "dni.synthesizers"

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
-from workers.modes import MODE_NAMES, Mode
+from dni.workers.modes import MODE_NAMES, Mode
 
 OPTIMIZERS = ("adam", "sgd")
 NONFINITE_POLICIES = ("reject", "count")  # a tensor with NaN/Inf: refuse the message, or count it and go on

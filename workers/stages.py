@@ -9,8 +9,8 @@ import math
 
 from torch import nn
 
-from workers.emulation import EmulatedDelay
-from workers.interface import Shape
+from dni.workers.emulation import EmulatedDelay
+from dni.workers.interface import Shape
 
 
 def glorot_(module: nn.Module) -> nn.Module:

@@ -11,8 +11,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from workers.interface import Shape
-from workers.stages import glorot_
+from dni.workers.interface import Shape
+from dni.workers.stages import glorot_
 
 
 class MLPSynthesizer(nn.Module):

@@ -25,17 +25,17 @@ import numpy as np
 import torch
 import zmq
 
-from protocol import DEFAULT_LIMITS, Endpoints, Kind, Limits, Message, ProtocolError, decode, open_socket, receive_frames, send_message, worker_endpoints
-from protocol.refusals import RefusalLog
-from protocol.security import Keys, check_plaintext_allowed, make_server, secure_context
-from workers.build import build_stage
-from workers.checkpoint import load_checkpoint, save_checkpoint
-from workers.compute import StageCompute
-from workers.devices import resolve_device, synchronizer, to_device, to_host
-from workers.heartbeat import Heartbeat
-from workers.registry import UnknownBuilderError
-from workers.spec import ConfigError, StageConfig
-from workers.timing import Timeline
+from dni.protocol import DEFAULT_LIMITS, Endpoints, Kind, Limits, Message, ProtocolError, decode, open_socket, receive_frames, send_message, worker_endpoints
+from dni.protocol.refusals import RefusalLog
+from dni.protocol.security import Keys, check_plaintext_allowed, make_server, secure_context
+from dni.workers.build import build_stage
+from dni.workers.checkpoint import load_checkpoint, save_checkpoint
+from dni.workers.compute import StageCompute
+from dni.workers.devices import resolve_device, synchronizer, to_device, to_host
+from dni.workers.heartbeat import Heartbeat
+from dni.workers.registry import UnknownBuilderError
+from dni.workers.spec import ConfigError, StageConfig
+from dni.workers.timing import Timeline
 
 log = logging.getLogger("dni.worker")
 POLL_SECONDS = 1.0

@@ -3,7 +3,7 @@
     python benchmarks/flood/run.py                      # 30 s of flood, smoke job over tcp
     python benchmarks/flood/run.py --seconds 90 --iterations 3000
 
-Each run is `dni run jobs/mnist_smoke.toml --transport tcp` as a user starts it; the
+Each run is `dni run mnist-smoke --transport tcp` as a user starts it; the
 flood (tests/hostile.py) hits every socket of every worker from the moment their
 addresses appear in the log, as fast as it can, for `--seconds`.
 """
@@ -27,7 +27,7 @@ from tests.hostile import flood, wait_for_endpoints  # noqa: E402
 
 def run(folder: Path, iterations: int, data_root: str, seconds: float) -> dict:
     log_path = folder / "run.log"
-    command = [sys.executable, "-m", "coordinator", "run", str(REPO / "jobs" / "mnist_smoke.toml"), "--transport", "tcp",
+    command = [sys.executable, "-m", "dni", "run", "mnist-smoke", "--transport", "tcp",
                "--iterations", str(iterations), "--data-root", data_root, "--results", str(folder / "runs"), "--no-progress"]
     started = time.monotonic()
     with log_path.open("w") as log_file:

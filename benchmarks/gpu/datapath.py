@@ -24,15 +24,15 @@ import numpy as np
 import torch
 import zmq
 
-from coordinator.job import Job
-from coordinator.shapes import check_stages
-from protocol import Kind, Message, decode, open_socket, receive_frames, send_message
-from workers.build import build_stage
-from workers.compute import StageCompute
-from workers.devices import synchronizer, to_device, to_host
-from workers.modes import Mode
-from workers.spec import StageConfig
-from workers.timing import Timeline
+from dni.coordinator.job import Job
+from dni.coordinator.shapes import check_stages
+from dni.protocol import Kind, Message, decode, open_socket, receive_frames, send_message
+from dni.workers.build import build_stage
+from dni.workers.compute import StageCompute
+from dni.workers.devices import synchronizer, to_device, to_host
+from dni.workers.modes import Mode
+from dni.workers.spec import StageConfig
+from dni.workers.timing import Timeline
 
 __all__ = ["profile_stage", "DATA_SHAPES"]
 

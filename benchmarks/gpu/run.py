@@ -36,10 +36,10 @@ os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.g
 import torch  # noqa: E402
 
 from budget import Budget, OutOfTime  # noqa: E402
-from coordinator.bench.speedup import balanced_job, measure, time_to_accuracy  # noqa: E402
-from coordinator.job import Job, load_job  # noqa: E402
-from coordinator.results import read_metrics  # noqa: E402
-from coordinator.run import run_job  # noqa: E402
+from dni.coordinator.bench.speedup import balanced_job, measure, time_to_accuracy  # noqa: E402
+from dni.coordinator.job import Job, load_job  # noqa: E402
+from dni.coordinator.results import read_metrics  # noqa: E402
+from dni.coordinator.run import run_job  # noqa: E402
 from datapath import profile_stage  # noqa: E402
 from prepare import CIFAR_TEST_IMAGES, CIFAR_TRAIN_IMAGES, prepare, unpack  # noqa: E402
 from report import PARTS, missing_fields, plot_report, print_summary  # noqa: E402

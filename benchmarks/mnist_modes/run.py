@@ -30,7 +30,7 @@ def alive(pid: int) -> bool:
 
 def run_mode(mode: str, args: argparse.Namespace) -> dict:
     results = Path(args.results) / mode
-    command = [sys.executable, "-m", "coordinator", "run", "mnist", "--mode", mode, "--iterations", str(args.iterations),
+    command = [sys.executable, "-m", "dni", "run", "mnist", "--mode", mode, "--iterations", str(args.iterations),
                "--results", str(results), "--no-progress", "--log-level", "WARNING", *args.extra]
     subprocess.run(command, check=True)
     run = sorted(results.iterdir())[-1]
@@ -61,7 +61,7 @@ def main() -> None:
         target = f">= {low:.1%}" if high == 1.0 else f"{low:.0%}-{high:.0%}"
         print(f"{row['mode']:<10} {row['test_accuracy']:>9.2%} {row['best_test_accuracy']:>8.2%} {row['wall_seconds']:>8.0f} "
               f"{row['samples_per_second']:>10.0f} {target if low else 'report':>13} {'yes' if row['meets_target'] else 'NO':>4}")
-    subprocess.run([sys.executable, "-m", "coordinator", "plot", *(row["run"] for row in rows), "-o", str(Path(args.results, "accuracy.png")),
+    subprocess.run([sys.executable, "-m", "dni", "plot", *(row["run"] for row in rows), "-o", str(Path(args.results, "accuracy.png")),
                     "--title", "Synthetic gradients on MNIST (pipeline of worker processes)"], check=True)
     sys.exit(0 if all(row["meets_target"] for row in rows) else 1)
 

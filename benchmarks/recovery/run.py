@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from coordinator.job import load_job  # noqa: E402
-from coordinator.run import run_job  # noqa: E402
+from dni.coordinator.job import load_job  # noqa: E402
+from dni.coordinator.run import run_job  # noqa: E402
 from tests.test_faults import children  # noqa: E402
 
 

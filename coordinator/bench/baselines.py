@@ -14,13 +14,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from coordinator.data import Dataset, test_batches, train_batches
-from coordinator.job import Job
-from workers.build import build_stage
-from workers.compute import StageCompute
-from workers.modes import Mode
-from workers.spec import StageConfig
-from workers.timing import Timeline
+from dni.coordinator.data import Dataset, test_batches, train_batches
+from dni.coordinator.job import Job
+from dni.workers.build import build_stage
+from dni.workers.compute import StageCompute
+from dni.workers.modes import Mode
+from dni.workers.spec import StageConfig
+from dni.workers.timing import Timeline
 
 
 def run_baseline(job: Job, data: Dataset, kind: str) -> dict[str, Any]:

@@ -13,16 +13,16 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from coordinator.bench.baselines import run_baseline
-from coordinator.bench.timeline import plot_scaling, plot_timelines
-from coordinator.bench.torch_pipelining import check_schedule, run_torch_pipeline
-from coordinator.data import load_dataset
-from coordinator.job import Job, job_from_table, load_job
-from coordinator.results import read_metrics
-from coordinator.run import run_job
-from workers.modes import MODE_NAMES, Mode
-from workers.spec import ConfigError
-from workers.timing import ACTIVITIES, COMPUTE
+from dni.coordinator.bench.baselines import run_baseline
+from dni.coordinator.bench.timeline import plot_scaling, plot_timelines
+from dni.coordinator.bench.torch_pipelining import check_schedule, run_torch_pipeline
+from dni.coordinator.data import load_dataset
+from dni.coordinator.job import Job, job_from_table, load_job
+from dni.coordinator.results import read_metrics
+from dni.coordinator.run import run_job
+from dni.workers.modes import MODE_NAMES, Mode
+from dni.workers.spec import ConfigError
+from dni.workers.timing import ACTIVITIES, COMPUTE
 
 EMULATED_FORWARD_MS = 20.0
 

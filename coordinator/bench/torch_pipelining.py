@@ -24,12 +24,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
 
-from coordinator.data import Dataset, load_dataset, test_batches, train_batches
-from coordinator.job import Job
-from workers.build import build_stage
-from workers.compute import make_optimizer
-from workers.modes import Mode
-from workers.spec import ConfigError
+from dni.coordinator.data import Dataset, load_dataset, test_batches, train_batches
+from dni.coordinator.job import Job
+from dni.workers.build import build_stage
+from dni.workers.compute import make_optimizer
+from dni.workers.modes import Mode
+from dni.workers.spec import ConfigError
 
 SCHEDULES = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}
 SCHEDULE_NAMES = {"gpipe": "GPipe", "1f1b": "1F1B"}

@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 import zmq
 
-from coordinator.job import load_job
-from coordinator.launcher import free_port_block
-from coordinator.shapes import check_stages
-from protocol import Kind, Message, receive_message, send_message
-from protocol.transport import ZERO_COPY_THRESHOLD
+from dni.coordinator.job import load_job
+from dni.coordinator.launcher import free_port_block
+from dni.coordinator.shapes import check_stages
+from dni.protocol import Kind, Message, receive_message, send_message
+from dni.protocol.transport import ZERO_COPY_THRESHOLD
 
 DATASET_SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 

@@ -1,0 +1,43 @@
+"""dni: Decoupled Neural Interfaces (Jaderberg et al. 2017), one worker process per layer.
+
+The public API. Each name is imported when first used, so that a worker process,
+which imports `dni.workers`, does not pay for the coordinator's imports:
+
+    import dni
+    job = dni.load_job("mnist", {"mode": "cdni", "iterations": 2000})
+    folder, summary = dni.run_job(job)
+
+`StageCompute` is the DNI algorithm of one stage without any socket (forward,
+update with the synthetic gradient, train the synthesizer on the true target);
+`StageBuilder` and `SynthesizerBuilder` are the contracts a plug-in honours.
+The subpackages are `dni.protocol` (bytes and messages), `dni.workers` (one
+stage and its neighbours) and `dni.coordinator` (the job).
+"""
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+__all__ = [
+    "Job", "Mode", "StageBuilder", "StageCompute", "SynthesizerBuilder", "load_job", "resume_job", "run_job",
+]
+
+_HOMES = {
+    "Job": "dni.coordinator.job", "load_job": "dni.coordinator.job",
+    "run_job": "dni.coordinator.run", "resume_job": "dni.coordinator.run",
+    "Mode": "dni.workers.modes",
+    "StageBuilder": "dni.workers.interface", "SynthesizerBuilder": "dni.workers.interface",
+    "StageCompute": "dni.workers.compute",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'dni' has no attribute {name!r}")
+    value = getattr(import_module(_HOMES[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])
