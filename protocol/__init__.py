@@ -1,6 +1,6 @@
 """The wire format: msgpack headers and raw tensor frames over ZeroMQ. Knows nothing about training."""
 from protocol.codec import ALLOWED_DTYPES, DEFAULT_LIMITS, Limits, decode, encode
-from protocol.endpoints import Endpoints, connectable, worker_endpoints
+from protocol.endpoints import Endpoints, connectable, resolved, worker_endpoints
 from protocol.errors import ProtocolError
 from protocol.messages import PROTOCOL_VERSION, Kind, Message
 from protocol.transport import open_socket, receive_frames, receive_message, send_message
@@ -8,5 +8,5 @@ from protocol.transport import open_socket, receive_frames, receive_message, sen
 __all__ = [
     "ALLOWED_DTYPES", "DEFAULT_LIMITS", "Endpoints", "Kind", "Limits", "Message", "PROTOCOL_VERSION",
     "ProtocolError", "connectable", "decode", "encode", "open_socket", "receive_frames",
-    "receive_message", "send_message", "worker_endpoints",
+    "receive_message", "resolved", "send_message", "worker_endpoints",
 ]
