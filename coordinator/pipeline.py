@@ -18,7 +18,7 @@ import torch
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from dni.protocol import DEFAULT_LIMITS, Endpoints, Kind, Limits, Message, ProtocolError, open_socket, receive_message, send_message
+from dni.protocol import DEFAULT_LIMITS, Endpoints, Kind, Limits, Message, ProtocolError, open_socket, receive_message, resolved, send_message
 from dni.protocol.refusals import RefusalLog
 from dni.protocol.security import Keys, check_plaintext_allowed, make_server, secure_context
 
@@ -91,7 +91,7 @@ class Pipeline:
 
     def _connect(self, kind: int, address: str) -> zmq.Socket:
         socket = open_socket(self.context, kind, self.limits)
-        socket.connect(address)
+        socket.connect(resolved(address))
         return socket
 
     def close(self) -> None:
@@ -176,9 +176,11 @@ class Pipeline:
         for stage, monitor in enumerate(self.monitors):
             while monitor.poll(0):
                 event = recv_monitor_message(monitor)["event"]
-                if event == zmq.EVENT_DISCONNECTED:
-                    self.disconnected_at[stage] = self.disconnected_at[stage] or now
-                elif event == zmq.EVENT_CONNECTED:
+                if event == zmq.EVENT_DISCONNECTED and self.disconnected_at[stage] is None:
+                    log.warning("stage %d (%s) lost its connection", stage, self.endpoints[stage].control)
+                    self.disconnected_at[stage] = now
+                elif event == zmq.EVENT_CONNECTED and self.disconnected_at[stage] is not None:
+                    log.warning("stage %d (%s) is connected again", stage, self.endpoints[stage].control)
                     self.disconnected_at[stage] = None
 
     def gone(self, grace: float = DISCONNECT_GRACE) -> Optional[int]:

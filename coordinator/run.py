@@ -94,6 +94,8 @@ def _record_stop(folder: RunFolder, job: Job, error: BaseException) -> None:
     """What a stopped run leaves: a summary saying why and where --resume starts, and its plot so far."""
     interrupted = isinstance(error, KeyboardInterrupt)
     status = "interrupted" if interrupted else "failed"
+    if not interrupted:
+        log.error("stopping the run: %s", error)
     try:
         if folder.metrics_path.is_file() and read_metrics(folder.path):
             plot_accuracy([folder.path], folder.plot_path, f"{job.name}: {job.mode.value} ({status})")
@@ -125,7 +127,10 @@ def _run_keys(job: Job, keys: Optional[Keys], addresses: list[Optional[str]]) ->
 
 
 def _stop_workers(pipeline: Pipeline) -> None:
+    pipeline.gone(grace=0.0)  # takes in the latest connection events
     for stage in range(pipeline.stages):
+        if pipeline.disconnected_at[stage] is not None:
+            continue  # nobody there to tell
         try:
             pipeline.request(stage, "stop", timeout=5)
         except Exception as error:  # the worker may already be gone; cleanup goes on regardless

@@ -146,7 +146,11 @@ def _tensor_spec(spec: Any, limits: Limits) -> tuple[str, str, tuple[int, ...]]:
 def _array(name: str, dtype: str, shape: tuple[int, ...], raw: memoryview, limits: Limits) -> np.ndarray:
     if raw.nbytes > limits.max_frame_bytes:
         raise ProtocolError(f"tensor {name!r}: frame of {raw.nbytes} bytes exceeds the limit of {limits.max_frame_bytes}")
-    expected = math.prod(shape) * np.dtype(dtype).itemsize
+    itemsize = np.dtype(dtype).itemsize
+    if math.prod(size for size in shape if size) * itemsize > limits.max_frame_bytes:
+        # an empty tensor may still declare sizes beyond any real array (numpy refuses to shape one)
+        raise ProtocolError(f"tensor {name!r}: shape {list(shape)[:8]} declares more than {limits.max_frame_bytes} bytes")
+    expected = math.prod(shape) * itemsize
     if expected != raw.nbytes:
         raise ProtocolError(f"tensor {name!r}: shape {list(shape)} of {dtype} needs {expected} bytes, frame has {raw.nbytes}")
     return np.frombuffer(raw, dtype=dtype).reshape(shape)

@@ -6,6 +6,7 @@ that the coordinator and the neighbours agree without further configuration.
 """
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 
 from dni.protocol.errors import ProtocolError
@@ -40,3 +41,25 @@ def connectable(address: str, host: str) -> str:
         if address.startswith(wildcard):
             return f"tcp://{host}:{address[len(wildcard):]}"
     return address
+
+
+def resolved(address: str) -> str:
+    """tcp://name:P as tcp://ip:P, resolved now; any other address unchanged.
+
+    ZeroMQ resolves names in its I/O thread, blocking it: while a dead peer's name
+    fails to resolve (a removed container, say) every socket of the context waits,
+    and closing the context can take seconds. Resolving once, up front, avoids both.
+    A name that does not resolve yet is left for ZeroMQ to retry.
+    """
+    if not address.startswith("tcp://"):
+        return address
+    host, _, port = address[len("tcp://"):].rpartition(":")
+    if host.startswith("[") or host in ("*", "0.0.0.0") or not port.isdigit():
+        return address
+    try:
+        family, _, _, _, sockaddr = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)[0]
+    except OSError:
+        return address
+    ip = sockaddr[0]
+    return f"tcp://[{ip}]:{port}" if family == socket.AF_INET6 else f"tcp://{ip}:{port}"
+

@@ -140,3 +140,35 @@ def test_smoke_job_trains_across_containers(stack) -> None:
     assert len(set(hostnames)) == 3, f"stages did not run in separate containers: {hostnames}"
     coordinator_host = _run(["hostname"]).stdout.strip()
     assert coordinator_host not in hostnames, "a stage ran on the host, not in a container"
+
+
+def test_a_killed_stage_container_is_named_within_seconds(stack) -> None:
+    """`docker kill` of stage 1 mid-run: the coordinator fails naming stage 1, the other workers say why they end."""
+    compose, env, runs = stack
+    env["DNI_RUN_ARGS"] += " --iterations 100000"
+    up = _run(compose + ["up", "-d", "--build"], cwd=REPO, env=env, timeout=UP_TIMEOUT)
+    assert up.returncode == 0, _tail(up)
+    deadline = time.monotonic() + 300
+    while not list(runs.glob("*/metrics.jsonl")) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert list(runs.glob("*/metrics.jsonl")), "training never reached its first evaluation"
+
+    def container(service: str) -> str:
+        return _run(compose + ["ps", "-q", service], cwd=REPO, env=env).stdout.strip()
+
+    coordinator = container("coordinator")
+    killed = time.monotonic()
+    assert _run(["docker", "kill", container("stage1")]).returncode == 0
+    waited = _run(["docker", "wait", coordinator], timeout=120)
+    seconds = time.monotonic() - killed
+    logs = _run(["docker", "logs", coordinator])
+    print(f"stage 1 killed; the coordinator exited {seconds:.1f}s later")
+    assert waited.stdout.strip() == "1", logs.stderr[-3000:]
+    assert re.search(r"run failed: stage 1 \(tcp://stage1:5555\) lost its connection", logs.stderr), logs.stderr[-3000:]
+    # measured 5.8 s: about 1 s for `docker kill`, 3 s of grace for a dropped connection, cleanup
+    assert seconds < 15, "named within seconds"
+    summary = json.loads(next(runs.glob("*/summary.json")).read_text())
+    assert summary["status"] == "failed" and summary["failed_stage"] == 1, summary
+    for service in ("stage0", "stage2"):
+        worker_logs = _run(compose + ["logs", "--no-color", service], cwd=REPO, env=env)
+        assert "ending job" in worker_logs.stdout + worker_logs.stderr, f"{service} did not say why it stopped"

@@ -18,7 +18,7 @@ import pytest
 from dni.coordinator.job import SHORTCUTS
 from dni.coordinator.pipeline import PipelineError
 from dni.coordinator.results import read_metrics
-from dni.coordinator.run import resume_job, run_job
+from dni.coordinator.run import RunComplete, resume_job, run_job
 from tests.conftest import LEARNED, small_job
 
 
@@ -86,11 +86,15 @@ def test_stopped_run_resumes_from_its_checkpoint(data_root, tmp_path):
     run = next(tmp_path.iterdir())
     checkpointed = json.loads((run / "checkpoints" / "coordinator.json").read_text())["step"]
     assert 0 < checkpointed < 300
+    stopped = json.loads((run / "summary.json").read_text())
+    assert stopped["status"] == "interrupted" and stopped["resume_from_step"] == checkpointed
     folder, summary = resume_job(run, show_progress=False)
     assert folder.path == run
     assert summary["resumed_from_step"] == checkpointed
     assert [record["step"] for record in read_metrics(run)] == [100, 200, 300]
     assert summary["test_accuracy"] > LEARNED
+    with pytest.raises(RunComplete, match=r"already finished \(300 steps, test accuracy .*\); nothing to resume"):
+        resume_job(run, show_progress=False)
 
 
 def test_a_hung_worker_is_noticed_within_seconds(data_root, tmp_path):

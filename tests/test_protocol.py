@@ -103,3 +103,19 @@ def test_worker_endpoints_derive_three_sockets_from_one_address():
     for bad in ("udp://x:1", "tcp://nohost", "tcp://h:port"):
         with pytest.raises(ProtocolError, match="address"):
             worker_endpoints(bad)
+
+
+def test_names_are_resolved_once_up_front_and_other_addresses_left_alone():
+    from dni.protocol import resolved
+
+    assert resolved("tcp://localhost:5555") in ("tcp://127.0.0.1:5555", "tcp://[::1]:5555")
+    assert resolved("tcp://10.1.2.3:5555") == "tcp://10.1.2.3:5555"
+    assert resolved("ipc:///tmp/x/stage0.control") == "ipc:///tmp/x/stage0.control"
+    assert resolved("tcp://no-such-host.invalid:5555") == "tcp://no-such-host.invalid:5555", "left for ZeroMQ to retry"
+
+
+def test_an_empty_tensor_that_declares_huge_sizes_is_refused():
+    """Found by hypothesis: 0 x 1449 x 1449 x 1.1e12 float32 needs 0 bytes, yet numpy cannot shape it."""
+    header = {**msgpack.unpackb(encode(Message(Kind.FORWARD, "job"))[0]), "t": [["x", "float32", [0, 1449, 1449, 1_098_229_144_116]]]}
+    with pytest.raises(ProtocolError, match="declares more than"):
+        decode([msgpack.packb(header), b""])

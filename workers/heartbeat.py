@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import zmq
 
-from dni.protocol import Kind, Limits, Message, open_socket, send_message
+from dni.protocol import Kind, Limits, Message, open_socket, resolved, send_message
 
 BEAT_SECONDS = 1.0
 
@@ -28,7 +28,7 @@ class Heartbeat(threading.Thread):
 
     def run(self) -> None:
         socket = open_socket(self.context, zmq.PUSH, self.limits)
-        socket.connect(self.address)
+        socket.connect(resolved(self.address))
         try:
             while not self.stopping.wait(BEAT_SECONDS):
                 status = self.status()

@@ -19,13 +19,13 @@ import time
 from collections import Counter
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
 import zmq
 
-from dni.protocol import DEFAULT_LIMITS, Endpoints, Kind, Limits, Message, ProtocolError, decode, open_socket, receive_frames, send_message, worker_endpoints
+from dni.protocol import DEFAULT_LIMITS, Endpoints, Kind, Limits, Message, ProtocolError, decode, open_socket, receive_frames, resolved, send_message, worker_endpoints
 from dni.protocol.refusals import RefusalLog
 from dni.protocol.security import Keys, check_plaintext_allowed, make_server, secure_context
 from dni.workers.build import build_stage
@@ -61,12 +61,18 @@ class NonFiniteOutput(RuntimeError):
     """This stage produced NaN or Inf: its own failure, not its input's."""
 
 
+class SessionEnded(Exception):
+    """The job ended (stopped, or its coordinator fell silent) while this worker waited to send."""
+
+
 class Session:
     """One configured job on this worker: its stage, its outgoing sockets, its counters."""
 
-    def __init__(self, context: zmq.Context, config: StageConfig, limits: Limits, refusals: RefusalLog) -> None:
+    def __init__(self, context: zmq.Context, config: StageConfig, limits: Limits, refusals: RefusalLog,
+                 while_blocked: Callable[[zmq.Socket], None]) -> None:
         self.config = config
         self.refusals = refusals
+        self.while_blocked = while_blocked
         self.device = resolve_device(config.spec.device, config.index)
         self.timeline = Timeline(config.record_spans, settle=synchronizer(self.device))
         torch.set_num_threads(config.threads)
@@ -94,7 +100,7 @@ class Session:
     @staticmethod
     def _connect(context: zmq.Context, address: str, limits: Limits) -> zmq.Socket:
         socket = open_socket(context, zmq.PUSH, limits)
-        socket.connect(address)
+        socket.connect(resolved(address))
         return socket
 
     def status(self) -> dict[str, Any]:
@@ -104,14 +110,20 @@ class Session:
 
     def send(self, socket: zmq.Socket, kind: Kind, batch: int, meta: Optional[dict[str, Any]] = None,
              tensors: Optional[dict[str, torch.Tensor]] = None) -> None:
-        """Send on a data path; blocks while the peer's queue is full (backpressure)."""
+        """Send on a data path; waits while the peer's queue is full or the peer is gone (backpressure),
+        answering control requests meanwhile, so a worker whose neighbour died can still be stopped."""
         with self.timeline("transport"):
             arrays = {name: to_host(tensor) for name, tensor in (tensors or {}).items()}
         for name, array in arrays.items():
             self.check_finite_output(name, array, batch)
         with self.timeline("transport"):
             message = Message(kind, self.config.job, batch, self.compute.steps, self.config.index, meta or {}, arrays)
-            send_message(socket, message)
+            while True:
+                try:
+                    send_message(socket, message, flags=zmq.NOBLOCK)
+                    break
+                except zmq.Again:
+                    self.while_blocked(socket)
         self.messages[f"sent_{kind.name.lower()}"] += 1
 
     def check_finite_output(self, name: str, values: Any, batch: int) -> None:
@@ -229,8 +241,27 @@ class Worker:
                 handler(frames)
         except (ProtocolError, Rejected, ConfigError) as error:
             self._reject(type(error).__name__, str(error), getattr(error, "lost", None))
+        except SessionEnded:
+            pass
         except Exception as error:  # the stage's own code failed (or produced NaN): the run cannot go on
             self._stage_failed(error)
+
+    def _while_blocked(self, socket: zmq.Socket) -> None:
+        """A send waits: answer control requests meanwhile; end the wait if the job ends."""
+        poller = zmq.Poller()
+        poller.register(socket, zmq.POLLOUT)
+        poller.register(self.control, zmq.POLLIN)
+        if self.control in dict(poller.poll(POLL_SECONDS * 1000)):
+            try:
+                self._on_control(receive_frames(self.control, zmq.NOBLOCK))
+            except zmq.Again:
+                pass
+        session = self.session
+        if session is not None and time.monotonic() - session.last_heard > COORDINATOR_TIMEOUT:
+            self._end_session(f"the coordinator has been silent for {time.monotonic() - session.last_heard:.0f}s "
+                              "while this stage waited to send", EXIT_COORDINATOR_SILENT)
+        if self.session is not session or session is None:
+            raise SessionEnded
 
     def _reject(self, category: str, text: str, lost: Optional[Message] = None) -> None:
         """Bad input: counted, logged within limits, and the worker goes on; a lost batch is reported at once."""
@@ -373,7 +404,7 @@ class Worker:
         config = StageConfig.from_wire(message.meta.get("config"))
         if self.session is not None:
             self._end_session(f"reconfigured for job {config.job}", EXIT_STOPPED, keep_serving=True)
-        self.session = Session(self.context, config, self.limits, self.refusals)
+        self.session = Session(self.context, config, self.limits, self.refusals, self._while_blocked)
         log.info("stage %d of job %s: %s, output %s", config.index, config.job, config.spec.kind, self.session.output_shape)
         hostname = host.gethostname()
         return Message(Kind.REPLY, meta={
