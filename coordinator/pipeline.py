@@ -18,16 +18,13 @@ import torch
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from dni.errors import ConfigError, PipelineError
 from dni.protocol import DEFAULT_LIMITS, Endpoints, Kind, Limits, Message, ProtocolError, open_socket, receive_message, resolved, send_message
 from dni.protocol.refusals import RefusalLog
 from dni.protocol.security import Keys, check_plaintext_allowed, make_server, secure_context
 
 log = logging.getLogger("dni.pipeline")
 DISCONNECT_GRACE = 3.0  # a worker whose connection dropped and did not come back this long is gone
-
-
-class PipelineError(RuntimeError):
-    """A worker refused a request, stopped answering, or died."""
 
 
 class StageFailed(PipelineError):
@@ -123,7 +120,9 @@ class Pipeline:
                                          f"with every stage idle for {self.idle_for():.0f}s: a target was lost")
         reply = receive_message(socket, self.limits)
         if not reply.meta.get("ok"):
-            raise PipelineError(f"stage {stage} refused {command!r}: {reply.meta.get('error')}")
+            # a worker that cannot build its stage refuses the job itself, as the local check would have
+            refusal = ConfigError if command == "configure" else PipelineError
+            raise refusal(f"stage {stage} refused {command!r}: {reply.meta.get('error')}")
         self.last_seen[stage] = time.monotonic()
         return reply
 

@@ -9,16 +9,17 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from dni.coordinator.checkpoints import Checkpoints, Position
 from dni.coordinator.data import Dataset, test_batches, train_batches
 from dni.coordinator.job import Job
-from dni.coordinator.checkpoints import Checkpoints, Position
 from dni.coordinator.launcher import WorkerDied
 from dni.coordinator.pipeline import Pipeline, PipelineError, StageFailed
 from dni.coordinator.progress import Progress
 from dni.coordinator.results import RunFolder, read_metrics
+from dni.coordinator.shapes import check_last_shape
 from dni.coordinator.tensorboard import TensorBoardLog
 from dni.protocol import Endpoints, Kind, Message
-from dni.workers.spec import StageConfig
+from dni.spec import StageAssignment
 from dni.workers.timing import spans_from_arrays
 
 log = logging.getLogger("dni.trainer")
@@ -99,9 +100,9 @@ class Trainer:
         shape = self.data.input_shape
         endpoints = self.pipeline.endpoints
         self.workers = []
-        for index, entry in enumerate(self.job.stages):
-            config = StageConfig(
-                job=self.job_id, index=index, num_stages=len(endpoints), spec=entry.spec, mode=self.job.mode,
+        for index, spec in enumerate(self.job.stages):
+            config = StageAssignment(
+                job=self.job_id, index=index, num_stages=len(endpoints), spec=spec, mode=self.job.mode,
                 input_shape=tuple(shape), num_classes=self.data.num_classes, optimizer=self.job.optimizer,
                 seed=self.job.seed, window=self.job.window, threads=self.job.threads_per_worker(),
                 coordinator=self.coordinator_address,
@@ -113,6 +114,7 @@ class Trainer:
             reply = self.pipeline.request(index, "configure", {"config": config.to_wire()}, timeout=120)
             self.workers.append({"stage": index, "address": endpoints[index].control, **{k: v for k, v in reply.meta.items() if k != "ok"}})
             shape = tuple(reply.meta["output_shape"])
+        check_last_shape(self.job, shape, self.data.num_classes)
 
     def run(self) -> dict[str, Any]:
         position = self.checkpoints.position()

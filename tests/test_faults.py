@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from dni.coordinator.job import SHORTCUTS
-from dni.coordinator.pipeline import PipelineError
 from dni.coordinator.results import read_metrics
 from dni.coordinator.run import RunComplete, resume_job, run_job
+from dni.errors import PipelineError
 from tests.conftest import LEARNED, small_job
 
 
@@ -98,7 +98,7 @@ def test_stopped_run_resumes_from_its_checkpoint(data_root, tmp_path):
 
 
 def test_a_hung_worker_is_noticed_within_seconds(data_root, tmp_path):
-    from dni.coordinator.launcher import free_port_block
+    from dni.protocol import free_port_block
     from dni.coordinator.job import with_addresses
 
     addresses = [f"tcp://127.0.0.1:{free_port_block()}" for _ in range(3)]
@@ -295,7 +295,7 @@ def test_a_stage_producing_nan_is_counted_when_the_policy_says_count(broken_stag
 
 def test_a_killed_remote_worker_is_named_within_seconds(data_root, tmp_path):
     """A worker the coordinator did not start (no process to watch): its dropped connection names it, not a timeout."""
-    from dni.coordinator.launcher import free_port_block
+    from dni.protocol import free_port_block
     from dni.coordinator.job import with_addresses
 
     addresses = [f"tcp://127.0.0.1:{free_port_block()}" for _ in range(3)]

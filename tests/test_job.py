@@ -12,17 +12,18 @@ from dni.coordinator.job import load_job
 from dni.coordinator.run import run_job
 from dni.coordinator.shapes import check_stages
 from tests.conftest import mlp_stages, small_job
+from dni.errors import ConfigError
+from dni.spec import Mode
+from dni.spec import StageSpec, SynthesizerSpec
 from dni.workers.build import build_stage
-from dni.workers.modes import Mode
 from dni.workers.registry import STAGE_ARGUMENTS, check_params
-from dni.workers.spec import ConfigError, StageSpec, SynthesizerSpec
 
 
 def test_shortcuts_load_the_reference_jobs():
     job = load_job("mnist", {"mode": "cdni", "lr": 1e-4})
     assert (job.dataset, job.mode.value, job.batch_size, job.iterations) == ("mnist", "cdni", 256, 25_000)
     assert job.optimizer.lr == 1e-4
-    assert [entry.spec.kind for entry in job.stages] == ["linear_bn_relu", "linear_bn_relu", "linear"]
+    assert [stage.kind for stage in job.stages] == ["linear_bn_relu", "linear_bn_relu", "linear"]
     assert check_stages(job, (1, 28, 28), 10) == [(256,), (256,), (10,)]
     cifar = load_job("cifar10")
     assert check_stages(cifar, (3, 32, 32), 10) == [(128, 10, 10), (128, 3, 3), (10,)]
@@ -120,13 +121,15 @@ def test_params_that_fit_pass_and_unannotated_builders_are_not_type_checked():
 
 def test_built_in_stage_and_synthesizer_params_are_checked_before_building():
     with pytest.raises(ConfigError) as error:
-        build_stage(StageSpec("linear_bn_relu", {"features": "128"}), 0, (1, 28, 28), Mode.SG, 10, 0, False)
+        build_stage(StageSpec("linear_bn_relu", {"features": "128"}), index=0, input_shape=(1, 28, 28), mode=Mode.SG,
+                    num_classes=10, seed=0, is_last=False)
     assert str(error.value) == "stage 0 (linear_bn_relu): features must be int, got '128' (str)"
     spec = StageSpec("linear_bn_relu", {"features": 8}, SynthesizerSpec("mlp", {"hidden": "1024"}))
     with pytest.raises(ConfigError) as error:  # a class builder: its __init__'s signature, past the four arguments dni passes
-        build_stage(spec, 1, (16,), Mode.SG, 10, 0, False)
+        build_stage(spec, index=1, input_shape=(16,), mode=Mode.SG, num_classes=10, seed=0, is_last=False)
     assert str(error.value) == "stage 1 (linear_bn_relu), synthesizer mlp: hidden must be int, got '1024' (str)"
-    assert build_stage(spec, 1, (16,), Mode.BACKPROP, 10, 0, False).output_shape == (8,), "no synthesizer in backprop"
+    assert build_stage(spec, index=1, input_shape=(16,), mode=Mode.BACKPROP, num_classes=10, seed=0,
+                       is_last=False).output_shape == (8,), "no synthesizer in backprop"
 
 
 def test_dni_run_says_which_parameter_has_the_wrong_type_and_exits_2(tmp_path, data_root):

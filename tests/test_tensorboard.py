@@ -14,7 +14,7 @@ from dni.coordinator.results import read_metrics
 from dni.coordinator.run import run_job
 from dni.coordinator.tensorboard import TensorBoardLog
 from tests.conftest import REPO, small_job
-from dni.workers.spec import ConfigError
+from dni.errors import ConfigError
 from dni.workers.timing import ACTIVITIES
 
 INSTALL = r"pip install 'dni\[tensorboard\]'"

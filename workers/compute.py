@@ -19,10 +19,10 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from dni.spec import Mode
+from dni.spec import OptimizerSpec, StageAssignment
 from dni.workers.build import StageModules
 from dni.workers.interface import call_stage
-from dni.workers.modes import Mode
-from dni.workers.spec import OptimizerSpec, StageConfig
 from dni.workers.timing import Timeline
 
 
@@ -52,7 +52,7 @@ def make_optimizer(spec: OptimizerSpec, parameters) -> torch.optim.Optimizer:
 
 
 class StageCompute:
-    def __init__(self, config: StageConfig, modules: StageModules, timeline: Timeline) -> None:
+    def __init__(self, config: StageAssignment, modules: StageModules, timeline: Timeline) -> None:
         self.config = config
         self.mode = config.mode
         self.module = modules.module

@@ -7,7 +7,7 @@ import typing
 from importlib.metadata import entry_points
 from typing import Any, Callable
 
-from dni.workers.spec import ConfigError
+from dni.errors import ConfigError
 from dni.workers.stages import BUILTIN_STAGES
 from dni.workers.synthesizers import BUILTIN_SYNTHESIZERS
 
@@ -15,7 +15,7 @@ STAGE_GROUP = "dni.stages"
 SYNTHESIZER_GROUP = "dni.synthesizers"
 
 
-class UnknownBuilderError(LookupError):
+class UnknownBuilderError(ConfigError, LookupError):
     """A job names a stage or synthesizer kind that nothing provides."""
 
 

@@ -25,16 +25,17 @@ import numpy as np
 import torch
 import zmq
 
+from dni.errors import ConfigError, DniError
+from dni.files import write_text_atomically
 from dni.protocol import DEFAULT_LIMITS, Endpoints, Kind, Limits, Message, ProtocolError, decode, open_socket, receive_frames, resolved, send_message, worker_endpoints
 from dni.protocol.refusals import RefusalLog
 from dni.protocol.security import Keys, check_plaintext_allowed, make_server, secure_context
+from dni.spec import StageAssignment
 from dni.workers.build import build_stage
 from dni.workers.checkpoint import load_checkpoint, save_checkpoint
 from dni.workers.compute import StageCompute
 from dni.workers.devices import resolve_device, synchronizer, to_device, to_host
 from dni.workers.heartbeat import Heartbeat
-from dni.workers.registry import UnknownBuilderError
-from dni.workers.spec import ConfigError, StageConfig
 from dni.workers.timing import Timeline
 
 log = logging.getLogger("dni.worker")
@@ -44,7 +45,7 @@ EXIT_STOPPED = 0  # a --once worker whose job was stopped by its coordinator
 EXIT_COORDINATOR_SILENT = 3  # a --once worker that ended its job because the coordinator fell silent
 
 
-class Rejected(Exception):
+class Rejected(DniError):
     """A message that is well-formed on the wire but not acceptable to this stage now.
 
     `lost` is the message of a batch of this job that the refusal drops for good (its
@@ -57,18 +58,18 @@ class Rejected(Exception):
         self.lost = lost
 
 
-class NonFiniteOutput(RuntimeError):
+class NonFiniteOutput(DniError):
     """This stage produced NaN or Inf: its own failure, not its input's."""
 
 
-class SessionEnded(Exception):
+class SessionEnded(DniError):
     """The job ended (stopped, or its coordinator fell silent) while this worker waited to send."""
 
 
 class Session:
     """One configured job on this worker: its stage, its outgoing sockets, its counters."""
 
-    def __init__(self, context: zmq.Context, config: StageConfig, limits: Limits, refusals: RefusalLog,
+    def __init__(self, context: zmq.Context, config: StageAssignment, limits: Limits, refusals: RefusalLog,
                  while_blocked: Callable[[zmq.Socket], None]) -> None:
         self.config = config
         self.refusals = refusals
@@ -76,8 +77,8 @@ class Session:
         self.device = resolve_device(config.spec.device, config.index)
         self.timeline = Timeline(config.record_spans, settle=synchronizer(self.device))
         torch.set_num_threads(config.threads)
-        modules = build_stage(config.spec, config.index, config.input_shape, config.mode,
-                              config.num_classes, config.seed, config.is_last, self.device)
+        modules = build_stage(config.spec, index=config.index, input_shape=config.input_shape, mode=config.mode,
+                              num_classes=config.num_classes, seed=config.seed, is_last=config.is_last, device=self.device)
         self.output_shape = modules.output_shape
         self.compute = StageCompute(config, modules, self.timeline)
         if config.restore:
@@ -391,7 +392,7 @@ class Worker:
             if handler is None:
                 raise Rejected(f"unknown control command {command!r:.40}")
             reply = handler(identity, message)
-        except (ProtocolError, Rejected, ConfigError, UnknownBuilderError, ValueError, TypeError, OSError) as error:
+        except (DniError, ValueError, TypeError, OSError) as error:
             self.refusals.refuse(type(error).__name__, f"control request: {error}")
             reply = Message(Kind.REPLY, meta={"ok": False, "error": f"{type(error).__name__}: {error}"})
         if reply is not None:
@@ -401,7 +402,7 @@ class Worker:
         return Message(Kind.REPLY, meta={"ok": True, "pid": os.getpid(), "endpoints": list(self.endpoints.__dict__.values())})
 
     def _command_configure(self, identity: bytes, message: Message) -> Message:
-        config = StageConfig.from_wire(message.meta.get("config"))
+        config = StageAssignment.from_wire(message.meta.get("config"))
         if self.session is not None:
             self._end_session(f"reconfigured for job {config.job}", EXIT_STOPPED, keep_serving=True)
         self.session = Session(self.context, config, self.limits, self.refusals, self._while_blocked)
@@ -490,9 +491,7 @@ def _bound_address(socket: zmq.Socket) -> str:
 
 def _write_ready_file(path: Path, endpoints: Endpoints) -> None:
     """Tell whoever started this worker where it listens; written whole or not at all."""
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps({"pid": os.getpid(), **endpoints.__dict__}))
-    partial.replace(path)
+    write_text_atomically(path, json.dumps({"pid": os.getpid(), **endpoints.__dict__}))
 
 
 def _ip_of(hostname: str) -> str:
