@@ -33,6 +33,8 @@ OVERRIDES = {  # flag -> (job setting, type, help)
     "--name": ("name", str, "run name (default: the job file's name)"),
     "--train-subset": ("train_subset", int, "use only the first N training examples"),
     "--test-subset": ("test_subset", int, "use only the first N test examples"),
+    "--loss": ("loss", str, "the last stage's loss: cross_entropy (default), multi_margin, or package.module:function "
+               "taking (logits, labels) and returning per-example losses"),
     "--tensorboard": ("tensorboard", str, "write each evaluation's curves, worker activity and staleness for TensorBoard "
                       "into this folder, one subfolder per run (needs pip install 'dni[tensorboard]')"),
 }

@@ -9,8 +9,8 @@ from typing import Any, Optional
 
 from dni.coordinator.data import resolve_data_root
 from dni.errors import ConfigError
-from dni.spec import (Mode, OptimizerSpec, StageSpec, SynthesizerSpec, check_device, check_mode, check_nonfinite,
-                      check_optimizer, check_positive, check_type)
+from dni.spec import (Mode, OptimizerSpec, StageSpec, SynthesizerSpec, check_device, check_loss, check_mode,
+                      check_nonfinite, check_optimizer, check_positive, check_type)
 
 __all__ = ["Job", "SHORTCUTS", "job_as_table", "job_from_table", "load_job", "with_addresses"]
 
@@ -23,7 +23,7 @@ JOB_KEYS = {
     "seed": int, "eval_every": int, "eval_batch_size": int, "window": int, "threads": int,
     "data_root": str, "results": str, "train_subset": int, "test_subset": int, "verify_data": bool,
     "download": bool, "record_spans": bool, "nonfinite": str, "checkpoint_every": int, "optimizer": dict, "stages": list,
-    "keys": str, "insecure": bool, "time_limit": int, "tensorboard": str,
+    "keys": str, "insecure": bool, "time_limit": int, "tensorboard": str, "loss": str,
 }
 
 
@@ -54,6 +54,7 @@ class Job:
     keys: str = ""  # CURVE key directory made by `dni keys DIR`; required when an address reaches beyond loopback
     insecure: bool = False  # run without keys even if `keys` is set; allowed only on loopback and ipc:// addresses
     tensorboard: str = ""  # folder for TensorBoard event files, one subfolder per run ("": none); needs dni[tensorboard]
+    loss: str = "cross_entropy"  # the last stage's per-example loss: a built-in name or package.module:function
     optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
 
     def resolved_data_root(self) -> Path:
@@ -149,6 +150,7 @@ def _validate(job: Job) -> None:
     for name in ("batch_size", "eval_batch_size", "window"):
         check_positive(name, getattr(job, name))
     check_nonfinite(job.nonfinite)
+    check_loss(job.loss)
     for name in ("iterations", "epochs", "eval_every", "threads", "train_subset", "test_subset", "checkpoint_every", "time_limit"):
         if getattr(job, name) < 0:
             raise ConfigError(f"{name} must not be negative, got {getattr(job, name)}")

@@ -108,7 +108,7 @@ class Trainer:
                 coordinator=self.coordinator_address,
                 upstream=endpoints[index - 1].backward if index > 0 else None,
                 downstream=endpoints[index + 1].forward if index + 1 < len(endpoints) else None,
-                record_spans=self.job.record_spans, nonfinite=self.job.nonfinite,
+                record_spans=self.job.record_spans, nonfinite=self.job.nonfinite, loss=self.job.loss,
                 restore=str(self.checkpoints.stage(index)) if restore else None,
             )
             reply = self.pipeline.request(index, "configure", {"config": config.to_wire()}, timeout=120)

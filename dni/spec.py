@@ -36,14 +36,16 @@ from typing import Any, Optional
 from dni.errors import ConfigError
 
 __all__ = [
-    "DEVICE_PATTERN", "MODE_NAMES", "NONFINITE_POLICIES", "OPTIMIZERS", "Mode", "OptimizerSpec", "StageAssignment",
-    "StageSpec", "SynthesizerSpec", "check_device", "check_mode", "check_nonfinite", "check_optimizer", "check_positive",
-    "check_type",
+    "DEVICE_PATTERN", "LOSS_NAMES", "MODE_NAMES", "NONFINITE_POLICIES", "OPTIMIZERS", "Mode", "OptimizerSpec",
+    "StageAssignment", "StageSpec", "SynthesizerSpec", "check_device", "check_loss", "check_mode", "check_nonfinite",
+    "check_optimizer", "check_positive", "check_type",
 ]
 
 OPTIMIZERS = ("adam", "sgd")
 NONFINITE_POLICIES = ("reject", "count")  # a tensor with NaN/Inf: refuse the message, or count it and go on
 DEVICE_PATTERN = re.compile(r"^(cpu|auto|cuda(:\d+)?)$")
+LOSS_NAMES = ("cross_entropy", "multi_margin")  # the built-in losses (dni.workers.losses); else package.module:function
+IMPORT_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
 
 
 class Mode(str, enum.Enum):
@@ -117,6 +119,7 @@ class StageAssignment:
     record_spans: bool = False
     nonfinite: str = "reject"
     restore: Optional[str] = None  # a checkpoint file to start from
+    loss: str = "cross_entropy"  # the last stage's per-example loss (missing on the wire: the default)
 
     @property
     def is_first(self) -> bool:
@@ -162,6 +165,7 @@ class StageAssignment:
                 record_spans=bool(wire.get("record_spans", False)),
                 nonfinite=check_nonfinite(wire.get("nonfinite", "reject")),
                 restore=wire.get("restore"),
+                loss=check_loss(wire.get("loss", "cross_entropy")),
             )
         except (KeyError, TypeError, AttributeError) as error:
             raise ConfigError(f"stage config is incomplete or malformed: {error}") from error
@@ -216,6 +220,13 @@ def check_optimizer(name: Any, lr: Any, keys: set[str]) -> OptimizerSpec:
 def check_nonfinite(value: Any) -> str:
     if value not in NONFINITE_POLICIES:
         raise ConfigError(f"nonfinite {value!r:.40} is not one of {', '.join(NONFINITE_POLICIES)}")
+    return value
+
+
+def check_loss(value: Any) -> str:
+    """A built-in loss name or an import path; whether the path imports is known only where it is resolved."""
+    if not (isinstance(value, str) and (value in LOSS_NAMES or IMPORT_PATH.match(value))):
+        raise ConfigError(f"loss {value!r:.60} is not one of {', '.join(LOSS_NAMES)} nor an import path package.module:function")
     return value
 
 
