@@ -22,6 +22,9 @@ OVERRIDES = {  # flag -> (job setting, type, help)
     "--iterations": ("iterations", int, "training steps (batches)"),
     "--epochs": ("epochs", int, "train for this many epochs instead of --iterations"),
     "--time-limit": ("time_limit", int, "stop training after this many seconds, evaluate and finish normally (0: no limit)"),
+    "--checkpoint-every": ("checkpoint_every", int, "steps between checkpoints of every stage (0: only at the end)"),
+    "--rejoin-seconds": ("rejoin_seconds", int, "remote workers: seconds a lost worker has to come back at its address "
+                         "(restarted by compose or Swarm) before the run fails (default 60; 0: fail at once)"),
     "--batch-size": ("batch_size", int, "examples per training batch"),
     "--lr": ("lr", float, "learning rate of every optimiser"),
     "--seed": ("seed", int, "seed for weights and data order"),

@@ -23,7 +23,7 @@ JOB_KEYS = {
     "seed": int, "eval_every": int, "eval_batch_size": int, "window": int, "threads": int,
     "data_root": str, "results": str, "train_subset": int, "test_subset": int, "verify_data": bool,
     "download": bool, "record_spans": bool, "nonfinite": str, "checkpoint_every": int, "optimizer": dict, "stages": list,
-    "keys": str, "insecure": bool, "time_limit": int, "tensorboard": str, "loss": str,
+    "keys": str, "insecure": bool, "time_limit": int, "tensorboard": str, "loss": str, "rejoin_seconds": int,
 }
 
 
@@ -53,6 +53,7 @@ class Job:
     checkpoint_every: int = 1000  # steps between checkpoints of every stage (0: only at the end)
     keys: str = ""  # CURVE key directory made by `dni keys DIR`; required when an address reaches beyond loopback
     insecure: bool = False  # run without keys even if `keys` is set; allowed only on loopback and ipc:// addresses
+    rejoin_seconds: int = 60  # remote workers: how long a lost one has to come back (restarted by compose, Swarm) before the run fails
     tensorboard: str = ""  # folder for TensorBoard event files, one subfolder per run ("": none); needs dni[tensorboard]
     loss: str = "cross_entropy"  # the last stage's per-example loss: a built-in name or package.module:function
     optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
@@ -151,7 +152,8 @@ def _validate(job: Job) -> None:
         check_positive(name, getattr(job, name))
     check_nonfinite(job.nonfinite)
     check_loss(job.loss)
-    for name in ("iterations", "epochs", "eval_every", "threads", "train_subset", "test_subset", "checkpoint_every", "time_limit"):
+    for name in ("iterations", "epochs", "eval_every", "threads", "train_subset", "test_subset", "checkpoint_every", "time_limit",
+                 "rejoin_seconds"):
         if getattr(job, name) < 0:
             raise ConfigError(f"{name} must not be negative, got {getattr(job, name)}")
     if not (job.iterations or job.epochs):

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from dni.errors import PipelineError
+from dni.coordinator.pipeline import WorkerLost
 from dni.protocol import Endpoints, worker_endpoints
 
 log = logging.getLogger("dni.launcher")
@@ -27,12 +27,8 @@ EXIT_MEANINGS = {  # a --once worker's exit code (workers/worker.py) -> what hap
 }
 
 
-class WorkerDied(PipelineError):
+class WorkerDied(WorkerLost):
     """A local worker process exited while the job was running."""
-
-    def __init__(self, stage: int, text: str) -> None:
-        super().__init__(text)
-        self.stage = stage
 
 
 class LocalWorkers:

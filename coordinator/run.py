@@ -7,7 +7,7 @@ import threading
 import secrets
 import socket
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -22,7 +22,7 @@ from dni.coordinator.shapes import check_stages
 from dni.coordinator.tensorboard import require_tensorboard
 from dni.coordinator.trainer import Trainer
 from dni.errors import DniError
-from dni.protocol import ProtocolError, connectable, worker_endpoints
+from dni.protocol import Endpoints, ProtocolError, connectable, worker_endpoints
 from dni.protocol.security import FIX, Keys, check_plaintext_allowed, load_keys
 
 log = logging.getLogger("dni.run")
@@ -60,7 +60,7 @@ def run_job(job: Job, bind: Optional[str] = None, advertise: Optional[str] = Non
         for stage, at in enumerate(endpoints):
             log.info("stage %d listens at control %s, forward %s, backward %s", stage, at.control, at.forward, at.backward)
         summary = Trainer(job, job_id, data, pipeline, folder, reachable, show_progress,
-                          restart_worker=local.restart if local else None).run()
+                          replace_worker=local.restart if local else _waiting_for(pipeline, job.rejoin_seconds)).run()
         training_finished.set()
         folder.write_json("summary.json", {"status": "complete", **summary})
         plot_accuracy([folder.path], folder.plot_path, f"{job.name}: {job.mode.value}")
@@ -128,6 +128,18 @@ def _run_keys(job: Job, keys: Optional[Keys], addresses: list[Optional[str]]) ->
                             "for workers on this machine only (tcp://127.0.0.1), --insecure (job file: insecure = true) runs without")
     check_plaintext_allowed([address for address in [*remote, *addresses] if address], "address")
     return None
+
+
+def _waiting_for(pipeline: Pipeline, seconds: int) -> Optional[Callable[[int], Endpoints]]:
+    """For workers started elsewhere: wait for their orchestrator to bring a lost one back at the same address."""
+    if not seconds:
+        return None
+
+    def replacement(stage: int) -> Endpoints:
+        pipeline.await_worker(stage, seconds)
+        return pipeline.endpoints[stage]
+
+    return replacement
 
 
 def _stop_workers(pipeline: Pipeline) -> None:

@@ -7,6 +7,7 @@ that the coordinator and the neighbours agree without further configuration.
 from __future__ import annotations
 
 import socket
+import threading
 from dataclasses import dataclass
 
 from dni.protocol.errors import ProtocolError
@@ -62,6 +63,27 @@ def resolved(address: str) -> str:
         return address
     ip = sockaddr[0]
     return f"tcp://[{ip}]:{port}" if family == socket.AF_INET6 else f"tcp://{ip}:{port}"
+
+
+def resolvable(address: str, within: float) -> bool:
+    """Whether a tcp:// address's name resolves within `within` seconds (a lookup of a vanished name can hang for
+    many seconds; this one is given up on, left to finish in the background)."""
+    if not address.startswith("tcp://"):
+        return True
+    host = address[len("tcp://"):].rpartition(":")[0]
+    outcome: list[bool] = []
+
+    def look_up() -> None:
+        try:
+            socket.getaddrinfo(host, None)
+            outcome.append(True)
+        except OSError:
+            outcome.append(False)
+
+    lookup = threading.Thread(target=look_up, daemon=True)
+    lookup.start()
+    lookup.join(within)
+    return outcome == [True]
 
 
 def free_port_block(size: int = 3) -> int:

@@ -119,3 +119,11 @@ def test_an_empty_tensor_that_declares_huge_sizes_is_refused():
     header = {**msgpack.unpackb(encode(Message(Kind.FORWARD, "job"))[0]), "t": [["x", "float32", [0, 1449, 1449, 1_098_229_144_116]]]}
     with pytest.raises(ProtocolError, match="declares more than"):
         decode([msgpack.packb(header), b""])
+
+
+def test_a_name_that_resolves_in_time_and_one_that_does_not():
+    from dni.protocol import resolvable
+
+    assert resolvable("tcp://localhost:5555", within=5.0)
+    assert resolvable("ipc:///tmp/x", within=0.0)
+    assert not resolvable("tcp://no-such-host.invalid:5555", within=5.0)
