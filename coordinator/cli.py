@@ -22,6 +22,11 @@ OVERRIDES = {  # flag -> (job setting, type, help)
     "--iterations": ("iterations", int, "training steps (batches)"),
     "--epochs": ("epochs", int, "train for this many epochs instead of --iterations"),
     "--time-limit": ("time_limit", int, "stop training after this many seconds, evaluate and finish normally (0: no limit)"),
+    "--stop-at-accuracy": ("stop_at_accuracy", float, "stop training once a test evaluation reaches this accuracy (e.g. 0.95), "
+                           "evaluate and finish normally (0: never)"),
+    "--link-delay-ms": ("link_delay_ms", float, "emulated link delay: every data message (activations, targets, batches "
+                        "from and results to the coordinator) leaves its sender this many ms late; control is not delayed "
+                        "(emulated in the transport: this kernel has no netem)"),
     "--checkpoint-every": ("checkpoint_every", int, "steps between checkpoints of every stage (0: only at the end)"),
     "--rejoin-seconds": ("rejoin_seconds", int, "remote workers: seconds a lost worker has to come back at its address "
                          "(restarted by compose or Swarm) before the run fails (default 60; 0: fail at once)"),
@@ -110,6 +115,19 @@ def build_parser() -> argparse.ArgumentParser:
                          help="torch.distributed.pipelining schedules to run as baselines (gpipe, 1f1b; empty: none)")
     speedup.add_argument("--microbatches", type=int, default=4, help="micro-batches per batch for the torch schedules (default 4)")
     speedup.add_argument("--results", default="runs", help="parent folder of the bench folder (default ./runs)")
+    delay = speedup.add_argument_group("link-delay sweep", "with --link-delay-ms: every mode at every delay on one pool of "
+                                       "workers, one table (link-delay.json) and one plot (link-delay.png); no baselines")
+    delay.add_argument("--link-delay-ms", metavar="LIST", help="emulated delays per hop to sweep, e.g. 0,1,5,20,50 (every data "
+                       "message is held that long in its sender's queue; this kernel has no netem)")
+    delay.add_argument("--time-cap", type=int, default=120, help="seconds: the most one run of the sweep trains (default 120); "
+                       "a run also stops once it reaches the highest --targets accuracy")
+    delay.add_argument("--budget", type=float, default=0.0, help="seconds for the whole sweep, shared among the runs still to "
+                       "go, so a run that ends early leaves its time to the later ones (default 0: --time-cap only)")
+    delay.add_argument("--project-backprop", type=int, default=0, metavar="SECONDS", help="train locked backprop to the target "
+                       "at the first delay only; at the others train it SECONDS for its steady rate and project its time "
+                       "to target as steps to target x batch size / rate, marked projected (default 0: measure each)")
+    delay.add_argument("--eval-every", type=int, default=0, help="steps between test evaluations: the resolution of the time "
+                       "to target (default: the job's; a tenth of --iterations for --model)")
     transport = benches.add_parser("transport", help="round-trip time of one activation and one gradient message", description=(
         "Echo the job's largest activation and its gradient between two processes over ipc and tcp, copied and "
         "zero-copy, and report round-trip times and throughput; writes bench-transport.json."))
@@ -117,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     transport.add_argument("--count", type=int, default=200, help="round trips per setting (default 200)")
     transport.add_argument("--data-root", help="dataset folder (not read: the message sizes come from the job's stage shapes)")
     transport.add_argument("--results", default="runs", help="where bench-transport.json goes (default ./runs)")
+    transport.add_argument("--link-delay-ms", type=float, default=0.0, metavar="D", help="also time each hop one way over ipc "
+                           "through an emulated link delay of D ms, against none (this kernel has no netem)")
 
     keys = commands.add_parser("keys", help="create CURVE keys for encrypted, authenticated tcp:// sockets", description=(
         "Create a key directory: a server key pair (binding sockets), a client key pair (connecting sockets) and "
@@ -147,12 +167,17 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 def _bench(args: argparse.Namespace) -> int:
     logging.basicConfig(level="WARNING")
+    logging.getLogger("dni.bench").setLevel(logging.INFO)  # a sweep's runs, one line each
+    from dni.coordinator.bench.linkdelay import run_link_delay
     from dni.coordinator.bench.speedup import run_speedup
     from dni.coordinator.bench.transport import run_transport
 
     if args.bench == "speedup" and not args.model and not args.iterations:
         args.iterations = 1000
-    (run_speedup if args.bench == "speedup" else run_transport)(args)
+    if args.bench == "speedup":
+        (run_link_delay if args.link_delay_ms else run_speedup)(args)
+    else:
+        run_transport(args)
     return 0
 
 
@@ -214,7 +239,7 @@ def _run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         log.error("interrupted; workers stopped")
         return 130
-    print(json.dumps({key: summary[key] for key in ("test_accuracy", "wall_seconds", "samples_per_second")}))
+    print(json.dumps({key: summary[key] for key in ("test_accuracy", "wall_seconds", "samples_per_second", "link")}))
     print(f"results: {folder.path}")
     return 0
 

@@ -9,8 +9,8 @@ from typing import Any, Optional
 
 from dni.coordinator.data import resolve_data_root
 from dni.errors import ConfigError
-from dni.spec import (Mode, OptimizerSpec, StageSpec, SynthesizerSpec, check_device, check_loss, check_mode,
-                      check_nonfinite, check_optimizer, check_positive, check_type)
+from dni.spec import (Mode, OptimizerSpec, StageSpec, SynthesizerSpec, check_device, check_link_delay, check_loss,
+                      check_mode, check_nonfinite, check_optimizer, check_positive, check_type)
 
 __all__ = ["Job", "SHORTCUTS", "job_as_table", "job_from_table", "load_job", "with_addresses"]
 
@@ -24,6 +24,7 @@ JOB_KEYS = {
     "data_root": str, "results": str, "train_subset": int, "test_subset": int, "verify_data": bool,
     "download": bool, "record_spans": bool, "nonfinite": str, "checkpoint_every": int, "optimizer": dict, "stages": list,
     "keys": str, "insecure": bool, "time_limit": int, "tensorboard": str, "loss": str, "rejoin_seconds": int,
+    "link_delay_ms": float, "stop_at_accuracy": float,
 }
 
 
@@ -37,6 +38,7 @@ class Job:
     iterations: int = 25_000
     epochs: int = 0  # when set, overrides iterations
     time_limit: int = 0  # seconds of training after which the run stops early, evaluates and finishes (0: none)
+    stop_at_accuracy: float = 0.0  # a test evaluation at least this accurate ends training as time_limit does (0: never)
     seed: int = 0
     eval_every: int = 0  # steps between evaluations; 0 means once per epoch
     eval_batch_size: int = 1000
@@ -56,6 +58,7 @@ class Job:
     rejoin_seconds: int = 60  # remote workers: how long a lost one has to come back (restarted by compose, Swarm) before the run fails
     tensorboard: str = ""  # folder for TensorBoard event files, one subfolder per run ("": none); needs dni[tensorboard]
     loss: str = "cross_entropy"  # the last stage's per-example loss: a built-in name or package.module:function
+    link_delay_ms: float = 0.0  # emulated delay of every data hop, coordinator's included (no netem here); 0: none
     optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
 
     def resolved_data_root(self) -> Path:
@@ -152,6 +155,9 @@ def _validate(job: Job) -> None:
         check_positive(name, getattr(job, name))
     check_nonfinite(job.nonfinite)
     check_loss(job.loss)
+    check_link_delay(job.link_delay_ms)
+    if not 0 <= job.stop_at_accuracy <= 1:
+        raise ConfigError(f"stop_at_accuracy must be a fraction from 0 to 1 (0: never stop early), got {job.stop_at_accuracy}")
     for name in ("iterations", "epochs", "eval_every", "threads", "train_subset", "test_subset", "checkpoint_every", "time_limit",
                  "rejoin_seconds"):
         if getattr(job, name) < 0:

@@ -32,10 +32,15 @@ class WorkerDied(WorkerLost):
 
 
 class LocalWorkers:
-    """Worker processes on this machine, one per stage, talking over ipc:// (or tcp:// on loopback)."""
+    """Worker processes on this machine, one per stage, talking over ipc:// (or tcp:// on loopback).
 
-    def __init__(self, count: int, transport: str = "ipc", log_level: str = "WARNING", keys: Optional[Path] = None) -> None:
+    With `once=False` they outlive their jobs, and a benchmark runs job after job on the same processes
+    (its jobs name them by `addresses`), paying their start-up once."""
+
+    def __init__(self, count: int, transport: str = "ipc", log_level: str = "WARNING", keys: Optional[Path] = None,
+                 once: bool = True) -> None:
         self.keys = keys  # a CURVE key directory the workers load (see protocol/security.py)
+        self.once = once  # each worker serves one job, then exits; else it serves job after job until stopped
         self.directory = Path(tempfile.mkdtemp(prefix="dni-"))
         self.transport = transport
         self.log_level = log_level
@@ -45,6 +50,12 @@ class LocalWorkers:
 
     def _bind_address(self, stage: int) -> str:
         return f"ipc://{self.directory}/stage{stage}" if self.transport == "ipc" else "tcp://127.0.0.1:0"
+
+    def addresses(self) -> list[str]:
+        """Each worker's address as a job's stage `address` names it (ipc only: a tcp worker's ports are picked apart)."""
+        if self.transport != "ipc":
+            raise ValueError("only ipc workers have one base address each")
+        return [self._bind_address(stage) for stage in range(self.count)]
 
     def start(self) -> None:
         self.processes = [self._spawn(stage) for stage in range(self.count)]
@@ -56,7 +67,7 @@ class LocalWorkers:
 
     def _spawn(self, stage: int) -> subprocess.Popen:
         self._ready_file(stage).unlink(missing_ok=True)
-        command = [sys.executable, "-m", "dni.workers", "--bind", self._bind_address(stage), "--once",
+        command = [sys.executable, "-m", "dni.workers", "--bind", self._bind_address(stage), *(["--once"] if self.once else []),
                    "--ready-file", str(self._ready_file(stage)), "--log-level", self.log_level]
         if self.keys is not None:
             command += ["--keys", str(self.keys)]

@@ -5,6 +5,12 @@ PUSH feeds the first stage's forward socket; one PULL inbox receives training
 and evaluation results, heartbeats and error reports from every worker. The
 inbox is read while waiting for replies too, so a stage's failure ends a wait
 at once; results that arrive meanwhile are kept for `receive`.
+
+The feed is a hop like any between workers (on real hosts the coordinator is
+across a link too): with the job's `link_delay_ms` every batch is held in
+`link`, a `DelayQueue`, and sent when due by whichever wait comes next
+(`receive`, `request`), each polling no longer than until then. Control
+requests and heartbeats are never held.
 """
 from __future__ import annotations
 
@@ -21,6 +27,7 @@ from zmq.utils.monitor import recv_monitor_message
 from dni.errors import ConfigError, PipelineError
 from dni.protocol import (DEFAULT_LIMITS, Endpoints, Kind, Limits, Message, ProtocolError, open_socket, receive_message, resolvable,
                           resolved, send_message)
+from dni.protocol.linkdelay import DelayQueue, poll_within
 from dni.protocol.refusals import RefusalLog
 from dni.protocol.security import Keys, check_plaintext_allowed, make_server, secure_context
 
@@ -44,7 +51,8 @@ class WorkerLost(StageFailed):
 class Pipeline:
     def __init__(self, job_id: str, endpoints: list[Endpoints], inbox_bind: str,
                  health_check: Callable[[], None] = lambda: None, limits: Limits = DEFAULT_LIMITS,
-                 heartbeat_timeout: float = 10.0, hang_timeout: float = 300.0, keys: Optional[Keys] = None) -> None:
+                 heartbeat_timeout: float = 10.0, hang_timeout: float = 300.0, keys: Optional[Keys] = None,
+                 link_delay_ms: float = 0.0) -> None:
         self.job_id = job_id
         self.endpoints = list(endpoints)
         self.limits = limits
@@ -67,6 +75,7 @@ class Pipeline:
         self.monitors = [self._monitor(control) for control in self.controls]
         self.disconnected_at: list[Optional[float]] = [None] * len(endpoints)
         self.feed = self._connect(zmq.PUSH, endpoints[0].forward)
+        self.link = DelayQueue(link_delay_ms / 1000)  # batches on their way to stage 0
         self.results: deque[Message] = deque()
         self.refusals = RefusalLog(log, "input refused")
         self.forget_silence()
@@ -88,6 +97,7 @@ class Pipeline:
         self.controls[stage] = self._connect(zmq.DEALER, endpoints.control)
         self.monitors[stage] = self._monitor(self.controls[stage])
         self.disconnected_at[stage] = None
+        self.link.drop()  # what it holds belongs to the lost attempt, which the trainer sends again
         if stage == 0:
             self.feed.close(linger=0)
             self.feed = self._connect(zmq.PUSH, endpoints.forward)
@@ -114,7 +124,8 @@ class Pipeline:
         socket = self.controls[stage]
         send_message(socket, Message(Kind.CONTROL, self.job_id, meta={"command": command, **(meta or {})}))
         deadline = time.monotonic() + timeout
-        while not socket.poll(200):
+        while not poll_within(socket.poll, self.link.timeout(0.2)):
+            self.send_due()
             self.health_check()
             self._beat()
             self._read_waiting()
@@ -167,18 +178,24 @@ class Pipeline:
 
     def send_batch(self, kind: Kind, batch: int, x: torch.Tensor, labels: torch.Tensor, meta: Optional[dict[str, Any]] = None) -> None:
         tensors = {"x": np.ascontiguousarray(x.numpy()), "labels": np.ascontiguousarray(labels.numpy())}
-        send_message(self.feed, Message(kind, self.job_id, batch, batch, -1, meta or {}, tensors))
+        self.link.put(self.feed, Message(kind, self.job_id, batch, batch, -1, meta or {}, tensors))
+        self.send_due()
+
+    def send_due(self) -> None:
+        """Send every held batch whose time has come (every batch at once without a delay)."""
+        self.link.send_due(send_message)
 
     def receive(self, timeout: float) -> Optional[Message]:
         """The next result, or None after `timeout` seconds; heartbeats and error reports are handled on the way."""
         deadline = time.monotonic() + timeout
         while not self.results:
+            self.send_due()
             self.health_check()
             self._beat()
             self._check_connections()
             self.refusals.summarise_due()
             remaining = deadline - time.monotonic()
-            if not self.inbox.poll(max(0, min(remaining, 0.5)) * 1000):
+            if not poll_within(self.inbox.poll, self.link.timeout(max(0.0, min(remaining, 0.5)))):
                 self._check_heartbeats()  # judged only on an empty inbox: beats may wait there while we were busy
                 if remaining <= 0:
                     return None
@@ -257,8 +274,11 @@ class Pipeline:
         return [int(status.get("refused", 0)) for status in self.status]
 
     def idle_for(self) -> float:
-        """Seconds since a result arrived or any stage took in a message, if every stage is idle; else 0."""
-        if any(float(status.get("busy_for", 0.0)) > 2.0 for status in self.status):
+        """Seconds since a result arrived or any stage took in a message, if every stage is idle; else 0.
+
+        A message held by an emulated link is on its way, not lost: while the feed or any stage holds one,
+        nothing is idle."""
+        if len(self.link) or any(float(status.get("busy_for", 0.0)) > 2.0 or status.get("held") for status in self.status):
             return 0.0
         return time.monotonic() - self.activity_at
 

@@ -23,6 +23,7 @@ from dni.coordinator.tensorboard import require_tensorboard
 from dni.coordinator.trainer import Trainer
 from dni.errors import DniError
 from dni.protocol import Endpoints, ProtocolError, connectable, worker_endpoints
+from dni.protocol.linkdelay import describe
 from dni.protocol.security import FIX, Keys, check_plaintext_allowed, load_keys
 
 log = logging.getLogger("dni.run")
@@ -53,10 +54,13 @@ def run_job(job: Job, bind: Optional[str] = None, advertise: Optional[str] = Non
         if local:
             local.start()
         endpoints = local.endpoints if local else [worker_endpoints(stage.address) for stage in job.stages]
-        pipeline = Pipeline(job_id, endpoints, inbox, health_check=local.check if local else lambda: None, keys=keys)
+        pipeline = Pipeline(job_id, endpoints, inbox, health_check=local.check if local else lambda: None, keys=keys,
+                            link_delay_ms=job.link_delay_ms)
         reachable = advertise or connectable(pipeline.inbox_address, socket.gethostname() if remote else "127.0.0.1")
         pipeline.wait_for_workers(timeout=60 if local else 300)
         log.info("job %s: %d stages; results in %s", job_id, len(endpoints), folder.path)
+        if job.link_delay_ms:
+            log.info("%s: every data message, the coordinator's included, leaves its sender that late", describe(job.link_delay_ms))
         for stage, at in enumerate(endpoints):
             log.info("stage %d listens at control %s, forward %s, backward %s", stage, at.control, at.forward, at.backward)
         summary = Trainer(job, job_id, data, pipeline, folder, reachable, show_progress,

@@ -18,6 +18,7 @@ from dni.coordinator.results import RunFolder, read_metrics
 from dni.coordinator.shapes import check_last_shape
 from dni.coordinator.tensorboard import TensorBoardLog
 from dni.protocol import Endpoints, Kind, Message
+from dni.protocol.linkdelay import describe
 from dni.spec import StageAssignment
 from dni.workers.timing import spans_from_arrays
 
@@ -91,7 +92,7 @@ class Trainer:
         self.cpu_started = 0.0
         self.first_result: Optional[float] = None
         self.last_result = 0.0
-        self.stopped_at_time_limit = False
+        self.stopped_early: Optional[str] = None  # why training ended before its last step: "time_limit", "accuracy"
         self.tensorboard = TensorBoardLog(job, folder.path)
 
     def configure(self, restore: bool) -> None:
@@ -108,6 +109,7 @@ class Trainer:
                 upstream=endpoints[index - 1].backward if index > 0 else None,
                 downstream=endpoints[index + 1].forward if index + 1 < len(endpoints) else None,
                 record_spans=self.job.record_spans, nonfinite=self.job.nonfinite, loss=self.job.loss,
+                link_delay_ms=float(self.job.link_delay_ms),
                 restore=str(self.checkpoints.stage(index)) if restore else None,
             )
             reply = self.pipeline.request(index, "configure", {"config": config.to_wire()}, timeout=120)
@@ -142,8 +144,9 @@ class Trainer:
     def _train(self, start: int) -> None:
         batches = train_batches(self.data, self.job.batch_size, self.job.seed, self.total, start)
         for step, (_, x, labels) in enumerate(batches, start=start):
-            if self.sent > start and self._time_is_up():
-                self._stop_early()
+            reason = self._reason_to_stop() if self.sent > start else None
+            if reason:
+                self._stop_early(reason)
                 break
             while self.sent - self.done >= self.credit:
                 self._absorb(self._receive())
@@ -156,13 +159,20 @@ class Trainer:
             self._absorb_ready()
         self._drain()
 
-    def _time_is_up(self) -> bool:
-        return bool(self.job.time_limit) and time.monotonic() - self.started >= self.job.time_limit
+    def _reason_to_stop(self) -> Optional[str]:
+        """Why training should end before its last step: the time limit is up, or an evaluation was accurate enough."""
+        if self.job.time_limit and time.monotonic() - self.started >= self.job.time_limit:
+            return "time_limit"
+        if self.job.stop_at_accuracy and any(r["test_accuracy"] >= self.job.stop_at_accuracy for r in self.records):
+            return "accuracy"
+        return None
 
-    def _stop_early(self) -> None:
-        """The time limit ends training here: what was sent is the whole run, and it ends with an evaluation."""
-        log.info("time limit of %ds reached: stopping after %d of %d steps", self.job.time_limit, self.sent, self.total)
-        self.stopped_at_time_limit = True
+    def _stop_early(self, reason: str) -> None:
+        """Training ends here: what was sent is the whole run, and it ends with an evaluation."""
+        why = f"time limit of {self.job.time_limit}s reached" if reason == "time_limit" else \
+            f"test accuracy reached stop_at_accuracy = {self.job.stop_at_accuracy:g}"
+        log.info("%s: stopping after %d of %d steps", why, self.sent, self.total)
+        self.stopped_early = reason
         self.total = self.sent
         if self.sent % self.eval_every:
             self._start_evaluation()
@@ -294,7 +304,9 @@ class Trainer:
         return {
             "job": self.job.name, "job_id": self.job_id, "mode": self.job.mode.value, "dataset": self.job.dataset,
             "steps": self.total, "epochs": round(self.total / self.per_epoch, 3), "batch_size": self.job.batch_size,
-            "stopped_at_time_limit": self.stopped_at_time_limit,
+            "stopped_at_time_limit": self.stopped_early == "time_limit", "stopped_at_accuracy": self.stopped_early == "accuracy",
+            "link_delay_ms": self.job.link_delay_ms, "link": describe(self.job.link_delay_ms),
+            "feed_link": self.pipeline.link.stats(),
             "test_accuracy": last["test_accuracy"], "best_test_accuracy": max(r["test_accuracy"] for r in self.records),
             "train_accuracy": last["train_accuracy"], "wall_seconds": wall,
             "samples_per_second": trained * self.job.batch_size / wall,

@@ -37,8 +37,8 @@ from dni.errors import ConfigError
 
 __all__ = [
     "DEVICE_PATTERN", "LOSS_NAMES", "MODE_NAMES", "NONFINITE_POLICIES", "OPTIMIZERS", "Mode", "OptimizerSpec",
-    "StageAssignment", "StageSpec", "SynthesizerSpec", "check_device", "check_loss", "check_mode", "check_nonfinite",
-    "check_optimizer", "check_positive", "check_type",
+    "StageAssignment", "StageSpec", "SynthesizerSpec", "check_device", "check_link_delay", "check_loss", "check_mode",
+    "check_nonfinite", "check_optimizer", "check_positive", "check_type",
 ]
 
 OPTIMIZERS = ("adam", "sgd")
@@ -120,6 +120,7 @@ class StageAssignment:
     nonfinite: str = "reject"
     restore: Optional[str] = None  # a checkpoint file to start from
     loss: str = "cross_entropy"  # the last stage's per-example loss (missing on the wire: the default)
+    link_delay_ms: float = 0.0  # emulated link delay: every data message this stage sends leaves this late (missing: 0)
 
     @property
     def is_first(self) -> bool:
@@ -166,6 +167,7 @@ class StageAssignment:
                 nonfinite=check_nonfinite(wire.get("nonfinite", "reject")),
                 restore=wire.get("restore"),
                 loss=check_loss(wire.get("loss", "cross_entropy")),
+                link_delay_ms=check_link_delay(wire.get("link_delay_ms", 0.0)),
             )
         except (KeyError, TypeError, AttributeError) as error:
             raise ConfigError(f"stage config is incomplete or malformed: {error}") from error
@@ -179,6 +181,7 @@ class StageAssignment:
             check_positive(name, getattr(self, name))
         if not all(isinstance(size, int) and size > 0 for size in self.input_shape):
             raise ConfigError(f"input_shape must be positive integers, got {list(self.input_shape)}")
+        check_link_delay(self.link_delay_ms)
         if self.restore is not None and not isinstance(self.restore, str):
             raise ConfigError("restore must be a checkpoint path")
         if (self.upstream is None) != self.is_first or (self.downstream is None) != self.is_last:
@@ -188,10 +191,19 @@ class StageAssignment:
 # -- one check per concept, for job files and configure requests alike ---------------------
 
 def check_type(name: str, value: Any, kind: type) -> Any:
-    """`value` if it is a `kind` (a bool is no int: TOML and msgpack keep them apart, so must we)."""
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+    """`value` if it is a `kind` (a bool is no number: TOML and msgpack keep them apart, so must we; an int is a
+    float, as a job file's `5` for 5.0)."""
+    number = kind is float and isinstance(value, int)
+    if not (isinstance(value, kind) or number) or (kind in (int, float) and isinstance(value, bool)):
         raise ConfigError(f"{name} must be {kind.__name__}, got {value!r:.60}")
     return value
+
+
+def check_link_delay(value: Any) -> float:
+    """The emulated link delay in milliseconds: a finite, non-negative number (a job file's 5 means 5.0)."""
+    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0):
+        raise ConfigError(f"link_delay_ms must be a finite number of milliseconds, 0 or more, got {value!r:.60}")
+    return float(value)
 
 
 def check_positive(name: str, value: int) -> int:

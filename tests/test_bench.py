@@ -53,13 +53,17 @@ def test_scaling_with_emulated_stages(data_root, tmp_path):
     assert (folder / "scaling.png").stat().st_size > 10_000
 
 
-def test_transport(tmp_path):
-    out = dni("bench", "transport", "--count", "20", "--results", str(tmp_path))
+def test_transport_and_a_hop_through_the_emulated_link(tmp_path):
+    out = dni("bench", "transport", "--count", "20", "--link-delay-ms", "20", "--results", str(tmp_path))
     assert "fastest for activations" in out
     report = json.loads((tmp_path / "bench-transport.json").read_text())
     assert {(row["transport"], row["zero_copy"], row["message"]) for row in report["rows"]} == {
         (transport, zero_copy, message) for transport in ("ipc", "tcp") for zero_copy in (False, True) for message in ("activation", "gradient")}
     assert all(row["rtt_median_ms"] > 0 for row in report["rows"])
+    assert "one-way delivery over ipc, emulated link delay 20 ms per hop" in out
+    assert [row["message"] for row in report["link_delay"]] == ["activation", "gradient"]
+    for row in report["link_delay"]:  # nothing leaves before it is due; how much later is the benchmark's to say
+        assert row["hops"] == 40 and row["one_way_min_ms"] >= 20.0 and row["baseline_median_ms"] > 0
 
 
 @pytest.mark.parametrize("flags, complaint", [
@@ -67,6 +71,7 @@ def test_transport(tmp_path):
     (["--stages", "2,x"], "--stages counts"),
     (["--torch-schedules", "gpipe,zb"], "unknown torch schedule 'zb'"),
     (["--microbatches", "3"], "does not split into 3 micro-batches"),
+    (["--link-delay-ms", "0,-5"], "link_delay_ms must be a finite number of milliseconds, 0 or more"),
 ])
 def test_bad_flags_are_named_before_anything_runs(flags, complaint, data_root, tmp_path):
     result = subprocess.run([sys.executable, "-m", "dni", "bench", "speedup", "--model", "balanced-mlp", "--stages", "2",

@@ -5,9 +5,18 @@ it); everything that belongs to one job lives here, so ending a job is
 closing one object. Sends on the data path wait while the peer's queue is
 full (backpressure) but keep answering control through `while_blocked`,
 so a worker whose neighbour died can still be stopped.
+
+Every data message this stage sends (activations and evaluation batches
+downstream, targets upstream, results to the coordinator) passes through
+the session's `DelayQueue`: with the job's `link_delay_ms` it is held that
+long while the stage computes on, and the worker's loop sends it when due;
+without a delay it leaves at once. Error reports and heartbeats are not
+data and are never held. Ending the session drops what is still held: the
+job is over, and a message held is one still on the (emulated) wire.
 """
 from __future__ import annotations
 
+import logging
 import math
 import resource
 import time
@@ -19,7 +28,7 @@ import torch
 import zmq
 
 from dni.errors import ConfigError, DniError
-from dni.protocol import Kind, Limits, Message, open_socket, resolved, send_message
+from dni.protocol import DelayQueue, Kind, Limits, Message, open_socket, resolved, send_message
 from dni.protocol.refusals import RefusalLog
 from dni.spec import StageAssignment
 from dni.workers.build import build_stage
@@ -34,6 +43,7 @@ __all__ = ["COORDINATOR_TIMEOUT", "EXIT_COORDINATOR_SILENT", "EXIT_STOPPED", "No
 COORDINATOR_TIMEOUT = 20.0  # end the job when the coordinator has been silent this long
 EXIT_STOPPED = 0  # a --once worker whose job was stopped by its coordinator
 EXIT_COORDINATOR_SILENT = 3  # a --once worker that ended its job because the coordinator fell silent
+log = logging.getLogger("dni.worker")
 
 
 class NonFiniteOutput(DniError):
@@ -68,6 +78,7 @@ class Session:
         self.report = self._connect(context, config.coordinator, limits)
         self.downstream = self._connect(context, config.downstream, limits) if config.downstream else None
         self.upstream = self._connect(context, config.upstream, limits) if config.upstream else None
+        self.link = DelayQueue(config.link_delay_ms / 1000)
         self.messages: Counter[str] = Counter()
         self.flush_waiters: list[bytes] = []  # control identities owed a reply once no batch awaits its target
         self.failure: Optional[str] = None
@@ -90,7 +101,8 @@ class Session:
     def status(self) -> dict[str, Any]:
         """What each heartbeat tells the coordinator (read from the heartbeat thread: plain values only)."""
         return {"busy_for": time.monotonic() - self.tick, "steps": self.compute.steps, "handled": self.handled,
-                "pending": self.compute.in_flight, "refused": self.refusals.total, "failure": self.failure}
+                "pending": self.compute.in_flight, "refused": self.refusals.total, "failure": self.failure,
+                "held": len(self.link)}
 
     def metrics(self) -> dict[str, Any]:
         """The `metrics` reply: time by activity, messages, refusals, staleness."""
@@ -107,25 +119,39 @@ class Session:
             "pending": compute.in_flight,
             "synthesizer_loss": compute.synthesizer_loss,
             "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "link": self.link.stats(),
         }
 
     def send(self, socket: zmq.Socket, kind: Kind, batch: int, meta: Optional[dict[str, Any]] = None,
              tensors: Optional[dict[str, torch.Tensor]] = None) -> None:
-        """Send on a data path; waits while the peer's queue is full or the peer is gone (backpressure),
-        answering control requests meanwhile, so a worker whose neighbour died can still be stopped."""
+        """Send on a data path, through the emulated link: at once without a delay, else once it is due."""
         with self.timeline("transport"):
             arrays = {name: to_host(tensor) for name, tensor in (tensors or {}).items()}
         for name, array in arrays.items():
             self.check_finite_output(name, array, batch)
-        with self.timeline("transport"):
-            message = Message(kind, self.config.job, batch, self.compute.steps, self.config.index, meta or {}, arrays)
-            while True:
-                try:
-                    send_message(socket, message, flags=zmq.NOBLOCK)
-                    break
-                except zmq.Again:
-                    self.while_blocked(socket)
+        self.link.put(socket, Message(kind, self.config.job, batch, self.compute.steps, self.config.index, meta or {}, arrays))
         self.messages[f"sent_{kind.name.lower()}"] += 1
+        self.send_due()
+
+    def send_due(self) -> None:
+        """Send every held message whose time has come (timed as transport only when there is one)."""
+        if self.link.is_due():
+            with self.timeline("transport"):
+                self.link.send_due(self._transmit)
+
+    def poll_timeout(self, longest: float) -> float:
+        """How long the worker may wait for input: no longer than until the next held message is due."""
+        return self.link.timeout(longest)
+
+    def _transmit(self, socket: zmq.Socket, message: Message) -> None:
+        """One send that waits while the peer's queue is full or the peer is gone (backpressure), answering
+        control requests meanwhile, so a worker whose neighbour died can still be stopped."""
+        while True:
+            try:
+                send_message(socket, message, flags=zmq.NOBLOCK)
+                return
+            except zmq.Again:
+                self.while_blocked(socket)
 
     def check_finite_output(self, name: str, values: Any, batch: int) -> None:
         """This stage's own output must be finite: NaN/Inf produced here ends the run, naming this stage."""
@@ -145,6 +171,9 @@ class Session:
             self.messages["dropped_notifications"] += 1
 
     def close(self) -> None:
+        dropped = self.link.drop()
+        if dropped:
+            log.info("stage %d dropped %d message(s) still held by the emulated link", self.config.index, dropped)
         self.heartbeat.stop()
         for socket in (self.report, self.downstream, self.upstream):
             if socket is not None:

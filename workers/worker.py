@@ -9,8 +9,10 @@ a module of its own: which sockets to poll (`polling`), one configured job
 (`validation`), the control commands (`commands`), the arithmetic
 (`compute`). Here is what ties them together: bad input is refused and
 counted while the worker goes on, a stage's own failure is reported as fatal,
-a coordinator that falls silent ends its job, and a send that waits still
-answers control.
+a coordinator that falls silent ends its job, a send that waits still
+answers control, and what the emulated link holds (`Session.link`) leaves
+when due: each turn of the loop sends it, and polls no longer than until
+the next held message is due.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from dni.errors import ConfigError, DniError
 from dni.files import write_text_atomically
 from dni.protocol import (DEFAULT_LIMITS, Endpoints, Kind, Limits, Message, ProtocolError, decode, open_socket,
                           receive_frames, send_message, worker_endpoints)
+from dni.protocol.linkdelay import poll_within
 from dni.protocol.refusals import RefusalLog
 from dni.protocol.security import Keys, check_plaintext_allowed, make_server, secure_context
 from dni.spec import StageAssignment
@@ -94,17 +97,22 @@ class Worker:
 
     def _serve_once(self) -> None:
         session = self.session
+        timeout = POLL_SECONDS
         if session is not None:
             session.tick = time.monotonic()
             if self._coordinator_silent(session):
                 return
+            self._guarded(session.send_due)  # what the emulated link held long enough
+            if self.session is not session:  # the job ended while a send waited
+                return
+            timeout = session.poll_timeout(POLL_SECONDS)
         plan = sockets_to_poll(session is not None, session is not None and session.compute.can_take_batch())
         poller = zmq.Poller()
         for socket, wanted in ((self.control, plan.control), (self.forward_in, plan.forward), (self.backward_in, plan.backward)):
             if wanted:
                 poller.register(socket, zmq.POLLIN)
         with session.timeline(plan.waiting) if session is not None and plan.waiting else nullcontext():
-            ready = dict(poller.poll(POLL_SECONDS * 1000))
+            ready = dict(poll_within(poller.poll, timeout))
         if self.control in ready:
             self._handle(self.control, self._on_control, "control")
         if self.session is not None and self.backward_in in ready:
@@ -130,9 +138,14 @@ class Worker:
                 frames = receive_frames(socket, zmq.NOBLOCK)
             except zmq.Again:  # readable without a message (e.g. a security handshake): nothing to do
                 return
+        self._guarded(lambda: handler(frames), activity)
+
+    def _guarded(self, work: Callable[[], object], activity: Optional[str] = None) -> None:
+        """Run one piece of the job's work: bad input is refused, a job that ended is let go, anything else
+        is the stage's own failure."""
         try:
             with self._timed(activity) if activity else nullcontext():
-                handler(frames)
+                work()
         except (ProtocolError, Rejected, ConfigError) as error:
             self._reject(type(error).__name__, str(error), getattr(error, "lost", None))
         except SessionEnded:
@@ -164,11 +177,12 @@ class Worker:
                                              "from_stage": lost.sender})
 
     def _stage_failed(self, error: Exception) -> None:
-        """The stage's own failure: logged with its traceback, reported as fatal; the session takes no more data."""
+        """The stage's own failure: logged with its traceback, reported as fatal; the session takes no more data and sends none."""
         session = self.session
         text = f"{type(error).__name__}: {error}"
         log.error("stage %d (%s) failed: %s", session.config.index, session.config.spec.kind, text, exc_info=error)
         session.failure = text[:2000]
+        session.link.drop()  # a failed stage sends no more data, held or not
         session.notify(Kind.ERROR, {"fatal": True, "error": session.failure, "stage_kind": session.config.spec.kind})
 
     # -- the three sockets ---------------------------------------------------------

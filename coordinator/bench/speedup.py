@@ -93,7 +93,7 @@ def time_to_accuracy(evaluations: list[dict[str, Any]], targets: list[float]) ->
     return {f"{target:.3f}": next((e["elapsed"] for e in evaluations if e["test_accuracy"] >= target), None) for target in targets}
 
 
-def _parse_lists(args) -> tuple[list[str], list[float], list[str], list[int]]:
+def parse_lists(args) -> tuple[list[str], list[float], list[str], list[int]]:
     """The comma-separated flags, checked before anything runs: a typo should not surface after minutes of measuring."""
     modes = args.modes.split(",")
     unknown = [mode for mode in modes if mode not in MODE_NAMES]
@@ -110,7 +110,7 @@ def _parse_lists(args) -> tuple[list[str], list[float], list[str], list[int]]:
 
 
 def run_speedup(args) -> dict[str, Any]:
-    modes, targets, schedules, stage_counts = _parse_lists(args)
+    modes, targets, schedules, stage_counts = parse_lists(args)
     folder = Path(args.results) / f"bench-speedup-{time.strftime('%Y%m%d-%H%M%S')}"
     folder.mkdir(parents=True)
     configurations = []
