@@ -17,6 +17,8 @@ from tests.conftest import REPO, small_job
 from dni.workers.spec import ConfigError
 from dni.workers.timing import ACTIVITIES
 
+pytestmark = pytest.mark.e2e
+
 INSTALL = r"pip install 'dni\[tensorboard\]'"
 
 

@@ -1,11 +1,11 @@
-"""The wire format round-trips every allowed tensor and rejects every kind of malformed message."""
+"""protocol/codec.py: the wire format round-trips every allowed tensor and rejects every kind of malformed message."""
 from __future__ import annotations
 
 import msgpack
 import numpy as np
 import pytest
 
-from dni.protocol import PROTOCOL_VERSION, Kind, Limits, Message, ProtocolError, decode, encode, worker_endpoints
+from dni.protocol import PROTOCOL_VERSION, Kind, Limits, Message, ProtocolError, decode, encode
 
 
 def sample() -> Message:
@@ -95,23 +95,6 @@ def test_size_limits_are_enforced():
 
 def test_version_is_current():
     assert header_of(sample())["v"] == PROTOCOL_VERSION
-
-
-def test_worker_endpoints_derive_three_sockets_from_one_address():
-    assert worker_endpoints("tcp://stage1:5555").backward == "tcp://stage1:5557"
-    assert worker_endpoints("ipc:///tmp/x/stage0").control == "ipc:///tmp/x/stage0.control"
-    for bad in ("udp://x:1", "tcp://nohost", "tcp://h:port"):
-        with pytest.raises(ProtocolError, match="address"):
-            worker_endpoints(bad)
-
-
-def test_names_are_resolved_once_up_front_and_other_addresses_left_alone():
-    from dni.protocol import resolved
-
-    assert resolved("tcp://localhost:5555") in ("tcp://127.0.0.1:5555", "tcp://[::1]:5555")
-    assert resolved("tcp://10.1.2.3:5555") == "tcp://10.1.2.3:5555"
-    assert resolved("ipc:///tmp/x/stage0.control") == "ipc:///tmp/x/stage0.control"
-    assert resolved("tcp://no-such-host.invalid:5555") == "tcp://no-such-host.invalid:5555", "left for ZeroMQ to retry"
 
 
 def test_an_empty_tensor_that_declares_huge_sizes_is_refused():

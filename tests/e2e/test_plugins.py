@@ -10,6 +10,8 @@ from dni.coordinator.run import run_job
 from tests.conftest import LEARNED, REPO, mlp_stages, small_job
 from dni.workers.registry import STAGE_GROUP, resolve_stage
 
+pytestmark = pytest.mark.e2e
+
 EXAMPLE = REPO / "examples" / "gated_stage"
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import zmq
 
 from dni.protocol import Kind, Message, encode
-from tests.live_worker import JOB
+from tests.e2e.live_worker import JOB
 
 VALID = encode(Message(Kind.FORWARD, JOB, 1, 1, 0, {"eval": 1},
                        {"x": np.zeros((2, 1, 28, 28), np.float32), "labels": np.zeros(2, np.int64)}))

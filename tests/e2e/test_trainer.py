@@ -1,9 +1,13 @@
 """The coordinator's main loop, on real workers: here, a run that stops at its time limit."""
 from __future__ import annotations
 
+import pytest
+
 from dni.coordinator.results import read_metrics
 from dni.coordinator.run import run_job
 from tests.conftest import small_job
+
+pytestmark = pytest.mark.e2e
 
 
 def test_a_time_limit_stops_training_with_a_final_evaluation(data_root, tmp_path):

@@ -21,6 +21,8 @@ from dni.coordinator.results import read_metrics
 from dni.coordinator.run import RunComplete, resume_job, run_job
 from tests.conftest import LEARNED, small_job
 
+pytestmark = pytest.mark.e2e
+
 
 def children(pid: int) -> dict[int, str]:
     """Processes whose parent is `pid`, with their command lines."""

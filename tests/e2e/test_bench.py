@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.e2e
+
 
 def dni(*args: str) -> str:
     result = subprocess.run([sys.executable, "-m", "dni", *args], capture_output=True, text=True, timeout=900)

@@ -11,6 +11,8 @@ from dni.coordinator.run import run_job
 from tests.conftest import LEARNED, small_job
 from dni.workers.modes import MODE_NAMES
 
+pytestmark = pytest.mark.e2e
+
 
 def process_alive(pid: int) -> bool:
     try:

@@ -18,6 +18,8 @@ from dni.coordinator.run import run_job
 from tests.conftest import small_job
 from dni.workers.build import build_stage
 
+pytestmark = pytest.mark.e2e
+
 STEPS = 6
 
 

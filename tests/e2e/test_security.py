@@ -22,7 +22,9 @@ from dni.coordinator.pipeline import Pipeline
 from dni.coordinator.run import run_job
 from dni.protocol import Kind, Message, ProtocolError, encode, receive_message, worker_endpoints
 from dni.protocol.security import create_keys, listens_beyond_loopback, load_keys, make_server, secure_context
-from tests.live_worker import JOB, request, stage_config
+from tests.e2e.live_worker import JOB, request, stage_config
+
+pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture

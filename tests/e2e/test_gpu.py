@@ -10,6 +10,8 @@ import torch
 from dni.coordinator.run import run_job
 from tests.conftest import LEARNED, mlp_stages, small_job
 
+pytestmark = pytest.mark.e2e
+
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none visible)")
 
 

@@ -8,8 +8,12 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from dni.coordinator.data import load_dataset
 from tests.conftest import REPO
+
+pytestmark = pytest.mark.e2e
 
 SCRIPT = REPO / "benchmarks" / "gpu" / "run.py"
 

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.e2e, pytest.mark.docker]
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 BASE_IMAGE = os.environ.get("DNI_BASE_IMAGE", "dni-base:bookworm")
 DATA = Path(os.environ.get("DNI_DATA", REPO.parent / "shared" / "datasets")).resolve()
 UP_TIMEOUT = int(os.environ.get("DNI_DOCKER_TIMEOUT", "900"))

@@ -20,6 +20,8 @@ from dni.coordinator.job import load_job
 from dni.coordinator.plots import run_label
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.e2e
+
 
 def fake_run(folder: Path, mode: str, accuracy: float) -> Path:
     """A run folder as `dni run` leaves it, reduced to what `dni plot` reads."""

@@ -10,14 +10,17 @@ import time
 
 import msgpack
 import numpy as np
+import pytest
 import zmq
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from dni.coordinator.data import load_dataset, train_batches
 from dni.protocol import Kind, Message, ProtocolError, decode, receive_message
 from tests.conftest import LEARNED, REPO
-from tests.hostile import HEADER, flood, hostile_messages, wait_for_endpoints
-from tests.live_worker import coordinator_side, forward, request, stage_config, worker  # noqa: F401 (fixture)
+from tests.e2e.hostile import HEADER, flood, hostile_messages, wait_for_endpoints
+from tests.e2e.live_worker import coordinator_side, forward, request, stage_config, worker  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.e2e
 
 msgpack_values = st.recursive(
     st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.floats() | st.text(max_size=20) | st.binary(max_size=20),

@@ -6,12 +6,15 @@ import time
 
 import msgpack
 import numpy as np
+import pytest
 import zmq
 
 from dni.coordinator.data import load_dataset, train_batches
 from dni.protocol import Kind, Limits, Message, encode, receive_message, send_message
-from tests.live_worker import JOB, coordinator_side, forward, request, stage_config, worker  # noqa: F401 (fixture)
+from tests.e2e.live_worker import JOB, coordinator_side, forward, request, stage_config, worker  # noqa: F401 (fixture)
 from dni.workers.timing import spans_from_arrays
+
+pytestmark = pytest.mark.e2e
 
 
 def test_worker_survives_hostile_input_and_keeps_training(worker, data_root):

@@ -7,6 +7,8 @@ from dni.coordinator.data import DataError, load_dataset
 from dni.coordinator.run import run_job
 from tests.conftest import small_job
 
+pytestmark = pytest.mark.e2e
+
 CONV_STAGES = [
     {"kind": "conv_bn_relu", "channels": 16, "kernel": 5, "pool": "max", "synthesizer": {"kind": "conv", "channels": 16, "kernel": 3}},
     {"kind": "conv_bn_relu", "channels": 16, "kernel": 5, "pool": "avg", "synthesizer": {"kind": "conv", "channels": 16, "kernel": 3}},

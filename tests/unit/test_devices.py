@@ -1,4 +1,4 @@
-"""Arrays to a stage's device and back: one host copy in, none out on the CPU (GPU paths: tests/test_gpu.py, benchmarks/gpu)."""
+"""Arrays to a stage's device and back: one host copy in, none out on the CPU (GPU paths: tests/e2e/test_gpu.py, benchmarks/gpu)."""
 from __future__ import annotations
 
 import numpy as np

@@ -12,6 +12,8 @@ from dni.coordinator.data import DataError, load_dataset, resolve_data_root
 from dni.coordinator.job import load_job
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.e2e
+
 MNIST_FILES = "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte"
 CIFAR_FILES = "data_batch_1, data_batch_2, data_batch_3, data_batch_4, data_batch_5, test_batch, batches.meta"
 
