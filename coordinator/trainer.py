@@ -119,6 +119,8 @@ class Trainer:
         self.first_step = start = position.step
         self.progress.start = start
         self.records = read_metrics(self.folder.path)[:position.evaluations] if position.evaluations else []
+        if position.step:  # resumed: lines written after the checkpoint are written again, so drop them now
+            self.folder.rewrite_metrics(self.records)
         self._rewind(position)
         self.started = self.progress.started = time.monotonic()
         self.cpu_started = time.process_time()
