@@ -102,3 +102,22 @@ def test_an_empty_tensor_that_declares_huge_sizes_is_refused():
     header = {**msgpack.unpackb(encode(Message(Kind.FORWARD, "job"))[0]), "t": [["x", "float32", [0, 1449, 1449, 1_098_229_144_116]]]}
     with pytest.raises(ProtocolError, match="declares more than"):
         decode([msgpack.packb(header), b""])
+
+
+def test_encoded_frames_share_the_arrays_memory():
+    array = np.zeros(4, dtype=np.float32)
+    frames = encode(Message(Kind.FORWARD, tensors={"x": array}))
+    array[2] = 7.0
+    assert decode(frames).tensors["x"].tolist() == [0.0, 0.0, 7.0, 0.0]
+
+
+def test_metadata_keys_and_tensor_names_must_be_strings():
+    with pytest.raises(ProtocolError, match="^metadata keys must be strings$"):
+        decode(frames_with(tampered(m={b"eval": 1}), GOOD_FRAMES))
+    with pytest.raises(ProtocolError, match="^tensor name must be a string, got 7$"):
+        decode(frames_with(tampered(t=[[7, "float32", [3, 4]], ["labels", "int64", [3]]]), GOOD_FRAMES))
+
+
+def test_a_frame_that_is_not_bytes_is_refused():
+    with pytest.raises(ProtocolError, match="^frame of type int is not bytes$"):
+        decode([encode(sample())[0], 12, GOOD_FRAMES[1]])

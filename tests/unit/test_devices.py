@@ -1,9 +1,13 @@
-"""Arrays to a stage's device and back: one host copy in, none out on the CPU (GPU paths: tests/e2e/test_gpu.py, benchmarks/gpu)."""
+"""workers/devices.py on the CPU: which device a stage gets, and arrays to it and back with one host copy in and
+none out (GPU paths: tests/e2e/test_gpu.py, benchmarks/gpu)."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
+import torch
 
-from dni.workers.devices import synchronizer, to_device, to_host
+from dni.workers.devices import resolve_device, synchronizer, to_device, to_host
+from dni.workers.spec import ConfigError
 
 
 def test_a_received_array_is_copied_once_into_a_writable_tensor():
@@ -15,8 +19,6 @@ def test_a_received_array_is_copied_once_into_a_writable_tensor():
 
 
 def test_a_cpu_tensor_leaves_without_a_copy():
-    import torch
-
     tensor = torch.arange(6, dtype=torch.float32, requires_grad=True) * 2
     array = to_host(tensor)
     assert array.tolist() == [0, 2, 4, 6, 8, 10]
@@ -26,3 +28,19 @@ def test_a_cpu_tensor_leaves_without_a_copy():
 def test_only_devices_that_queue_work_need_settling():
     assert synchronizer("cpu") is None
     assert callable(synchronizer("cuda:0"))
+
+
+@pytest.mark.parametrize("gpus, stage, expected", [(0, 3, "cpu"), (2, 0, "cuda:0"), (2, 1, "cuda:1"), (2, 2, "cuda:0"), (3, 5, "cuda:2")])
+def test_auto_spreads_stages_over_the_visible_gpus_else_the_cpu(gpus, stage, expected, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    assert resolve_device("auto", stage) == expected
+
+
+def test_a_named_device_must_exist_and_be_spelt_right(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert [resolve_device(name, 4) for name in ("cpu", "cuda", "cuda:0")] == ["cpu", "cuda", "cuda:0"]
+    with pytest.raises(ConfigError, match=r"^device 'cuda:1' asked for, but this worker sees 1 CUDA device\(s\)$"):
+        resolve_device("cuda:1", 0)
+    for wrong in ("tpu", "CUDA", "cuda:", "gpu:0"):
+        with pytest.raises(ConfigError, match="is not one of cpu, cuda, cuda:N, auto"):
+            resolve_device(wrong, 0)
