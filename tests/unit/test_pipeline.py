@@ -1,4 +1,4 @@
-"""The coordinator's side of the wire against workers played by the test over real sockets: a stage's failure,
+"""coordinator/pipeline.py: the coordinator's side of the wire against workers played by the test over real sockets: a stage's failure,
 a lost batch, a dead connection and an idle pipeline each end a wait with an error that names the stage."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Refused input is counted in full and logged within limits: the first few of a kind, then a summary per interval."""
+"""protocol/refusals.py: refused input is counted in full and logged within limits: the first few of a kind, then a summary per interval."""
 from __future__ import annotations
 
 import logging
@@ -38,3 +38,17 @@ def test_refusals_reported_in_bulk_count_as_many():
     refusals.refuse("by stage 1", "see its log", 560)
     refusals.refuse("by stage 1", "see its log", 40)
     assert refusals.counts["by stage 1"] == 600 and refusals.total == 600
+
+
+def test_after_a_summary_the_next_waits_a_full_interval(caplog):
+    clock = Clock()
+    refusals = RefusalLog(logging.getLogger("test.refusals"), "refused", first=1, interval=10.0, clock=clock)
+    with caplog.at_level(logging.WARNING, "test.refusals"):
+        for now in (0.0, 1.0, 10.0, 12.0, 19.0, 20.0):
+            clock.now = now
+            refusals.refuse("Rejected", f"at {now:.0f}")
+    assert [record.getMessage() for record in caplog.records] == [
+        "refused (Rejected #1): at 0",
+        "refused 2 more (Rejected) in the last 10s, 3 in all; the latest: at 10",
+        "refused 3 more (Rejected) in the last 10s, 6 in all; the latest: at 20",
+    ]
