@@ -9,7 +9,9 @@ import os
 import subprocess
 
 import pytest
+import torch
 
+torch.set_num_threads(1)  # tiny tensors: more threads only contend for the cores the rest of the suite uses
 PROCESSES = "unit tests start no process: such a test belongs in tests/e2e/"
 
 
