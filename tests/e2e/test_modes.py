@@ -8,7 +8,7 @@ import pytest
 
 from dni.coordinator.results import read_metrics
 from dni.coordinator.run import run_job
-from tests.conftest import LEARNED, small_job
+from tests.conftest import small_job
 from dni.workers.modes import MODE_NAMES
 
 pytestmark = pytest.mark.e2e
@@ -23,13 +23,17 @@ def process_alive(pid: int) -> bool:
         return "zombie" not in status.read()
 
 
-# Synthetic loss learns slowest (the reference found it below even no_bprop); chance is 0.1.
-LEARNED_BY_MODE = {"backprop": 0.8, "sg": LEARNED, "cdni": LEARNED, "no_bprop": 0.4, "sl": 0.3}
+# With window = 1 a stage takes its next batch only once the target for the last has come back, so the run
+# computes what a single-process step computes (tests/e2e/test_equivalence.py) whatever the scheduling: its
+# accuracy is a fixed number, not a draw. Measured after 300 steps (two shared cores, the same in repeated runs):
+# backprop 0.920, cdni 0.900, sg 0.785, sl 0.540, no_bprop 0.471 (chance is 0.1). Each bar sits a few points
+# below, room for another CPU's rounding, not for scheduling.
+LEARNED_BY_MODE = {"backprop": 0.88, "cdni": 0.86, "sg": 0.75, "sl": 0.5, "no_bprop": 0.44}
 
 
 @pytest.mark.parametrize("mode", MODE_NAMES)
 def test_every_mode_learns_and_cleans_up(mode, data_root, tmp_path):
-    job = small_job(data_root, tmp_path, mode=mode, iterations=300)
+    job = small_job(data_root, tmp_path, mode=mode, iterations=300, window=1)
     folder, summary = run_job(job, show_progress=False)
     assert summary["test_accuracy"] > LEARNED_BY_MODE[mode], f"{mode} did not learn: {summary['test_accuracy']:.3f}"
     assert not any(process_alive(worker["pid"]) for worker in summary["workers"])
