@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from dni.coordinator.data import load_dataset, train_batches
 from dni.protocol import Kind, Message, ProtocolError, decode, receive_message
-from tests.conftest import LEARNED, REPO
+from tests.conftest import LEARNED
 from tests.e2e.hostile import HEADER, flood, hostile_messages, wait_for_endpoints
 from tests.e2e.live_worker import coordinator_side, forward, request, stage_config, worker  # noqa: F401 (fixture)
 
