@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dni.files import write_text_atomically
+
 
 @dataclass(frozen=True)
 class Position:
@@ -31,9 +33,7 @@ class Checkpoints:
 
     def record(self, position: Position) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        partial = self.position_path.with_suffix(".partial")
-        partial.write_text(json.dumps(asdict(position)))
-        partial.replace(self.position_path)
+        write_text_atomically(self.position_path, json.dumps(asdict(position)))
 
     def position(self) -> Position:
         """The last checkpoint's position; the start of the run if there is none."""

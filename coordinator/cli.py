@@ -11,21 +11,20 @@ from importlib import metadata
 from pathlib import Path
 from typing import Optional, Sequence
 
-from dni.coordinator.data import DataError
 from dni.coordinator.job import SHORTCUTS, load_job, with_addresses
-from dni.coordinator.launcher import WorkerDied
-from dni.coordinator.pipeline import PipelineError
-from dni.coordinator.plots import NotARunError, check_runs, default_output, plot_accuracy
-from dni.protocol import ProtocolError
+from dni.coordinator.plots import check_runs, default_output, plot_accuracy
+from dni.errors import ConfigError, DniError
+from dni.spec import MODE_NAMES
 from dni.workers import cli as worker_cli
-from dni.workers.modes import MODE_NAMES
-from dni.workers.spec import ConfigError
 
 OVERRIDES = {  # flag -> (job setting, type, help)
     "--mode": ("mode", str, f"training mode: {', '.join(MODE_NAMES)}"),
     "--iterations": ("iterations", int, "training steps (batches)"),
     "--epochs": ("epochs", int, "train for this many epochs instead of --iterations"),
     "--time-limit": ("time_limit", int, "stop training after this many seconds, evaluate and finish normally (0: no limit)"),
+    "--checkpoint-every": ("checkpoint_every", int, "steps between checkpoints of every stage (0: only at the end)"),
+    "--rejoin-seconds": ("rejoin_seconds", int, "remote workers: seconds a lost worker has to come back at its address "
+                         "(restarted by compose or Swarm) before the run fails (default 60; 0: fail at once)"),
     "--batch-size": ("batch_size", int, "examples per training batch"),
     "--lr": ("lr", float, "learning rate of every optimiser"),
     "--seed": ("seed", int, "seed for weights and data order"),
@@ -37,6 +36,8 @@ OVERRIDES = {  # flag -> (job setting, type, help)
     "--name": ("name", str, "run name (default: the job file's name)"),
     "--train-subset": ("train_subset", int, "use only the first N training examples"),
     "--test-subset": ("test_subset", int, "use only the first N test examples"),
+    "--loss": ("loss", str, "the last stage's loss: cross_entropy (default), multi_margin, or package.module:function "
+               "taking (logits, labels) and returning per-example losses"),
     "--tensorboard": ("tensorboard", str, "write each evaluation's curves, worker activity and staleness for TensorBoard "
                       "into this folder, one subfolder per run (needs pip install 'dni[tensorboard]')"),
 }
@@ -133,45 +134,44 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
+    """Run one subcommand; a DniError becomes its message and its exit code (2: bad input, 1: failed, 0: nothing to do)."""
     args = build_parser().parse_args(argv)
-    if args.command == "worker":
-        sys.exit(worker_cli.run(args))
-    if args.command == "bench":
-        logging.basicConfig(level="WARNING")
-        from dni.coordinator.bench.speedup import run_speedup
-        from dni.coordinator.bench.transport import run_transport
-
-        if args.bench == "speedup" and not args.model and not args.iterations:
-            args.iterations = 1000
-        try:
-            (run_speedup if args.bench == "speedup" else run_transport)(args)
-        except (ConfigError, DataError) as error:
-            print(f"dni bench: {error}", file=sys.stderr)
-            sys.exit(2)
-        return
-    if args.command == "keys":
-        sys.exit(_keys(args.directory))
-    if args.command == "plot":
-        try:
-            check_runs(args.runs)
-        except NotARunError as error:
-            print(f"dni plot: {error}", file=sys.stderr)
-            sys.exit(2)
-        print(plot_accuracy(args.runs, args.output or default_output(args.runs), args.title))
-        return
-    sys.exit(_run(args))
+    try:
+        code = COMMANDS[args.command](args)
+    except DniError as error:
+        print(f"dni {args.command}: {error}", file=sys.stderr)
+        code = error.exit_code
+    if code:
+        sys.exit(code)
 
 
-def _keys(directory: Path) -> int:
+def _bench(args: argparse.Namespace) -> int:
+    logging.basicConfig(level="WARNING")
+    from dni.coordinator.bench.speedup import run_speedup
+    from dni.coordinator.bench.transport import run_transport
+
+    if args.bench == "speedup" and not args.model and not args.iterations:
+        args.iterations = 1000
+    (run_speedup if args.bench == "speedup" else run_transport)(args)
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    check_runs(args.runs)
+    print(plot_accuracy(args.runs, args.output or default_output(args.runs), args.title))
+    return 0
+
+
+def _keys(args: argparse.Namespace) -> int:
     from dni.protocol.security import create_keys
 
     try:
-        create_keys(directory)
-    except (ProtocolError, OSError) as error:
-        print(f"dni keys: {error}", file=sys.stderr)
-        return 2
-    print(f"keys in {directory}: copy this directory to every host over a secure channel and pass --keys {directory} "
-          "to `dni worker` and `dni run` (or keys = \"...\" in the job file); *.key_secret files are readable by you only")
+        create_keys(args.directory)
+    except OSError as error:
+        raise ConfigError(f"cannot write keys to {args.directory}: {error}") from error
+    print(f"keys in {args.directory}: copy this directory to every host over a secure channel and pass --keys "
+          f"{args.directory} to `dni worker` and `dni run` (or keys = \"...\" in the job file); *.key_secret files are "
+          "readable by you only")
     return 0
 
 
@@ -184,7 +184,7 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from dni.coordinator.run import RunComplete, resume_job, run_job
+    from dni.coordinator.run import resume_job, run_job
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     log = logging.getLogger("dni")
@@ -205,18 +205,18 @@ def _run(args: argparse.Namespace) -> int:
             if args.workers:
                 job = with_addresses(job, [address.strip() for address in args.workers.split(",")])
             folder, summary = run_job(job, args.bind, args.advertise, args.transport, not args.no_progress)
-    except RunComplete as complete:
-        print(complete, file=sys.stderr)
-        return 0
-    except (ConfigError, DataError, ProtocolError, FileNotFoundError) as error:
-        log.error("%s", error)
-        return 2
-    except (PipelineError, WorkerDied) as error:
-        log.error("run failed: %s", error)
-        return 1
+    except DniError as error:
+        if error.exit_code == 0:
+            print(error, file=sys.stderr)
+        else:
+            log.error("%s%s", "run failed: " if error.exit_code == 1 else "", error)
+        return error.exit_code
     except KeyboardInterrupt:
         log.error("interrupted; workers stopped")
         return 130
     print(json.dumps({key: summary[key] for key in ("test_accuracy", "wall_seconds", "samples_per_second")}))
     print(f"results: {folder.path}")
     return 0
+
+
+COMMANDS = {"run": _run, "worker": worker_cli.run, "bench": _bench, "keys": _keys, "plot": _plot}

@@ -14,11 +14,9 @@ from typing import Iterator
 
 import torch
 
+from dni.errors import DataError
+
 log = logging.getLogger("dni.data")
-
-
-class DataError(RuntimeError):
-    """The dataset is not where it should be and cannot be fetched."""
 
 
 @dataclass

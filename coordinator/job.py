@@ -1,7 +1,6 @@
 """A job: what to train, how, and where its workers live. Read from TOML, checked before anything starts."""
 from __future__ import annotations
 
-import math
 import os
 import tomllib
 from dataclasses import dataclass, field, replace
@@ -9,9 +8,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 from dni.coordinator.data import resolve_data_root
-from dni.workers.devices import DEVICE_PATTERN
-from dni.workers.modes import MODE_NAMES, Mode
-from dni.workers.spec import NONFINITE_POLICIES, OPTIMIZERS, ConfigError, OptimizerSpec, StageSpec, SynthesizerSpec
+from dni.errors import ConfigError
+from dni.spec import (Mode, OptimizerSpec, StageSpec, SynthesizerSpec, check_device, check_loss, check_mode,
+                      check_nonfinite, check_optimizer, check_positive, check_type)
+
+__all__ = ["Job", "SHORTCUTS", "job_as_table", "job_from_table", "load_job", "with_addresses"]
 
 JOBS_DIR = Path(__file__).parent / "jobs"
 SHORTCUTS = {"mnist": JOBS_DIR / "mnist_fcn.toml", "mnist-smoke": JOBS_DIR / "mnist_smoke.toml", "cifar10": JOBS_DIR / "cifar10_cnn.toml"}
@@ -22,21 +23,15 @@ JOB_KEYS = {
     "seed": int, "eval_every": int, "eval_batch_size": int, "window": int, "threads": int,
     "data_root": str, "results": str, "train_subset": int, "test_subset": int, "verify_data": bool,
     "download": bool, "record_spans": bool, "nonfinite": str, "checkpoint_every": int, "optimizer": dict, "stages": list,
-    "keys": str, "insecure": bool, "time_limit": int, "tensorboard": str,
+    "keys": str, "insecure": bool, "time_limit": int, "tensorboard": str, "loss": str, "rejoin_seconds": int,
 }
-
-
-@dataclass(frozen=True)
-class StageEntry:
-    spec: StageSpec
-    address: Optional[str] = None  # a remote worker; None means a local process
 
 
 @dataclass(frozen=True)
 class Job:
     name: str
     dataset: str
-    stages: tuple[StageEntry, ...]
+    stages: tuple[StageSpec, ...]
     mode: Mode = Mode.SG
     batch_size: int = 256
     iterations: int = 25_000
@@ -58,7 +53,9 @@ class Job:
     checkpoint_every: int = 1000  # steps between checkpoints of every stage (0: only at the end)
     keys: str = ""  # CURVE key directory made by `dni keys DIR`; required when an address reaches beyond loopback
     insecure: bool = False  # run without keys even if `keys` is set; allowed only on loopback and ipc:// addresses
+    rejoin_seconds: int = 60  # remote workers: how long a lost one has to come back (restarted by compose, Swarm) before the run fails
     tensorboard: str = ""  # folder for TensorBoard event files, one subfolder per run ("": none); needs dni[tensorboard]
+    loss: str = "cross_entropy"  # the last stage's per-example loss: a built-in name or package.module:function
     optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
 
     def resolved_data_root(self) -> Path:
@@ -95,84 +92,75 @@ def load_job(target: str, overrides: Optional[dict[str, Any]] = None) -> Job:
 
 
 def job_from_table(table: dict[str, Any], origin: str = "job") -> Job:
+    """A checked Job; a ConfigError names `origin` (the file) and the setting."""
+    try:
+        return _job(table)
+    except ConfigError as error:
+        raise ConfigError(f"{origin}: {error}") from None
+
+
+def _job(table: dict[str, Any]) -> Job:
     for key, value in table.items():
         if key not in JOB_KEYS:
-            raise ConfigError(f"{origin}: unknown setting {key!r}; known: {', '.join(sorted(JOB_KEYS))}")
-        kind = JOB_KEYS[key]
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise ConfigError(f"{origin}: {key} must be {kind.__name__}, got {value!r:.60}")
+            raise ConfigError(f"unknown setting {key!r}; known: {', '.join(sorted(JOB_KEYS))}")
+        check_type(key, value, JOB_KEYS[key])
     if "stages" not in table or "dataset" not in table:
-        raise ConfigError(f"{origin}: a job needs 'dataset' and at least two [[stages]]")
+        raise ConfigError("a job needs 'dataset' and at least two [[stages]]")
+    optimizer = table.get("optimizer", {})
     job = Job(
         name=table["name"],
         dataset=table["dataset"],
-        stages=tuple(_stage(entry, index, origin) for index, entry in enumerate(table["stages"])),
-        mode=_mode(table.get("mode", "sg"), origin),
-        optimizer=_optimizer(table.get("optimizer", {}), origin),
+        stages=tuple(_stage(entry, index) for index, entry in enumerate(table["stages"])),
+        mode=check_mode(table.get("mode", "sg")),
+        optimizer=check_optimizer(optimizer.get("name", "adam"), optimizer.get("lr", OptimizerSpec.lr), set(optimizer)),
         **{key: value for key, value in table.items() if key not in ("name", "dataset", "stages", "mode", "optimizer")},
     )
-    _validate(job, origin)
+    _validate(job)
     return job
 
 
-def _stage(entry: Any, index: int, origin: str) -> StageEntry:
-    where = f"{origin}: stages[{index}]"
+def _stage(entry: Any, index: int) -> StageSpec:
+    where = f"stages[{index}]"
     if not isinstance(entry, dict) or not isinstance(entry.get("kind"), str):
         raise ConfigError(f"{where} needs a 'kind' (a registered stage name or package.module:Name)")
     synthesizer = entry.get("synthesizer", {})
     if not isinstance(synthesizer, dict):
         raise ConfigError(f"{where}.synthesizer must be a table like {{ kind = \"mlp\", hidden = 1024 }}")
     synthesizer = dict(synthesizer)
-    spec = StageSpec(
-        kind=entry["kind"],
-        params={key: value for key, value in entry.items() if key not in STAGE_KEYS},
-        synthesizer=SynthesizerSpec(kind=str(synthesizer.pop("kind", "mlp")), params=synthesizer),
-        device=str(entry.get("device", "cpu")),
-    )
-    if not DEVICE_PATTERN.match(spec.device):
-        raise ConfigError(f"{where}.device {spec.device!r} is not one of cpu, cuda, cuda:N, auto")
     address = entry.get("address")
     if address is not None and not (isinstance(address, str) and address.startswith(("tcp://", "ipc://"))):
         raise ConfigError(f"{where}.address must be a tcp:// or ipc:// address, got {address!r:.60}")
-    return StageEntry(spec, address)
+    try:
+        device = check_device(str(entry.get("device", "cpu")))
+    except ConfigError as error:
+        raise ConfigError(f"{where}.{error}") from None
+    return StageSpec(
+        kind=entry["kind"],
+        params={key: value for key, value in entry.items() if key not in STAGE_KEYS},
+        synthesizer=SynthesizerSpec(kind=str(synthesizer.pop("kind", "mlp")), params=synthesizer),
+        device=device,
+        address=address,
+    )
 
 
-def _mode(value: str, origin: str) -> Mode:
-    if value not in MODE_NAMES:
-        raise ConfigError(f"{origin}: mode {value!r} is not one of {', '.join(MODE_NAMES)}")
-    return Mode(value)
-
-
-def _optimizer(table: dict[str, Any], origin: str) -> OptimizerSpec:
-    unknown = set(table) - {"name", "lr"}
-    if unknown:
-        raise ConfigError(f"{origin}: optimizer has unknown settings {sorted(unknown)}; known: name, lr")
-    spec = OptimizerSpec(**table)
-    if spec.name not in OPTIMIZERS:
-        raise ConfigError(f"{origin}: optimizer.name {spec.name!r} is not one of {', '.join(OPTIMIZERS)}")
-    if not (isinstance(spec.lr, (int, float)) and not isinstance(spec.lr, bool) and math.isfinite(spec.lr) and spec.lr > 0):
-        raise ConfigError(f"{origin}: optimizer.lr must be a positive number, got {spec.lr!r}")
-    return spec
-
-
-def _validate(job: Job, origin: str) -> None:
+def _validate(job: Job) -> None:
     if job.dataset not in DATASETS:
-        raise ConfigError(f"{origin}: dataset {job.dataset!r} is not one of {', '.join(DATASETS)}")
+        raise ConfigError(f"dataset {job.dataset!r} is not one of {', '.join(DATASETS)}")
     if len(job.stages) < 2:
-        raise ConfigError(f"{origin}: a pipeline needs at least two stages, got {len(job.stages)}")
+        raise ConfigError(f"a pipeline needs at least two stages, got {len(job.stages)}")
     for name in ("batch_size", "eval_batch_size", "window"):
-        if getattr(job, name) < 1:
-            raise ConfigError(f"{origin}: {name} must be at least 1, got {getattr(job, name)}")
-    if job.nonfinite not in NONFINITE_POLICIES:
-        raise ConfigError(f"{origin}: nonfinite {job.nonfinite!r} is not one of {', '.join(NONFINITE_POLICIES)}")
-    for name in ("iterations", "epochs", "eval_every", "threads", "train_subset", "test_subset", "checkpoint_every", "time_limit"):
+        check_positive(name, getattr(job, name))
+    check_nonfinite(job.nonfinite)
+    check_loss(job.loss)
+    for name in ("iterations", "epochs", "eval_every", "threads", "train_subset", "test_subset", "checkpoint_every", "time_limit",
+                 "rejoin_seconds"):
         if getattr(job, name) < 0:
-            raise ConfigError(f"{origin}: {name} must not be negative, got {getattr(job, name)}")
+            raise ConfigError(f"{name} must not be negative, got {getattr(job, name)}")
     if not (job.iterations or job.epochs):
-        raise ConfigError(f"{origin}: set iterations or epochs")
-    remote = [entry.address is not None for entry in job.stages]
+        raise ConfigError("set iterations or epochs")
+    remote = [stage.address is not None for stage in job.stages]
     if any(remote) and not all(remote):
-        raise ConfigError(f"{origin}: either every stage has an address (remote workers) or none does")
+        raise ConfigError("either every stage has an address (remote workers) or none does")
 
 
 def job_as_table(job: Job) -> dict[str, Any]:
@@ -181,10 +169,10 @@ def job_as_table(job: Job) -> dict[str, Any]:
     table["mode"] = job.mode.value
     table["optimizer"] = {"name": job.optimizer.name, "lr": job.optimizer.lr}
     table["stages"] = [
-        {"kind": entry.spec.kind, "device": entry.spec.device, **entry.spec.params,
-         "synthesizer": {"kind": entry.spec.synthesizer.kind, **entry.spec.synthesizer.params},
-         **({"address": entry.address} if entry.address else {})}
-        for entry in job.stages
+        {"kind": stage.kind, "device": stage.device, **stage.params,
+         "synthesizer": {"kind": stage.synthesizer.kind, **stage.synthesizer.params},
+         **({"address": stage.address} if stage.address else {})}
+        for stage in job.stages
     ]
     return table
 
@@ -192,4 +180,4 @@ def job_as_table(job: Job) -> dict[str, Any]:
 def with_addresses(job: Job, addresses: list[str]) -> Job:
     if len(addresses) != len(job.stages):
         raise ConfigError(f"--workers lists {len(addresses)} addresses but the job has {len(job.stages)} stages")
-    return replace(job, stages=tuple(replace(entry, address=address) for entry, address in zip(job.stages, addresses)))
+    return replace(job, stages=tuple(replace(stage, address=address) for stage, address in zip(job.stages, addresses)))

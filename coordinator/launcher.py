@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from dni.coordinator.pipeline import WorkerLost
 from dni.protocol import Endpoints, worker_endpoints
 
 log = logging.getLogger("dni.launcher")
@@ -26,12 +27,8 @@ EXIT_MEANINGS = {  # a --once worker's exit code (workers/worker.py) -> what hap
 }
 
 
-class WorkerDied(RuntimeError):
+class WorkerDied(WorkerLost):
     """A local worker process exited while the job was running."""
-
-    def __init__(self, stage: int, text: str) -> None:
-        super().__init__(text)
-        self.stage = stage
 
 
 class LocalWorkers:
@@ -128,27 +125,3 @@ def _die_with_parent() -> None:
         import ctypes
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def free_port_block(size: int = 3) -> int:
-    """A base port P such that P..P+size-1 are free on loopback now."""
-    import socket
-
-    for _ in range(100):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = probe.getsockname()[1]
-        if base + size < 65535 and all(_port_free(base + offset) for offset in range(size)):
-            return base
-    raise RuntimeError("no block of free ports on loopback")
-
-
-def _port_free(port: int) -> bool:
-    import socket
-
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False

@@ -18,16 +18,14 @@ import torch
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from dni.protocol import DEFAULT_LIMITS, Endpoints, Kind, Limits, Message, ProtocolError, open_socket, receive_message, resolved, send_message
+from dni.errors import ConfigError, PipelineError
+from dni.protocol import (DEFAULT_LIMITS, Endpoints, Kind, Limits, Message, ProtocolError, open_socket, receive_message, resolvable,
+                          resolved, send_message)
 from dni.protocol.refusals import RefusalLog
 from dni.protocol.security import Keys, check_plaintext_allowed, make_server, secure_context
 
 log = logging.getLogger("dni.pipeline")
 DISCONNECT_GRACE = 3.0  # a worker whose connection dropped and did not come back this long is gone
-
-
-class PipelineError(RuntimeError):
-    """A worker refused a request, stopped answering, or died."""
 
 
 class StageFailed(PipelineError):
@@ -36,6 +34,11 @@ class StageFailed(PipelineError):
     def __init__(self, stage: int, text: str) -> None:
         super().__init__(text)
         self.stage = stage
+
+
+class WorkerLost(StageFailed):
+    """A stage's worker is gone (its process died, its connection dropped, it fell silent): a new worker
+    for the stage can take over from the last checkpoint."""
 
 
 class Pipeline:
@@ -123,9 +126,26 @@ class Pipeline:
                                          f"with every stage idle for {self.idle_for():.0f}s: a target was lost")
         reply = receive_message(socket, self.limits)
         if not reply.meta.get("ok"):
-            raise PipelineError(f"stage {stage} refused {command!r}: {reply.meta.get('error')}")
+            # a worker that cannot build its stage refuses the job itself, as the local check would have
+            refusal = ConfigError if command == "configure" else PipelineError
+            raise refusal(f"stage {stage} refused {command!r}: {reply.meta.get('error')}")
         self.last_seen[stage] = time.monotonic()
         return reply
+
+    def await_worker(self, stage: int, timeout: float) -> None:
+        """Wait up to `timeout` seconds for a worker to answer at the stage's address again, as one restarted by
+        its orchestrator (compose, Swarm) does; the name is resolved afresh each try, since the new one may live elsewhere."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if resolvable(self.endpoints[stage].control, within=2.0):  # a stopped container's name may not resolve
+                self.reconnect(stage, self.endpoints[stage])
+                try:
+                    self.request(stage, "ping", timeout=min(5.0, max(0.5, deadline - time.monotonic())))
+                    return
+                except PipelineError:
+                    continue
+            time.sleep(0.5)
+        raise WorkerLost(stage, f"stage {stage} ({self.endpoints[stage].control}) did not come back within {timeout:.0f}s")
 
     def request_all(self, command: str, meta: Optional[dict[str, Any]] = None, timeout: float = 60.0,
                     stall_timeout: Optional[float] = None) -> list[Message]:
@@ -266,7 +286,7 @@ class Pipeline:
         stage = self.gone()
         if stage is not None:
             down = time.monotonic() - self.disconnected_at[stage]
-            raise StageFailed(stage, f"stage {stage} ({self.endpoints[stage].control}) lost its connection {down:.0f}s ago "
+            raise WorkerLost(stage, f"stage {stage} ({self.endpoints[stage].control}) lost its connection {down:.0f}s ago "
                                      "and has not come back: its worker died or its host is unreachable")
 
     def _check_heartbeats(self) -> None:
@@ -275,7 +295,7 @@ class Pipeline:
         stage = min(range(self.stages), key=lambda index: self.last_seen[index])
         silent = now - self.last_seen[stage]
         if silent > self.heartbeat_timeout:
-            raise StageFailed(stage, f"stage {stage} ({self.endpoints[stage].control}) sent nothing for {silent:.0f}s: "
+            raise WorkerLost(stage, f"stage {stage} ({self.endpoints[stage].control}) sent nothing for {silent:.0f}s: "
                                      "died or unreachable")
         for stage, status in enumerate(self.status):
             busy = float(status.get("busy_for", 0.0))

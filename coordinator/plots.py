@@ -11,11 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from dni.coordinator.results import read_metrics  # noqa: E402
-
-
-class NotARunError(ValueError):
-    """A folder given to `dni plot` that holds no run's metrics."""
+from dni.coordinator.results import NotARunError, read_metrics  # noqa: E402
 
 
 def check_runs(runs: Sequence[Path]) -> None:

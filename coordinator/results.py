@@ -8,7 +8,16 @@ from typing import Any
 
 import torch
 
+from dni.errors import DniError
+from dni.files import write_text_atomically
+
 from dni.coordinator.job import Job, job_as_table
+
+
+class NotARunError(DniError, ValueError):
+    """A folder given as a run (to `dni plot`, `--resume`) that holds no run."""
+
+    exit_code = 2
 
 
 class RunFolder:
@@ -34,23 +43,18 @@ class RunFolder:
     @classmethod
     def open(cls, path: Path) -> "RunFolder":
         if not (path / "job.json").is_file():
-            raise FileNotFoundError(f"{path} is not a run folder (no job.json)")
+            raise NotARunError(f"{path} is not a run folder (no job.json)")
         return cls(path)
 
     def rewrite_metrics(self, records: list[dict[str, Any]]) -> None:
-        partial = self.metrics_path.with_suffix(".partial")
-        partial.write_text("".join(json.dumps(record) + "\n" for record in records))
-        partial.replace(self.metrics_path)
+        write_text_atomically(self.metrics_path, "".join(json.dumps(record) + "\n" for record in records))
 
     def append_metrics(self, record: dict[str, Any]) -> None:
         with self.metrics_path.open("a") as stream:
             stream.write(json.dumps(record) + "\n")
 
     def write_json(self, name: str, data: Any) -> None:
-        target = self.path / name
-        partial = target.with_suffix(".tmp")
-        partial.write_text(json.dumps(data, indent=2))
-        partial.replace(target)
+        write_text_atomically(self.path / name, json.dumps(data, indent=2))
 
     def save_state(self, states: list[dict[str, torch.Tensor]]) -> None:
         torch.save({f"stage{index}": state for index, state in enumerate(states)}, self.path / "model.pt")

@@ -7,7 +7,7 @@ import threading
 import secrets
 import socket
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -21,7 +21,8 @@ from dni.coordinator.results import RunFolder, read_metrics
 from dni.coordinator.shapes import check_stages
 from dni.coordinator.tensorboard import require_tensorboard
 from dni.coordinator.trainer import Trainer
-from dni.protocol import ProtocolError, connectable, worker_endpoints
+from dni.errors import DniError
+from dni.protocol import Endpoints, ProtocolError, connectable, worker_endpoints
 from dni.protocol.security import FIX, Keys, check_plaintext_allowed, load_keys
 
 log = logging.getLogger("dni.run")
@@ -40,17 +41,18 @@ def run_job(job: Job, bind: Optional[str] = None, advertise: Optional[str] = Non
     torch.set_num_threads(COORDINATOR_THREADS)
     data = load_dataset(job.dataset, job.resolved_data_root(), job.download, job.verify_data)
     data = data.subset(job.train_subset, job.test_subset)
-    check_stages(job, data.input_shape, data.num_classes)
+    remote = job.stages[0].address is not None
+    if not remote:  # remote stages are checked by their workers, whose configure replies give their shapes
+        check_stages(job, data.input_shape, data.num_classes)
     folder = resume or RunFolder.create(job)
     job_id = f"{folder.path.name}-{secrets.token_hex(4)}"
-    remote = job.stages[0].address is not None
     local = None if remote else LocalWorkers(len(job.stages), transport, worker_log_level, keys.directory if keys else None)
     inbox = bind or (f"ipc://{local.directory}/coordinator" if transport == "ipc" and local else "tcp://127.0.0.1:*" if local else "tcp://0.0.0.0:5550" if keys else "tcp://127.0.0.1:5550")
     pipeline = None
     try:
         if local:
             local.start()
-        endpoints = local.endpoints if local else [worker_endpoints(entry.address) for entry in job.stages]
+        endpoints = local.endpoints if local else [worker_endpoints(stage.address) for stage in job.stages]
         pipeline = Pipeline(job_id, endpoints, inbox, health_check=local.check if local else lambda: None, keys=keys)
         reachable = advertise or connectable(pipeline.inbox_address, socket.gethostname() if remote else "127.0.0.1")
         pipeline.wait_for_workers(timeout=60 if local else 300)
@@ -58,7 +60,7 @@ def run_job(job: Job, bind: Optional[str] = None, advertise: Optional[str] = Non
         for stage, at in enumerate(endpoints):
             log.info("stage %d listens at control %s, forward %s, backward %s", stage, at.control, at.forward, at.backward)
         summary = Trainer(job, job_id, data, pipeline, folder, reachable, show_progress,
-                          restart_worker=local.restart if local else None).run()
+                          replace_worker=local.restart if local else _waiting_for(pipeline, job.rejoin_seconds)).run()
         training_finished.set()
         folder.write_json("summary.json", {"status": "complete", **summary})
         plot_accuracy([folder.path], folder.plot_path, f"{job.name}: {job.mode.value}")
@@ -74,8 +76,10 @@ def run_job(job: Job, bind: Optional[str] = None, advertise: Optional[str] = Non
             local.stop()
 
 
-class RunComplete(Exception):
+class RunComplete(DniError):
     """`--resume` of a run that has already finished: nothing to do."""
+
+    exit_code = 0
 
 
 def resume_job(path: Path, **options: Any) -> tuple[RunFolder, dict[str, Any]]:
@@ -118,12 +122,24 @@ def _run_keys(job: Job, keys: Optional[Keys], addresses: list[Optional[str]]) ->
         keys = load_keys(job.keys)
     if keys is not None:
         return keys
-    remote = [entry.address for entry in job.stages if entry.address is not None]
+    remote = [stage.address for stage in job.stages if stage.address is not None]
     if remote and not job.insecure:
         raise ProtocolError(f"remote workers need CURVE keys: {FIX}; "
                             "for workers on this machine only (tcp://127.0.0.1), --insecure (job file: insecure = true) runs without")
     check_plaintext_allowed([address for address in [*remote, *addresses] if address], "address")
     return None
+
+
+def _waiting_for(pipeline: Pipeline, seconds: int) -> Optional[Callable[[int], Endpoints]]:
+    """For workers started elsewhere: wait for their orchestrator to bring a lost one back at the same address."""
+    if not seconds:
+        return None
+
+    def replacement(stage: int) -> Endpoints:
+        pipeline.await_worker(stage, seconds)
+        return pipeline.endpoints[stage]
+
+    return replacement
 
 
 def _stop_workers(pipeline: Pipeline) -> None:

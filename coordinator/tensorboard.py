@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 from dni.coordinator.job import Job
-from dni.workers.spec import ConfigError
+from dni.errors import ConfigError
 from dni.workers.timing import ACTIVITIES, COMPUTE
 
 if TYPE_CHECKING:

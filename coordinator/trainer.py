@@ -9,16 +9,16 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from dni.coordinator.checkpoints import Checkpoints, Position
 from dni.coordinator.data import Dataset, test_batches, train_batches
 from dni.coordinator.job import Job
-from dni.coordinator.checkpoints import Checkpoints, Position
-from dni.coordinator.launcher import WorkerDied
-from dni.coordinator.pipeline import Pipeline, PipelineError, StageFailed
+from dni.coordinator.pipeline import Pipeline, PipelineError, StageFailed, WorkerLost
 from dni.coordinator.progress import Progress
 from dni.coordinator.results import RunFolder, read_metrics
+from dni.coordinator.shapes import check_last_shape
 from dni.coordinator.tensorboard import TensorBoardLog
 from dni.protocol import Endpoints, Kind, Message
-from dni.workers.spec import StageConfig
+from dni.spec import StageAssignment
 from dni.workers.timing import spans_from_arrays
 
 log = logging.getLogger("dni.trainer")
@@ -62,7 +62,7 @@ class Evaluation:
 class Trainer:
     def __init__(self, job: Job, job_id: str, data: Dataset, pipeline: Pipeline, folder: RunFolder,
                  coordinator_address: str, show_progress: bool = True,
-                 restart_worker: Optional[Callable[[int], Endpoints]] = None) -> None:
+                 replace_worker: Optional[Callable[[int], Endpoints]] = None) -> None:
         self.job = job
         self.job_id = job_id
         self.data = data
@@ -82,7 +82,7 @@ class Trainer:
         self.checkpoints = Checkpoints(folder.path / "checkpoints")
         self.records: list[dict[str, Any]] = []
         self.workers: list[dict[str, Any]] = []
-        self.restart_worker = restart_worker
+        self.replace_worker = replace_worker  # a new worker for a lost stage: started here, or waited for
         self.base_job_id = job_id
         self.recoveries = 0
         self.resent = 0
@@ -99,20 +99,21 @@ class Trainer:
         shape = self.data.input_shape
         endpoints = self.pipeline.endpoints
         self.workers = []
-        for index, entry in enumerate(self.job.stages):
-            config = StageConfig(
-                job=self.job_id, index=index, num_stages=len(endpoints), spec=entry.spec, mode=self.job.mode,
+        for index, spec in enumerate(self.job.stages):
+            config = StageAssignment(
+                job=self.job_id, index=index, num_stages=len(endpoints), spec=spec, mode=self.job.mode,
                 input_shape=tuple(shape), num_classes=self.data.num_classes, optimizer=self.job.optimizer,
                 seed=self.job.seed, window=self.job.window, threads=self.job.threads_per_worker(),
                 coordinator=self.coordinator_address,
                 upstream=endpoints[index - 1].backward if index > 0 else None,
                 downstream=endpoints[index + 1].forward if index + 1 < len(endpoints) else None,
-                record_spans=self.job.record_spans, nonfinite=self.job.nonfinite,
+                record_spans=self.job.record_spans, nonfinite=self.job.nonfinite, loss=self.job.loss,
                 restore=str(self.checkpoints.stage(index)) if restore else None,
             )
             reply = self.pipeline.request(index, "configure", {"config": config.to_wire()}, timeout=120)
             self.workers.append({"stage": index, "address": endpoints[index].control, **{k: v for k, v in reply.meta.items() if k != "ok"}})
             shape = tuple(reply.meta["output_shape"])
+        check_last_shape(self.job, shape, self.data.num_classes)
 
     def run(self) -> dict[str, Any]:
         position = self.checkpoints.position()
@@ -129,10 +130,10 @@ class Trainer:
                 self._train(start)
                 self._checkpoint()
                 break
-            except WorkerDied as death:
-                if self.restart_worker is None or self.recoveries >= MAX_RECOVERIES:
+            except WorkerLost as loss:
+                if self.replace_worker is None or self.recoveries >= MAX_RECOVERIES:
                     raise
-                start = self._recover(death)
+                start = self._recover(loss)
             except KeyboardInterrupt:
                 self._checkpoint_on_interrupt()
                 raise
@@ -191,17 +192,17 @@ class Trainer:
         log.warning("interrupted: writing a checkpoint at step %d first (interrupt again to skip it)", self.sent)
         try:
             self._checkpoint()
-        except (PipelineError, WorkerDied) as error:
+        except PipelineError as error:
             log.error("no checkpoint written (%s); --resume continues from step %d", error, resume_from)
 
-    def _recover(self, death: WorkerDied) -> int:
-        """Restart the dead worker, roll every stage back to the last checkpoint, and re-send what was lost."""
+    def _recover(self, loss: WorkerLost) -> int:
+        """A new worker for the lost stage, every stage rolled back to the last checkpoint, and what was lost re-sent."""
         position = self.checkpoints.position()
         lost = self.sent - position.step
-        log.warning("%s; restarting it and resuming every stage from step %d (%d batches re-sent)", death, position.step, lost)
+        log.warning("%s; replacing its worker and resuming every stage from step %d (%d batches re-sent)", loss, position.step, lost)
         self.recoveries += 1
         self.resent += lost
-        self.pipeline.reconnect(death.stage, self.restart_worker(death.stage))
+        self.pipeline.reconnect(loss.stage, self.replace_worker(loss.stage))
         self.job_id = self.pipeline.job_id = f"{self.base_job_id}-r{self.recoveries}"  # stale messages no longer match
         self.pipeline.forget_silence()
         self.evaluations.clear()

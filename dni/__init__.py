@@ -25,7 +25,7 @@ __all__ = [
 _HOMES = {
     "Job": "dni.coordinator.job", "load_job": "dni.coordinator.job",
     "run_job": "dni.coordinator.run", "resume_job": "dni.coordinator.run",
-    "Mode": "dni.workers.modes",
+    "Mode": "dni.spec",
     "StageBuilder": "dni.workers.interface", "SynthesizerBuilder": "dni.workers.interface",
     "StageCompute": "dni.workers.compute",
 }

@@ -7,6 +7,7 @@ that the coordinator and the neighbours agree without further configuration.
 from __future__ import annotations
 
 import socket
+import threading
 from dataclasses import dataclass
 
 from dni.protocol.errors import ProtocolError
@@ -63,3 +64,44 @@ def resolved(address: str) -> str:
     ip = sockaddr[0]
     return f"tcp://[{ip}]:{port}" if family == socket.AF_INET6 else f"tcp://{ip}:{port}"
 
+
+def resolvable(address: str, within: float) -> bool:
+    """Whether a tcp:// address's name resolves within `within` seconds (a lookup of a vanished name can hang for
+    many seconds; this one is given up on, left to finish in the background)."""
+    if not address.startswith("tcp://"):
+        return True
+    host = address[len("tcp://"):].rpartition(":")[0]
+    outcome: list[bool] = []
+
+    def look_up() -> None:
+        try:
+            socket.getaddrinfo(host, None)
+            outcome.append(True)
+        except OSError:
+            outcome.append(False)
+
+    lookup = threading.Thread(target=look_up, daemon=True)
+    lookup.start()
+    lookup.join(within)
+    return outcome == [True]
+
+
+def free_port_block(size: int = 3) -> int:
+    """A base port P such that P..P+size-1 are free on loopback now, for what must be given fixed ports
+    (a worker's base address, a gloo rendezvous); what binds its own port 0 needs none of this."""
+    for _ in range(100):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            base = probe.getsockname()[1]
+        if base + size < 65535 and all(_port_free(base + offset) for offset in range(size)):
+            return base
+    raise OSError("no block of free ports on loopback")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False

@@ -5,11 +5,12 @@ checkpoint; read with `weights_only`, so a checkpoint cannot run code.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from dni.files import replace_atomically
 
 from dni.workers.compute import StageCompute
 
@@ -25,9 +26,7 @@ def save_checkpoint(path: str, compute: StageCompute) -> None:
     if compute.synthesizer is not None:
         state["synthesizer"] = compute.synthesizer.state_dict()
         state["synthesizer_optimizer"] = compute.synthesizer_optimizer.state_dict()
-    partial = target.with_name(target.name + ".partial")
-    torch.save(state, partial)
-    os.replace(partial, target)
+    replace_atomically(target, lambda partial: torch.save(state, partial))
 
 
 def load_checkpoint(path: str, compute: StageCompute) -> None:

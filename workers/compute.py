@@ -5,25 +5,33 @@ downstream, then calls `update_after_forward` (the update-unlocked step of the
 synthetic modes); when a target comes back it calls `receive_target`. Each call
 returns what must travel upstream, if anything: the gradient w.r.t. the stage's
 input for backprop and synthetic gradients, the stage's own loss prediction for
-synthetic loss. The last stage does all of it at once in `train_last`.
+synthetic loss. The last stage does all of it at once in `train_last`, and
+scores evaluation batches with `evaluate_last`, both with the job's loss
+(`dni.workers.losses`), so the loss lives here and nowhere in the transport.
 
 Losses are summed over the batch, as in the reference, so a synthesizer learns
 the per-example gradient whatever the batch size.
+
+The worker asks what it must check (`awaits_target`, `expected_target_shape`,
+`in_flight`, `can_take_batch`) rather than reading the pending batches itself.
 """
 from __future__ import annotations
 
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 
+from dni.spec import Mode
+from dni.spec import OptimizerSpec, StageAssignment
 from dni.workers.build import StageModules
-from dni.workers.interface import call_stage
-from dni.workers.modes import Mode
-from dni.workers.spec import OptimizerSpec, StageConfig
+from dni.workers.interface import Shape, call_stage
+from dni.workers.losses import Loss, per_example_losses, resolve_loss
 from dni.workers.timing import Timeline
+
+__all__ = ["EvalResult", "LastStageResult", "Pending", "StageCompute", "make_optimizer"]
 
 
 @dataclass
@@ -37,12 +45,21 @@ class Pending:
     weights: Optional[dict[str, torch.Tensor]] = None  # the synthesizer weights that made it
 
 
-@dataclass
-class LastStageResult:
-    upstream: Optional[torch.Tensor]
+@dataclass(frozen=True)
+class EvalResult:
+    """What the last stage reports of a batch: summed loss, correct predictions, examples."""
     loss_sum: float
     correct: int
     count: int
+
+    def as_meta(self) -> dict[str, Any]:
+        return {"loss_sum": self.loss_sum, "correct": self.correct, "count": self.count}
+
+
+@dataclass(frozen=True)
+class LastStageResult(EvalResult):
+    """A training batch's result, and the target for the stage above (None when it takes none)."""
+    upstream: Optional[torch.Tensor] = None
 
 
 def make_optimizer(spec: OptimizerSpec, parameters) -> torch.optim.Optimizer:
@@ -52,12 +69,14 @@ def make_optimizer(spec: OptimizerSpec, parameters) -> torch.optim.Optimizer:
 
 
 class StageCompute:
-    def __init__(self, config: StageConfig, modules: StageModules, timeline: Timeline) -> None:
+    def __init__(self, config: StageAssignment, modules: StageModules, timeline: Timeline) -> None:
         self.config = config
         self.mode = config.mode
         self.module = modules.module
         self.synthesizer = modules.synthesizer
+        self.output_shape: Shape = tuple(modules.output_shape)
         self.time = timeline
+        self.loss: Optional[Loss] = resolve_loss(config.loss) if config.is_last else None
         self.module_optimizer = make_optimizer(config.optimizer, self.module.parameters())
         self.synthesizer_optimizer = (
             make_optimizer(config.optimizer, self.synthesizer.parameters()) if self.synthesizer else None
@@ -71,6 +90,19 @@ class StageCompute:
     def can_take_batch(self) -> bool:
         window = 1 if self.mode.locked else self.config.window
         return len(self.pending) < window
+
+    @property
+    def in_flight(self) -> int:
+        """Batches that await their target."""
+        return len(self.pending)
+
+    def awaits_target(self, batch: int) -> bool:
+        return batch in self.pending
+
+    def expected_target_shape(self, batch: int) -> Shape:
+        """The shape of the target batch `batch` awaits: a loss per example (sl) or a gradient of the output."""
+        rows = self.pending[batch].h.shape[0]
+        return (rows, *((1,) if self.mode.synthetic_loss else self.output_shape))
 
     def forward(self, batch: int, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """A hidden stage's training forward pass; returns the activation for downstream."""
@@ -153,7 +185,7 @@ class StageCompute:
         with self.time("forward"):
             x.requires_grad_(self.needs_input_grad)
             logits = call_stage(self.module, x, labels)
-            losses = F.cross_entropy(logits, labels, reduction="none")
+            losses = self._losses(logits, labels)
         with self.time("backward"):
             self.module_optimizer.zero_grad(set_to_none=True)
             losses.sum().backward()
@@ -164,16 +196,30 @@ class StageCompute:
         elif self.needs_input_grad:
             upstream = x.grad
         correct = int((logits.argmax(1) == labels).sum())
-        return LastStageResult(upstream, float(losses.detach().sum()), correct, len(labels))
+        return LastStageResult(float(losses.detach().sum()), correct, len(labels), upstream)
 
     @torch.no_grad()
     def evaluate(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The stage's output in eval mode (a hidden stage's evaluation: the output goes downstream)."""
         with self.time("forward"):
             self.module.eval()
             try:
                 return call_stage(self.module, x, labels)
             finally:
                 self.module.train()
+
+    @torch.no_grad()
+    def evaluate_last(self, x: torch.Tensor, labels: torch.Tensor) -> EvalResult:
+        """The last stage's evaluation of a batch with the job's loss."""
+        logits = self.evaluate(x, labels)
+        with self.time("forward"):
+            losses = self._losses(logits, labels)
+        return EvalResult(float(losses.sum()), int((logits.argmax(1) == labels).sum()), len(labels))
+
+    def _losses(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.loss is None:
+            raise RuntimeError(f"stage {self.config.index} is not the last stage and has no loss")
+        return per_example_losses(self.loss, self.config.loss, logits, labels)
 
     def state(self) -> dict[str, torch.Tensor]:
         state = {f"module.{k}": v for k, v in self.module.state_dict().items()}

@@ -7,7 +7,7 @@ import typing
 from importlib.metadata import entry_points
 from typing import Any, Callable
 
-from dni.workers.spec import ConfigError
+from dni.errors import ConfigError
 from dni.workers.stages import BUILTIN_STAGES
 from dni.workers.synthesizers import BUILTIN_SYNTHESIZERS
 
@@ -15,7 +15,7 @@ STAGE_GROUP = "dni.stages"
 SYNTHESIZER_GROUP = "dni.synthesizers"
 
 
-class UnknownBuilderError(LookupError):
+class UnknownBuilderError(ConfigError, LookupError):
     """A job names a stage or synthesizer kind that nothing provides."""
 
 
@@ -29,7 +29,7 @@ def resolve_synthesizer(name: str) -> Callable[..., Any]:
 
 def _resolve(name: str, builtin: dict[str, Callable[..., Any]], group: str, what: str) -> Callable[..., Any]:
     if ":" in name:
-        return _import(name, what)
+        return import_callable(name, f"{what} kind")
     if name in builtin:
         return builtin[name]
     for entry in entry_points(group=group):
@@ -39,14 +39,15 @@ def _resolve(name: str, builtin: dict[str, Callable[..., Any]], group: str, what
     raise UnknownBuilderError(f"unknown {what} kind {name!r}; known: {', '.join(known)} (or an import path package.module:Name)")
 
 
-def _import(path: str, what: str) -> Callable[..., Any]:
+def import_callable(path: str, what: str) -> Callable[..., Any]:
+    """The callable at `package.module:name`; UnknownBuilderError naming `what` if it is not there."""
     module_name, _, attribute = path.partition(":")
     try:
         target = getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError) as error:
-        raise UnknownBuilderError(f"{what} kind {path!r} cannot be imported: {error}") from error
+        raise UnknownBuilderError(f"{what} {path!r} cannot be imported: {error}") from error
     if not callable(target):
-        raise UnknownBuilderError(f"{what} kind {path!r} is not callable")
+        raise UnknownBuilderError(f"{what} {path!r} is not callable")
     return target
 
 

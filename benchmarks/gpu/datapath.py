@@ -27,11 +27,11 @@ import zmq
 from dni.coordinator.job import Job
 from dni.coordinator.shapes import check_stages
 from dni.protocol import Kind, Message, decode, open_socket, receive_frames, send_message
+from dni.spec import Mode
+from dni.spec import StageAssignment
 from dni.workers.build import build_stage
 from dni.workers.compute import StageCompute
 from dni.workers.devices import synchronizer, to_device, to_host
-from dni.workers.modes import Mode
-from dni.workers.spec import StageConfig
 from dni.workers.timing import Timeline
 
 __all__ = ["profile_stage", "DATA_SHAPES"]
@@ -120,12 +120,13 @@ def _run(job: Job, index: int, input_shape: tuple[int, ...], device: str, steps:
 
 
 def _stage_compute(job: Job, index: int, input_shape: tuple[int, ...], device: str) -> tuple[StageCompute, tuple[int, ...]]:
-    spec = job.stages[index].spec
-    config = StageConfig(job="profile", index=index, num_stages=len(job.stages), spec=spec, mode=job.mode,
+    spec = job.stages[index]
+    config = StageAssignment(job="profile", index=index, num_stages=len(job.stages), spec=spec, mode=job.mode,
                          input_shape=tuple(input_shape), num_classes=10, optimizer=job.optimizer, seed=job.seed,
                          window=1, threads=torch.get_num_threads(), coordinator="inproc://unused",
                          upstream="inproc://up" if index else None, downstream="inproc://down")
-    modules = build_stage(spec, index, input_shape, job.mode, 10, job.seed, False, device)
+    modules = build_stage(spec, index=index, input_shape=input_shape, mode=job.mode, num_classes=10, seed=job.seed,
+                          is_last=False, device=device)
     return StageCompute(config, modules, Timeline()), modules.output_shape
 
 

@@ -40,6 +40,7 @@ from dni.coordinator.bench.speedup import balanced_job, measure, time_to_accurac
 from dni.coordinator.job import Job, load_job  # noqa: E402
 from dni.coordinator.results import read_metrics  # noqa: E402
 from dni.coordinator.run import run_job  # noqa: E402
+from dni.files import write_text_atomically  # noqa: E402
 from datapath import profile_stage  # noqa: E402
 from prepare import CIFAR_TEST_IMAGES, CIFAR_TRAIN_IMAGES, prepare, unpack  # noqa: E402
 from report import PARTS, missing_fields, plot_report, print_summary  # noqa: E402
@@ -107,7 +108,7 @@ class Context:
 
 
 def on_device(job: Job, device: str) -> Job:
-    return replace(job, stages=tuple(replace(entry, spec=replace(entry.spec, device=device)) for entry in job.stages))
+    return replace(job, stages=tuple(replace(stage, device=device) for stage in job.stages))
 
 
 # -- parts ---------------------------------------------------------------------------------------------------------
@@ -278,9 +279,7 @@ def _merged(earlier: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
 
 
 def _write(path: Path, report: dict[str, Any]) -> None:
-    partial = path.with_suffix(".partial")
-    partial.write_text(json.dumps(report, indent=2))
-    partial.replace(path)
+    write_text_atomically(path, json.dumps(report, indent=2))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,10 +16,10 @@ import torch.nn.functional as F
 
 from dni.coordinator.data import Dataset, test_batches, train_batches
 from dni.coordinator.job import Job
-from dni.workers.build import build_stage
+from dni.spec import Mode
+from dni.spec import StageAssignment
+from dni.workers.build import build_stages
 from dni.workers.compute import StageCompute
-from dni.workers.modes import Mode
-from dni.workers.spec import StageConfig
 from dni.workers.timing import Timeline
 
 
@@ -47,17 +47,14 @@ def run_baseline(job: Job, data: Dataset, kind: str) -> dict[str, Any]:
 
 
 def _stage_computes(job: Job, data: Dataset) -> list[StageCompute]:
-    computes, shape, count = [], data.input_shape, len(job.stages)
-    for index, entry in enumerate(job.stages):
-        modules = build_stage(entry.spec, index, shape, job.mode, data.num_classes, job.seed, index == count - 1)
-        config = StageConfig(
-            job="baseline", index=index, num_stages=count, spec=entry.spec, mode=job.mode, input_shape=tuple(shape),
-            num_classes=data.num_classes, optimizer=job.optimizer, seed=job.seed, window=1, threads=1, coordinator="inproc://none",
-            upstream="inproc://up" if index else None, downstream="inproc://down" if index < count - 1 else None,
-        )
-        computes.append(StageCompute(config, modules, Timeline()))
-        shape = modules.output_shape
-    return computes
+    built = build_stages(job.stages, input_shape=data.input_shape, mode=job.mode, num_classes=data.num_classes, seed=job.seed)
+    shapes = [tuple(data.input_shape), *(modules.output_shape for modules in built)]
+    count = len(job.stages)
+    return [StageCompute(StageAssignment(
+        job="baseline", index=index, num_stages=count, spec=spec, mode=job.mode, input_shape=shapes[index],
+        num_classes=data.num_classes, optimizer=job.optimizer, seed=job.seed, window=1, threads=1, coordinator="inproc://none",
+        upstream="inproc://up" if index else None, downstream="inproc://down" if index < count - 1 else None,
+    ), modules, Timeline()) for index, (spec, modules) in enumerate(zip(job.stages, built))]
 
 
 def _plain_step(computes: list[StageCompute], job: Job):

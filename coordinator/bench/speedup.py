@@ -20,8 +20,8 @@ from dni.coordinator.data import load_dataset
 from dni.coordinator.job import Job, job_from_table, load_job
 from dni.coordinator.results import read_metrics
 from dni.coordinator.run import run_job
-from dni.workers.modes import MODE_NAMES, Mode
-from dni.workers.spec import ConfigError
+from dni.errors import ConfigError
+from dni.spec import MODE_NAMES, Mode
 from dni.workers.timing import ACTIVITIES, COMPUTE
 
 EMULATED_FORWARD_MS = 20.0

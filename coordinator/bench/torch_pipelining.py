@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import multiprocessing
 import queue
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -26,10 +25,11 @@ from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGP
 
 from dni.coordinator.data import Dataset, load_dataset, test_batches, train_batches
 from dni.coordinator.job import Job
-from dni.workers.build import build_stage
+from dni.errors import ConfigError
+from dni.protocol import free_port_block
+from dni.spec import Mode
+from dni.workers.build import build_stages
 from dni.workers.compute import make_optimizer
-from dni.workers.modes import Mode
-from dni.workers.spec import ConfigError
 
 SCHEDULES = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}
 SCHEDULE_NAMES = {"gpipe": "GPipe", "1f1b": "1F1B"}
@@ -53,7 +53,7 @@ def run_torch_pipeline(job: Job, data: Dataset, schedule: str, microbatches: int
     eval_sets = test_batches(data, job.eval_batch_size)
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
-    port = _free_port()
+    port = free_port_block(1)
     with tempfile.TemporaryDirectory(prefix="dni-torch-pipe-") as folder:
         ranks = [context.Process(target=_train_rank, args=(rank, job, schedule, microbatches, port, folder, results), daemon=True)
                  for rank in range(len(job.stages))]
@@ -115,12 +115,8 @@ def check_schedule(job: Job, schedule: str, microbatches: int) -> None:
 
 def _stages(job: Job, data: Dataset) -> tuple[list[nn.Module], list[tuple[int, ...]]]:
     """Every stage's module, built as the workers build them, and the per-example shapes between them."""
-    modules, shapes = [], [tuple(data.input_shape)]
-    for index, entry in enumerate(job.stages):
-        built = build_stage(entry.spec, index, shapes[-1], Mode.BACKPROP, data.num_classes, job.seed, index == len(job.stages) - 1)
-        modules.append(built.module)
-        shapes.append(tuple(built.output_shape))
-    return modules, shapes
+    built = build_stages(job.stages, input_shape=data.input_shape, mode=Mode.BACKPROP, num_classes=data.num_classes, seed=job.seed)
+    return [modules.module for modules in built], [tuple(data.input_shape), *(tuple(modules.output_shape) for modules in built)]
 
 
 def _train_rank(rank: int, job: Job, schedule: str, microbatches: int, port: int, folder: str, results) -> None:
@@ -174,9 +170,3 @@ def _test_accuracy(modules: list[nn.Module], eval_sets: list[tuple[torch.Tensor,
     with torch.no_grad():
         correct = sum(int((network(x).argmax(1) == labels).sum()) for x, labels in eval_sets)
     return correct / sum(len(labels) for _, labels in eval_sets)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]

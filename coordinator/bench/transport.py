@@ -17,8 +17,8 @@ import numpy as np
 import zmq
 
 from dni.coordinator.job import load_job
-from dni.coordinator.launcher import free_port_block
 from dni.coordinator.shapes import check_stages
+from dni.protocol import free_port_block
 from dni.protocol import Kind, Message, receive_message, send_message
 from dni.protocol.transport import ZERO_COPY_THRESHOLD
 

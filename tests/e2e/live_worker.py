@@ -11,8 +11,8 @@ import pytest
 import zmq
 
 from dni.protocol import Endpoints, Kind, Message, encode, receive_message, send_message
-from dni.workers.modes import Mode
-from dni.workers.spec import OptimizerSpec, StageConfig, StageSpec
+from dni.spec import Mode
+from dni.spec import OptimizerSpec, StageAssignment, StageSpec
 
 JOB = "live-worker-test"
 
@@ -53,7 +53,7 @@ def request(control, command, timeout: float = 30.0, **meta) -> dict:
 
 def stage_config(inbox: str, **changes) -> dict:
     """A one-stage job (Flatten + Linear to 10 classes) on MNIST-shaped input, in wire form."""
-    config = StageConfig(job=JOB, index=0, num_stages=1, spec=StageSpec("linear", {"features": 10}), mode=Mode.BACKPROP,
+    config = StageAssignment(job=JOB, index=0, num_stages=1, spec=StageSpec("linear", {"features": 10}), mode=Mode.BACKPROP,
                          input_shape=(1, 28, 28), num_classes=10, optimizer=OptimizerSpec("adam", 1e-3), seed=0,
                          window=1, threads=1, coordinator=inbox).to_wire()
     config.update(changes)

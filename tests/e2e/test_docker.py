@@ -12,10 +12,12 @@ dni-base:bookworm), DNI_DOCKER_TIMEOUT (seconds for `up --build`, default 900).
 """
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 import uuid
@@ -142,33 +144,98 @@ def test_smoke_job_trains_across_containers(stack) -> None:
     assert coordinator_host not in hostnames, "a stage ran on the host, not in a container"
 
 
-def test_a_killed_stage_container_is_named_within_seconds(stack) -> None:
-    """`docker kill` of stage 1 mid-run: the coordinator fails naming stage 1, the other workers say why they end."""
-    compose, env, runs = stack
-    env["DNI_RUN_ARGS"] += " --iterations 100000"
+def _up_until_checkpointed(compose: list[str], env: dict[str, str], runs: Path) -> None:
     up = _run(compose + ["up", "-d", "--build"], cwd=REPO, env=env, timeout=UP_TIMEOUT)
     assert up.returncode == 0, _tail(up)
     deadline = time.monotonic() + 300
-    while not list(runs.glob("*/metrics.jsonl")) and time.monotonic() < deadline:
+    while not list(runs.glob("*/checkpoints/coordinator.json")) and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert list(runs.glob("*/metrics.jsonl")), "training never reached its first evaluation"
+    assert list(runs.glob("*/checkpoints/coordinator.json")), "training never reached its first checkpoint"
 
-    def container(service: str) -> str:
-        return _run(compose + ["ps", "-q", service], cwd=REPO, env=env).stdout.strip()
 
-    coordinator = container("coordinator")
+def _log_time(stamp: str) -> float:
+    return datetime.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
+def _container(compose: list[str], env: dict[str, str], service: str) -> str:
+    return _run(compose + ["ps", "-q", service], cwd=REPO, env=env).stdout.strip()
+
+
+def test_a_crashed_stage_container_is_restarted_and_the_run_recovers(stack) -> None:
+    """Stage 1's worker process dies (SIGKILL from the host, as a crash or the OOM killer would): compose restarts
+    its container at the same service name, and the run resumes every stage from the last checkpoint and finishes."""
+    compose, env, runs = stack
+    env["DNI_RUN_ARGS"] += " --iterations 600 --eval-every 100 --checkpoint-every 200"
+    _up_until_checkpointed(compose, env, runs)
+    coordinator, stage1 = _container(compose, env, "coordinator"), _container(compose, env, "stage1")
+    os.kill(int(_run(["docker", "inspect", "-f", "{{.State.Pid}}", stage1]).stdout), signal.SIGKILL)
+    waited = _run(["docker", "wait", coordinator], timeout=600)
+    logs = _run(["docker", "logs", coordinator]).stderr
+    assert waited.stdout.strip() == "0", logs[-3000:]
+    assert re.search(r"stage 1 \(tcp://stage1:5555\) lost its connection", logs), logs[-3000:]
+    assert _run(["docker", "inspect", "-f", "{{.RestartCount}}", stage1]).stdout.strip() == "1"
+    summary = json.loads(next(runs.glob("*/summary.json")).read_text())
+    assert summary["status"] == "complete" and summary["recoveries"] == 1 and summary["resent_batches"] > 0, summary
+    assert summary["steps"] == 600 and summary["test_accuracy"] > 0.5
+
+
+def test_a_killed_stage_container_is_named_within_seconds(stack) -> None:
+    """`docker kill` is a deliberate stop, which Docker's restart policy leaves alone: the coordinator names stage 1
+    at once, waits its `rejoin_seconds` for a worker to come back, then fails the run naming the stage."""
+    compose, env, runs = stack
+    env["DNI_RUN_ARGS"] += " --iterations 100000 --checkpoint-every 100 --rejoin-seconds 5"
+    _up_until_checkpointed(compose, env, runs)
+    coordinator = _container(compose, env, "coordinator")
     killed = time.monotonic()
-    assert _run(["docker", "kill", container("stage1")]).returncode == 0
+    assert _run(["docker", "kill", _container(compose, env, "stage1")]).returncode == 0
     waited = _run(["docker", "wait", coordinator], timeout=120)
     seconds = time.monotonic() - killed
-    logs = _run(["docker", "logs", coordinator])
+    logs = _run(["docker", "logs", coordinator]).stderr
     print(f"stage 1 killed; the coordinator exited {seconds:.1f}s later")
-    assert waited.stdout.strip() == "1", logs.stderr[-3000:]
-    assert re.search(r"run failed: stage 1 \(tcp://stage1:5555\) lost its connection", logs.stderr), logs.stderr[-3000:]
-    # measured 5.8 s: about 1 s for `docker kill`, 3 s of grace for a dropped connection, cleanup
-    assert seconds < 15, "named within seconds"
+    assert waited.stdout.strip() == "1", logs[-3000:]
+    lost = re.search(r"^(\S+ \S+) dni.pipeline WARNING stage 1 \(tcp://stage1:5555\) lost its connection", logs, re.M)
+    failed = re.search(r"^(\S+ \S+) dni ERROR run failed: stage 1 \(tcp://stage1:5555\) did not come back within 5s", logs, re.M)
+    assert lost and failed, logs[-3000:]
+    # lost to failed, by the coordinator's clock: 3 s of grace for a dropped connection + 5 s of rejoin_seconds +
+    # cleanup, measured 8.8 s; kill to exit also holds docker's own kill and wait (measured 16-22 s on 2 busy cores)
+    assert _log_time(failed[1]) - _log_time(lost[1]) < 12
+    assert seconds < 60
     summary = json.loads(next(runs.glob("*/summary.json")).read_text())
     assert summary["status"] == "failed" and summary["failed_stage"] == 1, summary
     for service in ("stage0", "stage2"):
         worker_logs = _run(compose + ["logs", "--no-color", service], cwd=REPO, env=env)
         assert "ending job" in worker_logs.stdout + worker_logs.stderr, f"{service} did not say why it stopped"
+
+
+def test_the_smoke_job_runs_on_a_one_node_swarm(stack) -> None:
+    """`docker stack deploy -c docker-compose.yml` on a swarm of this one node: the same file, the smoke job to its summary."""
+    compose, env, runs = stack
+    build = _run(compose + ["build", "stage0"], cwd=REPO, env=env, timeout=UP_TIMEOUT)
+    assert build.returncode == 0, _tail(build)
+    was_in_swarm = _run(["docker", "info", "-f", "{{.Swarm.LocalNodeState}}"]).stdout.strip() == "active"
+    if not was_in_swarm:
+        init = _run(["docker", "swarm", "init", "--advertise-addr", "127.0.0.1"])
+        assert init.returncode == 0, init.stderr
+    name = env["COMPOSE_PROJECT_NAME"]
+    try:
+        deploy = _run(["docker", "stack", "deploy", "-c", str(REPO / "docker-compose.yml"), name], cwd=REPO, env=env, timeout=300)
+        assert deploy.returncode == 0, _tail(deploy)
+        deadline = time.monotonic() + UP_TIMEOUT
+        while not list(runs.glob("*/summary.json")) and time.monotonic() < deadline:
+            time.sleep(1)
+        summaries = list(runs.glob("*/summary.json"))
+        logs = _run(["docker", "service", "logs", f"{name}_coordinator"]).stderr
+        assert summaries, f"no summary after {UP_TIMEOUT}s: {logs[-3000:]}"
+        summary = json.loads(summaries[0].read_text())
+        assert summary["status"] == "complete" and summary["test_accuracy"] > 0.5, summary
+        assert len({worker["hostname"] for worker in summary["workers"]}) == 3
+    finally:
+        _run(["docker", "stack", "rm", name], timeout=120)
+        deadline = time.monotonic() + 120
+        while _run(["docker", "ps", "-aq", "--filter", f"label=com.docker.stack.namespace={name}"]).stdout.strip() \
+                and time.monotonic() < deadline:
+            time.sleep(1)
+        _run(["docker", "volume", "rm", f"{name}_dni-keys"])
+        if not was_in_swarm:
+            assert _run(["docker", "swarm", "leave", "--force"]).returncode == 0
+            _run(["docker", "network", "rm", "docker_gwbridge"])

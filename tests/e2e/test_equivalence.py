@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from dni.coordinator.data import load_dataset, train_batches
 from dni.coordinator.run import run_job
 from tests.conftest import small_job
-from dni.workers.build import build_stage
+from dni.workers.build import build_stages
 
 pytestmark = pytest.mark.e2e
 
@@ -25,12 +25,7 @@ STEPS = 6
 
 def build_reference(job, input_shape):
     torch.set_num_threads(1)
-    shape, stages = input_shape, []
-    for index, entry in enumerate(job.stages):
-        built = build_stage(entry.spec, index, shape, job.mode, 10, job.seed, index == len(job.stages) - 1)
-        stages.append(built)
-        shape = built.output_shape
-    return stages
+    return build_stages(job.stages, input_shape=input_shape, mode=job.mode, num_classes=10, seed=job.seed)
 
 
 def reference_batches(job, data_root: Path):

@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 
 from dni.coordinator.job import SHORTCUTS
-from dni.coordinator.pipeline import PipelineError
 from dni.coordinator.results import read_metrics
+from dni.protocol import free_port_block
 from dni.coordinator.run import RunComplete, resume_job, run_job
+from dni.errors import PipelineError
 from tests.conftest import LEARNED, small_job
 
 pytestmark = pytest.mark.e2e
@@ -100,13 +101,13 @@ def test_stopped_run_resumes_from_its_checkpoint(data_root, tmp_path):
 
 
 def test_a_hung_worker_is_noticed_within_seconds(data_root, tmp_path):
-    from dni.coordinator.launcher import free_port_block
     from dni.coordinator.job import with_addresses
 
     addresses = [f"tcp://127.0.0.1:{free_port_block()}" for _ in range(3)]
     workers = [subprocess.Popen([sys.executable, "-m", "dni.workers", "--bind", a, "--once", "--log-level", "ERROR"]) for a in addresses]
     try:
-        job = with_addresses(small_job(data_root, tmp_path, iterations=100_000, eval_every=50, insecure=True), addresses)
+        job = with_addresses(small_job(data_root, tmp_path, iterations=100_000, eval_every=50, insecure=True, rejoin_seconds=0),
+                             addresses)
         stopped = []
 
         def stop_stage1() -> None:
@@ -295,27 +296,44 @@ def test_a_stage_producing_nan_is_counted_when_the_policy_says_count(broken_stag
     assert summary["worker_metrics"][1]["messages"]["nonfinite_sent"] > 0
 
 
-def test_a_killed_remote_worker_is_named_within_seconds(data_root, tmp_path):
-    """A worker the coordinator did not start (no process to watch): its dropped connection names it, not a timeout."""
-    from dni.coordinator.launcher import free_port_block
+def remote_workers(addresses: list[str]) -> list[subprocess.Popen]:
+    """Workers started the way a user or an orchestrator starts them: `dni worker --once` at a fixed address."""
+    return [subprocess.Popen([sys.executable, "-m", "dni.workers", "--bind", address, "--once", "--log-level", "ERROR"])
+            for address in addresses]
+
+
+@pytest.mark.parametrize("comes_back", [False, True], ids=["stays-dead", "restarted"])
+def test_a_killed_remote_worker_is_named_within_seconds_and_rejoins_if_restarted(comes_back, data_root, tmp_path):
+    """A worker the coordinator did not start: its dropped connection names it at once; if something restarts
+    it at the same address (compose, Swarm), the run recovers from its last checkpoint and finishes."""
     from dni.coordinator.job import with_addresses
 
     addresses = [f"tcp://127.0.0.1:{free_port_block()}" for _ in range(3)]
-    workers = [subprocess.Popen([sys.executable, "-m", "dni.workers", "--bind", a, "--once", "--log-level", "ERROR"]) for a in addresses]
+    workers = remote_workers(addresses)
     try:
-        job = with_addresses(small_job(data_root, tmp_path, iterations=100_000, eval_every=50, insecure=True), addresses)
+        job = small_job(data_root, tmp_path, iterations=300 if comes_back else 100_000, eval_every=50, checkpoint_every=100,
+                        insecure=True, rejoin_seconds=60 if comes_back else 0)
+        job = with_addresses(job, addresses)
         killed = []
 
         def kill_stage1() -> None:
-            while not list(tmp_path.glob("*/metrics.jsonl")):
-                time.sleep(0.05)
             os.kill(workers[1].pid, signal.SIGKILL)
             killed.append(time.monotonic())
+            if comes_back:
+                workers[1].wait()
+                workers.extend(remote_workers(addresses[1:2]))
 
-        threading.Thread(target=kill_stage1, daemon=True).start()
-        with pytest.raises(PipelineError, match="stage 1 .* lost its connection .* has not come back"):
-            run_job(job, bind="tcp://127.0.0.1:*", show_progress=False)
-        assert time.monotonic() - killed[0] < 10.0, "named before any heartbeat timeout (10 s) could"
+        watcher = when_checkpointed(tmp_path, kill_stage1)
+        if comes_back:
+            folder, summary = run_job(job, bind="tcp://127.0.0.1:*", show_progress=False)
+            watcher.join()
+            assert summary["recoveries"] == 1 and summary["resent_batches"] > 0
+            assert [record["step"] for record in read_metrics(folder.path)] == [50, 100, 150, 200, 250, 300]
+            assert summary["test_accuracy"] > LEARNED
+        else:
+            with pytest.raises(PipelineError, match="stage 1 .* lost its connection .* has not come back"):
+                run_job(job, bind="tcp://127.0.0.1:*", show_progress=False)
+            assert time.monotonic() - killed[0] < 10.0, "named before any heartbeat timeout (10 s) could"
         assert [worker.wait(10) for worker in (workers[0], workers[2])] == [0, 0], "the others were told to stop"
     finally:
         for worker in workers:

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from dni.coordinator.run import run_job
-from dni.workers.spec import ConfigError
+from dni.errors import ConfigError
 from tests.conftest import mlp_stages, small_job
 
 pytestmark = pytest.mark.e2e

@@ -9,7 +9,7 @@ import pytest
 from dni.coordinator.results import read_metrics
 from dni.coordinator.run import run_job
 from tests.conftest import small_job
-from dni.workers.modes import MODE_NAMES
+from dni.spec import MODE_NAMES
 
 pytestmark = pytest.mark.e2e
 

@@ -15,9 +15,9 @@ import zmq
 
 from tests.conftest import LEARNED, small_job
 from dni.coordinator.job import with_addresses
-from dni.coordinator.launcher import free_port_block
 from dni.coordinator.pipeline import Pipeline
 from dni.coordinator.run import run_job
+from dni.protocol import free_port_block
 from dni.protocol import Kind, Message, ProtocolError, encode, receive_message, worker_endpoints
 from dni.protocol.security import create_keys, load_keys, make_server, secure_context
 from tests.e2e.live_worker import JOB, request, stage_config

@@ -9,7 +9,7 @@ import pytest
 
 from dni.coordinator.results import read_metrics
 from dni.coordinator.run import run_job
-from dni.workers.spec import ConfigError
+from dni.errors import ConfigError
 from tests.conftest import REPO, small_job
 from tests.unit.test_tensorboard import events, points
 

@@ -6,7 +6,7 @@ import torch
 
 from dni.workers.checkpoint import load_checkpoint, save_checkpoint
 from dni.workers.compute import StageCompute
-from dni.workers.modes import Mode
+from dni.spec import Mode
 from tests.unit.test_compute import batch, stage, target_like
 
 

@@ -12,8 +12,7 @@ from torch import nn
 
 from dni.workers.build import StageModules, build_stage
 from dni.workers.compute import StageCompute
-from dni.workers.modes import Mode
-from dni.workers.spec import OptimizerSpec, StageConfig, StageSpec, SynthesizerSpec
+from dni.spec import Mode, OptimizerSpec, StageAssignment, StageSpec, SynthesizerSpec
 from dni.workers.timing import Timeline
 
 LR = 0.1
@@ -27,7 +26,8 @@ LAST = StageSpec("linear", {"features": CLASSES})
 
 def build(mode: Mode, index: int, stages: int) -> StageModules:
     last = index == stages - 1
-    built = build_stage(LAST if last else HIDDEN, index, (WIDTH,), mode, CLASSES, SEED, last)
+    built = build_stage(LAST if last else HIDDEN, index=index, input_shape=(WIDTH,), mode=mode, num_classes=CLASSES,
+                        seed=SEED, is_last=last)
     if built.synthesizer is not None and not built.synthesizer.output.weight.any():
         # the zero-initialised output would predict "no gradient" and hide every mistake: start it elsewhere
         generator = torch.Generator().manual_seed(index)
@@ -39,10 +39,10 @@ def build(mode: Mode, index: int, stages: int) -> StageModules:
 def stage(mode: Mode, index: int = 1, stages: int = 3, window: int = 1, optimizer: str = "sgd") -> tuple[StageCompute, StageModules]:
     """The stage under test (as a worker holds it) and its reference twin with the same weights."""
     last = index == stages - 1
-    config = StageConfig(job="unit", index=index, num_stages=stages, spec=LAST if last else HIDDEN, mode=mode,
-                         input_shape=(WIDTH,), num_classes=CLASSES, optimizer=OptimizerSpec(optimizer, LR), seed=SEED,
-                         window=window, threads=1, coordinator="inproc://coordinator",
-                         upstream=None if index == 0 else "inproc://upstream", downstream=None if last else "inproc://downstream")
+    config = StageAssignment(job="unit", index=index, num_stages=stages, spec=LAST if last else HIDDEN, mode=mode,
+                             input_shape=(WIDTH,), num_classes=CLASSES, optimizer=OptimizerSpec(optimizer, LR), seed=SEED,
+                             window=window, threads=1, coordinator="inproc://coordinator",
+                             upstream=None if index == 0 else "inproc://upstream", downstream=None if last else "inproc://downstream")
     return StageCompute(config, build(mode, index, stages), Timeline()), build(mode, index, stages)
 
 

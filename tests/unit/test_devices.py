@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dni.workers.devices import resolve_device, synchronizer, to_device, to_host
-from dni.workers.spec import ConfigError
+from dni.errors import ConfigError
 
 
 def test_a_received_array_is_copied_once_into_a_writable_tensor():

@@ -1,9 +1,10 @@
-"""protocol/endpoints.py: one base address gives a worker's three sockets; wildcards and names become connectable addresses."""
+"""protocol/endpoints.py: one base address gives a worker's three sockets; wildcards and names become connectable
+addresses; a name that does not resolve in time is given up on."""
 from __future__ import annotations
 
 import pytest
 
-from dni.protocol import Endpoints, ProtocolError, connectable, resolved, worker_endpoints
+from dni.protocol import Endpoints, ProtocolError, connectable, resolvable, resolved, worker_endpoints
 
 
 def test_worker_endpoints_derive_three_sockets_from_one_address():
@@ -38,3 +39,9 @@ def test_names_are_resolved_once_up_front_and_other_addresses_left_alone():
     assert resolved("tcp://no-such-host.invalid:5555") == "tcp://no-such-host.invalid:5555", "left for ZeroMQ to retry"
     for unresolvable in ("tcp://*:5555", "tcp://0.0.0.0:5555", "tcp://[::1]:5555", "tcp://h:*"):
         assert resolved(unresolvable) == unresolvable
+
+
+def test_a_name_that_resolves_in_time_and_one_that_does_not():
+    assert resolvable("tcp://localhost:5555", within=5.0)
+    assert resolvable("ipc:///tmp/x", within=0.0)
+    assert not resolvable("tcp://no-such-host.invalid:5555", within=5.0)

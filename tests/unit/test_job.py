@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from dni.coordinator.job import SHORTCUTS, job_as_table, job_from_table, load_job, with_addresses
-from dni.workers.modes import Mode
-from dni.workers.spec import ConfigError, OptimizerSpec
+from dni.errors import ConfigError
+from dni.spec import Mode, OptimizerSpec
 from tests.conftest import mlp_stages, small_job
 
 
@@ -15,8 +15,8 @@ def test_shortcuts_load_the_reference_jobs_with_overrides_on_top():
     assert (job.name, job.dataset, job.mode, job.batch_size, job.iterations, job.window) == (
         "mnist_fcn", "mnist", Mode.CDNI, 256, 25_000, 4)
     assert job.optimizer == OptimizerSpec("adam", 1e-4)
-    assert [entry.spec.kind for entry in job.stages] == ["linear_bn_relu", "linear_bn_relu", "linear"]
-    assert job.stages[0].spec.synthesizer.params == {"hidden": 1024, "layers": 2}
+    assert [stage.kind for stage in job.stages] == ["linear_bn_relu", "linear_bn_relu", "linear"]
+    assert job.stages[0].synthesizer.params == {"hidden": 1024, "layers": 2}
     assert {name: load_job(name).name for name in SHORTCUTS} == {
         "mnist": "mnist_fcn", "mnist-smoke": "mnist_smoke", "cifar10": "cifar10_cnn"}
 
@@ -58,10 +58,10 @@ def test_a_stage_keeps_its_parameters_and_synthesizer_apart(tmp_path):
     stage = {"kind": "conv_bn_relu", "channels": 8, "pool": "max", "device": "auto",
              "synthesizer": {"kind": "conv", "channels": 4}}
     job = small_job(tmp_path, tmp_path, stages=[stage, *mlp_stages()[1:]])
-    spec = job.stages[0].spec
+    spec = job.stages[0]
     assert (spec.kind, spec.params, spec.device) == ("conv_bn_relu", {"channels": 8, "pool": "max"}, "auto")
     assert (spec.synthesizer.kind, spec.synthesizer.params) == ("conv", {"channels": 4})
-    assert job.stages[0].address is None
+    assert spec.address is None
 
 
 def test_steps_come_from_epochs_when_set(tmp_path):

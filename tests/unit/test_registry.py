@@ -10,7 +10,7 @@ from torch import nn
 
 from dni.workers.registry import (STAGE_ARGUMENTS, STAGE_GROUP, SYNTHESIZER_ARGUMENTS, UnknownBuilderError, check_params,
                                   resolve_stage, resolve_synthesizer)
-from dni.workers.spec import ConfigError
+from dni.errors import ConfigError
 from dni.workers.stages import linear_bn_relu
 from dni.workers.synthesizers import ConvSynthesizer, MLPSynthesizer
 

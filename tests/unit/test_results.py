@@ -10,7 +10,7 @@ import torch
 
 import dni.coordinator.results as results
 from dni.coordinator.job import job_as_table
-from dni.coordinator.results import RunFolder, read_metrics
+from dni.coordinator.results import NotARunError, RunFolder, read_metrics
 from tests.conftest import small_job
 
 
@@ -33,7 +33,7 @@ def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path, frozen_
 
 
 def test_only_a_folder_with_a_job_opens_as_a_run(tmp_path):
-    with pytest.raises(FileNotFoundError, match=f"^{tmp_path} is not a run folder \\(no job.json\\)$"):
+    with pytest.raises(NotARunError, match=f"^{tmp_path} is not a run folder \\(no job.json\\)$"):
         RunFolder.open(tmp_path)
     (tmp_path / "job.json").write_text("{}")
     assert RunFolder.open(tmp_path).metrics_path == tmp_path / "metrics.jsonl"

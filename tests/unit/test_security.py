@@ -10,7 +10,7 @@ import time
 import pytest
 import zmq
 
-from dni.coordinator.launcher import free_port_block
+from dni.protocol import free_port_block
 from dni.protocol import ProtocolError
 from dni.protocol.security import create_keys, listens_beyond_loopback, load_keys, make_server, secure_context
 

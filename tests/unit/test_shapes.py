@@ -5,7 +5,7 @@ import pytest
 
 from dni.coordinator.job import load_job
 from dni.coordinator.shapes import check_stages
-from dni.workers.spec import ConfigError
+from dni.errors import ConfigError
 from tests.conftest import mlp_stages, small_job
 
 

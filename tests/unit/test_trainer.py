@@ -21,8 +21,7 @@ import torch
 import dni.coordinator.trainer as trainer_module
 from dni.coordinator.data import Dataset, train_batches
 from dni.coordinator.data import test_batches as evaluation_batches  # not collected as a test
-from dni.coordinator.launcher import WorkerDied
-from dni.coordinator.pipeline import StageFailed
+from dni.coordinator.pipeline import StageFailed, WorkerLost
 from dni.coordinator.results import RunFolder, read_metrics
 from dni.coordinator.trainer import MAX_RECOVERIES, STALL_SECONDS, Trainer
 from dni.protocol import Endpoints, Kind, Message
@@ -64,7 +63,7 @@ class FakePipeline:
         self.forwarded = 0  # training batches sent, all generations
         self.lose_from_batch: Optional[int] = None  # training batches from this one on vanish at stage 1
         self.lose_eval_batch: Optional[int] = None
-        self.die_at: list[int] = []  # a receive after this many training batches sent raises WorkerDied for stage 1
+        self.die_at: list[int] = []  # a receive after this many training batches sent raises WorkerLost for stage 1
         self.interrupt_at: Optional[int] = None
         self.gone_stage: Optional[int] = None
         self.reconnected: list[tuple[int, Endpoints]] = []
@@ -135,7 +134,7 @@ class FakePipeline:
     def receive(self, timeout: float) -> Optional[Message]:
         if self.die_at and self.forwarded >= self.die_at[0]:
             self.die_at.pop(0)
-            raise WorkerDied(1, "stage 1 (pid 1001) exited with code -9")
+            raise WorkerLost(1, "stage 1 (pid 1001) exited with code -9")
         if self.interrupt_at is not None and self.forwarded >= self.interrupt_at:
             self.interrupt_at = None
             raise KeyboardInterrupt
@@ -162,7 +161,8 @@ def tiny_data(train: int = 80, test: int = 20) -> Dataset:
 
 
 class Restarts:
-    """The coordinator's way to restart a dead worker: each restart listens at a new address."""
+    """The coordinator's way to replace a lost worker (start a new one, or wait for one restarted elsewhere):
+    each replacement listens at a new address."""
 
     def __init__(self) -> None:
         self.stages: list[int] = []
@@ -172,18 +172,18 @@ class Restarts:
         return endpoints(stage, len(self.stages))
 
 
-def make_trainer(tmp_path: Path, pipeline: FakePipeline, restart_worker: Optional[Restarts] = None,
+def make_trainer(tmp_path: Path, pipeline: FakePipeline, replace_worker: Optional[Restarts] = None,
                  data: Optional[Dataset] = None, **settings: Any) -> Trainer:
     table = {"batch_size": BATCH, "eval_batch_size": EVAL_BATCH, "iterations": 10, "eval_every": 5, "window": 1,
              "checkpoint_every": 0, **settings}
     job = small_job(tmp_path / "no-data", tmp_path / "runs", **table)
     return Trainer(job, JOB_ID, data or tiny_data(), pipeline, RunFolder.create(job), "ipc:///fake/coordinator",
-                   show_progress=False, restart_worker=restart_worker)
+                   show_progress=False, replace_worker=replace_worker)
 
 
-def run(tmp_path: Path, pipeline: FakePipeline, restart_worker: Optional[Restarts] = None, data: Optional[Dataset] = None,
+def run(tmp_path: Path, pipeline: FakePipeline, replace_worker: Optional[Restarts] = None, data: Optional[Dataset] = None,
         **settings: Any) -> tuple[Trainer, dict[str, Any]]:
-    trainer = make_trainer(tmp_path, pipeline, restart_worker, data, **settings)
+    trainer = make_trainer(tmp_path, pipeline, replace_worker, data, **settings)
     return trainer, trainer.run()
 
 
@@ -298,7 +298,7 @@ def test_checkpoint_paths_name_each_stage_under_the_run_folder(tmp_path):
 # -- recovery ----------------------------------------------------------------------------------------------------
 
 
-def test_a_dead_worker_is_restarted_and_every_stage_resumes_from_the_last_checkpoint(tmp_path):
+def test_a_lost_worker_is_replaced_and_every_stage_resumes_from_the_last_checkpoint(tmp_path):
     pipeline = FakePipeline()
     pipeline.die_at = [7]
     restarts = Restarts()
@@ -322,7 +322,7 @@ def test_recovery_rolls_the_records_back_to_the_checkpoint(tmp_path):
     assert summary["steps"] == 12
 
 
-def test_stale_results_of_the_attempt_before_a_restart_are_not_counted(tmp_path):
+def test_stale_results_of_the_attempt_before_a_replacement_are_not_counted(tmp_path):
     pipeline = FakePipeline(depth=1000)
     pipeline.die_at = [6]
     trainer, summary = run(tmp_path, pipeline, Restarts(), iterations=12, eval_every=12, checkpoint_every=4, window=4)
@@ -330,11 +330,11 @@ def test_stale_results_of_the_attempt_before_a_restart_are_not_counted(tmp_path)
     assert summary["resent_batches"] == 6 - 4
 
 
-def test_without_a_way_to_restart_a_dead_worker_the_run_fails(tmp_path):
+def test_without_a_way_to_replace_a_lost_worker_the_run_fails(tmp_path):
     pipeline = FakePipeline()
     pipeline.die_at = [3]
-    with pytest.raises(WorkerDied, match="stage 1 \\(pid 1001\\) exited"):
-        run(tmp_path, pipeline, restart_worker=None)
+    with pytest.raises(WorkerLost, match="stage 1 \\(pid 1001\\) exited"):
+        run(tmp_path, pipeline, replace_worker=None)
 
 
 def test_a_worker_that_keeps_dying_ends_the_run_after_the_last_recovery(tmp_path):
@@ -342,7 +342,7 @@ def test_a_worker_that_keeps_dying_ends_the_run_after_the_last_recovery(tmp_path
     pipeline.die_at = [3] * (MAX_RECOVERIES + 1)
     restarts = Restarts()
     trainer = make_trainer(tmp_path, pipeline, restarts)
-    with pytest.raises(WorkerDied):
+    with pytest.raises(WorkerLost):
         trainer.run()
     assert trainer.recoveries == MAX_RECOVERIES and restarts.stages == [1] * MAX_RECOVERIES
 

@@ -1,0 +1,236 @@
+"""The vocabulary both sides of the wire share: modes, a job's stages, what a worker is told, and their checks.
+
+The coordinator reads these from job files and flags; a worker receives a
+`StageAssignment` in its `configure` request and checks it again, since it may
+run elsewhere and trust no peer. Each concept has one validator here, used on
+both sides, so a bad setting gets the same message wherever it is caught.
+
+A `StageSpec` is what a job file says about one stage (its kind, parameters,
+synthesizer, device and, for a worker started elsewhere, its address); a
+`StageAssignment` is everything one worker is told to serve it: the spec, its
+place in the pipeline, its neighbours' sockets and the job's settings.
+
+Modes follow the reference experiment (Jaderberg et al. 2017, as written up in
+its single-process TensorFlow reference):
+
+- backprop: update-locked; a stage updates only when the true gradient of the
+  loss w.r.t. its output has come back, and takes no new batch before that.
+- sg: a stage's synthesizer predicts dL/d(output); the stage updates at once
+  with that prediction backpropagated through itself; the same backward pass
+  gives dL/d(input), the training target of the previous synthesizer
+  (bootstrapping). The last hidden stage's target is the true gradient.
+- cdni: sg with the one-hot label concatenated to the synthesizer input.
+- sl: synthetic loss; the synthesizer predicts a non-negative per-example loss
+  (a squared output) and the stage follows its gradient; targets are the next
+  synthesizer's prediction, and the true per-example loss for the last one.
+- no_bprop: hidden stages never learn; only the last stage does.
+"""
+from __future__ import annotations
+
+import enum
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+from dni.errors import ConfigError
+
+__all__ = [
+    "DEVICE_PATTERN", "LOSS_NAMES", "MODE_NAMES", "NONFINITE_POLICIES", "OPTIMIZERS", "Mode", "OptimizerSpec",
+    "StageAssignment", "StageSpec", "SynthesizerSpec", "check_device", "check_loss", "check_mode", "check_nonfinite",
+    "check_optimizer", "check_positive", "check_type",
+]
+
+OPTIMIZERS = ("adam", "sgd")
+NONFINITE_POLICIES = ("reject", "count")  # a tensor with NaN/Inf: refuse the message, or count it and go on
+DEVICE_PATTERN = re.compile(r"^(cpu|auto|cuda(:\d+)?)$")
+LOSS_NAMES = ("cross_entropy", "multi_margin")  # the built-in losses (dni.workers.losses); else package.module:function
+IMPORT_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
+
+
+class Mode(str, enum.Enum):
+    """What a hidden stage does with its synthesizer (see the module docstring)."""
+
+    BACKPROP = "backprop"
+    SG = "sg"
+    CDNI = "cdni"
+    SL = "sl"
+    NO_BPROP = "no_bprop"
+
+    @property
+    def uses_synthesizer(self) -> bool:
+        return self in (Mode.SG, Mode.CDNI, Mode.SL)
+
+    @property
+    def conditioned(self) -> bool:
+        return self is Mode.CDNI
+
+    @property
+    def synthetic_loss(self) -> bool:
+        return self is Mode.SL
+
+    @property
+    def locked(self) -> bool:
+        return self is Mode.BACKPROP
+
+
+MODE_NAMES = tuple(mode.value for mode in Mode)
+
+
+@dataclass(frozen=True)
+class SynthesizerSpec:
+    kind: str = "mlp"
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One stage as a job file describes it."""
+    kind: str
+    params: dict[str, Any] = field(default_factory=dict)
+    synthesizer: SynthesizerSpec = field(default_factory=SynthesizerSpec)
+    device: str = "cpu"
+    address: Optional[str] = None  # a worker started elsewhere (`dni worker`); None: a local process
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    name: str = "adam"
+    lr: float = 3e-5
+
+
+@dataclass(frozen=True)
+class StageAssignment:
+    """Everything one worker is told, in `configure`, to serve one stage of one job."""
+    job: str
+    index: int
+    num_stages: int
+    spec: StageSpec
+    mode: Mode
+    input_shape: tuple[int, ...]
+    num_classes: int
+    optimizer: OptimizerSpec
+    seed: int
+    window: int
+    threads: int
+    coordinator: str
+    upstream: Optional[str] = None  # the upstream worker's backward socket, where input gradients go
+    downstream: Optional[str] = None  # the downstream worker's forward socket, where activations go
+    record_spans: bool = False
+    nonfinite: str = "reject"
+    restore: Optional[str] = None  # a checkpoint file to start from
+    loss: str = "cross_entropy"  # the last stage's per-example loss (missing on the wire: the default)
+
+    @property
+    def is_first(self) -> bool:
+        return self.index == 0
+
+    @property
+    def is_last(self) -> bool:
+        return self.index == self.num_stages - 1
+
+    def to_wire(self) -> dict[str, Any]:
+        wire = asdict(self)
+        del wire["spec"]["address"]  # where the worker lives is the coordinator's business, not the worker's
+        wire["mode"] = self.mode.value
+        wire["input_shape"] = list(self.input_shape)
+        return wire
+
+    @classmethod
+    def from_wire(cls, wire: Any) -> "StageAssignment":
+        if not isinstance(wire, dict):
+            raise ConfigError("stage config must be a map")
+        try:
+            spec, optimizer = wire["spec"], wire["optimizer"]
+            assignment = cls(
+                job=check_type("job", wire["job"], str),
+                index=check_type("index", wire["index"], int),
+                num_stages=check_type("num_stages", wire["num_stages"], int),
+                spec=StageSpec(
+                    kind=check_type("kind", spec["kind"], str),
+                    params=check_type("params", spec["params"], dict),
+                    synthesizer=SynthesizerSpec(**spec["synthesizer"]),
+                    device=check_device(check_type("device", spec["device"], str)),
+                ),
+                mode=check_mode(wire["mode"]),
+                input_shape=tuple(check_type("input_shape", wire["input_shape"], list)),
+                num_classes=check_type("num_classes", wire["num_classes"], int),
+                optimizer=check_optimizer(optimizer.get("name"), optimizer.get("lr"), set(optimizer)),
+                seed=check_type("seed", wire["seed"], int),
+                window=check_type("window", wire["window"], int),
+                threads=check_type("threads", wire["threads"], int),
+                coordinator=check_type("coordinator", wire["coordinator"], str),
+                upstream=wire.get("upstream"),
+                downstream=wire.get("downstream"),
+                record_spans=bool(wire.get("record_spans", False)),
+                nonfinite=check_nonfinite(wire.get("nonfinite", "reject")),
+                restore=wire.get("restore"),
+                loss=check_loss(wire.get("loss", "cross_entropy")),
+            )
+        except (KeyError, TypeError, AttributeError) as error:
+            raise ConfigError(f"stage config is incomplete or malformed: {error}") from error
+        assignment.validate()
+        return assignment
+
+    def validate(self) -> None:
+        if not 0 <= self.index < self.num_stages:
+            raise ConfigError(f"index {self.index} is outside 0..{self.num_stages - 1}")
+        for name in ("window", "threads"):
+            check_positive(name, getattr(self, name))
+        if not all(isinstance(size, int) and size > 0 for size in self.input_shape):
+            raise ConfigError(f"input_shape must be positive integers, got {list(self.input_shape)}")
+        if self.restore is not None and not isinstance(self.restore, str):
+            raise ConfigError("restore must be a checkpoint path")
+        if (self.upstream is None) != self.is_first or (self.downstream is None) != self.is_last:
+            raise ConfigError("upstream/downstream addresses do not match the stage's position")
+
+
+# -- one check per concept, for job files and configure requests alike ---------------------
+
+def check_type(name: str, value: Any, kind: type) -> Any:
+    """`value` if it is a `kind` (a bool is no int: TOML and msgpack keep them apart, so must we)."""
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(f"{name} must be {kind.__name__}, got {value!r:.60}")
+    return value
+
+
+def check_positive(name: str, value: int) -> int:
+    if value < 1:
+        raise ConfigError(f"{name} must be at least 1, got {value}")
+    return value
+
+
+def check_mode(value: Any) -> Mode:
+    if value not in MODE_NAMES:
+        raise ConfigError(f"mode {value!r:.40} is not one of {', '.join(MODE_NAMES)}")
+    return Mode(value)
+
+
+def check_optimizer(name: Any, lr: Any, keys: set[str]) -> OptimizerSpec:
+    unknown = keys - {"name", "lr"}
+    if unknown:
+        raise ConfigError(f"optimizer has unknown settings {sorted(unknown)}; known: name, lr")
+    if name not in OPTIMIZERS:
+        raise ConfigError(f"optimizer.name {name!r} is not one of {', '.join(OPTIMIZERS)}")
+    if not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and math.isfinite(lr) and lr > 0):
+        raise ConfigError(f"optimizer.lr must be a positive number, got {lr!r}")
+    return OptimizerSpec(name, lr)
+
+
+def check_nonfinite(value: Any) -> str:
+    if value not in NONFINITE_POLICIES:
+        raise ConfigError(f"nonfinite {value!r:.40} is not one of {', '.join(NONFINITE_POLICIES)}")
+    return value
+
+
+def check_loss(value: Any) -> str:
+    """A built-in loss name or an import path; whether the path imports is known only where it is resolved."""
+    if not (isinstance(value, str) and (value in LOSS_NAMES or IMPORT_PATH.match(value))):
+        raise ConfigError(f"loss {value!r:.60} is not one of {', '.join(LOSS_NAMES)} nor an import path package.module:function")
+    return value
+
+
+def check_device(value: str) -> str:
+    if not DEVICE_PATTERN.match(value):
+        raise ConfigError(f"device {value!r} is not one of cpu, cuda, cuda:N, auto")
+    return value

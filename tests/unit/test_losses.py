@@ -1,0 +1,138 @@
+"""workers/losses.py and the job's `loss` setting: the registry, the check, and the last stage's results by hand."""
+from __future__ import annotations
+
+import math
+import sys
+import types
+
+import pytest
+import torch
+from torch import nn
+
+from dni.coordinator.cli import OVERRIDES
+from dni.coordinator.job import JOB_KEYS, job_as_table, job_from_table
+from dni.errors import ConfigError
+from dni.spec import LOSS_NAMES, Mode, OptimizerSpec, StageAssignment, StageSpec, check_loss
+from dni.workers.build import StageModules
+from dni.workers.compute import EvalResult, StageCompute
+from dni.workers.losses import BUILTIN_LOSSES, per_example_losses, resolve_loss
+from dni.workers.registry import UnknownBuilderError
+from dni.workers.timing import Timeline
+
+LOGITS = torch.tensor([[2.0, 1.0, 0.0], [0.0, 0.0, 3.0]])
+LABELS = torch.tensor([0, 1])
+# softmax cross-entropy per example: log(sum(exp(logits))) - logits[label]
+CROSS_ENTROPY = [math.log(math.e ** 2 + math.e + 1) - 2, math.log(2 + math.e ** 3) - 0]
+# hinge per example: sum over the other classes of max(0, 1 - logits[label] + logits[i]), over 3 classes
+MULTI_MARGIN = [0.0, (1 + 4) / 3]
+
+
+@pytest.fixture
+def plugin(monkeypatch):
+    """A loss module importable as `my_losses`, as a job's `package.module:function` would name it."""
+    module = types.ModuleType("my_losses")
+    module.squared = lambda logits, labels: (logits - nn.functional.one_hot(labels, logits.shape[1])).square().sum(1)
+    module.total = lambda logits, labels: nn.functional.cross_entropy(logits, labels, reduction="sum")
+    monkeypatch.setitem(sys.modules, "my_losses", module)
+    return module
+
+
+def last_stage(loss: str = "cross_entropy", mode: Mode = Mode.SG) -> StageCompute:
+    """The last of two stages, whose module passes its input through (identity weights): logits = x."""
+    config = StageAssignment(job="unit", index=1, num_stages=2, spec=StageSpec("linear", {"features": 3}), mode=mode,
+                             input_shape=(3,), num_classes=3, optimizer=OptimizerSpec("sgd", 0.1), seed=0, window=1,
+                             threads=1, coordinator="inproc://c", upstream="inproc://u", loss=loss)
+    module = nn.Linear(3, 3)
+    with torch.no_grad():
+        module.weight.copy_(torch.eye(3))
+        module.bias.zero_()
+    return StageCompute(config, StageModules(module, None, (3,)), Timeline())
+
+
+def test_the_built_in_losses_are_the_names_a_job_file_may_use():
+    assert tuple(BUILTIN_LOSSES) == LOSS_NAMES
+    assert all(resolve_loss(name) is BUILTIN_LOSSES[name] for name in LOSS_NAMES)
+
+
+@pytest.mark.parametrize("name, expected", [("cross_entropy", CROSS_ENTROPY), ("multi_margin", MULTI_MARGIN)])
+def test_each_built_in_loss_gives_the_hand_computed_loss_per_example(name, expected):
+    assert torch.allclose(resolve_loss(name)(LOGITS, LABELS), torch.tensor(expected))
+
+
+def test_an_import_path_names_a_plugin_loss(plugin):
+    assert resolve_loss("my_losses:squared") is plugin.squared
+
+
+@pytest.mark.parametrize("name, text", [
+    ("hinge", "unknown loss 'hinge'; known: cross_entropy, multi_margin"),
+    ("no_such_module:f", "loss 'no_such_module:f' cannot be imported"),
+])
+def test_an_unknown_loss_is_a_config_error_naming_it(name, text):
+    with pytest.raises(UnknownBuilderError, match=text):
+        resolve_loss(name)
+
+
+def test_a_loss_that_does_not_give_one_value_per_example_fails_naming_itself(plugin):
+    with pytest.raises(ValueError, match=r"loss 'my_losses:total' must return one float per example, shape \[2\], got torch.float32 \[\]"):
+        per_example_losses(plugin.total, "my_losses:total", LOGITS, LABELS)
+
+
+@pytest.mark.parametrize("value", ["cross_entropy", "multi_margin", "my_losses:squared", "pkg.sub.module:fn_2"])
+def test_check_loss_accepts_built_in_names_and_import_paths(value):
+    assert check_loss(value) == value
+
+
+@pytest.mark.parametrize("value", ["hinge", "", "a:b:c", "pkg.:f", ":f", "pkg:", 5, None])
+def test_check_loss_refuses_anything_else(value):
+    with pytest.raises(ConfigError, match="is not one of cross_entropy, multi_margin nor an import path"):
+        check_loss(value)
+
+
+def test_the_loss_travels_in_the_assignment_and_may_be_missing_on_the_wire(plugin):
+    wire = last_stage("my_losses:squared").config.to_wire()
+    assert wire["loss"] == "my_losses:squared" and StageAssignment.from_wire(wire).loss == "my_losses:squared"
+    del wire["loss"]
+    assert StageAssignment.from_wire(wire).loss == "cross_entropy"
+    with pytest.raises(ConfigError, match="loss 'hinge'"):
+        StageAssignment.from_wire({**wire, "loss": "hinge"})
+
+
+def test_evaluate_last_matches_the_hand_computation():
+    result = last_stage().evaluate_last(LOGITS.clone(), LABELS)
+    assert isinstance(result, EvalResult) and result.correct == 1 and result.count == 2  # argmax [0, 2] against [0, 1]
+    assert result.loss_sum == pytest.approx(sum(CROSS_ENTROPY), rel=1e-6)
+    assert last_stage("multi_margin").evaluate_last(LOGITS.clone(), LABELS).loss_sum == pytest.approx(sum(MULTI_MARGIN))
+    assert result.as_meta() == {"loss_sum": result.loss_sum, "correct": 1, "count": 2}
+
+
+def test_training_uses_the_jobs_loss_and_sends_it_upstream_in_synthetic_loss_mode(plugin):
+    stage = last_stage("my_losses:squared", Mode.SL)
+    result = stage.train_last(LOGITS.clone(), LABELS)
+    per_example = plugin.squared(LOGITS, LABELS)  # [(2-1)^2 + 1 + 0, 0 + 1 + 9] = [2, 10]
+    assert torch.equal(per_example, torch.tensor([2.0, 10.0]))
+    assert result.loss_sum == pytest.approx(12.0) and result.correct == 1 and result.count == 2
+    assert torch.allclose(result.upstream, per_example[:, None])
+
+
+def test_a_broken_plugin_loss_fails_the_training_step(plugin):
+    with pytest.raises(ValueError, match="must return one float per example"):
+        last_stage("my_losses:total").train_last(LOGITS.clone(), LABELS)
+
+
+def test_only_the_last_stage_resolves_the_loss():
+    config = StageAssignment(job="unit", index=0, num_stages=2, spec=StageSpec("linear", {"features": 3}), mode=Mode.BACKPROP,
+                             input_shape=(3,), num_classes=3, optimizer=OptimizerSpec("sgd", 0.1), seed=0, window=1,
+                             threads=1, coordinator="inproc://c", downstream="inproc://d", loss="not_installed:loss")
+    assert StageCompute(config, StageModules(nn.Linear(3, 3), None, (3,)), Timeline()).loss is None
+    with pytest.raises(UnknownBuilderError, match="cannot be imported"):
+        last_stage("not_installed:loss")
+
+
+def test_a_job_names_its_loss_in_the_file_or_by_flag():
+    table = {"name": "t", "dataset": "mnist", "stages": [{"kind": "linear_bn_relu", "features": 8}, {"kind": "linear", "features": 10}]}
+    assert "loss" in JOB_KEYS and OVERRIDES["--loss"][0] == "loss"
+    assert job_from_table(table).loss == "cross_entropy"
+    job = job_from_table({**table, "loss": "my_losses:squared"})
+    assert job.loss == "my_losses:squared" and job_as_table(job)["loss"] == "my_losses:squared"
+    with pytest.raises(ConfigError, match="job: loss 'hinge' is not one of"):
+        job_from_table({**table, "loss": "hinge"})

@@ -1,0 +1,120 @@
+"""workers/validation.py: every refusal of an incoming data message, its text, and whether it loses the batch."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dni.protocol import Kind, Message
+from dni.workers.validation import Rejected, check_fresh, check_inputs, check_kind, check_origin, check_target
+
+JOB = "unit-job"
+SHAPE = (1, 2, 2)
+CLASSES = 10
+
+
+def batch_message(x=None, labels=None, kind=Kind.FORWARD, job=JOB, batch=3, **tensors) -> Message:
+    x = np.zeros((4, *SHAPE), np.float32) if x is None else x
+    labels = np.arange(4, dtype=np.int64) if labels is None else labels
+    return Message(kind, job, batch, 0, 0, {}, {"x": x, "labels": labels, **tensors})
+
+
+def refusal(check, *args) -> Rejected:
+    with pytest.raises(Rejected) as caught:
+        check(*args)
+    return caught.value
+
+
+def test_a_message_of_another_job_is_refused_and_loses_nothing():
+    error = refusal(check_origin, batch_message(job="someone-else"), JOB, None)
+    assert str(error) == "message for job 'someone-else', this worker serves 'unit-job'" and error.lost is None
+
+
+def test_a_failed_stage_takes_no_more_data():
+    error = refusal(check_origin, batch_message(), JOB, "RuntimeError: boom")
+    assert str(error) == "this stage failed earlier (RuntimeError: boom) and takes no more data" and error.lost is None
+    check_origin(batch_message(), JOB, None)
+
+
+@pytest.mark.parametrize("socket, kind, accepted", [
+    ("forward", Kind.FORWARD, True), ("forward", Kind.EVAL, True), ("forward", Kind.BACKWARD, False),
+    ("backward", Kind.BACKWARD, True), ("backward", Kind.FORWARD, False), ("backward", Kind.CONTROL, False),
+])
+def test_each_data_socket_takes_its_own_kinds(socket, kind, accepted):
+    message = batch_message(kind=kind)
+    if accepted:
+        check_kind(message, socket)
+    else:
+        error = refusal(check_kind, message, socket)
+        assert str(error) == f"{kind.name} is not accepted on the {socket} socket" and error.lost is None
+
+
+def test_a_training_batch_already_in_flight_is_a_duplicate_that_loses_nothing():
+    error = refusal(check_fresh, batch_message(), True)
+    assert str(error) == "batch 3 is already in flight (duplicate or replayed)" and error.lost is None
+    check_fresh(batch_message(), False)
+    check_fresh(batch_message(kind=Kind.EVAL), True)  # evaluation ids are the coordinator's own count
+
+
+@pytest.mark.parametrize("message, text", [
+    (Message(Kind.FORWARD, JOB, 3, 0, 0, {}, {"x": np.zeros((4, *SHAPE), np.float32)}),
+     "FORWARD needs tensors 'x' and 'labels', got ['x']"),
+    (batch_message(x=np.zeros((4, *SHAPE), np.float64)), "x must be float32 (B, 1, 2, 2), got float64 [4, 1, 2, 2]"),
+    (batch_message(x=np.zeros((4, 4), np.float32)), "x must be float32 (B, 1, 2, 2), got float32 [4, 4]"),
+    (batch_message(x=np.zeros((0, *SHAPE), np.float32), labels=np.zeros(0, np.int64)),
+     "x must be float32 (B, 1, 2, 2), got float32 [0, 1, 2, 2]"),
+    (batch_message(labels=np.arange(4, dtype=np.int32)), "labels must be int64 (4,), got int32 [4]"),
+    (batch_message(labels=np.arange(3, dtype=np.int64)), "labels must be int64 (4,), got int64 [3]"),
+    (batch_message(labels=np.array([0, 1, 2, 10])), "labels must lie in 0..9"),
+    (batch_message(labels=np.array([0, -1, 2, 3])), "labels must lie in 0..9"),
+    (batch_message(x=np.full((4, *SHAPE), np.nan, np.float32)), "x holds NaN or Inf values (policy: reject)"),
+    (batch_message(kind=Kind.EVAL, x=np.full((4, *SHAPE), np.inf, np.float32)), "x holds NaN or Inf values (policy: reject)"),
+])
+def test_unusable_inputs_are_refused_and_lose_their_batch(message, text):
+    error = refusal(check_inputs, message, SHAPE, CLASSES, "reject")
+    assert str(error) == text
+    assert error.lost is message, "the coordinator must hear which batch is gone"
+
+
+def test_good_inputs_come_back_with_no_nonfinite_count():
+    message = batch_message()
+    inputs = check_inputs(message, SHAPE, CLASSES, "reject")
+    assert inputs.x is message.tensors["x"] and inputs.labels is message.tensors["labels"] and inputs.nonfinite == 0
+
+
+def test_nonfinite_inputs_are_counted_not_refused_under_the_count_policy():
+    x = np.zeros((4, *SHAPE), np.float32)
+    x[1, 0, 0, 0] = np.nan
+    assert check_inputs(batch_message(x=x), SHAPE, CLASSES, "count").nonfinite == 1
+
+
+def target_message(target=None, batch=3) -> Message:
+    tensors = {} if target is None else {"target": target}
+    return Message(Kind.BACKWARD, JOB, batch, 0, 2, {}, tensors)
+
+
+def test_a_target_no_batch_awaits_is_refused_and_loses_nothing():
+    error = refusal(check_target, target_message(np.zeros((4, 5), np.float32)), None, "reject")
+    assert str(error) == "no batch 3 awaits a target (unknown, late or duplicate)" and error.lost is None
+
+
+@pytest.mark.parametrize("target, got", [
+    (None, "nothing"),
+    (np.zeros((4, 5), np.float64), "float64 [4, 5]"),
+    (np.zeros((4, 6), np.float32), "float32 [4, 6]"),
+    (np.zeros((3, 5), np.float32), "float32 [3, 5]"),
+])
+def test_a_malformed_target_is_refused_and_loses_its_batch(target, got):
+    message = target_message(target)
+    error = refusal(check_target, message, (4, 5), "reject")
+    assert str(error) == f"target for batch 3 must be float32 [4, 5], got {got}" and error.lost is message
+
+
+def test_a_nonfinite_target_is_refused_or_counted_by_policy():
+    target = np.zeros((4, 5), np.float32)
+    target[0, 0] = np.inf
+    message = target_message(target)
+    error = refusal(check_target, message, (4, 5), "reject")
+    assert str(error) == "target holds NaN or Inf values (policy: reject)" and error.lost is message
+    assert check_target(message, (4, 5), "count").nonfinite == 1
+    good = check_target(target_message(np.ones((4, 5), np.float32)), (4, 5), "reject")
+    assert good.nonfinite == 0 and good.target.shape == (4, 5)
