@@ -96,7 +96,8 @@ def launched_job(args: argparse.Namespace, launch: Launch) -> Job:
     if args.workers:
         raise ConfigError("under torchrun the ranks are the workers: drop --workers")
     if args.resume and args.job is None:
-        job = job_from_table(json.loads((args.resume / "job.json").read_text()), str(args.resume / "job.json"))
+        folder = RunFolder.open(args.resume)
+        job = job_from_table(json.loads((folder.path / "job.json").read_text()), str(folder.path / "job.json"))
     else:
         job = job_from_args(args)
     if any(stage.address for stage in job.stages):
@@ -235,24 +236,27 @@ class Rank:
     def _watch_store(self, rendezvous: Rendezvous) -> None:
         """Rank > 0: publish this worker under the current attempt (again when it changes) until the coordinator is done."""
         published: Optional[str] = None
+        store_gone = False
         while self.worker.running:
             if self._stopping():
                 self.worker.running = False
                 return
             try:
-                attempt = rendezvous.current()
-                if attempt is not None and attempt != published:
-                    rendezvous.publish(attempt, self.record)
-                    published = attempt
-                if published is not None and rendezvous.done(published, self.record.nonce) is not None:
-                    self.worker.running = False
-                    return
+                if not store_gone:
+                    attempt = rendezvous.current()
+                    if attempt is not None and attempt != published:
+                        rendezvous.publish(attempt, self.record)
+                        published = attempt
+                    if published is not None and rendezvous.done(published, self.record.nonce) is not None:
+                        self.worker.running = False
+                        return
             except Exception as error:  # the store's host (the agent of the first node) is gone
                 if self.worker.session is None:
                     log.error("rank %d: the group's store is gone (%s) and no coordinator configured this worker: exiting",
                               self.launch.rank, error)
                     self.worker.running = False
                     return
+                store_gone = True  # the coordinator that configured this worker says when to stop, or falls silent
             time.sleep(POLL_SECONDS)
 
 
@@ -346,6 +350,12 @@ def launched_folder(job: Job, launch: Launch, resume: Optional[Path]) -> tuple[R
         log.warning("run %s started again (attempt %d, torchrun restart %d): resuming from its last checkpoint",
                     path, attempts, launch.restart_count)
     return folder, attempts
+
+
+def release_run_folders() -> None:
+    """Let go of the run folders this process holds (it exits holding them otherwise)."""
+    while _held_locks:
+        _held_locks.pop().close()
 
 
 def _lock(path: Path) -> IO[str]:
