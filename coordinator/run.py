@@ -50,7 +50,7 @@ def run_job(job: Job, bind: Optional[str] = None, advertise: Optional[str] = Non
     keys = _run_keys(job, keys, [bind, advertise], [e.control for e in endpoints or []])
     require_tensorboard(job)
     torch.set_num_threads(COORDINATOR_THREADS)
-    data = data or job_data(job)
+    data = data if data is not None else job_data(job)
     remote = endpoints is not None or job.stages[0].address is not None
     if not remote:  # remote stages are checked by their workers, whose configure replies give their shapes
         check_stages(job, data.input_shape, data.num_classes)
