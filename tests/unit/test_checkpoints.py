@@ -1,4 +1,5 @@
-"""coordinator/checkpoints.py: where the last consistent cut left the run, written atomically beside the stages' files."""
+"""coordinator/checkpoints.py: where the last consistent cut left the run, beside the stages' files; a cut is committed
+whole or not at all."""
 from __future__ import annotations
 
 import json
@@ -25,3 +26,25 @@ def test_each_stage_has_its_file_beside_the_position(tmp_path):
     assert [checkpoints.stage(index) for index in range(2)] == [
         tmp_path / "run" / "checkpoints" / "stage0.pt", tmp_path / "run" / "checkpoints" / "stage1.pt"]
     assert checkpoints.position_path == tmp_path / "run" / "checkpoints" / "coordinator.json"
+
+
+def test_a_checkpoint_is_committed_whole_or_not_at_all(tmp_path):
+    checkpoints = Checkpoints(tmp_path / "checkpoints")
+    for step in (100, 200):
+        checkpoints.begin()
+        for stage in range(3):
+            checkpoints.staged(stage).write_text(str(step))
+        checkpoints.record(Position(step, step // 100))
+    assert [checkpoints.stage(stage).read_text() for stage in range(3)] == ["200"] * 3
+    checkpoints.begin()  # a stage dies after stage 0 saved step 300: not committed
+    checkpoints.staged(0).write_text("300")
+    assert checkpoints.position().step == 200
+    assert [checkpoints.stage(stage).read_text() for stage in range(3)] == ["200"] * 3
+    checkpoints.begin()  # the coordinator dies after the commit point, before every file moved: finished on reading
+    for stage in range(3):
+        checkpoints.staged(stage).write_text("400")
+    (checkpoints.pending / "coordinator.json").write_text(json.dumps({"step": 400, "evaluations": 4, "tally": {}}))
+    assert checkpoints.position().step == 400
+    assert [checkpoints.stage(stage).read_text() for stage in range(3)] == ["400"] * 3
+    assert sorted(path.name for path in checkpoints.directory.iterdir()) == [
+        "coordinator.json", "stage0.pt", "stage1.pt", "stage2.pt"]

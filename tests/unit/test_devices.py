@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from dni.workers.devices import resolve_device, synchronizer, to_device, to_host
 from dni.errors import ConfigError
+from dni.workers.devices import resolve_device, synchronizer, to_device, to_host
 
 
 def test_a_received_array_is_copied_once_into_a_writable_tensor():
@@ -44,3 +44,15 @@ def test_a_named_device_must_exist_and_be_spelt_right(monkeypatch):
     for wrong in ("tpu", "CUDA", "cuda:", "gpu:0"):
         with pytest.raises(ConfigError, match="is not one of cpu, cuda, cuda:N, auto"):
             resolve_device(wrong, 0)
+
+
+def test_device_auto_is_the_local_ranks_gpu_under_torchrun(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("auto", 2, local_rank=1) == "cuda:1"
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "x")
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert resolve_device("auto", 0) == "cuda:1", "LOCAL_RANK 3 of a host with two GPUs"
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID")
+    assert resolve_device("auto", 0) == "cuda:0", "not under torchrun: the stage index decides"
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    assert resolve_device("auto", 5, local_rank=1) == "cpu"

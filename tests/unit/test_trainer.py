@@ -83,6 +83,7 @@ class FakePipeline:
             features = meta["config"]["spec"]["params"]["features"]
             reply.update(output_shape=[features], pid=1000 + stage, device="cpu")
         elif command == "checkpoint":
+            Path(meta["path"]).write_text(f"stage {stage} after {self.forwarded} batches")  # as save_checkpoint would
             reply["path"] = meta["path"]
         elif command == "metrics":
             reply["metrics"] = {"stage": stage, "steps": self.status[stage]["steps"], "errors": {"refused": stage}}
@@ -288,11 +289,14 @@ def test_a_checkpoint_waits_until_nothing_is_in_flight(tmp_path):
     assert [request["in_flight"] for request in flushes] == [0] * 6
 
 
-def test_checkpoint_paths_name_each_stage_under_the_run_folder(tmp_path):
+def test_stages_save_into_the_next_cut_which_moves_into_place_once_committed(tmp_path):
     pipeline = FakePipeline()
     trainer, _ = run(tmp_path, pipeline)
+    checkpoints = trainer.folder.path / "checkpoints"
     paths = [request["meta"]["path"] for request in pipeline.requests if request["command"] == "checkpoint"]
-    assert paths == [str(trainer.folder.path / "checkpoints" / f"stage{stage}.pt") for stage in range(STAGES)]
+    assert paths == [str(checkpoints / "next" / f"stage{stage}.pt") for stage in range(STAGES)]
+    assert sorted(path.name for path in checkpoints.iterdir()) == ["coordinator.json", "stage0.pt", "stage1.pt", "stage2.pt"]
+    assert (checkpoints / "stage2.pt").read_text() == "stage 2 after 10 batches"
 
 
 # -- recovery ----------------------------------------------------------------------------------------------------
@@ -352,7 +356,8 @@ def test_a_worker_that_keeps_dying_ends_the_run_after_the_last_recovery(tmp_path
 
 def test_the_time_limit_ends_training_with_a_final_evaluation(tmp_path, monkeypatch):
     clock = [0.0]
-    monkeypatch.setattr(trainer_module, "time", types.SimpleNamespace(monotonic=lambda: clock[0], process_time=lambda: 0.0))
+    monkeypatch.setattr(trainer_module, "time",
+                        types.SimpleNamespace(monotonic=lambda: clock[0], process_time=lambda: 0.0, time=lambda: 0.0))
     pipeline = FakePipeline(clock=clock)
     trainer, summary = run(tmp_path, pipeline, iterations=1000, eval_every=4, time_limit=5)
     assert [entry[1] for entry in pipeline.log if entry[0] == "forward"] == [0, 1, 2, 3, 4]
@@ -362,7 +367,8 @@ def test_the_time_limit_ends_training_with_a_final_evaluation(tmp_path, monkeypa
 
 def test_without_a_time_limit_the_run_trains_every_step(tmp_path, monkeypatch):
     clock = [0.0]
-    monkeypatch.setattr(trainer_module, "time", types.SimpleNamespace(monotonic=lambda: clock[0], process_time=lambda: 0.0))
+    monkeypatch.setattr(trainer_module, "time",
+                        types.SimpleNamespace(monotonic=lambda: clock[0], process_time=lambda: 0.0, time=lambda: 0.0))
     _, summary = run(tmp_path, FakePipeline(clock=clock), iterations=20, eval_every=10)
     assert (summary["stopped_at_time_limit"], summary["steps"]) == (False, 20)
 
