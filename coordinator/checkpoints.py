@@ -22,6 +22,8 @@ from typing import Any
 
 from dni.files import write_text_atomically
 
+__all__ = ["Checkpoints", "PENDING", "POSITION", "Position"]
+
 POSITION = "coordinator.json"
 PENDING = "next"
 

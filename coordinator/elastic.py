@@ -43,6 +43,12 @@ from dni.errors import ConfigError, DniError, PipelineError
 from dni.protocol import address_towards, tcp_address
 from dni.protocol.security import Keys, check_plaintext_allowed, load_keys
 
+__all__ = [
+    "COORDINATOR_GRACE", "GATHER_SECONDS", "GRACE", "HOST_VARIABLE", "LOCK_SECONDS", "NOT_COMPARED", "POLL_SECONDS",
+    "Rank", "build_parser", "coordinate", "coordinate_main", "exit_now", "group_host", "launched_folder",
+    "launched_job", "main", "release_run_folders", "serve_rank", "tell_torchrun", "worker_keys",
+]
+
 log = logging.getLogger("dni.launch")
 GRACE = 20.0  # after a signal, how long a worker waits for its coordinator to checkpoint and stop it
 COORDINATOR_GRACE = 25.0  # after a signal, how long rank 0 waits for its coordinator (torchrun kills at 30 s)

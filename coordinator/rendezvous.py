@@ -33,6 +33,8 @@ from typing import Any, Mapping, Optional
 from dni.errors import ConfigError, PipelineError
 from dni.protocol import Endpoints
 
+__all__ = ["Launch", "PREFIX", "Rendezvous", "WorkerRecord", "new_nonce"]
+
 PREFIX = "dni"
 
 

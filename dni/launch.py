@@ -5,5 +5,7 @@ The logic lives in `dni.coordinator.elastic`; see README, "Several machines".
 """
 from dni.coordinator.elastic import main
 
+__all__: list[str] = []
+
 if __name__ == "__main__":
     main()

@@ -12,6 +12,11 @@ from dataclasses import dataclass
 
 from dni.protocol.errors import ProtocolError
 
+__all__ = [
+    "Endpoints", "address_towards", "connectable", "free_port_block", "resolvable", "resolved", "tcp_address",
+    "worker_endpoints",
+]
+
 
 @dataclass(frozen=True)
 class Endpoints:

@@ -12,6 +12,8 @@ from dni.protocol import ProtocolError
 from dni.protocol.security import load_keys
 from dni.workers.worker import serve
 
+__all__ = ["add_arguments", "import_lazy_modules", "main", "run"]
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bind", required=True, help="base address: tcp://HOST:PORT (uses PORT..PORT+2; PORT 0: three free "

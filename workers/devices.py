@@ -17,6 +17,8 @@ import torch
 
 from dni.errors import ConfigError
 
+__all__ = ["DEVICE_PATTERN", "launched_local_rank", "resolve_device", "synchronizer", "to_device", "to_host"]
+
 DEVICE_PATTERN = re.compile(r"^(cpu|auto|cuda(:\d+)?)$")
 
 

@@ -22,6 +22,8 @@ from dni.protocol import free_port_block
 from dni.protocol import Kind, Message, receive_message, send_message
 from dni.protocol.transport import ZERO_COPY_THRESHOLD
 
+__all__ = ["DATASET_SHAPES", "round_trips", "run_transport"]
+
 DATASET_SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 
 
