@@ -19,8 +19,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from dni.coordinator.job import load_job
-from dni.coordinator.run import run_job
+from dni import load_job, run_job
 
 
 def children(pid: int) -> dict[int, str]:

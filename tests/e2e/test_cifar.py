@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from dni.coordinator.data import DataError, load_dataset
-from dni.coordinator.run import run_job
+from dni import run_job
 from tests.conftest import small_job
 
 pytestmark = pytest.mark.e2e

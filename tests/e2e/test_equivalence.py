@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from dni.coordinator.data import load_dataset, train_batches
-from dni.coordinator.run import run_job
+from dni import run_job
 from tests.conftest import small_job
 from dni.workers.build import build_stages
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dni.coordinator.run import run_job
+from dni import run_job
 from tests.conftest import LEARNED, mlp_stages, small_job
 
 pytestmark = pytest.mark.e2e

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from dni.coordinator.run import run_job
+from dni import run_job
 from dni.errors import ConfigError
 from tests.conftest import mlp_stages, small_job
 

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from dni.coordinator.run import run_job
+from dni import run_job
 from tests.conftest import LEARNED, REPO, mlp_stages, small_job
 from dni.workers.registry import STAGE_GROUP, resolve_stage
 

@@ -16,7 +16,7 @@ import zmq
 from tests.conftest import LEARNED, small_job
 from dni.coordinator.job import with_addresses
 from dni.coordinator.pipeline import Pipeline
-from dni.coordinator.run import run_job
+from dni import run_job
 from dni.protocol import free_port_block
 from dni.protocol import Kind, Message, ProtocolError, encode, receive_message, worker_endpoints
 from dni.protocol.security import create_keys, load_keys, make_server, secure_context

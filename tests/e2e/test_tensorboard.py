@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from dni.coordinator.results import read_metrics
-from dni.coordinator.run import run_job
+from dni import run_job
 from dni.errors import ConfigError
 from tests.conftest import REPO, small_job
 from tests.unit.test_tensorboard import events, points

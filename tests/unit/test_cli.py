@@ -13,7 +13,7 @@ import pytest
 import dni.coordinator.cli
 import dni.coordinator.plots
 from dni.coordinator.cli import build_parser, main, package_version
-from dni.coordinator.job import load_job
+from dni import load_job
 from dni.coordinator.plots import run_label
 from tests.conftest import REPO
 

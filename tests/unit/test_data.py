@@ -9,7 +9,7 @@ import torch
 
 from dni.coordinator.data import DataError, Dataset, load_dataset, missing_files, resolve_data_root, to_float, train_batches
 from dni.coordinator.data import test_batches as evaluation_batches  # not collected as a test
-from dni.coordinator.job import load_job
+from dni import load_job
 
 MNIST_FILES = "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte"
 CIFAR_FILES = "data_batch_1, data_batch_2, data_batch_3, data_batch_4, data_batch_5, test_batch, batches.meta"

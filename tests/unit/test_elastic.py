@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dni.coordinator.elastic import launched_folder, release_run_folders
-from dni.coordinator.job import load_job
+from dni import load_job
 from dni.coordinator.rendezvous import Launch
 from dni.coordinator.run import RunComplete
 from dni.errors import ConfigError

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from dni.coordinator.job import load_job
+from dni import load_job
 from dni.coordinator.shapes import check_stages
 from dni.errors import ConfigError
 from tests.conftest import mlp_stages, small_job
