@@ -9,13 +9,16 @@ import sys
 import tomllib
 from importlib import metadata
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
-from dni.coordinator.job import SHORTCUTS, load_job, with_addresses
+from dni.coordinator.job import SHORTCUTS, Job, load_job, with_addresses
 from dni.coordinator.plots import check_runs, default_output, plot_accuracy
 from dni.errors import ConfigError, DniError
 from dni.spec import MODE_NAMES
 from dni.workers import cli as worker_cli
+
+if TYPE_CHECKING:
+    from dni.coordinator.results import RunFolder
 
 OVERRIDES = {  # flag -> (job setting, type, help)
     "--mode": ("mode", str, f"training mode: {', '.join(MODE_NAMES)}"),
@@ -34,6 +37,7 @@ OVERRIDES = {  # flag -> (job setting, type, help)
     "--lr": ("lr", float, "learning rate of every optimiser"),
     "--seed": ("seed", int, "seed for weights and data order"),
     "--eval-every": ("eval_every", int, "steps between test evaluations (0: once per epoch)"),
+    "--checkpoint-every": ("checkpoint_every", int, "steps between checkpoints of every stage (0: only at the end)"),
     "--window": ("window", int, "batches a stage may run ahead of its true gradients (unlocked modes)"),
     "--threads": ("threads", int, "torch threads per worker (0: share this machine's cores)"),
     "--data-root": ("data_root", str, "dataset folder (else $DNI_DATA_ROOT, else ./data)"),
@@ -59,6 +63,30 @@ def package_version() -> str:
             return "unknown"
 
 
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of `dni run`; `python -m dni.launch` (coordinator/elastic.py) takes the same ones."""
+    parser.add_argument("job", nargs="?", help="mnist, cifar10, or a path to a job file (see README: job files)")
+    parser.add_argument("--resume", type=Path, metavar="RUN", help="continue a stopped run folder from its last checkpoint")
+    for flag, (_, kind, text) in OVERRIDES.items():
+        parser.add_argument(flag, type=kind, help=text, choices=MODE_NAMES if flag == "--mode" else None)
+    parser.add_argument("--no-verify-data", action="store_true", help="skip dataset checksums (for rebuilt local copies)")
+    parser.add_argument("--no-download", action="store_true", help="never download datasets")
+    parser.add_argument("--record-spans", action="store_true", help="record per-worker activity spans (spans.json)")
+    parser.add_argument("--workers", help="comma-separated addresses of running workers (tcp://host:port,...), one per stage")
+    parser.add_argument("--bind", help="address of the coordinator's inbox (default: ipc for local workers, tcp://0.0.0.0:5550 for remote; "
+                        "tcp://127.0.0.1:5550 with --insecure)")
+    security = parser.add_mutually_exclusive_group()
+    security.add_argument("--keys", metavar="DIR", help="CURVE key directory made by `dni keys DIR` (required for remote workers; "
+                          "job file: keys = \"DIR\")")
+    security.add_argument("--insecure", action="store_true", help="no encryption or authentication: allowed only when every "
+                          "address is on loopback or ipc:// (job file: insecure = true)")
+    parser.add_argument("--advertise", help="address workers use to reach the coordinator (default: derived from --bind)")
+    parser.add_argument("--transport", choices=["ipc", "tcp"], default="ipc", help="how local workers talk (default ipc)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="the coordinator's log detail (default INFO; local workers log WARNING and up)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dni", description="Decoupled Neural Interfaces: one worker process per layer.")
     parser.add_argument("--version", action="version", version=f"dni {package_version()}", help="print dni's version and exit")
@@ -67,26 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="train a job", description=(
         "Train a job: a shortcut (" + ", ".join(SHORTCUTS) + ") or a TOML job file. Flags override the file. "
         "Without --workers, one local worker process per stage is started."))
-    run.add_argument("job", nargs="?", help="mnist, cifar10, or a path to a job file (see README: job files)")
-    run.add_argument("--resume", type=Path, metavar="RUN", help="continue a stopped run folder from its last checkpoint")
-    for flag, (_, kind, text) in OVERRIDES.items():
-        run.add_argument(flag, type=kind, help=text, choices=MODE_NAMES if flag == "--mode" else None)
-    run.add_argument("--no-verify-data", action="store_true", help="skip dataset checksums (for rebuilt local copies)")
-    run.add_argument("--no-download", action="store_true", help="never download datasets")
-    run.add_argument("--record-spans", action="store_true", help="record per-worker activity spans (spans.json)")
-    run.add_argument("--workers", help="comma-separated addresses of running workers (tcp://host:port,...), one per stage")
-    run.add_argument("--bind", help="address of the coordinator's inbox (default: ipc for local workers, tcp://0.0.0.0:5550 for remote; "
-                     "tcp://127.0.0.1:5550 with --insecure)")
-    security = run.add_mutually_exclusive_group()
-    security.add_argument("--keys", metavar="DIR", help="CURVE key directory made by `dni keys DIR` (required for remote workers; "
-                          "job file: keys = \"DIR\")")
-    security.add_argument("--insecure", action="store_true", help="no encryption or authentication: allowed only when every "
-                          "address is on loopback or ipc:// (job file: insecure = true)")
-    run.add_argument("--advertise", help="address workers use to reach the coordinator (default: derived from --bind)")
-    run.add_argument("--transport", choices=["ipc", "tcp"], default="ipc", help="how local workers talk (default ipc)")
-    run.add_argument("--no-progress", action="store_true", help="no progress bar")
-    run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-                     help="the coordinator's log detail (default INFO; local workers log WARNING and up)")
+    add_run_arguments(run)
 
     worker = commands.add_parser("worker", help="serve one pipeline stage", description="Serve one pipeline stage; the coordinator configures it.")
     worker_cli.add_arguments(worker)
@@ -200,7 +209,7 @@ def _keys(args: argparse.Namespace) -> int:
     return 0
 
 
-def _interrupt(signum: int, frame: object) -> None:
+def interrupt_training(signum: int, frame: object) -> None:
     """SIGTERM stops a running job like Ctrl-C; once training is over it lets the results be written."""
     from dni.coordinator.run import training_finished
 
@@ -212,24 +221,37 @@ def _run(args: argparse.Namespace) -> int:
     from dni.coordinator.run import resume_job, run_job
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    log = logging.getLogger("dni")
+    signal.signal(signal.SIGTERM, interrupt_training)
+
+    def train():
+        if args.resume:
+            return resume_job(args.resume, bind=args.bind, advertise=args.advertise, transport=args.transport,
+                              show_progress=not args.no_progress)
+        job = job_from_args(args)
+        if args.workers:
+            job = with_addresses(job, [address.strip() for address in args.workers.split(",")])
+        return run_job(job, args.bind, args.advertise, args.transport, not args.no_progress)
+
+    return report_run(train)
+
+
+def job_from_args(args: argparse.Namespace) -> Job:
+    """The job named on the command line, with the flags of `add_run_arguments` applied on top."""
+    if args.job is None:
+        raise ConfigError("name a job (mnist, cifar10 or a job file) or --resume RUN")
     overrides = {setting: getattr(args, flag[2:].replace("-", "_")) for flag, (setting, _, _) in OVERRIDES.items()}
     overrides.update(verify_data=False if args.no_verify_data else None, download=False if args.no_download else None,
                      record_spans=True if args.record_spans else None)
     if args.keys or args.insecure:  # either flag overrides the job file's keys and insecure settings
         overrides.update(keys=args.keys or "", insecure=args.insecure)
-    signal.signal(signal.SIGTERM, _interrupt)
+    return load_job(args.job, overrides)
+
+
+def report_run(train: Callable[[], tuple[RunFolder, dict[str, Any]]]) -> int:
+    """Run `train` and say how it went as `dni run` does: the result and the folder, or the error; the exit code."""
+    log = logging.getLogger("dni")
     try:
-        if args.resume:
-            folder, summary = resume_job(args.resume, bind=args.bind, advertise=args.advertise, transport=args.transport,
-                                         show_progress=not args.no_progress)
-        elif args.job is None:
-            raise ConfigError("name a job (mnist, cifar10 or a job file) or --resume RUN")
-        else:
-            job = load_job(args.job, overrides)
-            if args.workers:
-                job = with_addresses(job, [address.strip() for address in args.workers.split(",")])
-            folder, summary = run_job(job, args.bind, args.advertise, args.transport, not args.no_progress)
+        folder, summary = train()
     except DniError as error:
         if error.exit_code == 0:
             print(error, file=sys.stderr)

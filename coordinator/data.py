@@ -16,6 +16,11 @@ import torch
 
 from dni.errors import DataError
 
+__all__ = [
+    "DATA_ROOT_ENV", "DEFAULT_DATA_ROOT", "Dataset", "EXPECTED_FILES", "EXPECTED_LAYOUT", "MNIST_LEGACY",
+    "load_dataset", "missing_files", "resolve_data_root", "test_batches", "to_float", "train_batches",
+]
+
 log = logging.getLogger("dni.data")
 
 

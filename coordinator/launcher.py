@@ -35,7 +35,7 @@ class LocalWorkers:
     """Worker processes on this machine, one per stage, talking over ipc:// (or tcp:// on loopback).
 
     With `once=False` they outlive their jobs, and a benchmark runs job after job on the same processes
-    (its jobs name them by `addresses`), paying their start-up once."""
+    (`run_job(..., endpoints=workers.endpoints)`), paying their start-up once."""
 
     def __init__(self, count: int, transport: str = "ipc", log_level: str = "WARNING", keys: Optional[Path] = None,
                  once: bool = True) -> None:
@@ -50,12 +50,6 @@ class LocalWorkers:
 
     def _bind_address(self, stage: int) -> str:
         return f"ipc://{self.directory}/stage{stage}" if self.transport == "ipc" else "tcp://127.0.0.1:0"
-
-    def addresses(self) -> list[str]:
-        """Each worker's address as a job's stage `address` names it (ipc only: a tcp worker's ports are picked apart)."""
-        if self.transport != "ipc":
-            raise ValueError("only ipc workers have one base address each")
-        return [self._bind_address(stage) for stage in range(self.count)]
 
     def start(self) -> None:
         self.processes = [self._spawn(stage) for stage in range(self.count)]

@@ -13,6 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from dni.coordinator.results import NotARunError, read_metrics  # noqa: E402
 
+__all__ = ["check_runs", "default_output", "plot_accuracy", "run_label", "save_figure"]
+
 
 def check_runs(runs: Sequence[Path]) -> None:
     """Raise NotARunError naming the first folder that is not a run (one with a metrics.jsonl)."""

@@ -5,6 +5,8 @@ import sys
 import time
 from typing import TextIO
 
+__all__ = ["Progress"]
+
 
 class Progress:
     """`start` is the step the run was at when this process began (a resumed run's checkpoint):

@@ -13,6 +13,8 @@ from dni.files import write_text_atomically
 
 from dni.coordinator.job import Job, job_as_table
 
+__all__ = ["NotARunError", "RunFolder", "read_metrics"]
+
 
 class NotARunError(DniError, ValueError):
     """A folder given as a run (to `dni plot`, `--resume`) that holds no run."""

@@ -122,6 +122,8 @@ class Trainer:
         self.first_step = start = position.step
         self.progress.start = start
         self.records = read_metrics(self.folder.path)[:position.evaluations] if position.evaluations else []
+        if position.step:  # a resumed run: lines written after its checkpoint are rolled back over
+            self.folder.rewrite_metrics(self.records)
         self._rewind(position)
         self.started = self.progress.started = time.monotonic()
         self.cpu_started = time.process_time()
@@ -185,8 +187,9 @@ class Trainer:
         """A consistent cut: no batch in flight anywhere, every stage saved at the same step."""
         self._drain()
         self.pipeline.request_all("flush", timeout=REQUEST_TIMEOUT, stall_timeout=STALL_SECONDS)
+        self.checkpoints.begin()
         for stage in range(len(self.job.stages)):
-            self.pipeline.request(stage, "checkpoint", {"path": str(self.checkpoints.stage(stage))}, timeout=REQUEST_TIMEOUT)
+            self.pipeline.request(stage, "checkpoint", {"path": str(self.checkpoints.staged(stage))}, timeout=REQUEST_TIMEOUT)
         self.checkpoints.record(Position(self.sent, len(self.records), vars(self.train_tally)))
 
     def _checkpoint_on_interrupt(self) -> None:
@@ -314,6 +317,7 @@ class Trainer:
             if self.first_result and self.last_result > self.first_result else 0.0,
             "resumed_from_step": self.first_step, "recoveries": self.recoveries, "resent_batches": self.resent,
             "seconds_to_first_result": (self.first_result or time.monotonic()) - self.started,
+            "first_result_at": time.time() - (time.monotonic() - (self.first_result or time.monotonic())),
             "coordinator_cpu_fraction": cpu / wall,
             "workers": self.workers, "worker_metrics": final, "worker_errors": [sum(m["errors"].values()) for m in final],
         }

@@ -16,16 +16,23 @@ stage and its neighbours) and `dni.coordinator` (the job).
 from __future__ import annotations
 
 from importlib import import_module
+from pathlib import Path
 from typing import Any
 
 __all__ = [
     "Job", "Mode", "StageBuilder", "StageCompute", "SynthesizerBuilder", "load_job", "resume_job", "run_job",
 ]
 
+_CHECKOUT = Path(__file__).resolve().parent.parent
+if all((_CHECKOUT / folder / "__init__.py").is_file() for folder in ("protocol", "workers", "coordinator")):
+    # A source checkout (the folders beside this one) imports as dni without installation, as on a
+    # machine that only receives the working tree; an installed dni finds its own subpackages first.
+    __path__.append(str(_CHECKOUT))
+
 _HOMES = {
     "Job": "dni.coordinator.job", "load_job": "dni.coordinator.job",
     "run_job": "dni.coordinator.run", "resume_job": "dni.coordinator.run",
-    "Mode": "dni.workers.modes",
+    "Mode": "dni.spec",
     "StageBuilder": "dni.workers.interface", "SynthesizerBuilder": "dni.workers.interface",
     "StageCompute": "dni.workers.compute",
 }

@@ -31,7 +31,7 @@ compose_package() {
     return 1
 }
 
-# Sourced (tests/test_ci_setup.py): define the functions only.
+# Sourced (tests/e2e/test_ci_setup.py): define the functions only.
 [[ ${BASH_SOURCE[0]} == "$0" ]] || return 0
 set -euo pipefail
 

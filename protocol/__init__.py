@@ -1,6 +1,8 @@
 """The wire format: msgpack headers and raw tensor frames over ZeroMQ. Knows nothing about training."""
 from dni.protocol.codec import ALLOWED_DTYPES, DEFAULT_LIMITS, Limits, decode, encode
-from dni.protocol.endpoints import Endpoints, connectable, free_port_block, resolvable, resolved, worker_endpoints
+from dni.protocol.endpoints import (
+    Endpoints, address_towards, connectable, free_port_block, resolvable, resolved, tcp_address, worker_endpoints,
+)
 from dni.protocol.errors import ProtocolError
 from dni.protocol.linkdelay import DelayQueue
 from dni.protocol.messages import PROTOCOL_VERSION, Kind, Message
@@ -8,6 +10,6 @@ from dni.protocol.transport import open_socket, receive_frames, receive_message,
 
 __all__ = [
     "ALLOWED_DTYPES", "DEFAULT_LIMITS", "DelayQueue", "Endpoints", "Kind", "Limits", "Message", "PROTOCOL_VERSION",
-    "ProtocolError", "connectable", "decode", "encode", "free_port_block", "open_socket", "receive_frames",
-    "receive_message", "resolvable", "resolved", "send_message", "worker_endpoints",
+    "ProtocolError", "address_towards", "connectable", "decode", "encode", "free_port_block", "open_socket",
+    "receive_frames", "receive_message", "resolvable", "resolved", "send_message", "tcp_address", "worker_endpoints",
 ]

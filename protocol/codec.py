@@ -16,6 +16,8 @@ import numpy as np
 from dni.protocol.errors import ProtocolError
 from dni.protocol.messages import PROTOCOL_VERSION, Kind, Message
 
+__all__ = ["ALLOWED_DTYPES", "DEFAULT_LIMITS", "Limits", "decode", "encode"]
+
 ALLOWED_DTYPES = frozenset({"float16", "float32", "float64", "int32", "int64", "uint8", "bool"})
 
 Frame = Union[bytes, memoryview, Any]  # zmq.Frame exposes .buffer

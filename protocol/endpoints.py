@@ -12,6 +12,11 @@ from dataclasses import dataclass
 
 from dni.protocol.errors import ProtocolError
 
+__all__ = [
+    "Endpoints", "address_towards", "connectable", "free_port_block", "resolvable", "resolved", "tcp_address",
+    "worker_endpoints",
+]
+
 
 @dataclass(frozen=True)
 class Endpoints:
@@ -84,6 +89,21 @@ def resolvable(address: str, within: float) -> bool:
     lookup.start()
     lookup.join(within)
     return outcome == [True]
+
+
+def address_towards(peer: str, port: int = 9) -> str:
+    """This host's IP address on the route to `peer` (a name or an address): the one `peer`'s side of
+    the network reaches us at. Nothing is sent (a UDP socket is only connected); raises OSError when
+    `peer` does not resolve or no route leads there."""
+    family, _, _, _, sockaddr = socket.getaddrinfo(peer, port, type=socket.SOCK_DGRAM)[0]
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        probe.connect(sockaddr)
+        return probe.getsockname()[0]
+
+
+def tcp_address(host: str, port: str = "*") -> str:
+    """tcp://host:port, with an IPv6 address in brackets."""
+    return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
 
 
 def free_port_block(size: int = 3) -> int:

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+__all__ = ["Kind", "Message", "PROTOCOL_VERSION"]
+
 PROTOCOL_VERSION = 1
 
 

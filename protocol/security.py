@@ -30,6 +30,11 @@ from zmq.utils import z85
 
 from dni.protocol.errors import ProtocolError
 
+__all__ = [
+    "FIX", "Keys", "check_plaintext_allowed", "create_keys", "listens_beyond_loopback", "load_keys", "make_server",
+    "secure_context", "start_authenticator",
+]
+
 log = logging.getLogger("dni.security")
 
 SERVER, CLIENT, AUTHORIZED = "server", "client", "authorized"

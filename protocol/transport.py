@@ -8,6 +8,8 @@ import zmq
 from dni.protocol.codec import DEFAULT_LIMITS, Limits, decode, encode
 from dni.protocol.messages import Message
 
+__all__ = ["ZERO_COPY_THRESHOLD", "open_socket", "receive_frames", "receive_message", "send_message"]
+
 ZERO_COPY_THRESHOLD = 1 << 20  # `dni bench transport`: below ~1 MiB copying is as fast as zero-copy
 
 

@@ -1,4 +1,4 @@
-"""Shared test setup: real data from the shared datasets folder, small jobs, a clean process table."""
+"""Shared test setup for tests/unit and tests/e2e: small jobs, and (for e2e) real data from the shared datasets folder."""
 from __future__ import annotations
 
 import os
@@ -11,9 +11,13 @@ from dni.coordinator.job import Job, job_from_table
 
 REPO = Path(__file__).resolve().parent.parent
 DATA_ROOT = Path(os.environ.get("DNI_DATA_ROOT", REPO.parent / "shared" / "datasets"))
-# What "learned" means for `small_job` in the unlocked modes (chance is 0.1). How far the first
-# stage runs ahead of its true gradients is timing, and so is the accuracy after 200-300 steps:
-# 0.69-0.78 measured on two shared cores (0.7 failed in CI once).
+# What "learned" means for `small_job` in the unlocked modes at their default window of 4 (chance is 0.1), as
+# the fault, security, plugin and GPU tests run them (the fuzz test holds its 600-step mnist-smoke run to it
+# too). How far a stage runs ahead of its true gradients is timing, and so is the accuracy: after 300 steps,
+# 8 runs each on two cores shared with other test suites (load average 8-14): sg 0.687 0.756 0.758 0.761
+# 0.769 0.771 0.772 0.782 (median 0.765), cdni 0.866 0.866 0.868 0.872 0.874 0.877 0.877 0.879 (median
+# 0.873); earlier, 0.69-0.78 for sg, and 0.7 failed in CI once. The bar sits below the lowest sg run.
+# (tests/e2e/test_modes.py runs every mode at window 1 instead, where the accuracy does not depend on scheduling.)
 LEARNED = 0.6
 
 

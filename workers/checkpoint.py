@@ -14,6 +14,8 @@ from dni.files import replace_atomically
 
 from dni.workers.compute import StageCompute
 
+__all__ = ["load_checkpoint", "save_checkpoint"]
+
 
 def save_checkpoint(path: str, compute: StageCompute) -> None:
     target = Path(path)

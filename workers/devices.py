@@ -8,6 +8,7 @@ allocates nothing.
 """
 from __future__ import annotations
 
+import os
 import re
 from typing import Callable, Optional
 
@@ -16,20 +17,34 @@ import torch
 
 from dni.errors import ConfigError
 
+__all__ = ["DEVICE_PATTERN", "launched_local_rank", "resolve_device", "synchronizer", "to_device", "to_host"]
+
 DEVICE_PATTERN = re.compile(r"^(cpu|auto|cuda(:\d+)?)$")
 
 
-def resolve_device(requested: str, stage_index: int) -> str:
+def resolve_device(requested: str, stage_index: int, local_rank: Optional[int] = None) -> str:
+    """The device a stage runs on. `auto`: this process's GPU under torchrun (`cuda:LOCAL_RANK`, one GPU
+    per rank of a host, `local_rank` or else the environment torchrun sets), else GPU `stage_index`,
+    modulo the GPUs this process sees; the CPU where it sees none."""
     if not DEVICE_PATTERN.match(requested):
         raise ConfigError(f"device {requested!r} is not one of cpu, cuda, cuda:N, auto")
     gpus = torch.cuda.device_count()
     if requested == "auto":
-        return f"cuda:{stage_index % gpus}" if gpus else "cpu"
+        if local_rank is None:
+            local_rank = launched_local_rank()
+        slot = stage_index if local_rank is None else local_rank
+        return f"cuda:{slot % gpus}" if gpus else "cpu"
     if requested.startswith("cuda"):
         index = int(requested.partition(":")[2] or 0)
         if index >= gpus:
             raise ConfigError(f"device {requested!r} asked for, but this worker sees {gpus} CUDA device(s)")
     return requested
+
+
+def launched_local_rank() -> Optional[int]:
+    """LOCAL_RANK when torchrun (torch.distributed.elastic, which also sets TORCHELASTIC_RUN_ID) started this process."""
+    value = os.environ.get("LOCAL_RANK", "")
+    return int(value) if "TORCHELASTIC_RUN_ID" in os.environ and value.isdigit() else None
 
 
 def to_device(array: np.ndarray, device: str) -> torch.Tensor:

@@ -12,6 +12,8 @@ import time
 import torch
 from torch import nn
 
+__all__ = ["EmulatedDelay"]
+
 
 class _Sleep(torch.autograd.Function):
     @staticmethod

@@ -15,6 +15,8 @@ import zmq
 
 from dni.protocol import Kind, Limits, Message, open_socket, resolved, send_message
 
+__all__ = ["BEAT_SECONDS", "Heartbeat"]
+
 BEAT_SECONDS = 1.0
 
 

@@ -33,6 +33,8 @@ from typing import Any, Optional, Protocol
 import torch
 from torch import nn
 
+__all__ = ["StageBuilder", "SynthesizerBuilder", "call_stage"]
+
 Shape = tuple[int, ...]
 
 

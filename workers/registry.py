@@ -11,6 +11,11 @@ from dni.errors import ConfigError
 from dni.workers.stages import BUILTIN_STAGES
 from dni.workers.synthesizers import BUILTIN_SYNTHESIZERS
 
+__all__ = [
+    "STAGE_ARGUMENTS", "STAGE_GROUP", "SYNTHESIZER_ARGUMENTS", "SYNTHESIZER_GROUP", "UnknownBuilderError",
+    "check_params", "import_callable", "resolve_stage", "resolve_synthesizer",
+]
+
 STAGE_GROUP = "dni.stages"
 SYNTHESIZER_GROUP = "dni.synthesizers"
 

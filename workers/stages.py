@@ -12,6 +12,8 @@ from torch import nn
 from dni.workers.emulation import EmulatedDelay
 from dni.workers.interface import Shape
 
+__all__ = ["BUILTIN_STAGES", "balanced", "conv_bn_relu", "glorot_", "linear", "linear_bn_relu"]
+
 
 def glorot_(module: nn.Module) -> nn.Module:
     for layer in module.modules():

@@ -14,6 +14,8 @@ from torch import nn
 from dni.workers.interface import Shape
 from dni.workers.stages import glorot_
 
+__all__ = ["BUILTIN_SYNTHESIZERS", "ConvSynthesizer", "MLPSynthesizer"]
+
 
 class MLPSynthesizer(nn.Module):
     """Flattened activation (+ one-hot condition) -> hidden Linear+BN+ReLU layers -> output."""

@@ -14,6 +14,8 @@ from typing import Callable, Iterator, Mapping, Optional
 
 import numpy as np
 
+__all__ = ["ACTIVITIES", "COMPUTE", "LOOP", "MAX_SPANS", "Timeline", "WAITING", "spans_from_arrays"]
+
 COMPUTE = ("forward", "backward", "synthesizer")
 WAITING = ("wait_input", "wait_gradient")
 LOOP = "loop"  # between timed activities: the worker's own dispatch, checks and bookkeeping

@@ -4,7 +4,7 @@
     python benchmarks/flood/run.py --seconds 90 --iterations 3000
 
 Each run is `dni run mnist-smoke --transport tcp` as a user starts it; the
-flood (tests/hostile.py) hits every socket of every worker from the moment their
+flood (hostile.py beside this script) hits every socket of every worker from the moment their
 addresses appear in the log, as fast as it can, for `--seconds`.
 """
 from __future__ import annotations
@@ -17,12 +17,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import zmq
+
+from hostile import flood, wait_for_endpoints  # benchmarks/flood/hostile.py: this script's folder is on the path
+
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-
-import zmq  # noqa: E402
-
-from tests.hostile import flood, wait_for_endpoints  # noqa: E402
 
 
 def run(folder: Path, iterations: int, data_root: str, seconds: float) -> dict:

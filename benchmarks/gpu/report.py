@@ -65,7 +65,7 @@ def print_summary(report: dict[str, Any]) -> None:
         print(f"  part {name:<8} {record.get('status', 'absent'):<8} {record.get('seconds', 0):6.1f}s of {record.get('budget_seconds', 0):5.0f}s  {record.get('reason', '')}")
     tests = parts.get("tests", {})
     if "passed" in tests:
-        print(f"\ntests/test_gpu.py: {tests['passed']} passed, {tests['failed']} failed, {tests['skipped']} skipped")
+        print(f"\ntests/e2e/test_gpu.py: {tests['passed']} passed, {tests['failed']} failed, {tests['skipped']} skipped")
     print(f"\nMNIST reference network, 3 stages ({report['data']['mnist']})")
     print(f"{'placement':<10} {'mode':<9} {'steps':>6} {'samples/s':>10} {'to 95%':>8} {'test acc':>9}")
     for row in parts.get("mnist", {}).get("rows", []):

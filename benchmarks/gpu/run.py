@@ -6,7 +6,7 @@
 
 Parts, each with a share of `--budget` (a part that finishes early leaves its
 time to the later ones, and a part skips what no longer fits, saying why):
-tests (tests/test_gpu.py, no skips allowed with a GPU), mnist (the reference
+tests (tests/e2e/test_gpu.py, no skips allowed with a GPU), mnist (the reference
 network, three workers sharing the GPU, backprop/sg/cdni, and the same on CPU
 workers), cifar (the CIFAR-10 CNN with conv synthesizers on a 10,000-image
 slice), profile (one sg step split into compute, copies and socket), scaling
@@ -37,9 +37,8 @@ import torch  # noqa: E402
 
 from budget import Budget, OutOfTime  # noqa: E402
 from dni.coordinator.bench.speedup import balanced_job, measure, time_to_accuracy  # noqa: E402
-from dni.coordinator.job import Job, load_job  # noqa: E402
+from dni import Job, load_job, run_job  # noqa: E402
 from dni.coordinator.results import read_metrics  # noqa: E402
-from dni.coordinator.run import run_job  # noqa: E402
 from dni.files import write_text_atomically  # noqa: E402
 from datapath import profile_stage  # noqa: E402
 from prepare import CIFAR_TEST_IMAGES, CIFAR_TRAIN_IMAGES, prepare, unpack  # noqa: E402
@@ -115,7 +114,7 @@ def on_device(job: Job, device: str) -> Job:
 
 def tests_part(context: Context, budget: Budget) -> dict[str, Any]:
     junit = context.work / "test_gpu.xml"
-    command = [sys.executable, "-m", "pytest", "tests/test_gpu.py", "-q", "-rs", "-p", "no:cacheprovider", f"--junitxml={junit}"]
+    command = [sys.executable, "-m", "pytest", "tests/e2e/test_gpu.py", "-q", "-rs", "-p", "no:cacheprovider", f"--junitxml={junit}"]
     try:
         completed = subprocess.run(command, cwd=REPO, env={**os.environ, "DNI_DATA_ROOT": str(context.data_root)},
                                    capture_output=True, text=True, timeout=max(10.0, budget.remaining()))

@@ -29,14 +29,15 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "benchmarks" / "gpu"))  # prepare.py: the payload the GPU run's --prepare fills
+sys.path[:0] = [str(REPO), str(REPO / "benchmarks" / "gpu")]  # dni without installation; the GPU run's prepare.py
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))  # for the workers
 
 import torch  # noqa: E402
 
 from dni.coordinator.bench.linkdelay import Sweep, run_sweep, save_report  # noqa: E402
 from dni.coordinator.bench.linkdelay_report import print_link_delay  # noqa: E402
 from dni.coordinator.bench.speedup import balanced_job  # noqa: E402
-from dni.coordinator.job import Job, load_job  # noqa: E402
+from dni import Job, load_job  # noqa: E402
 from prepare import unpack  # noqa: E402
 
 DELAYS = (0.0, 1.0, 5.0, 20.0, 50.0)

@@ -19,11 +19,22 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from dni import load_job, run_job
 
-from dni.coordinator.job import load_job  # noqa: E402
-from dni.coordinator.run import run_job  # noqa: E402
-from tests.test_faults import children  # noqa: E402
+
+def children(pid: int) -> dict[int, str]:
+    """Processes whose parent is `pid`, with their command lines (from /proc)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == pid:
+                found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
 
 
 def kill_after(results: Path, step: int, stage: int) -> threading.Thread:

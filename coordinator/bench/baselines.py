@@ -22,6 +22,8 @@ from dni.workers.build import build_stages
 from dni.workers.compute import StageCompute
 from dni.workers.timing import Timeline
 
+__all__ = ["run_baseline"]
+
 
 def run_baseline(job: Job, data: Dataset, kind: str) -> dict[str, Any]:
     torch.set_num_threads(os.cpu_count() or 1)

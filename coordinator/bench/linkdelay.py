@@ -34,10 +34,11 @@ from typing import Any, Mapping, Optional, Sequence
 
 from dni.coordinator.bench.linkdelay_report import plot_link_delay, print_link_delay, verdicts
 from dni.coordinator.bench.speedup import balanced_job, parse_lists, time_to_accuracy
-from dni.coordinator.job import Job, load_job, with_addresses
+from dni.coordinator.data import Dataset
+from dni.coordinator.job import Job, load_job
 from dni.coordinator.launcher import LocalWorkers
 from dni.coordinator.results import read_metrics
-from dni.coordinator.run import run_job
+from dni.coordinator.run import job_data, run_job
 from dni.errors import ConfigError, DniError
 from dni.files import write_text_atomically
 from dni.protocol.linkdelay import describe
@@ -145,6 +146,7 @@ class Runner:
         self.pool = pool
         self.deadline = time.monotonic() + sweep.budget if sweep.budget else None
         self.overhead = START_UP_GUESS
+        self.datasets: dict[str, Dataset] = {}  # each job's data, loaded for its first run
 
     def cap(self, run: Planned, ahead: Sequence[Planned]) -> int:
         """Whole seconds `run` may train (0: none left); `ahead` is this run and every one after it."""
@@ -181,11 +183,13 @@ class Runner:
     def _train(self, run: Planned, cap: int) -> dict[str, Any]:
         job = replace(run.job, mode=Mode(run.mode), link_delay_ms=run.delay, time_limit=cap, checkpoint_every=0,
                       stop_at_accuracy=0.0 if run.projected else max(self.sweep.targets),
-                      results=str(self.runs / run.job.name), insecure=True, keys="", rejoin_seconds=0)
-        job = with_addresses(job, self.pool.addresses()[:len(job.stages)])
+                      results=str(self.runs / run.job.name), rejoin_seconds=0)
+        if job.name not in self.datasets:
+            self.datasets[job.name] = job_data(job)
         self._revive()
         started = time.monotonic()
-        folder, summary = run_job(job, bind=f"ipc://{self.pool.directory}/coordinator", show_progress=False)
+        folder, summary = run_job(job, bind=f"ipc://{self.pool.directory}/coordinator", show_progress=False,
+                                  endpoints=self.pool.endpoints[:len(job.stages)], data=self.datasets[job.name])
         self.overhead = max(1.0, time.monotonic() - started - summary["wall_seconds"])
         records = read_metrics(folder.path)
         metrics = summary["worker_metrics"]

@@ -24,6 +24,8 @@ from dni.errors import ConfigError
 from dni.spec import MODE_NAMES, Mode
 from dni.workers.timing import ACTIVITIES, COMPUTE
 
+__all__ = ["EMULATED_FORWARD_MS", "balanced_job", "measure", "parse_lists", "print_report", "run_speedup", "time_to_accuracy"]
+
 EMULATED_FORWARD_MS = 20.0
 
 

@@ -9,6 +9,8 @@ from dni.coordinator.plots import save_figure  # first: it selects the Agg backe
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
+__all__ = ["COLOURS", "plot_scaling", "plot_timelines", "window_of"]
+
 COLOURS = {
     "forward": "#1f77b4", "backward": "#ff7f0e", "synthesizer": "#2ca02c", "transport": "#9467bd",
     "wait_input": "#d9d9d9", "wait_gradient": "#f4a6a6", "control": "#8c564b",

@@ -31,6 +31,8 @@ from dni.spec import Mode
 from dni.workers.build import build_stages
 from dni.workers.compute import make_optimizer
 
+__all__ = ["RANK_TIMEOUT", "SCHEDULES", "SCHEDULE_NAMES", "UnsupportedPipeline", "check_schedule", "run_torch_pipeline"]
+
 SCHEDULES = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}
 SCHEDULE_NAMES = {"gpipe": "GPipe", "1f1b": "1F1B"}
 RANK_TIMEOUT = 900.0

@@ -27,6 +27,8 @@ from dni.protocol.linkdelay import describe
 from dni.protocol.transport import ZERO_COPY_THRESHOLD
 from dni.spec import check_link_delay
 
+__all__ = ["DATASET_SHAPES", "round_trips", "run_transport"]
+
 DATASET_SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 
 

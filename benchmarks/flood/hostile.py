@@ -1,0 +1,81 @@
+"""The flood benchmark's hostile client: malformed, misdeclared and foreign messages at every socket of every worker.
+
+Standalone, so that the benchmark needs nothing beyond dni and this folder: a valid forward batch, mutated six
+ways, sent as fast as the sockets take it for a bounded time.
+"""
+from __future__ import annotations
+
+import random
+import re
+import time
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import zmq
+
+from dni.protocol import Kind, Message, encode
+
+VALID = encode(Message(Kind.FORWARD, "flood-benchmark", 1, 1, 0, {"eval": 1},
+                       {"x": np.zeros((2, 1, 28, 28), np.float32), "labels": np.zeros(2, np.int64)}))
+HEADER = msgpack.unpackb(VALID[0])
+
+
+def hostile_frames(rng: random.Random, count: int) -> list[list[bytes]]:
+    """Random bytes, mutated headers, truncated or misdeclared tensors, wrong kinds, NaN batches of another job."""
+    messages = []
+    for _ in range(count):
+        choice = rng.randrange(6)
+        header = dict(HEADER)
+        if choice == 0:
+            frames = [rng.randbytes(rng.randrange(1, 200)) for _ in range(rng.randrange(1, 4))]
+        elif choice == 1:
+            header[rng.choice(sorted(HEADER))] = rng.choice([None, -1, 2**40, "x", [1, 2], {"a": 1}, 3.5, True])
+            frames = [msgpack.packb(header), *VALID[1:]]
+        elif choice == 2:
+            frames = [VALID[0], bytes(VALID[1])[:rng.randrange(len(VALID[1]))], VALID[2]]
+        elif choice == 3:
+            header["t"] = [["x", "float32", [rng.randrange(1, 5), 1, 28, 28]], ["labels", "int64", [2]]]
+            frames = [msgpack.packb(header), *VALID[1:]]
+        elif choice == 4:
+            header["k"] = rng.choice([int(kind) for kind in Kind])
+            frames = [msgpack.packb(header), *VALID[1:]]
+        else:
+            header["b"] = rng.randrange(-5, 5)
+            frames = [msgpack.packb(header), np.full((2, 1, 28, 28), np.nan, np.float32).tobytes(), VALID[2]]
+        messages.append(frames)
+    return messages
+
+
+def flood(endpoints: list[dict[str, str]], seconds: float, context: zmq.Context) -> int:
+    """Send hostile messages round-robin to every socket of every worker for `seconds`; returns how many went."""
+    sockets = []
+    for stage in endpoints:
+        for name, kind in (("control", zmq.DEALER), ("forward", zmq.PUSH), ("backward", zmq.PUSH)):
+            socket = context.socket(kind)
+            socket.setsockopt(zmq.LINGER, 0)
+            socket.setsockopt(zmq.SNDHWM, 1000)
+            socket.connect(stage[name])
+            sockets.append(socket)
+    messages = hostile_frames(random.Random(7), 500)
+    sent, deadline = 0, time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for socket in sockets:
+            try:
+                socket.send_multipart(messages[sent % len(messages)], flags=zmq.NOBLOCK)
+                sent += 1
+            except zmq.Again:
+                pass
+    return sent
+
+
+def wait_for_endpoints(log_path: Path, stages: int, timeout: float = 120.0) -> list[dict[str, str]]:
+    """The workers' addresses, as the coordinator logs them at start-up."""
+    pattern = re.compile(r"stage (\d+) listens at control (\S+), forward (\S+), backward (\S+)")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = pattern.findall(log_path.read_text())
+        if len(found) == stages:
+            return [{"control": control, "forward": forward, "backward": backward} for _, control, forward, backward in found]
+        time.sleep(0.1)
+    raise RuntimeError(f"no worker addresses in the log: {log_path.read_text()[-2000:]}")

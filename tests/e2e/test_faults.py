@@ -1,0 +1,342 @@
+"""Faults: a killed worker is restarted from the last checkpoint and the run finishes; a stopped run
+resumes; a hung worker and a dead coordinator are noticed within seconds; a slow stage holds the
+others back instead of letting memory grow."""
+from __future__ import annotations
+
+import _thread
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from dni.coordinator.job import SHORTCUTS
+from dni.coordinator.results import read_metrics
+from dni.protocol import free_port_block
+from dni import resume_job, run_job
+from dni.coordinator.run import RunComplete
+from dni.errors import PipelineError
+from tests.conftest import LEARNED, small_job
+
+pytestmark = pytest.mark.e2e
+
+
+def children(pid: int) -> dict[int, str]:
+    """Processes whose parent is `pid`, with their command lines."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == pid:
+                found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return "zombie" not in status.read()
+    except FileNotFoundError:
+        return False
+
+
+def when_checkpointed(results: Path, action) -> threading.Thread:
+    """Run `action` once the first periodic checkpoint of the run under `results` exists."""
+    def watch() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if list(results.glob("*/checkpoints/coordinator.json")):
+                action()
+                return
+            time.sleep(0.05)
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("transport", ["ipc", "tcp"])
+def test_killed_worker_is_restarted_and_the_run_finishes(transport, data_root, tmp_path):
+    job = small_job(data_root, tmp_path, mode="sg", iterations=300, checkpoint_every=100)
+
+    def kill_stage1() -> None:
+        victim = next(pid for pid, command in children(os.getpid()).items() if "stage1" in command)
+        os.kill(victim, signal.SIGKILL)
+
+    watcher = when_checkpointed(tmp_path, kill_stage1)
+    folder, summary = run_job(job, transport=transport, show_progress=False)
+    watcher.join()
+    assert summary["recoveries"] == 1
+    assert summary["resent_batches"] > 0, "the batches after the checkpoint were sent again"
+    assert summary["test_accuracy"] > LEARNED
+    assert [record["step"] for record in read_metrics(folder.path)] == [100, 200, 300]
+    assert not any(alive(worker["pid"]) for worker in summary["workers"])
+
+
+def test_stopped_run_resumes_from_its_checkpoint(data_root, tmp_path):
+    job = small_job(data_root, tmp_path, mode="cdni", iterations=300, checkpoint_every=100)
+    watcher = when_checkpointed(tmp_path, _thread.interrupt_main)
+    with pytest.raises(KeyboardInterrupt):
+        run_job(job, show_progress=False)
+    watcher.join()
+    run = next(tmp_path.iterdir())
+    checkpointed = json.loads((run / "checkpoints" / "coordinator.json").read_text())["step"]
+    assert 0 < checkpointed < 300
+    stopped = json.loads((run / "summary.json").read_text())
+    assert stopped["status"] == "interrupted" and stopped["resume_from_step"] == checkpointed
+    folder, summary = resume_job(run, show_progress=False)
+    assert folder.path == run
+    assert summary["resumed_from_step"] == checkpointed
+    assert [record["step"] for record in read_metrics(run)] == [100, 200, 300]
+    assert summary["test_accuracy"] > LEARNED
+    with pytest.raises(RunComplete, match=r"already finished \(300 steps, test accuracy .*\); nothing to resume"):
+        resume_job(run, show_progress=False)
+
+
+def test_a_hung_worker_is_noticed_within_seconds(data_root, tmp_path):
+    from dni.coordinator.job import with_addresses
+
+    addresses = [f"tcp://127.0.0.1:{free_port_block()}" for _ in range(3)]
+    workers = [subprocess.Popen([sys.executable, "-m", "dni.workers", "--bind", a, "--once", "--log-level", "ERROR"]) for a in addresses]
+    try:
+        job = with_addresses(small_job(data_root, tmp_path, iterations=100_000, eval_every=50, insecure=True, rejoin_seconds=0),
+                             addresses)
+        stopped = []
+
+        def stop_stage1() -> None:
+            while not list(tmp_path.glob("*/metrics.jsonl")):
+                time.sleep(0.05)
+            os.kill(workers[1].pid, signal.SIGSTOP)
+            stopped.append(time.monotonic())
+
+        threading.Thread(target=stop_stage1, daemon=True).start()
+        with pytest.raises(PipelineError, match="stage 1 .* sent nothing for"):
+            run_job(job, bind="tcp://127.0.0.1:*", show_progress=False)
+        assert time.monotonic() - stopped[0] < 20.0, "noticed within seconds (the timeout is 10 s)"
+    finally:
+        for worker in workers:
+            os.kill(worker.pid, signal.SIGCONT)
+            worker.kill()
+            worker.wait()
+
+
+def test_workers_exit_when_the_coordinator_dies(data_root, tmp_path):
+    job_file = tmp_path / "job.toml"
+    job_file.write_text(SHORTCUTS["mnist-smoke"].read_text().replace("iterations = 300", "iterations = 100000"))
+    coordinator = subprocess.Popen([sys.executable, "-m", "dni", "run", str(job_file), "--data-root", str(data_root),
+                                    "--results", str(tmp_path / "runs"), "--no-progress"])
+    try:
+        deadline = time.monotonic() + 60
+        while len(workers := children(coordinator.pid)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(3)
+        assert len(workers) == 3
+        coordinator.kill()
+        coordinator.wait()
+        deadline = time.monotonic() + 10
+        while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(alive(pid) for pid in workers), "no orphan workers"
+    finally:
+        coordinator.kill()
+
+
+def test_a_slow_stage_holds_the_pipeline_back_with_bounded_memory(data_root, tmp_path):
+    stage = {"kind": "balanced", "features": 64, "layers": 1, "synthesizer": {"kind": "mlp", "hidden": 16, "layers": 1}}
+    stages = [dict(stage), dict(stage), {**stage, "classes": 10, "delay_ms": 15.0}]
+    job = small_job(data_root, tmp_path, mode="sg", iterations=240, eval_every=40, window=2, stages=stages)
+    folder, summary = run_job(job, show_progress=False)
+    for record in read_metrics(folder.path):
+        for worker in record["workers"]:
+            assert worker["pending"] <= 2, "no stage runs further ahead than its window"
+            assert worker["max_rss_mb"] < 1500, f"stage {worker['stage']} grew to {worker['max_rss_mb']:.0f} MB"
+    first = summary["worker_metrics"][0]
+    assert first["time"]["wait_gradient"] > 0.5 * first["wall"] * 0.5, "the fast first stage spent its time held back"
+
+
+BROKEN_STAGES = '''
+import math
+import os
+
+import torch
+from torch import nn
+
+
+class Faulty(nn.Module):
+    """Linear + ReLU that misbehaves on its `at`-th training call while the file named by $BROKEN_FLAG exists."""
+
+    def __init__(self, input_shape, features, at=40, fault="raise"):
+        super().__init__()
+        self.layer = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), features), nn.ReLU())
+        self.calls, self.at, self.fault = 0, at, fault
+
+    def forward(self, x):
+        self.calls += self.training
+        out = self.layer(x)
+        if self.calls >= self.at and os.path.exists(os.environ["BROKEN_FLAG"]):
+            if self.fault == "raise":
+                raise RuntimeError(f"boom on training call {self.calls}")
+            if self.fault == "nan":
+                return out * float("nan")
+            return out[:, : out.shape[1] // 2]  # "shrink": an output the next stage cannot take
+        return out
+'''
+
+
+@pytest.fixture
+def broken_stages(monkeypatch, tmp_path):
+    """A plug-in module of misbehaving stages, importable here and in the workers; broken while the flag file exists."""
+    (tmp_path / "broken_stages.py").write_text(BROKEN_STAGES)
+    flag = tmp_path / "broken"
+    flag.touch()
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("BROKEN_FLAG", str(flag))
+    return flag
+
+
+def faulty_job_file(tmp_path: Path, data_root: Path, fault: str) -> Path:
+    job = tmp_path / f"{fault}.toml"
+    job.write_text(f'''
+dataset = "mnist"
+mode = "sg"
+batch_size = 64
+iterations = 300
+eval_every = 100
+checkpoint_every = 20
+train_subset = 6400
+test_subset = 1000
+threads = 1
+data_root = "{data_root}"
+download = false
+
+[optimizer]
+name = "adam"
+lr = 1e-3
+
+[[stages]]
+kind = "linear_bn_relu"
+features = 64
+synthesizer = {{ kind = "mlp", hidden = 64 }}
+
+[[stages]]
+kind = "broken_stages:Faulty"
+features = 64
+fault = "{fault}"
+synthesizer = {{ kind = "mlp", hidden = 64 }}
+
+[[stages]]
+kind = "linear"
+features = 10
+''')
+    return job
+
+
+def run_cli(*arguments: str) -> tuple[subprocess.CompletedProcess, set[int], float]:
+    """`dni run ...` as a user runs it: (its result, the worker pids it started, seconds it took)."""
+    started = time.monotonic()
+    process = subprocess.Popen([sys.executable, "-m", "dni", "run", *arguments, "--no-progress"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    workers: set[int] = set()
+    while process.poll() is None:
+        workers |= set(children(process.pid))
+        time.sleep(0.1)
+    stdout, stderr = process.communicate()
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr), workers, time.monotonic() - started
+
+
+def test_a_raising_stage_ends_the_run_naming_it_and_resume_continues_once_fixed(broken_stages, data_root, tmp_path):
+    result, workers, seconds = run_cli(str(faulty_job_file(tmp_path, data_root, "raise")), "--results", str(tmp_path / "runs"))
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "run failed: stage 1 (broken_stages:Faulty) failed: RuntimeError: boom on training call 40" in result.stderr
+    assert "Traceback" in result.stderr, "the worker logs the traceback"
+    assert seconds < 60
+    assert workers and not any(alive(pid) for pid in workers), "no process left behind"
+    run = next((tmp_path / "runs").iterdir())
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["failed_stage"] == 1 and "boom" in summary["error"]
+    assert summary["resume_from_step"] == 20, "the last periodic checkpoint before the failure"
+
+    broken_stages.unlink()  # the stage is fixed
+    result, _, _ = run_cli("--resume", str(run))
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "complete" and summary["resumed_from_step"] == 20 and summary["test_accuracy"] > LEARNED
+
+
+@pytest.mark.parametrize("fault, mode, names", [
+    ("nan", "sg", "stage 1 (broken_stages:Faulty) failed: NonFiniteOutput: its output 'x' for batch 39 holds NaN or Inf"),
+    ("shrink", "backprop", "stage 2 refused batch 39 from stage 1 and so lost it: x must be float32 (B, 64), got float32 [64, 32]"),
+])
+def test_a_stage_output_that_cannot_go_on_ends_the_run_naming_the_stage(fault, mode, names, broken_stages, data_root, tmp_path):
+    from dni.coordinator.job import load_job
+
+    job = load_job(str(faulty_job_file(tmp_path, data_root, fault)), {"results": str(tmp_path / "runs"), "mode": mode})
+    started = time.monotonic()
+    with pytest.raises(PipelineError) as failure:
+        run_job(job, show_progress=False)
+    assert names in str(failure.value)
+    assert time.monotonic() - started < 60
+    assert not any(alive(pid) for pid in children(os.getpid())), "no worker left behind"
+
+
+def test_a_stage_producing_nan_is_counted_when_the_policy_says_count(broken_stages, data_root, tmp_path):
+    from dni.coordinator.job import load_job
+
+    job = load_job(str(faulty_job_file(tmp_path, data_root, "nan")), {"results": str(tmp_path / "runs"), "iterations": 60,
+                                                                      "nonfinite": "count"})
+    _, summary = run_job(job, show_progress=False)
+    assert summary["worker_metrics"][1]["messages"]["nonfinite_sent"] > 0
+
+
+def remote_workers(addresses: list[str]) -> list[subprocess.Popen]:
+    """Workers started the way a user or an orchestrator starts them: `dni worker --once` at a fixed address."""
+    return [subprocess.Popen([sys.executable, "-m", "dni.workers", "--bind", address, "--once", "--log-level", "ERROR"])
+            for address in addresses]
+
+
+@pytest.mark.parametrize("comes_back", [False, True], ids=["stays-dead", "restarted"])
+def test_a_killed_remote_worker_is_named_within_seconds_and_rejoins_if_restarted(comes_back, data_root, tmp_path):
+    """A worker the coordinator did not start: its dropped connection names it at once; if something restarts
+    it at the same address (compose, Swarm), the run recovers from its last checkpoint and finishes."""
+    from dni.coordinator.job import with_addresses
+
+    addresses = [f"tcp://127.0.0.1:{free_port_block()}" for _ in range(3)]
+    workers = remote_workers(addresses)
+    try:
+        job = small_job(data_root, tmp_path, iterations=300 if comes_back else 100_000, eval_every=50, checkpoint_every=100,
+                        insecure=True, rejoin_seconds=60 if comes_back else 0)
+        job = with_addresses(job, addresses)
+        killed = []
+
+        def kill_stage1() -> None:
+            os.kill(workers[1].pid, signal.SIGKILL)
+            killed.append(time.monotonic())
+            if comes_back:
+                workers[1].wait()
+                workers.extend(remote_workers(addresses[1:2]))
+
+        watcher = when_checkpointed(tmp_path, kill_stage1)
+        if comes_back:
+            folder, summary = run_job(job, bind="tcp://127.0.0.1:*", show_progress=False)
+            watcher.join()
+            assert summary["recoveries"] == 1 and summary["resent_batches"] > 0
+            assert [record["step"] for record in read_metrics(folder.path)] == [50, 100, 150, 200, 250, 300]
+            assert summary["test_accuracy"] > LEARNED
+        else:
+            with pytest.raises(PipelineError, match="stage 1 .* lost its connection .* has not come back"):
+                run_job(job, bind="tcp://127.0.0.1:*", show_progress=False)
+            assert time.monotonic() - killed[0] < 10.0, "named before any heartbeat timeout (10 s) could"
+        assert [worker.wait(10) for worker in (workers[0], workers[2])] == [0, 0], "the others were told to stop"
+    finally:
+        for worker in workers:
+            worker.kill()
+            worker.wait()

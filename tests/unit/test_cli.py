@@ -1,0 +1,100 @@
+"""coordinator/cli.py: the `dni` command line as a new user meets it: plot, help texts, version, bench defaults."""
+from __future__ import annotations
+
+import argparse
+import json
+import tomllib
+import types
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+import dni.coordinator.cli
+import dni.coordinator.plots
+from dni.coordinator.cli import build_parser, main, package_version
+from dni import load_job
+from dni.coordinator.plots import run_label
+from tests.conftest import REPO
+
+
+def fake_run(folder: Path, mode: str, accuracy: float) -> Path:
+    """A run folder as `dni run` leaves it, reduced to what `dni plot` reads."""
+    folder.mkdir(parents=True)
+    records = [{"step": 100 * (epoch + 1), "epoch": epoch + 1, "test_accuracy": accuracy - 0.1 / (epoch + 1)} for epoch in range(3)]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
+    (folder / "job.json").write_text(json.dumps({"mode": mode}))
+    (folder / "summary.json").write_text(json.dumps({"mode": mode, "test_accuracy": accuracy}))
+    return folder
+
+
+def test_plot_refuses_a_folder_that_is_not_a_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run = fake_run(tmp_path / "runs" / "mnist_fcn-sg-20261127-101500", "sg", 0.97)
+    (tmp_path / "runs" / "empty").mkdir()
+    for other, message in [("runs/mnist_fcn-backprop-*", "dni plot: runs/mnist_fcn-backprop-* does not exist\n"),
+                           ("runs/empty", "dni plot: runs/empty is not a run folder (it has no metrics.jsonl)\n")]:
+        with pytest.raises(SystemExit) as exit_:
+            main(["plot", str(run.relative_to(tmp_path)), other])
+        assert exit_.value.code == 2
+        assert capsys.readouterr().err == message
+    assert sorted(path.name for path in (tmp_path / "runs").iterdir()) == ["empty", run.name], "nothing written"
+
+
+def test_plot_writes_beside_the_runs_by_default_and_labels_each_run_by_its_folder(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(dni.coordinator.plots, "time", types.SimpleNamespace(strftime=lambda form: "20261127-120000"))
+    first = fake_run(tmp_path / "runs" / "mnist_fcn-sg-20261127-101500", "sg", 0.9772)
+    second = fake_run(tmp_path / "runs" / "mnist_fcn-sg-20261127-111500", "sg", 0.9781)
+    main(["plot", "runs/mnist_fcn-sg-20261127-101500", "runs/mnist_fcn-sg-20261127-111500"])
+    assert capsys.readouterr().out == "runs/plot-20261127-120000.png\n"
+    assert (tmp_path / "runs/plot-20261127-120000.png").stat().st_size > 1000
+    main(["plot", "runs/mnist_fcn-sg-20261127-101500"])  # a second plot in the same second keeps the first
+    assert capsys.readouterr().out == "runs/plot-20261127-120000-2.png\n"
+    assert (tmp_path / "runs/plot-20261127-120000-2.png").is_file()
+    assert not (tmp_path / "accuracy.png").exists()
+    assert [run_label(first), run_label(second)] == ["mnist_fcn-sg-20261127-101500 (sg, 97.72%)",
+                                                     "mnist_fcn-sg-20261127-111500 (sg, 97.81%)"]
+    main(["plot", str(first), "-o", str(tmp_path / "compare.png")])
+    assert capsys.readouterr().out.strip() == str(tmp_path / "compare.png") and (tmp_path / "compare.png").is_file()
+
+
+def undocumented(parser: argparse.ArgumentParser, name: str) -> list[str]:
+    """Every subcommand without a description and every option or argument without help, under `parser`."""
+    found = [] if parser.description else [f"{name}: no description"]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            found += [f"{name} {choice.dest}: no help" for choice in action._choices_actions if not choice.help]
+            for command, subparser in action.choices.items():
+                found += undocumented(subparser, f"{name} {command}")
+        elif not action.help:
+            found.append(f"{name} {'/'.join(action.option_strings) or action.dest}: no help")
+    return found
+
+
+def test_every_subcommand_has_a_description_and_every_option_help():
+    parser = build_parser()
+    assert undocumented(parser, "dni") == []
+    commands = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction))
+    assert set(commands.choices) == {"run", "worker", "bench", "keys", "plot"}
+
+
+def test_version_comes_from_the_package_metadata_else_pyproject(capsys, monkeypatch):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out == f"dni {metadata.version('dni')}\n"
+
+    def not_installed(name):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(dni.coordinator.cli.metadata, "version", not_installed)
+    assert package_version() == tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+
+
+def test_bench_jobs_default_to_the_packaged_shortcut(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # outside the checkout
+    for bench in ("speedup", "transport"):
+        args = build_parser().parse_args(["bench", bench])
+        assert args.job == "mnist"
+        assert load_job(args.job).name == "mnist_fcn"

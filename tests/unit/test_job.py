@@ -1,0 +1,113 @@
+"""coordinator/job.py: job files and tables are read, checked field by field with errors that name the field,
+and written back in the form they are read."""
+from __future__ import annotations
+
+import pytest
+
+from dni.coordinator.job import SHORTCUTS, job_as_table, job_from_table, load_job, with_addresses
+from dni.errors import ConfigError
+from dni.spec import Mode, OptimizerSpec
+from tests.conftest import mlp_stages, small_job
+
+
+def test_shortcuts_load_the_reference_jobs_with_overrides_on_top():
+    job = load_job("mnist", {"mode": "cdni", "lr": 1e-4, "window": None})
+    assert (job.name, job.dataset, job.mode, job.batch_size, job.iterations, job.window) == (
+        "mnist_fcn", "mnist", Mode.CDNI, 256, 25_000, 4)
+    assert job.optimizer == OptimizerSpec("adam", 1e-4)
+    assert [stage.kind for stage in job.stages] == ["linear_bn_relu", "linear_bn_relu", "linear"]
+    assert job.stages[0].synthesizer.params == {"hidden": 1024, "layers": 2}
+    assert {name: load_job(name).name for name in SHORTCUTS} == {
+        "mnist": "mnist_fcn", "mnist-smoke": "mnist_smoke", "cifar10": "cifar10_cnn"}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"mode": "fast"}, "mode 'fast' is not one of backprop, sg, cdni, sl, no_bprop"),
+    ({"batch_size": 0}, "batch_size must be at least 1"),
+    ({"batch_size": "big"}, "batch_size must be int"),
+    ({"batch_size": True}, "batch_size must be int, got True"),
+    ({"window": 0}, "window must be at least 1, got 0"),
+    ({"eval_every": -1}, "eval_every must not be negative, got -1"),
+    ({"time_limit": -5}, "time_limit must not be negative, got -5"),
+    ({"iterations": 0}, "set iterations or epochs"),
+    ({"nonfinite": "ignore"}, "nonfinite 'ignore' is not one of reject, count"),
+    ({"dataset": "imagenet"}, "dataset 'imagenet' is not one of"),
+    ({"colour": "red"}, "unknown setting 'colour'"),
+    ({"optimizer": {"name": "lbfgs"}}, "optimizer.name 'lbfgs'"),
+    ({"optimizer": {"lr": -1.0}}, "optimizer.lr must be a positive number"),
+    ({"optimizer": {"lr": float("nan")}}, "optimizer.lr must be a positive number, got nan"),
+    ({"optimizer": {"momentum": 0.9}}, r"optimizer has unknown settings \['momentum'\]"),
+    ({"stages": mlp_stages()[:1]}, "at least two stages"),
+    ({"stages": [{"features": 3}, *mlp_stages()]}, "stages\\[0\\] needs a 'kind'"),
+    ({"stages": [{**mlp_stages()[0], "device": "tpu"}, *mlp_stages()[1:]]}, r"stages\[0\].device 'tpu' is not one of"),
+    ({"stages": [{**mlp_stages()[0], "synthesizer": "mlp"}, *mlp_stages()[1:]]}, r"stages\[0\].synthesizer must be a table"),
+    ({"stages": [{**mlp_stages()[0], "address": "udp://a:1"}, *mlp_stages()[1:]]}, r"stages\[0\].address must be a tcp:// or ipc://"),
+    ({"stages": [{**mlp_stages()[0], "address": "tcp://a:5555"}, *mlp_stages()[1:]]}, "either every stage has an address"),
+])
+def test_bad_settings_name_the_field(change, message, tmp_path):
+    with pytest.raises(ConfigError, match=message):
+        small_job(tmp_path, tmp_path, **change)
+
+
+def test_a_table_without_dataset_or_stages_is_refused():
+    with pytest.raises(ConfigError, match="^job: a job needs 'dataset' and at least two \\[\\[stages\\]\\]$"):
+        job_from_table({"name": "x", "dataset": "mnist"})
+
+
+def test_a_stage_keeps_its_parameters_and_synthesizer_apart(tmp_path):
+    stage = {"kind": "conv_bn_relu", "channels": 8, "pool": "max", "device": "auto",
+             "synthesizer": {"kind": "conv", "channels": 4}}
+    job = small_job(tmp_path, tmp_path, stages=[stage, *mlp_stages()[1:]])
+    spec = job.stages[0]
+    assert (spec.kind, spec.params, spec.device) == ("conv_bn_relu", {"channels": 8, "pool": "max"}, "auto")
+    assert (spec.synthesizer.kind, spec.synthesizer.params) == ("conv", {"channels": 4})
+    assert spec.address is None
+
+
+def test_steps_come_from_epochs_when_set(tmp_path):
+    job = small_job(tmp_path, tmp_path, batch_size=64, iterations=200)
+    assert (job.total_steps(6400), job.steps_per_epoch(6400), job.steps_per_epoch(10)) == (200, 100, 1)
+    by_epochs = small_job(tmp_path, tmp_path, batch_size=64, epochs=3)
+    assert by_epochs.total_steps(6400) == 300
+
+
+def test_threads_share_the_cores_unless_set(tmp_path, monkeypatch):
+    monkeypatch.setattr("dni.coordinator.job.os.cpu_count", lambda: 8)
+    assert small_job(tmp_path, tmp_path, threads=0).threads_per_worker() == 2  # 8 cores, 3 stages
+    assert small_job(tmp_path, tmp_path, threads=5).threads_per_worker() == 5
+    monkeypatch.setattr("dni.coordinator.job.os.cpu_count", lambda: 2)
+    assert small_job(tmp_path, tmp_path, threads=0).threads_per_worker() == 1
+
+
+def test_a_job_written_as_a_table_reads_back_the_same(tmp_path):
+    stages = mlp_stages()
+    stages[0] = {**stages[0], "device": "cuda:1"}
+    job = small_job(tmp_path, tmp_path, mode="cdni", stages=stages, checkpoint_every=7, tensorboard="tb")
+    assert job_from_table(job_as_table(job)) == job
+    remote = with_addresses(job, ["tcp://a:5555", "tcp://b:5555", "ipc:///tmp/c"])
+    assert job_from_table(job_as_table(remote)) == remote
+    assert [entry.address for entry in remote.stages] == ["tcp://a:5555", "tcp://b:5555", "ipc:///tmp/c"]
+
+
+def test_workers_must_match_the_stages_in_number(tmp_path):
+    with pytest.raises(ConfigError, match="^--workers lists 2 addresses but the job has 3 stages$"):
+        with_addresses(small_job(tmp_path, tmp_path), ["tcp://a:5555", "tcp://b:5555"])
+
+
+def test_a_job_that_is_neither_shortcut_nor_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"^job 'mnsit' is neither a shortcut \(mnist, mnist-smoke, cifar10\) nor a TOML file$"):
+        load_job("mnsit")
+    broken = tmp_path / "broken.toml"
+    broken.write_text("dataset = \n")
+    with pytest.raises(ConfigError, match=f"^{broken}: not valid TOML"):
+        load_job(str(broken))
+
+
+def test_a_job_file_is_named_after_the_file_unless_it_names_itself(tmp_path):
+    job_file = tmp_path / "tiny.toml"
+    job_file.write_text('dataset = "mnist"\n[[stages]]\nkind = "linear"\nfeatures = 4\n[[stages]]\nkind = "linear"\nfeatures = 10\n')
+    assert load_job(str(job_file)).name == "tiny"
+    assert load_job(str(job_file), {"name": "renamed"}).name == "renamed"
+    job_file.write_text('dataset = "mnist"\nbatch_size = 0\n[[stages]]\nkind = "linear"\nfeatures = 4\n')
+    with pytest.raises(ConfigError, match=f"^{job_file}: a pipeline needs at least two stages"):
+        load_job(str(job_file))
