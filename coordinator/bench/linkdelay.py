@@ -44,7 +44,7 @@ from dni.files import write_text_atomically
 from dni.protocol.linkdelay import describe
 from dni.spec import Mode, check_link_delay
 
-__all__ = ["NOT_DELAYED", "Planned", "Sweep", "parse_delays", "plan", "project", "run_link_delay", "run_sweep",
+__all__ = ["NOT_DELAYED", "Planned", "Runner", "Sweep", "parse_delays", "plan", "project", "run_link_delay", "run_sweep",
            "save_report", "steps_to_accuracy"]
 
 log = logging.getLogger("dni.bench")
