@@ -22,45 +22,9 @@ from dni import resume_job, run_job
 from dni.coordinator.run import RunComplete
 from dni.errors import PipelineError
 from tests.conftest import LEARNED, small_job
+from tests.e2e.processes import alive, children, when_checkpointed
 
 pytestmark = pytest.mark.e2e
-
-
-def children(pid: int) -> dict[int, str]:
-    """Processes whose parent is `pid`, with their command lines."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            if ppid == pid:
-                found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except (OSError, IndexError, ValueError):
-            continue
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            return "zombie" not in status.read()
-    except FileNotFoundError:
-        return False
-
-
-def when_checkpointed(results: Path, action) -> threading.Thread:
-    """Run `action` once the first periodic checkpoint of the run under `results` exists."""
-    def watch() -> None:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if list(results.glob("*/checkpoints/coordinator.json")):
-                action()
-                return
-            time.sleep(0.05)
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
-    return thread
 
 
 @pytest.mark.parametrize("transport", ["ipc", "tcp"])

@@ -16,11 +16,12 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from dni.coordinator.data import load_dataset, train_batches
 from dni.protocol import Kind, Message, ProtocolError, decode, receive_message
+from dni.coordinator.bench.hostile import flood, hostile_messages, valid_header, wait_for_endpoints
 from tests.conftest import LEARNED
-from tests.e2e.hostile import HEADER, flood, hostile_messages, wait_for_endpoints
-from tests.e2e.live_worker import coordinator_side, forward, request, stage_config, worker  # noqa: F401 (fixture)
+from tests.e2e.live_worker import JOB, coordinator_side, forward, request, stage_config, worker  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.e2e
+HEADER = valid_header(JOB)
 
 msgpack_values = st.recursive(
     st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.floats() | st.text(max_size=20) | st.binary(max_size=20),
@@ -69,7 +70,7 @@ def test_live_worker_survives_thousands_of_hostile_messages_then_trains(worker, 
     rogue_control.connect(endpoints.control)
     sockets["control"] = rogue_control
 
-    hostile = hostile_messages(random.Random(1234), 3000)
+    hostile = hostile_messages(random.Random(1234), 3000, JOB)
     for name, frames in hostile:
         sockets[name].send_multipart(frames)
 

@@ -26,6 +26,7 @@ import pytest
 from dni.coordinator.results import read_metrics
 from dni.protocol import free_port_block
 from tests.conftest import LEARNED, REPO
+from tests.e2e.processes import alive, when_checkpointed
 
 pytestmark = pytest.mark.e2e
 
@@ -52,13 +53,6 @@ def descendants(roots: set[int]) -> set[int]:
         frontier = {pid for pid, parent in parents.items() if parent in frontier and pid not in found}
         found |= frontier
     return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        return "zombie" not in Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
 
 
 def environment_of(pid: int) -> dict[str, str]:
@@ -93,6 +87,9 @@ class Group:
         self._watcher.start()
 
     @property
+    def running(self) -> bool:
+        return any(agent.poll() is None for agent in self.agents)
+
     def roots(self) -> set[int]:
         return {agent.pid for agent in self.agents}
 
@@ -137,19 +134,6 @@ def the_run(results: Path) -> Path:
     runs = [path for path in results.iterdir() if path.is_dir()]
     assert len(runs) == 1, f"exactly one run folder, written by rank 0's coordinator: {runs}"
     return runs[0]
-
-
-def when_checkpointed(results: Path, group: Group, action) -> threading.Thread:
-    """Run `action` once the first periodic checkpoint of the run under `results` is committed."""
-    def watch() -> None:
-        while any(agent.poll() is None for agent in group.agents):
-            if list(results.glob("*/checkpoints/coordinator.json")):
-                action()
-                return
-            time.sleep(0.05)
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
-    return thread
 
 
 @pytest.fixture(autouse=True)
@@ -278,7 +262,7 @@ def test_a_killed_rank_is_restarted_by_torchrun_and_the_run_resumes(unkilled, tm
         os.kill(victim, signal.SIGKILL)
         killed.append(time.time())
 
-    watcher = when_checkpointed(results, group, kill_rank_1)
+    watcher = when_checkpointed(results, kill_rank_1, running=group.running, timeout=RUN_SECONDS)
     codes = group.wait()
     watcher.join()
     assert killed, "rank 1 was killed"
@@ -323,7 +307,7 @@ def test_a_killed_rank_without_restarts_left_fails_naming_it(tmp_path):
         victims.append(rank_pid(group.roots, 1))
         os.kill(victims[0], signal.SIGKILL)
 
-    watcher = when_checkpointed(results, group, kill_rank_1)
+    watcher = when_checkpointed(results, kill_rank_1, running=group.running, timeout=RUN_SECONDS)
     codes = group.wait()
     watcher.join()
     output = group.output()
@@ -346,7 +330,7 @@ def test_sigterm_to_torchrun_checkpoints_and_stops_everything(tmp_path):
         os.kill(group.agents[0].pid, signal.SIGTERM)
         signalled.append(time.monotonic())
 
-    watcher = when_checkpointed(results, group, terminate)
+    watcher = when_checkpointed(results, terminate, running=group.running, timeout=RUN_SECONDS)
     codes = group.wait()
     watcher.join()
     assert signalled, group.output()[-4000:]
