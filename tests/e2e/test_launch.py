@@ -86,10 +86,10 @@ class Group:
         self._watcher = threading.Thread(target=self._watch, daemon=True)
         self._watcher.start()
 
-    @property
     def running(self) -> bool:
         return any(agent.poll() is None for agent in self.agents)
 
+    @property
     def roots(self) -> set[int]:
         return {agent.pid for agent in self.agents}
 
