@@ -36,9 +36,9 @@ from typing import Any, Optional
 from dni.errors import ConfigError
 
 __all__ = [
-    "DEVICE_PATTERN", "LOSS_NAMES", "MODE_NAMES", "NONFINITE_POLICIES", "OPTIMIZERS", "Mode", "OptimizerSpec",
-    "StageAssignment", "StageSpec", "SynthesizerSpec", "check_device", "check_link_delay", "check_loss", "check_mode",
-    "check_nonfinite", "check_optimizer", "check_positive", "check_type",
+    "DEVICE_PATTERN", "LOSS_NAMES", "MAX_LINK_DELAY_MS", "MODE_NAMES", "NONFINITE_POLICIES", "OPTIMIZERS", "Mode",
+    "OptimizerSpec", "StageAssignment", "StageSpec", "SynthesizerSpec", "check_device", "check_link_delay", "check_loss",
+    "check_mode", "check_nonfinite", "check_optimizer", "check_positive", "check_type",
 ]
 
 OPTIMIZERS = ("adam", "sgd")
@@ -75,6 +75,7 @@ class Mode(str, enum.Enum):
 
 
 MODE_NAMES = tuple(mode.value for mode in Mode)
+MAX_LINK_DELAY_MS = 5000  # a held message counts as in flight, so a longer hold would silence the stall check
 
 
 @dataclass(frozen=True)
@@ -200,9 +201,13 @@ def check_type(name: str, value: Any, kind: type) -> Any:
 
 
 def check_link_delay(value: Any) -> float:
-    """The emulated link delay in milliseconds: a finite, non-negative number (a job file's 5 means 5.0)."""
+    """The emulated link delay in milliseconds: a finite, non-negative number (a job file's 5 means 5.0), at most
+    MAX_LINK_DELAY_MS: a held message counts as in flight, so the coordinator's stall check waits for it."""
     if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0):
         raise ConfigError(f"link_delay_ms must be a finite number of milliseconds, 0 or more, got {value!r:.60}")
+    if value > MAX_LINK_DELAY_MS:
+        raise ConfigError(f"link_delay_ms must be at most {MAX_LINK_DELAY_MS} (an emulated hop, not a pause), "
+                          f"got {value:g}")
     return float(value)
 
 

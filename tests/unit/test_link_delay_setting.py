@@ -29,6 +29,7 @@ def test_a_delay_is_any_finite_number_of_milliseconds_from_zero_and_survives_the
     (-1, "link_delay_ms must be a finite number of milliseconds, 0 or more, got -1"),
     (math.inf, "got inf"), (math.nan, "got nan"),
     ("5", "link_delay_ms must be float, got '5'"), (True, "link_delay_ms must be float, got True"),
+    (5000.5, "link_delay_ms must be at most 5000 \\(an emulated hop, not a pause\\), got 5000.5"),
 ])
 def test_a_bad_delay_is_refused_naming_the_setting(value, complaint):
     with pytest.raises(ConfigError, match=complaint) as refused:
