@@ -165,7 +165,7 @@ class Trainer:
         """Why training should end before its last step: the time limit is up, or an evaluation was accurate enough."""
         if self.job.time_limit and time.monotonic() - self.started >= self.job.time_limit:
             return "time_limit"
-        if self.job.stop_at_accuracy and any(r["test_accuracy"] >= self.job.stop_at_accuracy for r in self.records):
+        if self.job.stop_at_accuracy and self.records and self.records[-1]["test_accuracy"] >= self.job.stop_at_accuracy:
             return "accuracy"
         return None
 
