@@ -74,6 +74,7 @@ class Pipeline:
         # a dead worker's connection drops at once (its kernel closes it); heartbeats would take seconds to say so
         self.monitors = [self._monitor(control) for control in self.controls]
         self.disconnected_at: list[Optional[float]] = [None] * len(endpoints)
+        self.drops = [0] * len(endpoints)  # connections lost per stage: a request sent before one is never answered
         self.feed = self._connect(zmq.PUSH, endpoints[0].forward)
         self.link = DelayQueue(link_delay_ms / 1000)  # batches on their way to stage 0
         self.results: deque[Message] = deque()
@@ -122,6 +123,7 @@ class Pipeline:
         waits on pipeline traffic that will never come, as a flush does when a target was lost).
         """
         socket = self.controls[stage]
+        drops = self.drops[stage]
         send_message(socket, Message(Kind.CONTROL, self.job_id, meta={"command": command, **(meta or {})}))
         deadline = time.monotonic() + timeout
         while not poll_within(socket.poll, self.link.timeout(0.2)):
@@ -129,6 +131,9 @@ class Pipeline:
             self.health_check()
             self._beat()
             self._read_waiting()
+            if self.drops[stage] != drops:  # even when a worker is back at once (a container restarted), it is a new one
+                raise WorkerLost(stage, f"stage {stage} ({self.endpoints[stage].control}) lost its connection while "
+                                        f"answering {command!r}: its worker died or was replaced")
             self._check_connections()
             if time.monotonic() > deadline:
                 raise PipelineError(f"stage {stage} ({self.endpoints[stage].control}) did not answer {command!r} within {timeout:.0f}s")
@@ -216,6 +221,7 @@ class Pipeline:
                 if event == zmq.EVENT_DISCONNECTED and self.disconnected_at[stage] is None:
                     log.warning("stage %d (%s) lost its connection", stage, self.endpoints[stage].control)
                     self.disconnected_at[stage] = now
+                    self.drops[stage] += 1
                 elif event == zmq.EVENT_CONNECTED and self.disconnected_at[stage] is not None:
                     log.warning("stage %d (%s) is connected again", stage, self.endpoints[stage].control)
                     self.disconnected_at[stage] = None

@@ -8,7 +8,7 @@ import time
 import pytest
 import zmq
 
-from dni.coordinator.pipeline import Pipeline, StageFailed
+from dni.coordinator.pipeline import Pipeline, StageFailed, WorkerLost
 from dni.protocol import Endpoints, Kind, Message, send_message
 
 JOB = "pipeline-test"
@@ -102,3 +102,27 @@ def test_a_dropped_connection_names_its_stage(pipeline):
     assert pipeline.gone(grace=0.0) == 1
     with pytest.raises(StageFailed, match="stage 1 .* lost its connection"):
         pipeline.receive(5.0)
+
+
+def test_a_request_whose_worker_is_replaced_at_once_ends_as_a_lost_worker(pipeline):
+    """A container restarted within the disconnect grace: the new worker never saw the request, so nobody answers it."""
+    pipeline, workers = pipeline
+    time.sleep(0.3)  # the control connections come up
+    address = workers[1].endpoints.control
+    replacement = zmq.Context.instance().socket(zmq.ROUTER)
+
+    def replace_once_the_request_is_in() -> None:
+        workers[1].control.recv_multipart()
+        workers[1].control.close(linger=0)
+        replacement.bind(address)
+
+    taker = threading.Thread(target=replace_once_the_request_is_in)
+    taker.start()
+    try:
+        started = time.monotonic()
+        with pytest.raises(WorkerLost, match="stage 1 .* lost its connection while answering 'metrics'") as lost:
+            pipeline.request(1, "metrics", timeout=30.0)
+        assert lost.value.stage == 1 and time.monotonic() - started < 10
+    finally:
+        taker.join()
+        replacement.close(linger=0)
