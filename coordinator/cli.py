@@ -4,13 +4,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import sys
 import tomllib
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
+from dni.coordinator.interrupts import INTERRUPTS
 from dni.coordinator.job import SHORTCUTS, Job, load_job, with_addresses
 from dni.coordinator.plots import check_runs, default_output, plot_accuracy
 from dni.errors import ConfigError, DniError
@@ -72,6 +72,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-verify-data", action="store_true", help="skip dataset checksums (for rebuilt local copies)")
     parser.add_argument("--no-download", action="store_true", help="never download datasets")
     parser.add_argument("--record-spans", action="store_true", help="record per-worker activity spans (spans.json)")
+    parser.add_argument("--profile", action="store_true", help="run every worker under cProfile: summary.json's worker_metrics "
+                        "list each one's hottest functions in microseconds per step (slows the run)")
     parser.add_argument("--workers", help="comma-separated addresses of running workers (tcp://host:port,...), one per stage")
     parser.add_argument("--bind", help="address of the coordinator's inbox (default: ipc for local workers, tcp://0.0.0.0:5550 for remote; "
                         "tcp://127.0.0.1:5550 with --insecure)")
@@ -101,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker_cli.add_arguments(worker)
 
     bench = commands.add_parser("bench", help="measure update-locking speedups and transport costs", description=(
-        "Measure what update-unlocking buys (speedup) and what one message hop costs (transport); each prints a table "
+        "Measure what update-unlocking buys (speedup), what one message hop costs (transport) and what dni's own machinery "
+        "costs per step (overhead); each prints a table "
         "and writes JSON (and plots) under --results."))
     benches = bench.add_subparsers(dest="bench", required=True)
     speedup = benches.add_parser("speedup", help="locked backprop vs unlocked DNI on the same workers, plus single-process baselines",
@@ -147,6 +150,28 @@ def build_parser() -> argparse.ArgumentParser:
     transport.add_argument("--link-delay-ms", type=float, default=0.0, metavar="D", help="also time each hop one way over ipc "
                            "through an emulated link delay of D ms, against none (this kernel has no netem)")
 
+    overhead = benches.add_parser("overhead", help="dni's own cost per step: the pipeline against one process doing the same "
+                                  "arithmetic", description=(
+        "Run the reference topology 784-W-W-10 (Linear+BN+ReLU, synthesizers of two S-unit layers) as three workers and "
+        "as a single-process loop of the same StageCompute steps, runs alternating; report steps/s of both and their ratio "
+        "per mode, each worker's microseconds per step by activity and per message, and with --profile the hottest "
+        "functions under cProfile. Writes bench-overhead-W-S-<time>/ under --results (overhead.json, overhead.png)."))
+    overhead.add_argument("--width", type=int, default=16, help="hidden stage width W (default 16; the reference is 256)")
+    overhead.add_argument("--synthesizer-width", type=int, default=16, help="synthesizer layer width S (default 16; the "
+                          "reference is 1024)")
+    overhead.add_argument("--modes", default=",".join(MODE_NAMES), help=f"modes to measure (default {','.join(MODE_NAMES)})")
+    overhead.add_argument("--steps", type=int, default=2000, help="training steps per run (default 2000)")
+    overhead.add_argument("--repeats", type=int, default=3, help="alternating runs of each side per mode; medians are "
+                          "reported (default 3)")
+    overhead.add_argument("--window", type=int, default=4, help="the pipeline's window (default 4, the job files')")
+    overhead.add_argument("--single-threads", type=int, default=1, help="torch threads of the single-process loop "
+                          "(default 1; workers always get 1 each)")
+    overhead.add_argument("--profile", action="store_true", help="one more run per mode with every worker and the "
+                          "coordinator under cProfile")
+    overhead.add_argument("--data-root", help="dataset folder (else $DNI_DATA_ROOT, else ./data)")
+    overhead.add_argument("--no-verify-data", action="store_true", help="skip dataset checksums (for rebuilt local copies)")
+    overhead.add_argument("--results", default="runs", help="parent folder of the bench folder (default ./runs)")
+
     keys = commands.add_parser("keys", help="create CURVE keys for encrypted, authenticated tcp:// sockets", description=(
         "Create a key directory: a server key pair (binding sockets), a client key pair (connecting sockets) and "
         "authorized/ (public keys allowed to connect). Copy it to every host; pass --keys DIR to dni worker and dni run."))
@@ -178,6 +203,7 @@ def _bench(args: argparse.Namespace) -> int:
     logging.basicConfig(level="WARNING")
     logging.getLogger("dni.bench").setLevel(logging.INFO)  # a sweep's runs, one line each
     from dni.coordinator.bench.linkdelay import run_link_delay
+    from dni.coordinator.bench.overhead import run_overhead
     from dni.coordinator.bench.speedup import run_speedup
     from dni.coordinator.bench.transport import run_transport
 
@@ -185,6 +211,8 @@ def _bench(args: argparse.Namespace) -> int:
         args.iterations = 1000
     if args.bench == "speedup":
         (run_link_delay if args.link_delay_ms else run_speedup)(args)
+    elif args.bench == "overhead":
+        run_overhead(args)
     else:
         run_transport(args)
     return 0
@@ -209,19 +237,11 @@ def _keys(args: argparse.Namespace) -> int:
     return 0
 
 
-def interrupt_training(signum: int, frame: object) -> None:
-    """SIGTERM stops a running job like Ctrl-C; once training is over it lets the results be written."""
-    from dni.coordinator.run import training_finished
-
-    if not training_finished.is_set():
-        raise KeyboardInterrupt
-
-
 def _run(args: argparse.Namespace) -> int:
     from dni.coordinator.run import resume_job, run_job
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    signal.signal(signal.SIGTERM, interrupt_training)
+    INTERRUPTS.install()  # SIGINT and SIGTERM alike end training with a checkpoint
 
     def train():
         if args.resume:
@@ -241,7 +261,7 @@ def job_from_args(args: argparse.Namespace) -> Job:
         raise ConfigError("name a job (mnist, cifar10 or a job file) or --resume RUN")
     overrides = {setting: getattr(args, flag[2:].replace("-", "_")) for flag, (setting, _, _) in OVERRIDES.items()}
     overrides.update(verify_data=False if args.no_verify_data else None, download=False if args.no_download else None,
-                     record_spans=True if args.record_spans else None)
+                     record_spans=True if args.record_spans else None, profile=True if args.profile else None)
     if args.keys or args.insecure:  # either flag overrides the job file's keys and insecure settings
         overrides.update(keys=args.keys or "", insecure=args.insecure)
     return load_job(args.job, overrides)

@@ -165,8 +165,8 @@ def train_batches(data: Dataset, batch_size: int, seed: int, steps: int, start: 
             if step == steps:
                 return
             if step >= start:
-                index = order[offset:offset + batch_size]
-                yield epoch, to_float(data.train_x[index]), data.train_y[index]
+                index = order[offset:offset + batch_size]  # index_select: a tenth of the time of x[index]
+                yield epoch, to_float(data.train_x.index_select(0, index)), data.train_y.index_select(0, index)
             step += 1
         epoch += 1
 

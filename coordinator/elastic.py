@@ -35,7 +35,8 @@ from typing import IO, Any, Optional, Sequence
 
 import zmq
 
-from dni.coordinator.cli import add_run_arguments, interrupt_training, job_from_args, report_run
+from dni.coordinator.cli import add_run_arguments, job_from_args, report_run
+from dni.coordinator.interrupts import INTERRUPTS
 from dni.coordinator.job import Job, job_as_table, job_from_table
 from dni.coordinator.rendezvous import Launch, Rendezvous, WorkerRecord, new_nonce
 from dni.coordinator.results import RunFolder
@@ -57,7 +58,8 @@ LOCK_SECONDS = 60.0  # how long a coordinator waits for the one of a previous at
 POLL_SECONDS = 0.25
 HOST_VARIABLE = "DNI_HOST"  # this host's address for the group, where the route to the store is not it
 # settings that may differ between two starts of one run without changing what it trains
-NOT_COMPARED = ("keys", "insecure", "data_root", "results", "tensorboard", "download", "verify_data", "record_spans")
+NOT_COMPARED = ("keys", "insecure", "data_root", "results", "tensorboard", "download", "verify_data", "record_spans",
+                "profile")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -210,7 +212,7 @@ class Rank:
         if self.coordinator is not None and self.coordinator.poll() is None:
             self.coordinator.send_signal(signum)
         elif again:
-            self.worker.running = False
+            self.worker.stop("signalled twice")
 
     def _stopping(self) -> bool:
         """After a signal: stop serving once there is no job to checkpoint, or the grace is over."""
@@ -237,7 +239,7 @@ class Rank:
         deadline = time.monotonic() + 2.0  # a coordinator stops its workers itself; one it never reached is stopped here
         while self.worker.running and time.monotonic() < deadline:
             time.sleep(0.05)
-        self.worker.running = False
+        self.worker.stop("its coordinator exited")
 
     def _watch_store(self, rendezvous: Rendezvous) -> None:
         """Rank > 0: publish this worker under the current attempt (again when it changes) until the coordinator is done."""
@@ -245,7 +247,7 @@ class Rank:
         store_gone = False
         while self.worker.running:
             if self._stopping():
-                self.worker.running = False
+                self.worker.stop("signalled")
                 return
             try:
                 if not store_gone:
@@ -254,13 +256,13 @@ class Rank:
                         rendezvous.publish(attempt, self.record)
                         published = attempt
                     if published is not None and rendezvous.done(published, self.record.nonce) is not None:
-                        self.worker.running = False
+                        self.worker.stop("its coordinator is done")
                         return
             except Exception as error:  # the store's host (the agent of the first node) is gone
                 if self.worker.session is None:
                     log.error("rank %d: the group's store is gone (%s) and no coordinator configured this worker: exiting",
                               self.launch.rank, error)
-                    self.worker.running = False
+                    self.worker.stop("the group's store is gone")
                     return
                 store_gone = True  # the coordinator that configured this worker says when to stop, or falls silent
             time.sleep(POLL_SECONDS)
@@ -276,7 +278,7 @@ def coordinate_main(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     _die_with_parent(args.parent)
     _logging("coordinator", args.log_level)
-    signal.signal(signal.SIGTERM, interrupt_training)
+    INTERRUPTS.install()
     return report_run(lambda: coordinate(args))
 
 

@@ -62,7 +62,7 @@ class LocalWorkers:
     def _spawn(self, stage: int) -> subprocess.Popen:
         self._ready_file(stage).unlink(missing_ok=True)
         command = [sys.executable, "-m", "dni.workers", "--bind", self._bind_address(stage), *(["--once"] if self.once else []),
-                   "--ready-file", str(self._ready_file(stage)), "--log-level", self.log_level]
+                   "--ready-file", str(self._ready_file(stage)), "--log-level", self.log_level, "--child"]
         if self.keys is not None:
             command += ["--keys", str(self.keys)]
         return subprocess.Popen(command, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
@@ -97,8 +97,8 @@ class LocalWorkers:
                 raise WorkerDied(stage, f"the worker of stage {stage} (pid {process.pid}) {how}")
 
     def stop(self, grace: float = 5.0) -> None:
-        """Wait briefly for workers that were told to stop, then terminate, then kill what is left."""
-        for sig, wait in ((None, grace), (signal.SIGTERM, 2.0), (signal.SIGKILL, 2.0)):
+        """Wait briefly for workers that were told to stop, then kill what is left."""
+        for sig, wait in ((None, grace), (signal.SIGKILL, 2.0)):  # a --child worker ignores SIGTERM
             alive = [process for process in self.processes if process.poll() is None]
             if not alive:
                 break
@@ -123,10 +123,12 @@ class LocalWorkers:
 
 
 def _die_with_parent() -> None:
-    """In the child before exec: leave Ctrl-C to the coordinator, which checkpoints and then stops its
-    workers; and ask Linux to SIGTERM the child if the coordinator dies, even by SIGKILL."""
+    """In the child before exec: leave SIGINT and SIGTERM to the coordinator, which checkpoints and then stops
+    its workers (the worker's --child keeps them ignored); and ask Linux to kill the child if the coordinator
+    dies, even by SIGKILL."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if sys.platform.startswith("linux"):
         import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG

@@ -2,15 +2,17 @@
 
 One DEALER per worker carries control requests (each answered by a REPLY); one
 PUSH feeds the first stage's forward socket; one PULL inbox receives training
-and evaluation results, heartbeats and error reports from every worker. The
-inbox is read while waiting for replies too, so a stage's failure ends a wait
-at once; results that arrive meanwhile are kept for `receive`.
+and evaluation results, heartbeats and error reports from every worker.
 
-The feed is a hop like any between workers (on real hosts the coordinator is
-across a link too): with the job's `link_delay_ms` every batch is held in
-`link`, a `DelayQueue`, and sent when due by whichever wait comes next
-(`receive`, `request`), each polling no longer than until then. Control
-requests and heartbeats are never held.
+Every wait (`receive`, `request`) turns the same loop (`_turn`): write the
+feed's outbox as far as stage 0 takes it, watch the workers (at most every
+CHECK_SECONDS), poll the inbox (and the awaited reply, and POLLOUT on a feed
+that stage 0 did not take, and the interrupt wake-up), and take in everything
+the inbox holds, so a stage's failure ends any wait at once; results that
+arrive meanwhile are kept for `receive`. A batch is only ever put into the feed's
+outbox (`dni.protocol.outbox`), never waited to send: with the job's
+`link_delay_ms` it is due that much later, and the loop polls no longer than
+until then. Control requests and heartbeats are never held.
 """
 from __future__ import annotations
 
@@ -25,14 +27,18 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from dni.errors import ConfigError, PipelineError
-from dni.protocol import (DEFAULT_LIMITS, Endpoints, Kind, Limits, Message, ProtocolError, open_socket, receive_message, resolvable,
-                          resolved, send_message)
-from dni.protocol.linkdelay import DelayQueue, poll_within
+from dni.coordinator.interrupts import INTERRUPTS, Interrupts
+from dni.protocol import (DEFAULT_LIMITS, Endpoints, Kind, Limits, Message, Outbox, Outboxes, ProtocolError, decode, open_socket,
+                          receive_message, resolvable, resolved, send_message)
+from dni.protocol.linkdelay import poll_within
 from dni.protocol.refusals import RefusalLog
 from dni.protocol.security import Keys, check_plaintext_allowed, make_server, secure_context
 
+__all__ = ["CHECK_SECONDS", "DISCONNECT_GRACE", "Pipeline", "StageFailed", "WorkerLost"]
+
 log = logging.getLogger("dni.pipeline")
 DISCONNECT_GRACE = 3.0  # a worker whose connection dropped and did not come back this long is gone
+CHECK_SECONDS = 0.1  # how often a busy loop looks at the workers' processes, connections and beats
 
 
 class StageFailed(PipelineError):
@@ -52,7 +58,7 @@ class Pipeline:
     def __init__(self, job_id: str, endpoints: list[Endpoints], inbox_bind: str,
                  health_check: Callable[[], None] = lambda: None, limits: Limits = DEFAULT_LIMITS,
                  heartbeat_timeout: float = 10.0, hang_timeout: float = 300.0, keys: Optional[Keys] = None,
-                 link_delay_ms: float = 0.0) -> None:
+                 link_delay_ms: float = 0.0, interrupts: Interrupts = INTERRUPTS) -> None:
         self.job_id = job_id
         self.endpoints = list(endpoints)
         self.limits = limits
@@ -75,10 +81,17 @@ class Pipeline:
         self.monitors = [self._monitor(control) for control in self.controls]
         self.disconnected_at: list[Optional[float]] = [None] * len(endpoints)
         self.drops = [0] * len(endpoints)  # connections lost per stage: a request sent before one is never answered
-        self.feed = self._connect(zmq.PUSH, endpoints[0].forward)
-        self.link = DelayQueue(link_delay_ms / 1000)  # batches on their way to stage 0
+        self.delay = link_delay_ms / 1000
+        self.feed = Outbox(self._connect(zmq.PUSH, endpoints[0].forward), self.delay, name="feed")
+        self.link = Outboxes([self.feed])  # batches on their way to stage 0
         self.results: deque[Message] = deque()
         self.refusals = RefusalLog(log, "input refused")
+        self.interrupts = interrupts
+        self.poller = zmq.Poller()
+        self.poller.register(self.inbox, zmq.POLLIN)
+        if interrupts.fd is not None:
+            self.poller.register(interrupts.fd, zmq.POLLIN)
+        self.checks_due = 0.0
         self.forget_silence()
 
     @property
@@ -100,8 +113,9 @@ class Pipeline:
         self.disconnected_at[stage] = None
         self.link.drop()  # what it holds belongs to the lost attempt, which the trainer sends again
         if stage == 0:
-            self.feed.close(linger=0)
-            self.feed = self._connect(zmq.PUSH, endpoints.forward)
+            self.feed.socket.close(linger=0)
+            self.feed = Outbox(self._connect(zmq.PUSH, endpoints.forward), self.delay, name="feed")
+            self.link.all[:] = [self.feed]
 
     def _connect(self, kind: int, address: str) -> zmq.Socket:
         socket = open_socket(self.context, kind, self.limits)
@@ -126,15 +140,10 @@ class Pipeline:
         drops = self.drops[stage]
         send_message(socket, Message(Kind.CONTROL, self.job_id, meta={"command": command, **(meta or {})}))
         deadline = time.monotonic() + timeout
-        while not poll_within(socket.poll, self.link.timeout(0.2)):
-            self.send_due()
-            self.health_check()
-            self._beat()
-            self._read_waiting()
+        while socket not in self._turn(0.2, awaited=socket):
             if self.drops[stage] != drops:  # even when a worker is back at once (a container restarted), it is a new one
                 raise WorkerLost(stage, f"stage {stage} ({self.endpoints[stage].control}) lost its connection while "
                                         f"answering {command!r}: its worker died or was replaced")
-            self._check_connections()
             if time.monotonic() > deadline:
                 raise PipelineError(f"stage {stage} ({self.endpoints[stage].control}) did not answer {command!r} within {timeout:.0f}s")
             if stall_timeout is not None and self.idle_for() > stall_timeout:
@@ -182,36 +191,56 @@ class Pipeline:
     # -- data ----------------------------------------------------------------------
 
     def send_batch(self, kind: Kind, batch: int, x: torch.Tensor, labels: torch.Tensor, meta: Optional[dict[str, Any]] = None) -> None:
+        """Put a batch into the feed's outbox and write what stage 0 takes now."""
         tensors = {"x": np.ascontiguousarray(x.numpy()), "labels": np.ascontiguousarray(labels.numpy())}
-        self.link.put(self.feed, Message(kind, self.job_id, batch, batch, -1, meta or {}, tensors))
-        self.send_due()
+        self.feed.put(Message(kind, self.job_id, batch, batch, -1, meta or {}, tensors))
+        self.feed.write()
 
-    def send_due(self) -> None:
-        """Send every held batch whose time has come (every batch at once without a delay)."""
-        self.link.send_due(send_message)
+    def feed_over_bound(self) -> bool:
+        """Stage 0 has not taken what is due (the schedule then feeds nothing more)."""
+        return self.feed.over_bound
 
     def receive(self, timeout: float) -> Optional[Message]:
         """The next result, or None after `timeout` seconds; heartbeats and error reports are handled on the way."""
         deadline = time.monotonic() + timeout
         while not self.results:
-            self.send_due()
-            self.health_check()
-            self._beat()
-            self._check_connections()
-            self.refusals.summarise_due()
             remaining = deadline - time.monotonic()
-            if not poll_within(self.inbox.poll, self.link.timeout(max(0.0, min(remaining, 0.5)))):
+            if self.inbox not in self._turn(max(0.0, min(remaining, 0.5))):
                 self._check_heartbeats()  # judged only on an empty inbox: beats may wait there while we were busy
                 if remaining <= 0:
                     return None
-                continue
-            self._read_inbox()
         return self.results.popleft()
 
-    def _read_waiting(self) -> None:
-        self._read_monitors()
-        while self.inbox.poll(0):
+    def _turn(self, timeout: float, awaited: Optional[zmq.Socket] = None) -> dict:
+        """One turn of the loop: write the feed, watch the workers when due, poll, take in the inbox; the events."""
+        self.link.write()
+        now = time.monotonic()
+        if now >= self.checks_due:
+            self.checks_due = now + CHECK_SECONDS
+            self._watch()
+        if awaited is not None:
+            self.poller.register(awaited, zmq.POLLIN)
+        feed = self.feed.socket
+        if self.feed.wants_write:
+            self.poller.register(feed, zmq.POLLOUT)
+        try:
+            events = dict(poll_within(self.poller.poll, self.link.timeout(timeout)))
+        finally:
+            if awaited is not None:
+                self.poller.unregister(awaited)
+            if self.feed.wants_write:
+                self.poller.unregister(feed)
+        self.interrupts.check()
+        if self.inbox in events:
             self._read_inbox()
+        return events
+
+    def _watch(self) -> None:
+        """What a loop looks at now and then: the workers' processes and connections, the beat, the refusal log."""
+        self.health_check()
+        self._beat()
+        self._check_connections()
+        self.refusals.summarise_due()
 
     def _read_monitors(self) -> None:
         now = time.monotonic()
@@ -234,12 +263,20 @@ class Pipeline:
         return min(down)[1] if down else None
 
     def _read_inbox(self) -> None:
-        """One inbox message: a result is kept for `receive`, a beat or report is taken in here."""
-        try:
-            message = receive_message(self.inbox, self.limits)
-        except ProtocolError as error:
-            self.refusals.refuse("malformed on the inbox", str(error))
-            return
+        """Everything the inbox holds now: results are kept for `receive`, beats and reports taken in here."""
+        while True:
+            try:
+                frames = self.inbox.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            try:
+                message = decode(frames, self.limits)
+            except ProtocolError as error:
+                self.refusals.refuse("malformed on the inbox", str(error))
+                continue
+            self._take(message)
+
+    def _take(self, message: Message) -> None:
         if message.job != self.job_id or not 0 <= message.sender < self.stages:
             self.refusals.refuse("not this job's", f"a message from job {message.job!r:.60} stage {message.sender}")
             return
@@ -284,7 +321,7 @@ class Pipeline:
 
         A message held by an emulated link is on its way, not lost: while the feed or any stage holds one,
         nothing is idle."""
-        if len(self.link) or any(float(status.get("busy_for", 0.0)) > 2.0 or status.get("held") for status in self.status):
+        if self.link.held() or any(float(status.get("busy_for", 0.0)) > 2.0 or status.get("held") for status in self.status):
             return 0.0
         return time.monotonic() - self.activity_at
 

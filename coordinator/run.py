@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import secrets
 import socket
 from pathlib import Path
@@ -14,6 +13,7 @@ import torch
 from dni.coordinator.checkpoints import Checkpoints
 from dni.coordinator.data import Dataset, load_dataset
 from dni.coordinator.job import Job, job_from_table
+from dni.coordinator.interrupts import INTERRUPTS
 from dni.coordinator.launcher import LocalWorkers
 from dni.coordinator.pipeline import Pipeline
 from dni.coordinator.plots import plot_accuracy
@@ -27,7 +27,6 @@ from dni.protocol.linkdelay import describe
 from dni.protocol.security import FIX, Keys, check_plaintext_allowed, load_keys
 
 log = logging.getLogger("dni.run")
-training_finished = threading.Event()  # past this point a SIGTERM must not turn a finished job into a failure
 # The coordinator's only tensor work is slicing and scaling batches. More intra-op threads
 # than one would spin between those small ops on the very cores the workers compute on.
 COORDINATOR_THREADS = 1
@@ -76,7 +75,7 @@ def run_job(job: Job, bind: Optional[str] = None, advertise: Optional[str] = Non
             log.info("stage %d listens at control %s, forward %s, backward %s", stage, at.control, at.forward, at.backward)
         summary = Trainer(job, job_id, data, pipeline, folder, reachable, show_progress,
                           replace_worker=local.restart if local else _waiting_for(pipeline, job.rejoin_seconds)).run()
-        training_finished.set()
+        INTERRUPTS.finish()
         summary.update(annotations)
         folder.write_json("summary.json", {"status": "complete", **summary})
         plot_accuracy([folder.path], folder.plot_path, f"{job.name}: {job.mode.value}")

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 from dni.coordinator.job import Job
 from dni.errors import ConfigError
-from dni.workers.timing import ACTIVITIES, COMPUTE
+from dni.workers.timing import ACTIVITIES, grouped
 
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
@@ -60,12 +60,13 @@ def scalars(record: Mapping[str, Any]) -> dict[str, float]:
 
 
 def activity_fractions(worker: Mapping[str, Any]) -> dict[str, float]:
-    """Each activity's share of the worker's wall time, plus `compute` (forward, backward, synthesizer)."""
+    """Each activity's share of the worker's wall time, plus each group's (compute, transport, waiting, ...)."""
     wall = float(worker.get("wall", 0.0))
     if wall <= 0:
         return {}
     fractions = {activity: float(worker.get("time", {}).get(activity, 0.0)) / wall for activity in ACTIVITIES}
-    fractions["compute"] = sum(fractions[activity] for activity in COMPUTE)
+    fractions.update({group: seconds / wall for group, seconds in grouped(worker.get("time", {})).items()
+                      if group not in fractions})
     return fractions
 
 

@@ -10,6 +10,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from dni.coordinator.checkpoints import Checkpoints, Position
+from dni.coordinator.interrupts import INTERRUPTS
 from dni.coordinator.data import Dataset, test_batches, train_batches
 from dni.coordinator.job import Job
 from dni.coordinator.pipeline import Pipeline, PipelineError, StageFailed, WorkerLost
@@ -19,6 +20,7 @@ from dni.coordinator.shapes import check_last_shape
 from dni.coordinator.tensorboard import TensorBoardLog
 from dni.protocol import Endpoints, Kind, Message
 from dni.protocol.linkdelay import describe
+from dni.schedule import FeedSchedule
 from dni.spec import StageAssignment
 from dni.workers.timing import spans_from_arrays
 
@@ -74,7 +76,7 @@ class Trainer:
         self.per_epoch = job.steps_per_epoch(len(data.train_y))
         self.eval_every = job.eval_every or self.per_epoch
         self.eval_sets = test_batches(data, job.eval_batch_size)
-        self.credit = job.window + len(job.stages)
+        self.schedule = FeedSchedule(credit=job.window + len(job.stages))
         self.progress = Progress(self.total, f"{job.name}/{job.mode.value}", show_progress)
         self.sent = 0
         self.done = 0
@@ -109,7 +111,7 @@ class Trainer:
                 upstream=endpoints[index - 1].backward if index > 0 else None,
                 downstream=endpoints[index + 1].forward if index + 1 < len(endpoints) else None,
                 record_spans=self.job.record_spans, nonfinite=self.job.nonfinite, loss=self.job.loss,
-                link_delay_ms=float(self.job.link_delay_ms),
+                link_delay_ms=float(self.job.link_delay_ms), profile=self.job.profile,
                 restore=str(self.checkpoints.stage(index)) if restore else None,
             )
             reply = self.pipeline.request(index, "configure", {"config": config.to_wire()}, timeout=120)
@@ -127,11 +129,18 @@ class Trainer:
         self._rewind(position)
         self.started = self.progress.started = time.monotonic()
         self.cpu_started = time.process_time()
+        with INTERRUPTS.deferring():  # a signal ends training at the loop's next turn, with a checkpoint
+            self._train_recovering(start)
+            self.progress.close()
+            self.tensorboard.close()
+            return self._finish()
+
+    def _train_recovering(self, start: int) -> None:
         while True:
             try:
                 self._train(start)
                 self._checkpoint()
-                break
+                return
             except WorkerLost as loss:
                 if self.replace_worker is None or self.recoveries >= MAX_RECOVERIES:
                     raise
@@ -139,9 +148,6 @@ class Trainer:
             except KeyboardInterrupt:
                 self._checkpoint_on_interrupt()
                 raise
-        self.progress.close()
-        self.tensorboard.close()
-        return self._finish()
 
     def _train(self, start: int) -> None:
         batches = train_batches(self.data, self.job.batch_size, self.job.seed, self.total, start)
@@ -150,7 +156,7 @@ class Trainer:
             if reason:
                 self._stop_early(reason)
                 break
-            while self.sent - self.done >= self.credit:
+            while not self.schedule.may_feed(self.sent, self.done, self.pipeline.feed_over_bound()):
                 self._absorb(self._receive())
             self.pipeline.send_batch(Kind.FORWARD, step, x, labels)
             self.sent += 1
@@ -298,7 +304,7 @@ class Trainer:
         wall = time.monotonic() - self.started
         cpu = time.process_time() - self.cpu_started
         trained = self.total - self.first_step
-        replies = self.pipeline.request_all("metrics", {"spans": self.job.record_spans})
+        replies = self.pipeline.request_all("metrics", {"spans": self.job.record_spans, "profile": self.job.profile})
         final = [reply.meta["metrics"] for reply in replies]
         self.folder.save_state([_state_of(reply) for reply in self.pipeline.request_all("state")])
         if self.job.record_spans:

@@ -122,6 +122,7 @@ class StageAssignment:
     restore: Optional[str] = None  # a checkpoint file to start from
     loss: str = "cross_entropy"  # the last stage's per-example loss (missing on the wire: the default)
     link_delay_ms: float = 0.0  # emulated link delay: every data message this stage sends leaves this late (missing: 0)
+    profile: bool = False  # run the stage under cProfile; its `metrics` reply then carries the hottest functions
 
     @property
     def is_first(self) -> bool:
@@ -169,6 +170,7 @@ class StageAssignment:
                 restore=wire.get("restore"),
                 loss=check_loss(wire.get("loss", "cross_entropy")),
                 link_delay_ms=check_link_delay(wire.get("link_delay_ms", 0.0)),
+                profile=check_type("profile", wire.get("profile", False), bool),
             )
         except (KeyError, TypeError, AttributeError) as error:
             raise ConfigError(f"stage config is incomplete or malformed: {error}") from error

@@ -39,3 +39,4 @@ def load_checkpoint(path: str, compute: StageCompute) -> None:
         compute.synthesizer.load_state_dict(state["synthesizer"])
         compute.synthesizer_optimizer.load_state_dict(state["synthesizer_optimizer"])
     compute.steps = int(state["steps"])
+    compute.restored()

@@ -10,7 +10,7 @@ from typing import NoReturn, Optional, Sequence
 
 from dni.protocol import ProtocolError
 from dni.protocol.security import load_keys
-from dni.workers.worker import serve
+from dni.workers.worker import Worker
 
 __all__ = ["add_arguments", "import_lazy_modules", "main", "run"]
 
@@ -24,6 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     security = parser.add_mutually_exclusive_group()
     security.add_argument("--keys", metavar="DIR", help="CURVE key directory made by `dni keys DIR` (required when --bind reaches beyond loopback)")
     security.add_argument("--insecure", action="store_true", help="no encryption or authentication; allowed only for loopback and ipc:// addresses")
+    parser.add_argument("--child", action="store_true", help="started by a coordinator on this machine (dni run does so): "
+                        "SIGINT and SIGTERM are left to it, since it checkpoints and then stops this worker, which dies with it")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log detail (default INFO)")
 
 
@@ -35,10 +37,16 @@ def run(args: argparse.Namespace) -> NoReturn:
     worker whose coordinator died go away within moments of its SIGTERM.
     """
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    if args.child:
+        for number in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(number, signal.SIG_IGN)
     try:
         import_lazy_modules()
-        code = serve(args.bind, args.once, None if args.insecure or not args.keys else load_keys(args.keys), args.ready_file)
+        worker = Worker(args.bind, args.once, keys=None if args.insecure or not args.keys else load_keys(args.keys),
+                        ready_file=args.ready_file)
+        if not args.child:
+            _stop_on_signals(worker)
+        code = worker.serve()
     except ProtocolError as error:
         logging.getLogger("dni.worker").error("%s", error)
         code = 2
@@ -52,9 +60,17 @@ def run(args: argparse.Namespace) -> NoReturn:
     os._exit(code)
 
 
-def _exit_on_sigterm(signum: int, frame: object) -> None:
-    logging.getLogger("dni.worker").warning("received SIGTERM: exiting")
-    sys.exit(0)
+def _stop_on_signals(worker: Worker) -> None:
+    """SIGINT or SIGTERM: the loop ends the job and the worker exits with code 0 (a second one exits at once)."""
+    def stop(signum: int, frame: object) -> None:
+        if not worker.running:
+            raise SystemExit(0)
+        logging.getLogger("dni.worker").warning("received %s: exiting", signal.Signals(signum).name)
+        worker.stop(f"received {signal.Signals(signum).name}")
+
+    signal.set_wakeup_fd(worker.wakeup.writer, warn_on_full_buffer=False)
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, stop)
 
 
 def import_lazy_modules() -> None:

@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional, Protocol
 from dni.protocol import Endpoints, Kind, Message
 from dni.spec import StageAssignment
 from dni.workers.checkpoint import save_checkpoint
-from dni.workers.devices import to_host
+from dni.workers.devices import arrays_on_host
 from dni.workers.session import EXIT_STOPPED, Session
 from dni.workers.validation import Rejected
 
@@ -97,12 +97,13 @@ def _flush(host: CommandHost, identity: bytes, message: Message) -> Optional[Mes
 def _metrics(host: CommandHost, identity: bytes, message: Message) -> Message:
     session = _require_session(host)
     spans = session.timeline.span_arrays() if message.meta.get("spans") else {}
-    return Message(Kind.REPLY, meta={"ok": True, "metrics": session.metrics()}, tensors=spans)
+    metrics = session.metrics(profile=bool(message.meta.get("profile")))
+    return Message(Kind.REPLY, meta={"ok": True, "metrics": metrics}, tensors=spans)
 
 
 def _state(host: CommandHost, identity: bytes, message: Message) -> Message:
     state = _require_session(host).compute.state()
-    return Message(Kind.REPLY, meta={"ok": True}, tensors={name: to_host(tensor) for name, tensor in state.items()})
+    return Message(Kind.REPLY, meta={"ok": True}, tensors=arrays_on_host(state))
 
 
 def _checkpoint(host: CommandHost, identity: bytes, message: Message) -> Message:

@@ -10,7 +10,9 @@ scores evaluation batches with `evaluate_last`, both with the job's loss
 (`dni.workers.losses`), so the loss lives here and nowhere in the transport.
 
 Losses are summed over the batch, as in the reference, so a synthesizer learns
-the per-example gradient whatever the batch size.
+the per-example gradient whatever the batch size. Nothing here waits for the
+device: results stay tensors (`EvalResult.score`) until the message that carries
+them is copied to the host, and the synthesizer's loss is read only when asked.
 
 The worker asks what it must check (`awaits_target`, `expected_target_shape`,
 `in_flight`, `can_take_batch`) rather than reading the pending batches itself.
@@ -19,19 +21,21 @@ from __future__ import annotations
 
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dni.spec import Mode
-from dni.spec import OptimizerSpec, StageAssignment
+from dni.schedule import StageSchedule
+from dni.spec import Mode, OptimizerSpec, StageAssignment
 from dni.workers.build import StageModules
 from dni.workers.interface import Shape, call_stage
 from dni.workers.losses import Loss, per_example_losses, resolve_loss
+from dni.workers.stash import Replica, WeightStash
 from dni.workers.timing import Timeline
 
-__all__ = ["EvalResult", "LastStageResult", "Pending", "StageCompute", "make_optimizer"]
+__all__ = ["EvalResult", "LastStageResult", "Pending", "StageCompute", "make_optimizer", "score_meta"]
 
 
 @dataclass
@@ -42,18 +46,31 @@ class Pending:
     condition: Optional[torch.Tensor]
     step: int
     prediction: Optional[torch.Tensor] = None  # the synthesizer's output, its graph kept for training
-    weights: Optional[dict[str, torch.Tensor]] = None  # the synthesizer weights that made it
+    weights: Optional[list[torch.Tensor]] = None  # the synthesizer parameters that made it (see WeightStash)
+    replica: Optional[Replica] = None
 
 
 @dataclass(frozen=True)
 class EvalResult:
-    """What the last stage reports of a batch: summed loss, correct predictions, examples."""
-    loss_sum: float
-    correct: int
+    """What the last stage reports of a batch: (summed loss, correct predictions) on its device, and examples."""
+    score: torch.Tensor
     count: int
 
+    @property
+    def loss_sum(self) -> float:
+        return float(self.score[0])
+
+    @property
+    def correct(self) -> int:
+        return int(self.score[1])
+
     def as_meta(self) -> dict[str, Any]:
-        return {"loss_sum": self.loss_sum, "correct": self.correct, "count": self.count}
+        return score_meta(self.score.cpu().numpy(), self.count)
+
+
+def score_meta(score: np.ndarray, count: int) -> dict[str, Any]:
+    """A result message's metadata from its score once on the host."""
+    return {"loss_sum": float(score[0]), "correct": int(score[1]), "count": count}
 
 
 @dataclass(frozen=True)
@@ -62,10 +79,15 @@ class LastStageResult(EvalResult):
     upstream: Optional[torch.Tensor] = None
 
 
-def make_optimizer(spec: OptimizerSpec, parameters) -> torch.optim.Optimizer:
+def make_optimizer(spec: OptimizerSpec, parameters: Iterable[torch.Tensor], capturable: bool = False) -> torch.optim.Optimizer:
+    """Adam or SGD updating all parameters in one multi-tensor kernel (fused Adam, foreach SGD): per-parameter
+    Python loops cost more than the arithmetic on small layers. `capturable`: steps a CUDA graph can replay."""
+    parameters = list(parameters)
     if spec.name == "sgd":
-        return torch.optim.SGD(parameters, lr=spec.lr)
-    return torch.optim.Adam(parameters, lr=spec.lr)
+        return torch.optim.SGD(parameters, lr=spec.lr, foreach=True)
+    if capturable:
+        return torch.optim.Adam(parameters, lr=spec.lr, capturable=True, foreach=True)
+    return torch.optim.Adam(parameters, lr=spec.lr, fused=True)
 
 
 class StageCompute:
@@ -81,15 +103,22 @@ class StageCompute:
         self.synthesizer_optimizer = (
             make_optimizer(config.optimizer, self.synthesizer.parameters()) if self.synthesizer else None
         )
+        self.stash = WeightStash(self.synthesizer, 1 if self.mode.locked else config.window) if self.synthesizer else None
         self.pending: OrderedDict[int, Pending] = OrderedDict()
         self.steps = 0
         self.staleness: Counter[int] = Counter()
-        self.synthesizer_loss = 0.0
+        self._synthesizer_loss: Optional[torch.Tensor] = None
+        self._update_due = False
         self.needs_input_grad = not config.is_first and self.mode in (Mode.BACKPROP, Mode.SG, Mode.CDNI)
+        self.schedule = StageSchedule(config.window, self.mode.locked)
+
+    @property
+    def synthesizer_loss(self) -> float:
+        """The latest synthesizer loss (read from the device only when asked)."""
+        return float(self._synthesizer_loss) if self._synthesizer_loss is not None else 0.0
 
     def can_take_batch(self) -> bool:
-        window = 1 if self.mode.locked else self.config.window
-        return len(self.pending) < window
+        return len(self.pending) < self.schedule.capacity
 
     @property
     def in_flight(self) -> int:
@@ -107,40 +136,56 @@ class StageCompute:
     def forward(self, batch: int, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """A hidden stage's training forward pass; returns the activation for downstream."""
         self.steps += 1
-        with self.time("forward"):
-            if self.mode is Mode.NO_BPROP:
-                with torch.no_grad():
-                    return call_stage(self.module, x, labels)
-            x.requires_grad_(self.needs_input_grad)
-            h = call_stage(self.module, x, labels)
+        if self.mode is Mode.NO_BPROP:
+            with torch.no_grad():
+                h = call_stage(self.module, x, labels)
+            self.time.lap("forward")
+            return h
+        x.requires_grad_(self.needs_input_grad)
+        h = call_stage(self.module, x, labels)
         condition = F.one_hot(labels, self.config.num_classes).float() if self.mode.conditioned else None
         self.pending[batch] = Pending(x, h, condition, self.steps)
+        self.time.lap("forward")
         return h.detach()
 
     def update_after_forward(self, batch: int) -> Optional[torch.Tensor]:
         """Update-unlocked step: follow the synthesizer now. Returns the upstream target."""
+        upstream = self.follow_synthesizer(batch)
+        self.apply_update()
+        return upstream
+
+    def follow_synthesizer(self, batch: int) -> Optional[torch.Tensor]:
+        """The synthetic half of `update_after_forward`: gradients from the synthesizer's prediction, and the
+        upstream target, which can travel before `apply_update` steps the module."""
         if not self.mode.uses_synthesizer:
             return None
         pending = self.pending[batch]
-        with self.time("backward"):
-            if self.mode.synthetic_loss:
-                upstream = self._follow_synthetic_loss(pending)
-            else:
-                upstream = self._follow_synthetic_gradient(pending)
-            self.module_optimizer.step()
+        if self.mode.synthetic_loss:
+            upstream = self._follow_synthetic_loss(pending)
+        else:
+            upstream = self._follow_synthetic_gradient(pending)
+        self.time.lap("synthetic")
+        self._update_due = True
         pending.x, pending.h = None, pending.h.detach()  # the prediction keeps what its own graph needs
         return upstream
 
+    def apply_update(self) -> None:
+        """The module's optimiser step for the gradients the last call left, if it left any."""
+        if self._update_due:
+            self._update_due = False
+            self.module_optimizer.step()
+            self.time.lap("optimizer")
+
     def _predict(self, pending: Pending, h: torch.Tensor) -> torch.Tensor:
-        """The synthesizer's prediction, its graph kept against a snapshot of the weights that made it.
+        """The synthesizer's prediction, its graph kept against the weights that made it (see WeightStash).
 
         When the target arrives the synthesizer learns from this very prediction
         without a second forward pass, even though its weights may have moved
         since (weight stashing, as in PipeDream). With a window of one batch the
-        snapshot equals the current weights and this is the reference's update.
+        weights are the live ones and this is the reference's update.
         """
-        pending.weights = {name: p.detach().clone().requires_grad_() for name, p in self.synthesizer.named_parameters()}
-        prediction = torch.func.functional_call(self.synthesizer, pending.weights, (h, pending.condition))
+        module, pending.weights, pending.replica = self.stash.acquire()
+        prediction = module(h, pending.condition)
         pending.prediction = prediction.square() if self.mode.synthetic_loss else prediction
         return pending.prediction
 
@@ -159,70 +204,95 @@ class StageCompute:
 
     def receive_target(self, batch: int, target: torch.Tensor) -> Optional[torch.Tensor]:
         """The true target for a batch came back. Returns what goes upstream, if anything."""
+        upstream = self.take_target(batch, target)
+        self.apply_update()
+        return upstream
+
+    def take_target(self, batch: int, target: torch.Tensor) -> Optional[torch.Tensor]:
+        """`receive_target` but for the module's optimiser step (`apply_update`), so the upstream gradient of a
+        locked stage can travel first."""
         pending = self.pending.pop(batch)
         if self.mode.locked:
             return self._backpropagate(pending, target)
         self.staleness[self.steps - pending.step] += 1
-        with self.time("synthesizer"):
-            loss = F.mse_loss(pending.prediction, target)
-            grads = torch.autograd.grad(loss, list(pending.weights.values()))
-            for parameter, grad in zip(self.synthesizer.parameters(), grads):
-                parameter.grad = grad
-            self.synthesizer_optimizer.step()
-        self.synthesizer_loss = loss.item()
+        loss = F.mse_loss(pending.prediction, target)
+        grads = torch.autograd.grad(loss, pending.weights)
+        self.stash.release(pending.replica)
+        for parameter, grad in zip(self.stash.live_parameters, grads):
+            parameter.grad = grad
+        self.time.lap("synthesizer")
+        self.synthesizer_optimizer.step()
+        self.stash.changed()
+        self.time.lap("optimizer")
+        self._synthesizer_loss = loss.detach()
         return None
 
     def _backpropagate(self, pending: Pending, gradient: torch.Tensor) -> Optional[torch.Tensor]:
-        with self.time("backward"):
-            self.module_optimizer.zero_grad(set_to_none=True)
-            pending.h.backward(gradient)
-            self.module_optimizer.step()
+        self.module_optimizer.zero_grad(set_to_none=True)
+        pending.h.backward(gradient)
+        self.time.lap("backward")
+        self._update_due = True
         return pending.x.grad if self.needs_input_grad else None
 
     def train_last(self, x: torch.Tensor, labels: torch.Tensor) -> LastStageResult:
         """The last stage: real loss, its own update, and the target for the stage above."""
+        result = self.last_step(x, labels)
+        self.apply_update()
+        return result
+
+    def last_step(self, x: torch.Tensor, labels: torch.Tensor) -> LastStageResult:
+        """`train_last` but for the optimiser step (`apply_update`), so the result and target can travel first."""
         self.steps += 1
-        with self.time("forward"):
-            x.requires_grad_(self.needs_input_grad)
-            logits = call_stage(self.module, x, labels)
-            losses = self._losses(logits, labels)
-        with self.time("backward"):
-            self.module_optimizer.zero_grad(set_to_none=True)
-            losses.sum().backward()
-            self.module_optimizer.step()
+        x.requires_grad_(self.needs_input_grad)
+        logits = call_stage(self.module, x, labels)
+        losses = self._losses(logits, labels)
+        self.time.lap("forward")
+        self.module_optimizer.zero_grad(set_to_none=True)
+        losses.sum().backward()
+        self.time.lap("backward")
+        self._update_due = True
         upstream = None
         if self.mode.synthetic_loss:
             upstream = losses.detach()[:, None]
         elif self.needs_input_grad:
             upstream = x.grad
-        correct = int((logits.argmax(1) == labels).sum())
-        return LastStageResult(float(losses.detach().sum()), correct, len(labels), upstream)
+        return LastStageResult(_score(losses.detach(), logits.detach(), labels), len(labels), upstream)
 
     @torch.no_grad()
     def evaluate(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The stage's output in eval mode (a hidden stage's evaluation: the output goes downstream)."""
-        with self.time("forward"):
-            self.module.eval()
-            try:
-                return call_stage(self.module, x, labels)
-            finally:
-                self.module.train()
+        self.module.eval()
+        try:
+            return call_stage(self.module, x, labels)
+        finally:
+            self.module.train()
+            self.time.lap("forward")
 
     @torch.no_grad()
     def evaluate_last(self, x: torch.Tensor, labels: torch.Tensor) -> EvalResult:
         """The last stage's evaluation of a batch with the job's loss."""
         logits = self.evaluate(x, labels)
-        with self.time("forward"):
-            losses = self._losses(logits, labels)
-        return EvalResult(float(losses.sum()), int((logits.argmax(1) == labels).sum()), len(labels))
+        result = EvalResult(_score(self._losses(logits, labels), logits, labels), len(labels))
+        self.time.lap("forward")
+        return result
 
     def _losses(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.loss is None:
             raise RuntimeError(f"stage {self.config.index} is not the last stage and has no loss")
         return per_example_losses(self.loss, self.config.loss, logits, labels)
 
+    def restored(self) -> None:
+        """The weights were replaced from a checkpoint: no stashed copy of the old ones may be used again."""
+        if self.stash is not None:
+            self.stash.changed()
+
     def state(self) -> dict[str, torch.Tensor]:
         state = {f"module.{k}": v for k, v in self.module.state_dict().items()}
         if self.synthesizer is not None:
             state.update({f"synthesizer.{k}": v for k, v in self.synthesizer.state_dict().items()})
         return state
+
+
+def _score(losses: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(summed loss, correct predictions) as one float64 pair on the stage's device."""
+    return torch.stack([losses.sum().double(), (logits.argmax(1) == labels).sum().double()])

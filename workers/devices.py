@@ -17,7 +17,7 @@ import torch
 
 from dni.errors import ConfigError
 
-__all__ = ["DEVICE_PATTERN", "launched_local_rank", "resolve_device", "synchronizer", "to_device", "to_host"]
+__all__ = ["DEVICE_PATTERN", "arrays_on_host", "launched_local_rank", "resolve_device", "synchronizer", "to_device", "to_host"]
 
 DEVICE_PATTERN = re.compile(r"^(cpu|auto|cuda(:\d+)?)$")
 
@@ -48,33 +48,47 @@ def launched_local_rank() -> Optional[int]:
 
 
 def to_device(array: np.ndarray, device: str) -> torch.Tensor:
-    """A received array as a tensor on `device`, copied once on the host.
+    """A received array as a tensor on `device`.
 
-    The array usually lies in ZeroMQ's read-only receive buffer, so it is copied
-    once: into ordinary memory for the CPU, into page-locked memory for a GPU,
-    from where the copy to the device overlaps with whatever the host does next.
+    On the CPU the tensor shares the array's memory: the received message's
+    buffer, which is this worker's own and lives as long as the tensor (an
+    array numpy holds read-only is copied). For a GPU it is copied once into
+    page-locked memory, from where the copy to the device overlaps with
+    whatever the host does next.
     """
     if device == "cpu":
-        return torch.from_numpy(array.copy())
+        return torch.from_numpy(array if array.flags.writeable else array.copy())
     staging = torch.empty(array.shape, dtype=getattr(torch, array.dtype.name), pin_memory=True)
     staging.numpy()[...] = array
     return staging.to(device, non_blocking=True)
 
 
 def to_host(tensor: torch.Tensor) -> np.ndarray:
-    """A tensor's values as a host array, ready for the socket.
+    """A tensor's values as a host array, ready for the socket (one tensor: see `arrays_on_host`)."""
+    return arrays_on_host({"": tensor})[""]
 
-    A CPU tensor is shared, not copied. A GPU tensor is copied into page-locked
-    memory and waited for, since the socket reads that memory next; the array
-    holds its block until ZeroMQ has sent it.
+
+def arrays_on_host(tensors: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """The tensors of one message as host arrays, with at most one wait for the device.
+
+    A CPU tensor is shared, not copied. GPU tensors are copied into page-locked
+    memory, all queued before one wait on the stream, since the socket reads
+    that memory next; each array holds its block until ZeroMQ has sent it.
     """
-    tensor = tensor.detach()
-    if tensor.device.type == "cpu":
-        return tensor.numpy()
-    staging = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
-    staging.copy_(tensor, non_blocking=True)
-    torch.cuda.current_stream(tensor.device).synchronize()
-    return staging.numpy()
+    arrays: dict[str, np.ndarray] = {}
+    stream = None
+    for name, tensor in tensors.items():
+        tensor = tensor.detach()
+        if tensor.device.type == "cpu":
+            arrays[name] = tensor.numpy()
+            continue
+        staging = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+        staging.copy_(tensor, non_blocking=True)
+        stream = torch.cuda.current_stream(tensor.device)
+        arrays[name] = staging.numpy()
+    if stream is not None:
+        stream.synchronize()
+    return arrays
 
 
 def synchronizer(device: str) -> Optional[Callable[[], None]]:

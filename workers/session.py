@@ -1,44 +1,42 @@
-"""One configured job on a worker: its stage, its outgoing sockets, its counters and its heartbeat.
+"""One configured job on a worker: its stage, its outboxes, its counters and its heartbeat.
 
 A worker outlives its jobs (a `configure` replaces the session, `stop` ends
 it); everything that belongs to one job lives here, so ending a job is
-closing one object. Sends on the data path wait while the peer's queue is
-full (backpressure) but keep answering control through `while_blocked`,
-so a worker whose neighbour died can still be stopped.
+closing one object.
 
 Every data message this stage sends (activations and evaluation batches
-downstream, targets upstream, results to the coordinator) passes through
-the session's `DelayQueue`: with the job's `link_delay_ms` it is held that
-long while the stage computes on, and the worker's loop sends it when due;
-without a delay it leaves at once. Error reports and heartbeats are not
-data and are never held. Ending the session drops what is still held: the
-job is over, and a message held is one still on the (emulated) wire.
+downstream, targets upstream, results to the coordinator) goes into the
+outbox of its socket (`dni.protocol.outbox`); the worker's event loop writes
+outboxes as their peers take them, so nothing here ever waits to send. With
+the job's `link_delay_ms` a message is due that much later. Error reports and
+heartbeats are not data: they are sent at once or dropped. Ending the session
+drops what the outboxes still hold: the job is over.
 """
 from __future__ import annotations
 
 import logging
-import math
 import resource
 import time
 from collections import Counter
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
-import numpy as np
 import torch
 import zmq
 
 from dni.errors import ConfigError, DniError
-from dni.protocol import DelayQueue, Kind, Limits, Message, open_socket, resolved, send_message
+from dni.protocol import Kind, Limits, Message, Outbox, Outboxes, open_socket, resolved, send_message
 from dni.protocol.refusals import RefusalLog
 from dni.spec import StageAssignment
 from dni.workers.build import build_stage
 from dni.workers.checkpoint import load_checkpoint
 from dni.workers.compute import StageCompute
-from dni.workers.devices import resolve_device, synchronizer, to_host
+from dni.workers.devices import arrays_on_host, resolve_device
 from dni.workers.heartbeat import Heartbeat
-from dni.workers.timing import Timeline
+from dni.workers.profiling import StageProfile
+from dni.workers.timing import DeviceClock, Timeline
+from dni.workers.validation import all_finite
 
-__all__ = ["COORDINATOR_TIMEOUT", "EXIT_COORDINATOR_SILENT", "EXIT_STOPPED", "NonFiniteOutput", "Session", "SessionEnded"]
+__all__ = ["COORDINATOR_TIMEOUT", "EXIT_COORDINATOR_SILENT", "EXIT_STOPPED", "NonFiniteOutput", "Session"]
 
 COORDINATOR_TIMEOUT = 20.0  # end the job when the coordinator has been silent this long
 EXIT_STOPPED = 0  # a --once worker whose job was stopped by its coordinator
@@ -50,35 +48,33 @@ class NonFiniteOutput(DniError):
     """This stage produced NaN or Inf: its own failure, not its input's."""
 
 
-class SessionEnded(DniError):
-    """The job ended (stopped, or its coordinator fell silent) while this worker waited to send."""
-
-
 class Session:
-    """One configured job on this worker: its stage, its outgoing sockets, its counters."""
+    """One configured job on this worker: its stage, its outboxes, its counters."""
 
-    def __init__(self, context: zmq.Context, config: StageAssignment, limits: Limits, refusals: RefusalLog,
-                 while_blocked: Callable[[zmq.Socket], None]) -> None:
+    def __init__(self, context: zmq.Context, config: StageAssignment, limits: Limits, refusals: RefusalLog) -> None:
         self.config = config
         self.limits = limits
         self.refusals = refusals
-        self.while_blocked = while_blocked
         self.device = resolve_device(config.spec.device, config.index)
-        self.timeline = Timeline(config.record_spans, settle=synchronizer(self.device))
+        clock = DeviceClock(self.device) if self.device.startswith("cuda") else None
+        self.timeline = Timeline(config.record_spans, clock)
         torch.set_num_threads(config.threads)
         modules = build_stage(config.spec, index=config.index, input_shape=config.input_shape, mode=config.mode,
                               num_classes=config.num_classes, seed=config.seed, is_last=config.is_last, device=self.device)
         self.output_shape = modules.output_shape
         self.compute = StageCompute(config, modules, self.timeline)
+        self.schedule = self.compute.schedule
         if config.restore:
             try:
                 load_checkpoint(config.restore, self.compute)
             except (OSError, RuntimeError, KeyError, ValueError) as error:
                 raise ConfigError(f"cannot restore stage {config.index} from {config.restore}: {error}") from error
-        self.report = self._connect(context, config.coordinator, limits)
-        self.downstream = self._connect(context, config.downstream, limits) if config.downstream else None
-        self.upstream = self._connect(context, config.upstream, limits) if config.upstream else None
-        self.link = DelayQueue(config.link_delay_ms / 1000)
+        delay = config.link_delay_ms / 1000
+        self.outboxes = Outboxes()
+        self.report_socket = self._connect(context, config.coordinator, limits)
+        self.report = self.outboxes.add(Outbox(self.report_socket, delay, name="coordinator"))
+        self.downstream = self._outbox(context, config.downstream, delay, "downstream")
+        self.upstream = self._outbox(context, config.upstream, delay, "upstream")
         self.messages: Counter[str] = Counter()
         self.flush_waiters: list[bytes] = []  # control identities owed a reply once no batch awaits its target
         self.failure: Optional[str] = None
@@ -86,13 +82,20 @@ class Session:
         self.tick = self.last_heard = time.monotonic()
         self.heartbeat = Heartbeat(context, config.coordinator, limits, config.job, config.index, self.status)
         self.heartbeat.start()
+        self.profile = StageProfile() if config.profile else None
         self.setup_seconds = self.timeline.restart()  # the wall clock of the job starts when the stage is ready
+        self.cpu_started = time.process_time()
 
     @staticmethod
     def _connect(context: zmq.Context, address: str, limits: Limits) -> zmq.Socket:
         socket = open_socket(context, zmq.PUSH, limits)
         socket.connect(resolved(address))
         return socket
+
+    def _outbox(self, context: zmq.Context, address: Optional[str], delay: float, name: str) -> Optional[Outbox]:
+        if not address:
+            return None
+        return self.outboxes.add(Outbox(self._connect(context, address, self.limits), delay, name=name))
 
     def silence(self) -> float:
         """Seconds since the coordinator was last heard; past COORDINATOR_TIMEOUT the job ends."""
@@ -102,61 +105,52 @@ class Session:
         """What each heartbeat tells the coordinator (read from the heartbeat thread: plain values only)."""
         return {"busy_for": time.monotonic() - self.tick, "steps": self.compute.steps, "handled": self.handled,
                 "pending": self.compute.in_flight, "refused": self.refusals.total, "failure": self.failure,
-                "held": len(self.link)}
+                "held": self.outboxes.held()}
 
-    def metrics(self) -> dict[str, Any]:
-        """The `metrics` reply: time by activity, messages, refusals, staleness."""
+    def metrics(self, profile: bool = False) -> dict[str, Any]:
+        """The `metrics` reply: time by activity, messages, refusals, staleness (and the profile, when asked)."""
         compute = self.compute
-        return {
+        metrics = {
             "stage": self.config.index,
             "steps": compute.steps,
             "wall": self.timeline.wall(),
+            "cpu_seconds": time.process_time() - self.cpu_started,  # this process's, its ZeroMQ and beat threads' too
             "setup_seconds": self.setup_seconds,
             "time": dict(self.timeline.totals),
+            "device_time": self.timeline.device_totals(),
             "messages": dict(self.messages),
             "errors": dict(self.refusals.counts),
             "staleness": {str(k): v for k, v in sorted(compute.staleness.items())},
+            "stash_refreshes": compute.stash.refreshes if compute.stash is not None else 0,
             "pending": compute.in_flight,
             "synthesizer_loss": compute.synthesizer_loss,
             "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "link": self.link.stats(),
+            "link": self.outboxes.stats(),
         }
+        if profile and self.profile is not None:
+            metrics["profile"] = self.profile.summary(compute.steps)
+        return metrics
 
-    def send(self, socket: zmq.Socket, kind: Kind, batch: int, meta: Optional[dict[str, Any]] = None,
+    def send(self, outbox: Outbox, kind: Kind, batch: int, meta: dict[str, Any],
              tensors: Optional[dict[str, torch.Tensor]] = None) -> None:
-        """Send on a data path, through the emulated link: at once without a delay, else once it is due."""
-        with self.timeline("transport"):
-            arrays = {name: to_host(tensor) for name, tensor in (tensors or {}).items()}
+        """Put a data message into `outbox`; the event loop writes it."""
+        arrays = arrays_on_host(tensors) if tensors else {}
+        self.timeline.lap("to_host")
         for name, array in arrays.items():
             self.check_finite_output(name, array, batch)
-        self.link.put(socket, Message(kind, self.config.job, batch, self.compute.steps, self.config.index, meta or {}, arrays))
-        self.messages[f"sent_{kind.name.lower()}"] += 1
-        self.send_due()
+        self.timeline.lap("checks")
+        outbox.put(Message(kind, self.config.job, batch, self.compute.steps, self.config.index, meta, arrays))
+        self.messages[_SENT[kind]] += 1
+        self.timeline.lap("encode")
 
-    def send_due(self) -> None:
-        """Send every held message whose time has come (timed as transport only when there is one)."""
-        if self.link.is_due():
-            with self.timeline("transport"):
-                self.link.send_due(self._transmit)
-
-    def poll_timeout(self, longest: float) -> float:
-        """How long the worker may wait for input: no longer than until the next held message is due."""
-        return self.link.timeout(longest)
-
-    def _transmit(self, socket: zmq.Socket, message: Message) -> None:
-        """One send that waits while the peer's queue is full or the peer is gone (backpressure), answering
-        control requests meanwhile, so a worker whose neighbour died can still be stopped."""
-        while True:
-            try:
-                send_message(socket, message, flags=zmq.NOBLOCK)
-                return
-            except zmq.Again:
-                self.while_blocked(socket)
+    def write(self) -> None:
+        """Send what the outboxes hold that is due, as far as the peers take it."""
+        if self.outboxes.write():
+            self.timeline.lap("send")
 
     def check_finite_output(self, name: str, values: Any, batch: int) -> None:
         """This stage's own output must be finite: NaN/Inf produced here ends the run, naming this stage."""
-        finite = math.isfinite(values) if isinstance(values, float) else bool(np.isfinite(values).all())
-        if finite:
+        if all_finite(values):
             return
         if self.config.nonfinite == "reject":
             raise NonFiniteOutput(f"its output {name!r} for batch {batch} holds NaN or Inf (nonfinite = \"reject\")")
@@ -166,15 +160,19 @@ class Session:
         """Tell the coordinator something in passing; dropped rather than waited for if it is not reading."""
         message = Message(kind, self.config.job, -1, self.compute.steps, self.config.index, meta)
         try:
-            send_message(self.report, message, flags=zmq.NOBLOCK)
+            send_message(self.report_socket, message, flags=zmq.NOBLOCK)
         except zmq.Again:
             self.messages["dropped_notifications"] += 1
 
     def close(self) -> None:
-        dropped = self.link.drop()
+        dropped = self.outboxes.drop()
         if dropped:
-            log.info("stage %d dropped %d message(s) still held by the emulated link", self.config.index, dropped)
+            log.info("stage %d dropped %d message(s) its peers had not taken", self.config.index, dropped)
+        if self.profile is not None:
+            self.profile.stop()
         self.heartbeat.stop()
-        for socket in (self.report, self.downstream, self.upstream):
-            if socket is not None:
-                socket.close()
+        for outbox in self.outboxes.all:
+            outbox.socket.close()
+
+
+_SENT = {kind: f"sent_{kind.name.lower()}" for kind in Kind}

@@ -14,7 +14,8 @@ no counters, so each refusal is unit-tested on its own.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+import math
+from typing import Any, NamedTuple, Optional
 
 import numpy as np
 
@@ -22,7 +23,7 @@ from dni.errors import DniError
 from dni.protocol import Kind, Message
 from dni.workers.interface import Shape
 
-__all__ = ["Inputs", "Rejected", "Target", "check_fresh", "check_inputs", "check_kind", "check_origin", "check_target"]
+__all__ = ["Inputs", "Rejected", "Target", "all_finite", "check_fresh", "check_inputs", "check_kind", "check_origin", "check_target"]
 
 DATA_KINDS = {"forward": (Kind.FORWARD, Kind.EVAL), "backward": (Kind.BACKWARD,)}  # what each data socket accepts
 
@@ -100,9 +101,24 @@ def check_target(message: Message, expected: Optional[Shape], nonfinite: str) ->
     return Target(target, _nonfinite("target", target, message, nonfinite))
 
 
+def all_finite(values: Any) -> bool:
+    """Whether a float or an array holds no NaN or Inf.
+
+    One reduction instead of an elementwise test: a float64 sum of float32 (or
+    float16) values cannot overflow, so it is finite exactly when every value is.
+    """
+    if isinstance(values, float):
+        return math.isfinite(values)
+    if values.dtype.kind != "f":
+        return True
+    if values.dtype == np.float64:
+        return bool(np.isfinite(values).all())
+    return math.isfinite(float(values.sum(dtype=np.float64)))
+
+
 def _nonfinite(name: str, array: np.ndarray, message: Message, policy: str) -> int:
     """1 when `array` holds NaN/Inf and the policy counts it, 0 when it is finite; refused under "reject"."""
-    if np.isfinite(array).all():
+    if all_finite(array):
         return 0
     if policy == "reject":
         raise Rejected(f"{name} holds NaN or Inf values (policy: reject)", message)

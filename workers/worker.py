@@ -1,50 +1,80 @@
-"""A worker process: serves one stage of one job at a time over ZeroMQ.
+"""A worker process: serves one stage of one job at a time over ZeroMQ, from one event loop.
 
-This module is the process's skeleton: it binds three sockets from one
-address (control: ROUTER, request/reply with the coordinator; forward: PULL,
-activations and evaluation batches from upstream; backward: PULL, targets from
-downstream), polls them, and dispatches what arrives. Everything else lives in
-a module of its own: which sockets to poll (`polling`), one configured job
-(`session`), what a data message does (`datapath`) and how it is checked
-(`validation`), the control commands (`commands`), the arithmetic
-(`compute`). Here is what ties them together: bad input is refused and
-counted while the worker goes on, a stage's own failure is reported as fatal,
-a coordinator that falls silent ends its job, a send that waits still
-answers control, and what the emulated link holds (`Session.link`) leaves
-when due: each turn of the loop sends it, and polls no longer than until
-the next held message is due.
+The worker binds three sockets from one address (control: ROUTER,
+request/reply with the coordinator; forward: PULL, activations and evaluation
+batches from upstream; backward: PULL, targets from downstream). Each turn of
+its loop asks the schedule (`dni.schedule`) what it may take, polls for
+exactly that (and for POLLOUT on any outbox whose peer did not take the last
+message, and for a wake-up), handles what arrived, and writes the outboxes.
+Handlers only put messages into outboxes, so nothing ever waits inside one: a
+stopped job, a silent coordinator or a signal is always seen by the loop.
+
+Bad input is refused and counted while the worker goes on; a stage's own
+failure is reported as fatal; a coordinator that falls silent ends its job.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import socket as host_socket
 import time
-from contextlib import nullcontext
 from pathlib import Path
-from typing import Callable, ContextManager, Optional
+from typing import Callable, Optional
 
 import zmq
 
 from dni.errors import ConfigError, DniError
 from dni.files import write_text_atomically
 from dni.protocol import (DEFAULT_LIMITS, Endpoints, Kind, Limits, Message, ProtocolError, decode, open_socket,
-                          receive_frames, send_message, worker_endpoints)
+                          send_message, worker_endpoints)
 from dni.protocol.linkdelay import poll_within
 from dni.protocol.refusals import RefusalLog
 from dni.protocol.security import Keys, check_plaintext_allowed, make_server, secure_context
 from dni.spec import StageAssignment
 from dni.workers import datapath
 from dni.workers.commands import answer
-from dni.workers.polling import sockets_to_poll
-from dni.workers.session import (COORDINATOR_TIMEOUT, EXIT_COORDINATOR_SILENT, EXIT_STOPPED, NonFiniteOutput, Session,
-                                 SessionEnded)
+from dni.workers.session import COORDINATOR_TIMEOUT, EXIT_COORDINATOR_SILENT, EXIT_STOPPED, NonFiniteOutput, Session
 from dni.workers.validation import Rejected
 
-__all__ = ["EXIT_COORDINATOR_SILENT", "EXIT_STOPPED", "NonFiniteOutput", "Rejected", "Worker", "serve"]
+__all__ = ["EXIT_COORDINATOR_SILENT", "EXIT_STOPPED", "NonFiniteOutput", "Rejected", "Wakeup", "Worker", "serve"]
 
 log = logging.getLogger("dni.worker")
 POLL_SECONDS = 1.0
+
+
+class Wakeup:
+    """A socket pair the loop polls: any thread, or a signal (`signal.set_wakeup_fd(wakeup.writer)`), ends a wait."""
+
+    def __init__(self) -> None:
+        self._reader, self._writer = host_socket.socketpair()
+        self._reader.setblocking(False)
+        self._writer.setblocking(False)
+
+    @property
+    def fd(self) -> int:
+        return self._reader.fileno()
+
+    @property
+    def writer(self) -> int:
+        return self._writer.fileno()
+
+    def ring(self) -> None:
+        try:
+            self._writer.send(b"\0")
+        except BlockingIOError:  # rung already and not yet heard
+            pass
+
+    def drain(self) -> None:
+        try:
+            while self._reader.recv(256):
+                pass
+        except BlockingIOError:
+            pass
+
+    def close(self) -> None:
+        self._reader.close()
+        self._writer.close()
 
 
 class Worker:
@@ -67,6 +97,12 @@ class Worker:
         self.refusals = RefusalLog(log, "refused a message")
         self.running = True
         self.exit_code = EXIT_STOPPED
+        self.stop_reason = "stopped"
+        self.wakeup = Wakeup()
+        self.poller = zmq.Poller()
+        self.poller.register(self.control, zmq.POLLIN)
+        self.poller.register(self.wakeup.fd, zmq.POLLIN)
+        self._polled: dict[zmq.Socket, int] = {}  # data sockets registered now, with their flags
         if ready_file:
             _write_ready_file(Path(ready_file), self.endpoints)
 
@@ -82,11 +118,19 @@ class Worker:
         log.info("worker %d serving at %s", os.getpid(), self.endpoints.control)
         try:
             while self.running:
-                self._serve_once()
+                self.turn()
                 self.refusals.summarise_due()
+            if self.session is not None:
+                self.end_session(self.stop_reason, EXIT_STOPPED)
         finally:
             self.close()
         return self.exit_code
+
+    def stop(self, why: str = "stopped") -> None:
+        """End serving at the next turn (from a signal handler or another thread alike)."""
+        self.stop_reason = why
+        self.running = False
+        self.wakeup.ring()
 
     def close(self) -> None:
         if self.session:
@@ -94,80 +138,87 @@ class Worker:
         if self.authenticator is not None:
             self.authenticator.stop()
         self.context.destroy(linger=0)
+        self.wakeup.close()
 
-    def _serve_once(self) -> None:
+    # -- the loop ------------------------------------------------------------------
+
+    def turn(self) -> None:
+        """One turn: poll what the schedule allows, handle what came, write the outboxes."""
         session = self.session
-        timeout = POLL_SECONDS
-        if session is not None:
-            session.tick = time.monotonic()
-            if self._coordinator_silent(session):
-                return
-            self._guarded(session.send_due)  # what the emulated link held long enough
-            if self.session is not session:  # the job ended while a send waited
-                return
-            timeout = session.poll_timeout(POLL_SECONDS)
-        plan = sockets_to_poll(session is not None, session is not None and session.compute.can_take_batch())
-        poller = zmq.Poller()
-        for socket, wanted in ((self.control, plan.control), (self.forward_in, plan.forward), (self.backward_in, plan.backward)):
-            if wanted:
-                poller.register(socket, zmq.POLLIN)
-        with session.timeline(plan.waiting) if session is not None and plan.waiting else nullcontext():
-            ready = dict(poll_within(poller.poll, timeout))
-        if self.control in ready:
-            self._handle(self.control, self._on_control, "control")
-        if self.session is not None and self.backward_in in ready:
-            self._handle(self.backward_in, self._on_backward)
-        if self.session is not None and self.forward_in in ready:
-            self._handle(self.forward_in, self._on_forward)
+        if session is None:
+            events = dict(self.poller.poll(POLL_SECONDS * 1000))
+            self._take_control(events)
+            return
+        now = session.tick = time.monotonic()
+        if now - session.last_heard > COORDINATOR_TIMEOUT:
+            self.end_session(f"the coordinator has been silent for {now - session.last_heard:.0f}s", EXIT_COORDINATOR_SILENT)
+            return
+        plan = session.schedule.turn(session.compute.in_flight, session.outboxes.over_bound())
+        self._poll_for(self.forward_in, zmq.POLLIN if plan.batches else 0)
+        self._poll_for(self.backward_in, zmq.POLLIN)
+        for outbox in session.outboxes.all:
+            self._poll_for(outbox.socket, zmq.POLLOUT if outbox.wants_write else 0)
+        timeout = session.outboxes.timeout(POLL_SECONDS)
+        session.timeline.lap("loop")
+        events = dict(poll_within(self.poller.poll, timeout))
+        session.timeline.lap(plan.waiting.value)
+        self._take_control(events)
+        if self.session is not session:  # the job was stopped or replaced
+            return
+        if self.backward_in in events:
+            self._take(session, self.backward_in, datapath.on_backward)
+        if self.forward_in in events:
+            self._take(session, self.forward_in, datapath.on_forward)
+        session.write()
+        if session.flush_waiters and not session.compute.in_flight:
+            self._release_flush_waiters(session)
 
-    def _coordinator_silent(self, session: Session, while_doing: str = "") -> bool:
-        """End the job when its coordinator has been silent too long (a --once worker then exits with code 3)."""
-        silence = session.silence()
-        if silence <= COORDINATOR_TIMEOUT:
-            return False
-        self.end_session(f"the coordinator has been silent for {silence:.0f}s{while_doing}", EXIT_COORDINATOR_SILENT)
-        return True
+    def _poll_for(self, socket: zmq.Socket, flags: int) -> None:
+        if self._polled.get(socket, 0) != flags:
+            if flags:
+                self.poller.register(socket, flags)
+                self._polled[socket] = flags
+            else:
+                self.poller.unregister(socket)
+                del self._polled[socket]
 
-    def _timed(self, activity: str) -> ContextManager[None]:
-        return self.session.timeline(activity) if self.session is not None else nullcontext()
-
-    def _handle(self, socket: zmq.Socket, handler: Callable[[list], None], activity: Optional[str] = None) -> None:
-        """Receive one message and hand it over; data handlers time their own parts, others count as `activity`."""
-        with self._timed("transport"):
-            try:
-                frames = receive_frames(socket, zmq.NOBLOCK)
-            except zmq.Again:  # readable without a message (e.g. a security handshake): nothing to do
-                return
-        self._guarded(lambda: handler(frames), activity)
-
-    def _guarded(self, work: Callable[[], object], activity: Optional[str] = None) -> None:
-        """Run one piece of the job's work: bad input is refused, a job that ended is let go, anything else
-        is the stage's own failure."""
+    def _take_control(self, events: dict) -> None:
+        if self.wakeup.fd in events:
+            self.wakeup.drain()
+        if self.control not in events:
+            return
         try:
-            with self._timed(activity) if activity else nullcontext():
-                work()
+            frames = self.control.recv_multipart(zmq.NOBLOCK, copy=False)
+        except zmq.Again:  # readable without a message (e.g. a security handshake): nothing to do
+            return
+        self._guarded(lambda: self._on_control(frames))
+        if self.session is not None:
+            self.session.timeline.lap("control")
+
+    def _take(self, session: Session, socket: zmq.Socket, handler: Callable[[Session, list], datapath.Steps]) -> None:
+        """One data message through its handler, the outboxes written at each of the handler's yields."""
+        try:
+            frames = socket.recv_multipart(zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return
+        session.timeline.lap("receive")
+
+        def steps() -> None:
+            for _ in handler(session, frames):
+                session.write()
+        self._guarded(steps)
+
+    def _guarded(self, work: Callable[[], object]) -> None:
+        """Run one piece of the job's work: bad input is refused, anything else is the stage's own failure."""
+        try:
+            work()
         except (ProtocolError, Rejected, ConfigError) as error:
             self._reject(type(error).__name__, str(error), getattr(error, "lost", None))
-        except SessionEnded:
-            pass
         except Exception as error:  # the stage's own code failed (or produced NaN): the run cannot go on
-            self._stage_failed(error)
-
-    def _while_blocked(self, socket: zmq.Socket) -> None:
-        """A send waits: answer control requests meanwhile; end the wait if the job ends."""
-        poller = zmq.Poller()
-        poller.register(socket, zmq.POLLOUT)
-        poller.register(self.control, zmq.POLLIN)
-        if self.control in dict(poller.poll(POLL_SECONDS * 1000)):
-            try:
-                self._on_control(receive_frames(self.control, zmq.NOBLOCK))
-            except zmq.Again:
-                pass
-        session = self.session
-        if session is not None:
-            self._coordinator_silent(session, " while this stage waited to send")
-        if self.session is not session or session is None:
-            raise SessionEnded
+            if self.session is None:  # no stage to fail: a command that could not be carried out
+                self._reject(type(error).__name__, str(error))
+            else:
+                self._stage_failed(error)
 
     def _reject(self, category: str, text: str, lost: Optional[Message] = None) -> None:
         """Bad input: counted, logged within limits, and the worker goes on; a lost batch is reported at once."""
@@ -182,17 +233,8 @@ class Worker:
         text = f"{type(error).__name__}: {error}"
         log.error("stage %d (%s) failed: %s", session.config.index, session.config.spec.kind, text, exc_info=error)
         session.failure = text[:2000]
-        session.link.drop()  # a failed stage sends no more data, held or not
+        session.outboxes.drop()  # a failed stage sends no more data
         session.notify(Kind.ERROR, {"fatal": True, "error": session.failure, "stage_kind": session.config.spec.kind})
-
-    # -- the three sockets ---------------------------------------------------------
-
-    def _on_forward(self, frames: list) -> None:
-        datapath.on_forward(self.session, frames)
-
-    def _on_backward(self, frames: list) -> None:
-        if datapath.on_backward(self.session, frames):
-            self._release_flush_waiters()
 
     def _on_control(self, frames: list) -> None:
         identity, request = frames[0].bytes, frames[1:]
@@ -201,20 +243,24 @@ class Worker:
         except (DniError, ValueError, TypeError, OSError) as error:
             self.refusals.refuse(type(error).__name__, f"control request: {error}")
             reply = Message(Kind.REPLY, meta={"ok": False, "error": f"{type(error).__name__}: {error}"})
-        if reply is not None:
+        except Exception as error:  # answered, then handled as the failure it is
+            send_message(self.control, Message(Kind.REPLY, meta={"ok": False, "error": f"{type(error).__name__}: {error}"}),
+                         [identity])
+            raise
+        if reply is not None:  # a ROUTER never waits to send: a reply to a peer gone is dropped
             send_message(self.control, reply, [identity])
 
-    def _release_flush_waiters(self) -> None:
-        for identity in self.session.flush_waiters:
+    def _release_flush_waiters(self, session: Session) -> None:
+        for identity in session.flush_waiters:
             send_message(self.control, Message(Kind.REPLY, meta={"ok": True}), [identity])
-        self.session.flush_waiters.clear()
+        session.flush_waiters.clear()
 
     # -- sessions (what the control commands start and end) -------------------------
 
     def start_session(self, config: StageAssignment) -> Session:
         if self.session is not None:
             self.end_session(f"reconfigured for job {config.job}", EXIT_STOPPED, keep_serving=True)
-        self.session = Session(self.context, config, self.limits, self.refusals, self._while_blocked)
+        self.session = Session(self.context, config, self.limits, self.refusals)
         log.info("stage %d of job %s: %s, output %s", config.index, config.job, config.spec.kind, self.session.output_shape)
         return self.session
 
@@ -222,6 +268,8 @@ class Worker:
         if self.session is not None:
             level = logging.INFO if exit_code == EXIT_STOPPED else logging.ERROR
             log.log(level, "ending job %s (stage %d): %s", self.session.config.job, self.session.config.index, why)
+            for socket in list(self._polled):
+                self._poll_for(socket, 0)
             self.session.close()
             self.session = None
         if not keep_serving and self.once:

@@ -1,7 +1,7 @@
 """`dni bench transport --link-delay-ms D`: one-way delivery latency through the emulated link, against none.
 
-Both ends send as a worker does: the message goes into a `DelayQueue`,
-stamped with the time it was handed over, and the sender's loop sends it
+Both ends send as a worker does: the message goes into an `Outbox`,
+stamped with the time it was handed over, and the sender's loop writes it
 when due, polling no longer than until then. The receiver subtracts the stamp
 from its arrival time, so each hop is measured on its own, not as half a
 round trip; both processes read the same CLOCK_MONOTONIC, being on one host.
@@ -17,7 +17,7 @@ from typing import Any
 
 import zmq
 
-from dni.protocol import DelayQueue, Message, receive_message, send_message
+from dni.protocol import Message, Outbox, receive_message
 from dni.protocol.linkdelay import describe, poll_within
 
 __all__ = ["WARM_UP", "delivery_row", "one_way_latencies"]
@@ -26,9 +26,9 @@ WARM_UP = 10  # exchanges not counted
 REPLY_SECONDS = 10.0  # an echo that does not answer this long has died
 
 
-def _hand_over(link: DelayQueue, socket: zmq.Socket, message: Message) -> None:
+def _hand_over(link: Outbox, message: Message) -> None:
     message.meta["sent_at"] = time.monotonic()
-    link.put(socket, message)
+    link.put(message)
 
 
 def _echo(address: str, delay: float, count: int) -> None:
@@ -36,13 +36,13 @@ def _echo(address: str, delay: float, count: int) -> None:
     context = zmq.Context()
     socket = context.socket(zmq.PAIR)
     socket.bind(address)
-    link, received = DelayQueue(delay), 0
-    while received < count or link:
-        link.send_due(send_message)
-        if poll_within(socket.poll, link.timeout(1.0)):
+    link, received = Outbox(socket, delay), 0
+    while received < count or len(link):
+        link.write()
+        if poll_within(socket.poll, _timeout(link)):
             message = receive_message(socket)
             message.meta["forward"] = time.monotonic() - message.meta["sent_at"]
-            _hand_over(link, socket, message)
+            _hand_over(link, message)
             received += 1
     socket.close(linger=1000)
     context.term()
@@ -55,13 +55,14 @@ def one_way_latencies(address: str, message: Message, delay: float, count: int) 
     context = zmq.Context()
     socket = context.socket(zmq.PAIR)
     socket.connect(address)
-    link, times = DelayQueue(delay), []
+    link, times = Outbox(socket, delay), []
     try:
         for index in range(count + WARM_UP):
-            _hand_over(link, socket, Message(message.kind, message.job, index, index, 0, {}, message.tensors))
+            _hand_over(link, Message(message.kind, message.job, index, index, 0, {}, message.tensors))
             deadline = time.monotonic() + REPLY_SECONDS
-            while not poll_within(socket.poll, link.timeout(1.0)):
-                link.send_due(send_message)
+            link.write()
+            while not poll_within(socket.poll, _timeout(link)):
+                link.write()
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"the echo at {address} did not answer within {REPLY_SECONDS:.0f}s")
             reply = receive_message(socket)
@@ -72,6 +73,11 @@ def one_way_latencies(address: str, message: Message, delay: float, count: int) 
         context.term()
         server.join(10)
     return times
+
+
+def _timeout(link: Outbox) -> float:
+    due = link.next_due()
+    return 1.0 if due is None else min(1.0, max(0.0, due - time.monotonic()))
 
 
 def delivery_row(name: str, delayed: list[float], baseline: list[float], delay_ms: float) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from dni.coordinator.results import read_metrics
 from dni.coordinator.run import run_job
 from dni.errors import ConfigError
 from dni.spec import MODE_NAMES, Mode
-from dni.workers.timing import ACTIVITIES, COMPUTE
+from dni.workers.timing import ACTIVITIES, grouped
 
 __all__ = ["EMULATED_FORWARD_MS", "balanced_job", "measure", "parse_lists", "print_report", "run_speedup", "time_to_accuracy"]
 
@@ -80,7 +80,7 @@ def _pipeline_result(run: Path, summary: dict[str, Any], targets: list[float]) -
     for metrics in summary["worker_metrics"]:
         wall = metrics["wall"]
         fractions = {activity: metrics["time"].get(activity, 0.0) / wall for activity in ACTIVITIES}
-        fractions["compute"] = sum(fractions[a] for a in COMPUTE)
+        fractions.update({group: seconds / wall for group, seconds in grouped(metrics["time"]).items()})
         fractions["unaccounted"] = 1.0 - sum(fractions[a] for a in ACTIVITIES)
         workers.append({"stage": metrics["stage"], "fractions": fractions, "staleness": metrics["staleness"]})
     return {

@@ -9,12 +9,15 @@ from dni.coordinator.plots import save_figure  # first: it selects the Agg backe
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
+from dni.workers.timing import TRANSPORT  # noqa: E402
+
 __all__ = ["COLOURS", "plot_scaling", "plot_timelines", "window_of"]
 
 COLOURS = {
-    "forward": "#1f77b4", "backward": "#ff7f0e", "synthesizer": "#2ca02c", "transport": "#9467bd",
-    "wait_input": "#d9d9d9", "wait_gradient": "#f4a6a6", "control": "#8c564b",
+    "forward": "#1f77b4", "synthetic": "#17becf", "backward": "#ff7f0e", "synthesizer": "#2ca02c", "optimizer": "#bcbd22",
+    "transport": "#9467bd", "wait_input": "#d9d9d9", "wait_gradient": "#f4a6a6", "wait_send": "#e377c2", "control": "#8c564b",
 }
+SHOWN_AS = {activity: "transport" for activity in TRANSPORT}  # the parts of moving a message, drawn as one
 
 
 def window_of(spans: list[list[list[Any]]], start_fraction: float, duration: float) -> tuple[float, float]:
@@ -32,7 +35,8 @@ def plot_timelines(runs: Sequence[tuple[str, list[list[list[Any]]]]], output: Pa
         begin, end = window_of(spans, 0.3, duration)
         for row, worker in enumerate(spans):
             for activity, colour in COLOURS.items():
-                bars = [(max(s, begin) - begin, min(e, end) - max(s, begin)) for a, s, e in worker if a == activity and e > begin and s < end]
+                bars = [(max(s, begin) - begin, min(e, end) - max(s, begin)) for a, s, e in worker
+                        if SHOWN_AS.get(a, a) == activity and e > begin and s < end]
                 if bars:
                     axis.broken_barh(bars, (row - 0.4, 0.8), facecolors=colour)
         axis.set_yticks(range(len(spans)), [f"stage {i}" for i in range(len(spans))])

@@ -28,7 +28,7 @@ class FakeHost:
         self.session = SimpleNamespace(
             config=SimpleNamespace(job=JOB), last_heard=0.0, flush_waiters=[], output_shape=(10,), device="cpu",
             compute=SimpleNamespace(in_flight=in_flight, steps=7, state=lambda: {}),
-            metrics=lambda: {"steps": 7}, timeline=SimpleNamespace(span_arrays=lambda: {"span_time": np.zeros((0, 2))}),
+            metrics=lambda profile=False: {"steps": 7}, timeline=SimpleNamespace(span_arrays=lambda: {"span_time": np.zeros((0, 2))}),
         ) if configured else None
 
     def start_session(self, config):
@@ -130,7 +130,7 @@ def test_a_worker_answers_an_unknown_command_with_an_error_and_counts_the_refusa
     try:
         client.connect(worker.endpoints.control)
         send_message(client, control("dance"))
-        worker._serve_once()
+        worker.turn()
         assert client.poll(5000)
         reply = receive_message(client)
         assert reply.meta == {"ok": False, "error": "Rejected: unknown control command 'dance'"}

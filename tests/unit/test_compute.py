@@ -156,8 +156,10 @@ def test_the_first_stage_computes_no_input_gradient():
 
 def test_adam_is_the_optimizer_when_named():
     compute, reference = stage(Mode.SG, optimizer="adam")
-    module_adam = torch.optim.Adam(reference.module.parameters(), lr=LR)
-    synthesizer_adam = torch.optim.Adam(reference.synthesizer.parameters(), lr=LR)
+    # fused, as the stage's: Adam amplifies the rounding noise of a bias before BatchNorm (its gradient is ~1e-9),
+    # where the fused kernel's rounding differs from the per-parameter loop's
+    module_adam = torch.optim.Adam(reference.module.parameters(), lr=LR, fused=True)
+    synthesizer_adam = torch.optim.Adam(reference.synthesizer.parameters(), lr=LR, fused=True)
     for step in range(2):
         x, labels = batch(step)
         h = compute.forward(step, x.clone(), labels)
@@ -409,8 +411,11 @@ def test_every_compute_activity_is_timed():
     h = compute.forward(0, *batch())
     compute.update_after_forward(0)
     compute.receive_target(0, target_like(h))
-    assert {"forward", "backward", "synthesizer"} <= set(compute.time.totals)
-    assert all(compute.time.totals[activity] > 0 for activity in ("forward", "backward", "synthesizer"))
+    assert all(compute.time.totals[activity] > 0 for activity in ("forward", "synthetic", "synthesizer", "optimizer"))
+    locked, _ = stage(Mode.BACKPROP)
+    h = locked.forward(0, *batch())
+    locked.receive_target(0, target_like(h))
+    assert all(locked.time.totals[activity] > 0 for activity in ("forward", "backward", "optimizer"))
 
 
 def test_state_holds_the_module_and_the_synthesizer():

@@ -10,9 +10,15 @@ from dni.errors import ConfigError
 from dni.workers.devices import resolve_device, synchronizer, to_device, to_host
 
 
-def test_a_received_array_is_copied_once_into_a_writable_tensor():
+def test_a_received_array_becomes_a_tensor_without_a_copy():
+    frame = np.arange(12, dtype=np.float32).reshape(3, 4)  # as decoded from a ZeroMQ frame: writable memory of ours
+    tensor = to_device(frame, "cpu")
+    assert np.shares_memory(tensor.numpy(), frame)
+
+
+def test_a_read_only_array_is_copied_once_into_a_writable_tensor():
     frame = np.arange(12, dtype=np.float32).reshape(3, 4)
-    frame.flags.writeable = False  # as ZeroMQ's receive buffer
+    frame.flags.writeable = False
     tensor = to_device(frame, "cpu")
     tensor += 1
     assert tensor.tolist() == (frame + 1).tolist() and frame[0, 0] == 0

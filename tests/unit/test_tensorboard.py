@@ -8,7 +8,7 @@ import numpy as np
 from tensorboard.backend.event_processing.event_accumulator import HISTOGRAMS, SCALARS, EventAccumulator
 
 from dni.coordinator.tensorboard import TensorBoardLog
-from dni.workers.timing import ACTIVITIES
+from dni.workers.timing import ACTIVITIES, GROUPS
 from tests.conftest import small_job
 
 
@@ -54,7 +54,7 @@ def test_writer_logs_curves_fractions_and_staleness_at_the_training_step(tmp_pat
     assert points(accumulator, "loss/test") == [(100, np.float32(0.01)), (200, np.float32(0.005))]
     assert points(accumulator, "loss/train") == [(100, np.float32(0.02)), (200, np.float32(0.01))]
     assert points(accumulator, "throughput/samples_per_second") == [(100, 1100.0), (200, 1200.0)]
-    fractions = {f"stage{stage}/fraction/{activity}" for stage in (0, 1) for activity in (*ACTIVITIES, "compute")}
+    fractions = {f"stage{stage}/fraction/{activity}" for stage in (0, 1) for activity in (*ACTIVITIES, *GROUPS)}
     assert set(accumulator.Tags()["scalars"]) == fractions | {
         "accuracy/train", "accuracy/test", "loss/train", "loss/test", "throughput/samples_per_second"}
     assert points(accumulator, "stage0/fraction/forward") == [(100, 0.25), (200, 0.25)]

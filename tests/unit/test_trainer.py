@@ -24,7 +24,7 @@ from dni.coordinator.data import test_batches as evaluation_batches  # not colle
 from dni.coordinator.pipeline import StageFailed, WorkerLost
 from dni.coordinator.results import RunFolder, read_metrics
 from dni.coordinator.trainer import MAX_RECOVERIES, STALL_SECONDS, Trainer
-from dni.protocol import DelayQueue, Endpoints, Kind, Message
+from dni.protocol import Endpoints, Kind, Message, Outboxes
 from tests.conftest import small_job
 
 JOB_ID = "unit-job"
@@ -68,7 +68,7 @@ class FakePipeline:
         self.gone_stage: Optional[int] = None
         self.reconnected: list[tuple[int, Endpoints]] = []
         self.silences_forgotten = 0
-        self.link = DelayQueue(0.0)  # the feed's emulated link, whose stats the summary reports
+        self.link = Outboxes()  # the feed's outbox, whose link stats the summary reports
 
     # -- control -------------------------------------------------------------------------------------------
 
@@ -106,6 +106,9 @@ class FakePipeline:
 
     def gone(self, grace: float = 3.0) -> Optional[int]:
         return self.gone_stage
+
+    def feed_over_bound(self) -> bool:
+        return False
 
     # -- data ----------------------------------------------------------------------------------------------
 

@@ -1,0 +1,83 @@
+"""Weight stashing for the synthesizer: each prediction keeps the weights that made it, copied only when needed.
+
+A stage trains its synthesizer on a prediction when that batch's true target
+comes back, without a second forward pass: autograd keeps the prediction's
+graph, and the graph needs the weights it was computed with (PipeDream's weight
+stashing). Those weights must not be changed in place before the target comes.
+
+- Window 1: no target can arrive between a prediction and its own target, so
+  the live synthesizer makes every prediction and nothing is copied.
+- Wider windows: predictions are made by replicas. A replica is refreshed from
+  the live weights only when they have changed since it was last filled, and
+  only once no pending prediction still uses it; all predictions between two
+  synthesizer steps share one replica. Replicas share the live module's buffers
+  (BatchNorm's running statistics), so those move exactly as they would in the
+  live module.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+__all__ = ["Replica", "WeightStash"]
+
+
+@dataclass
+class Replica:
+    module: nn.Module
+    parameters: list[torch.Tensor]
+    version: int = -1
+    users: int = 0
+
+
+class WeightStash:
+    def __init__(self, synthesizer: nn.Module, window: int) -> None:
+        self.live = synthesizer
+        self.live_parameters = list(synthesizer.parameters())
+        self.copies = window > 1
+        self.version = 0  # bumped whenever the live weights change
+        self.replicas: list[Replica] = []
+        self.refreshes = 0  # weight copies made: the stash's whole cost
+
+    def acquire(self) -> tuple[nn.Module, list[torch.Tensor], Optional[Replica]]:
+        """The module to predict with, the parameters its gradients are taken for, and the replica to release."""
+        if not self.copies:
+            return self.live, self.live_parameters, None
+        replica = self._current() or self._refreshed(self._free() or self._new())
+        replica.users += 1
+        return replica.module, replica.parameters, replica
+
+    def release(self, replica: Optional[Replica]) -> None:
+        """A prediction was trained on (or dropped): its replica may be refilled."""
+        if replica is not None:
+            replica.users -= 1
+
+    def changed(self) -> None:
+        """The live weights were just changed (an optimiser step, a restored checkpoint)."""
+        self.version += 1
+
+    def _current(self) -> Optional[Replica]:
+        return next((replica for replica in self.replicas if replica.version == self.version), None)
+
+    def _free(self) -> Optional[Replica]:
+        return next((replica for replica in self.replicas if replica.users == 0), None)
+
+    def _new(self) -> Replica:
+        module = copy.deepcopy(self.live)
+        for live, twin in zip(self.live.modules(), module.modules()):
+            for name, buffer in live._buffers.items():  # running statistics move as they would in the live module
+                twin._buffers[name] = buffer
+        replica = Replica(module, list(module.parameters()))
+        self.replicas.append(replica)
+        return replica
+
+    def _refreshed(self, replica: Replica) -> Replica:
+        with torch.no_grad():
+            torch._foreach_copy_(replica.parameters, self.live_parameters)
+        replica.version = self.version
+        self.refreshes += 1
+        return replica
