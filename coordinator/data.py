@@ -6,6 +6,7 @@ checksums differ from the official archive (such as a rebuilt CIFAR-10).
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -36,6 +37,11 @@ class Dataset:
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.train_x.shape[1:])
+
+    @functools.cached_property
+    def train_float(self) -> torch.Tensor:
+        """The training images in [0, 1], converted once (four times the memory of the bytes, none per batch)."""
+        return to_float(self.train_x)
 
     def subset(self, train: int, test: int) -> "Dataset":
         return Dataset(self.name, self.train_x[:train or None], self.train_y[:train or None],
@@ -166,7 +172,7 @@ def train_batches(data: Dataset, batch_size: int, seed: int, steps: int, start: 
                 return
             if step >= start:
                 index = order[offset:offset + batch_size]  # index_select: a tenth of the time of x[index]
-                yield epoch, to_float(data.train_x.index_select(0, index)), data.train_y.index_select(0, index)
+                yield epoch, data.train_float.index_select(0, index), data.train_y.index_select(0, index)
             step += 1
         epoch += 1
 

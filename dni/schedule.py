@@ -38,6 +38,11 @@ class Turn:
     waiting: Wait
 
 
+TAKE_ANY = Turn(batches=True, targets=True, waiting=Wait.INPUT)
+TAKE_TARGETS = Turn(batches=False, targets=True, waiting=Wait.GRADIENT)
+HELD_BACK = Turn(batches=False, targets=True, waiting=Wait.SEND)
+
+
 @dataclass(frozen=True)
 class StageSchedule:
     window: int
@@ -50,10 +55,8 @@ class StageSchedule:
 
     def turn(self, in_flight: int, outbox_over_bound: bool) -> Turn:
         if outbox_over_bound:
-            return Turn(batches=False, targets=True, waiting=Wait.SEND)
-        if in_flight < self.capacity:
-            return Turn(batches=True, targets=True, waiting=Wait.INPUT)
-        return Turn(batches=False, targets=True, waiting=Wait.GRADIENT)
+            return HELD_BACK
+        return TAKE_ANY if in_flight < self.capacity else TAKE_TARGETS
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,9 @@ from dni.protocol.messages import PROTOCOL_VERSION, Kind, Message
 __all__ = ["ALLOWED_DTYPES", "DEFAULT_LIMITS", "Limits", "decode", "encode"]
 
 ALLOWED_DTYPES = frozenset({"float16", "float32", "float64", "int32", "int64", "uint8", "bool"})
+_NAMES = {np.dtype(name): name for name in ALLOWED_DTYPES}  # dtype.name is slow; these are looked up per tensor
+_ITEMSIZES = {name: np.dtype(name).itemsize for name in ALLOWED_DTYPES}
+_KINDS = {int(kind): kind for kind in Kind}
 
 Frame = Union[bytes, memoryview, Any]  # zmq.Frame exposes .buffer
 
@@ -38,23 +41,17 @@ def encode(message: Message) -> list[Any]:
     """Frames for a ZeroMQ multipart send; tensor frames share the arrays' memory."""
     specs, frames = [], []
     for name, array in message.tensors.items():
-        array = np.asarray(array)
+        if type(array) is not np.ndarray:
+            array = np.asarray(array)
         if not array.flags.c_contiguous:
             array = np.ascontiguousarray(array)  # never for 0-d arrays, which it would turn 1-d
-        if array.dtype.name not in ALLOWED_DTYPES:
+        dtype = _NAMES.get(array.dtype)
+        if dtype is None:
             raise ProtocolError(f"tensor {name!r}: dtype {array.dtype.name} is not allowed")
-        specs.append([name, array.dtype.name, list(array.shape)])
-        frames.append(memoryview(array.reshape(-1).view(np.uint8)) if array.size else b"")
-    header = {
-        "v": PROTOCOL_VERSION,
-        "k": int(message.kind),
-        "j": message.job,
-        "b": message.batch,
-        "s": message.step,
-        "f": message.sender,
-        "m": message.meta,
-        "t": specs,
-    }
+        specs.append([name, dtype, array.shape])
+        frames.append(array.reshape(-1).view(np.uint8).data if array.size else b"")
+    header = {"v": PROTOCOL_VERSION, "k": int(message.kind), "j": message.job, "b": message.batch, "s": message.step,
+              "f": message.sender, "m": message.meta, "t": specs}
     return [msgpack.packb(header, use_bin_type=True), *frames]
 
 
@@ -117,10 +114,10 @@ def _field(header: dict[str, Any], key: str, kind: type) -> Any:
 
 def _kind(header: dict[str, Any]) -> Kind:
     value = _field(header, "k", int)
-    try:
-        return Kind(value)
-    except ValueError:
-        raise ProtocolError(f"unknown message kind {value}") from None
+    kind = _KINDS.get(value)
+    if kind is None:
+        raise ProtocolError(f"unknown message kind {value}")
+    return kind
 
 
 def _meta(header: dict[str, Any]) -> dict[str, Any]:
@@ -148,7 +145,7 @@ def _tensor_spec(spec: Any, limits: Limits) -> tuple[str, str, tuple[int, ...]]:
 def _array(name: str, dtype: str, shape: tuple[int, ...], raw: memoryview, limits: Limits) -> np.ndarray:
     if raw.nbytes > limits.max_frame_bytes:
         raise ProtocolError(f"tensor {name!r}: frame of {raw.nbytes} bytes exceeds the limit of {limits.max_frame_bytes}")
-    itemsize = np.dtype(dtype).itemsize
+    itemsize = _ITEMSIZES[dtype]
     if math.prod(size for size in shape if size) * itemsize > limits.max_frame_bytes:
         # an empty tensor may still declare sizes beyond any real array (numpy refuses to shape one)
         raise ProtocolError(f"tensor {name!r}: shape {list(shape)[:8]} declares more than {limits.max_frame_bytes} bytes")

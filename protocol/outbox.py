@@ -134,10 +134,14 @@ class Outboxes:
     """The outboxes of one side (a worker's session, the coordinator's feed), written and timed together."""
 
     def __init__(self, outboxes: Iterable[Outbox] = ()) -> None:
-        self.all: list[Outbox] = list(outboxes)
+        self.all: list[Outbox] = []
+        self.delayed = False
+        for outbox in outboxes:
+            self.add(outbox)
 
     def add(self, outbox: Outbox) -> Outbox:
         self.all.append(outbox)
+        self.delayed = self.delayed or bool(outbox.delay)
         return outbox
 
     def write(self) -> int:
@@ -151,6 +155,8 @@ class Outboxes:
 
     def timeout(self, longest: float) -> float:
         """Seconds a poll may wait: `longest`, but no longer than until a held message falls due (0 if one is)."""
+        if not self.delayed:
+            return longest
         dues = [due for due in (outbox.next_due() for outbox in self.all) if due is not None]
         if not dues:
             return longest

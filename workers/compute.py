@@ -21,21 +21,22 @@ from __future__ import annotations
 
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from dni.schedule import StageSchedule
-from dni.spec import Mode, OptimizerSpec, StageAssignment
+from dni.spec import Mode, StageAssignment
 from dni.workers.build import StageModules
 from dni.workers.interface import Shape, call_stage
 from dni.workers.losses import Loss, per_example_losses, resolve_loss
+from dni.workers.optimizers import Stepper, make_optimizer
 from dni.workers.stash import Replica, WeightStash
 from dni.workers.timing import Timeline
 
-__all__ = ["EvalResult", "LastStageResult", "Pending", "StageCompute", "make_optimizer", "score_meta"]
+__all__ = ["EvalResult", "LastStageResult", "Pending", "StageCompute", "score_meta"]
 
 
 @dataclass
@@ -79,17 +80,6 @@ class LastStageResult(EvalResult):
     upstream: Optional[torch.Tensor] = None
 
 
-def make_optimizer(spec: OptimizerSpec, parameters: Iterable[torch.Tensor], capturable: bool = False) -> torch.optim.Optimizer:
-    """Adam or SGD updating all parameters in one multi-tensor kernel (fused Adam, foreach SGD): per-parameter
-    Python loops cost more than the arithmetic on small layers. `capturable`: steps a CUDA graph can replay."""
-    parameters = list(parameters)
-    if spec.name == "sgd":
-        return torch.optim.SGD(parameters, lr=spec.lr, foreach=True)
-    if capturable:
-        return torch.optim.Adam(parameters, lr=spec.lr, capturable=True, foreach=True)
-    return torch.optim.Adam(parameters, lr=spec.lr, fused=True)
-
-
 class StageCompute:
     def __init__(self, config: StageAssignment, modules: StageModules, timeline: Timeline) -> None:
         self.config = config
@@ -103,6 +93,8 @@ class StageCompute:
         self.synthesizer_optimizer = (
             make_optimizer(config.optimizer, self.synthesizer.parameters()) if self.synthesizer else None
         )
+        self.module_step = Stepper(self.module_optimizer)
+        self.synthesizer_step = Stepper(self.synthesizer_optimizer) if self.synthesizer_optimizer else None
         self.stash = WeightStash(self.synthesizer, 1 if self.mode.locked else config.window) if self.synthesizer else None
         self.pending: OrderedDict[int, Pending] = OrderedDict()
         self.steps = 0
@@ -173,7 +165,7 @@ class StageCompute:
         """The module's optimiser step for the gradients the last call left, if it left any."""
         if self._update_due:
             self._update_due = False
-            self.module_optimizer.step()
+            self.module_step.step()
             self.time.lap("optimizer")
 
     def _predict(self, pending: Pending, h: torch.Tensor) -> torch.Tensor:
@@ -191,7 +183,7 @@ class StageCompute:
 
     def _follow_synthetic_gradient(self, pending: Pending) -> Optional[torch.Tensor]:
         predicted = self._predict(pending, pending.h.detach())
-        self.module_optimizer.zero_grad(set_to_none=True)
+        self.module_step.zero_grad()
         pending.h.backward(predicted.detach())
         return pending.x.grad if self.needs_input_grad else None
 
@@ -221,14 +213,14 @@ class StageCompute:
         for parameter, grad in zip(self.stash.live_parameters, grads):
             parameter.grad = grad
         self.time.lap("synthesizer")
-        self.synthesizer_optimizer.step()
+        self.synthesizer_step.step()
         self.stash.changed()
         self.time.lap("optimizer")
         self._synthesizer_loss = loss.detach()
         return None
 
     def _backpropagate(self, pending: Pending, gradient: torch.Tensor) -> Optional[torch.Tensor]:
-        self.module_optimizer.zero_grad(set_to_none=True)
+        self.module_step.zero_grad()
         pending.h.backward(gradient)
         self.time.lap("backward")
         self._update_due = True
@@ -247,7 +239,7 @@ class StageCompute:
         logits = call_stage(self.module, x, labels)
         losses = self._losses(logits, labels)
         self.time.lap("forward")
-        self.module_optimizer.zero_grad(set_to_none=True)
+        self.module_step.zero_grad()
         losses.sum().backward()
         self.time.lap("backward")
         self._update_due = True
@@ -283,8 +275,10 @@ class StageCompute:
 
     def restored(self) -> None:
         """The weights were replaced from a checkpoint: no stashed copy of the old ones may be used again."""
+        self.module_step.refresh()
         if self.stash is not None:
             self.stash.changed()
+            self.synthesizer_step.refresh()
 
     def state(self) -> dict[str, torch.Tensor]:
         state = {f"module.{k}": v for k, v in self.module.state_dict().items()}

@@ -12,7 +12,8 @@ stashing). Those weights must not be changed in place before the target comes.
   only once no pending prediction still uses it; all predictions between two
   synthesizer steps share one replica. Replicas share the live module's buffers
   (BatchNorm's running statistics), so those move exactly as they would in the
-  live module.
+  live module. The live parameters and each replica's lie in one buffer each,
+  so a refresh is a single copy.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ class Replica:
     parameters: list[torch.Tensor]
     version: int = -1
     users: int = 0
+    flat: Optional[torch.Tensor] = None  # all its parameters' memory, when they share one buffer
 
 
 class WeightStash:
@@ -39,6 +41,7 @@ class WeightStash:
         self.live = synthesizer
         self.live_parameters = list(synthesizer.parameters())
         self.copies = window > 1
+        self.live_flat = _flatten(self.live_parameters) if self.copies else None
         self.version = 0  # bumped whenever the live weights change
         self.replicas: list[Replica] = []
         self.refreshes = 0  # weight copies made: the stash's whole cost
@@ -72,12 +75,29 @@ class WeightStash:
             for name, buffer in live._buffers.items():  # running statistics move as they would in the live module
                 twin._buffers[name] = buffer
         replica = Replica(module, list(module.parameters()))
+        replica.flat = _flatten(replica.parameters) if self.live_flat is not None else None
         self.replicas.append(replica)
         return replica
 
     def _refreshed(self, replica: Replica) -> Replica:
         with torch.no_grad():
-            torch._foreach_copy_(replica.parameters, self.live_parameters)
+            if replica.flat is not None:
+                replica.flat.copy_(self.live_flat)
+            else:
+                torch._foreach_copy_(replica.parameters, self.live_parameters)
         replica.version = self.version
         self.refreshes += 1
         return replica
+
+
+def _flatten(parameters: list[torch.Tensor]) -> Optional[torch.Tensor]:
+    """Move the parameters into one buffer (each becomes a view of it), so that copying them all is one copy;
+    None (and nothing moved) when they differ in dtype or device."""
+    if not parameters or len({(p.dtype, p.device) for p in parameters}) != 1:
+        return None
+    flat = torch.cat([p.detach().reshape(-1) for p in parameters])
+    offset = 0
+    for parameter in parameters:
+        parameter.data = flat[offset:offset + parameter.numel()].view_as(parameter)
+        offset += parameter.numel()
+    return flat

@@ -29,7 +29,7 @@ from dni.errors import ConfigError
 from dni.protocol import free_port_block
 from dni.spec import Mode
 from dni.workers.build import build_stages
-from dni.workers.compute import make_optimizer
+from dni.workers.optimizers import make_optimizer
 
 __all__ = ["RANK_TIMEOUT", "SCHEDULES", "SCHEDULE_NAMES", "UnsupportedPipeline", "check_schedule", "run_torch_pipeline"]
 
