@@ -19,6 +19,7 @@ The worker asks what it must check (`awaits_target`, `expected_target_shape`,
 """
 from __future__ import annotations
 
+import functools
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -53,9 +54,19 @@ class Pending:
 
 @dataclass(frozen=True)
 class EvalResult:
-    """What the last stage reports of a batch: (summed loss, correct predictions) on its device, and examples."""
-    score: torch.Tensor
-    count: int
+    """What the last stage reports of a batch: its per-example losses, logits and labels, scored when asked."""
+    losses: torch.Tensor
+    logits: torch.Tensor
+    labels: torch.Tensor
+
+    @functools.cached_property
+    def score(self) -> torch.Tensor:
+        """(summed loss, correct predictions) as one float64 pair on the stage's device."""
+        return torch.stack([self.losses.sum().double(), (self.logits.argmax(1) == self.labels).sum().double()])
+
+    @property
+    def count(self) -> int:
+        return len(self.labels)
 
     @property
     def loss_sum(self) -> float:
@@ -248,7 +259,7 @@ class StageCompute:
             upstream = losses.detach()[:, None]
         elif self.needs_input_grad:
             upstream = x.grad
-        return LastStageResult(_score(losses.detach(), logits.detach(), labels), len(labels), upstream)
+        return LastStageResult(losses.detach(), logits.detach(), labels, upstream)
 
     @torch.no_grad()
     def evaluate(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -264,7 +275,7 @@ class StageCompute:
     def evaluate_last(self, x: torch.Tensor, labels: torch.Tensor) -> EvalResult:
         """The last stage's evaluation of a batch with the job's loss."""
         logits = self.evaluate(x, labels)
-        result = EvalResult(_score(self._losses(logits, labels), logits, labels), len(labels))
+        result = EvalResult(self._losses(logits, labels), logits, labels)
         self.time.lap("forward")
         return result
 
@@ -285,8 +296,3 @@ class StageCompute:
         if self.synthesizer is not None:
             state.update({f"synthesizer.{k}": v for k, v in self.synthesizer.state_dict().items()})
         return state
-
-
-def _score(losses: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """(summed loss, correct predictions) as one float64 pair on the stage's device."""
-    return torch.stack([losses.sum().double(), (logits.argmax(1) == labels).sum().double()])

@@ -21,7 +21,7 @@ from typing import Iterator, Optional
 import torch
 
 from dni.protocol import Kind, Message, decode
-from dni.workers.compute import score_meta
+from dni.workers.compute import EvalResult, score_meta
 from dni.workers.devices import arrays_on_host, to_device
 from dni.workers.session import Session
 from dni.workers.validation import check_fresh, check_inputs, check_kind, check_origin, check_target
@@ -57,7 +57,9 @@ def on_forward(session: Session, frames: list) -> Steps:
         return
     if config.is_last:
         result = compute.last_step(x, labels)
-        _report(session, Kind.TRAIN_RESULT, message.batch, {}, result.score, result.count, result.upstream)
+        _send_upstream(session, message.batch, result.upstream)
+        yield  # the target first: the stage above waits for it, the coordinator only counts the result
+        _report(session, Kind.TRAIN_RESULT, message.batch, {}, result)
         yield
         compute.apply_update()
         return
@@ -74,19 +76,15 @@ def _evaluate(session: Session, message: Message, x: torch.Tensor, labels: torch
         output = session.compute.evaluate(x, labels)
         session.send(session.downstream, Kind.EVAL, message.batch, message.meta, {"x": output, "labels": labels})
         return
-    result = session.compute.evaluate_last(x, labels)
-    _report(session, Kind.EVAL_RESULT, message.batch, message.meta, result.score, result.count, None)
+    _report(session, Kind.EVAL_RESULT, message.batch, message.meta, session.compute.evaluate_last(x, labels))
 
 
-def _report(session: Session, kind: Kind, batch: int, meta: dict, score: torch.Tensor, count: int,
-            upstream: Optional[torch.Tensor]) -> None:
-    """The last stage's result to the coordinator and its target upstream, copied to the host together."""
-    arrays = arrays_on_host({"score": score} if upstream is None else {"score": score, "target": upstream})
+def _report(session: Session, kind: Kind, batch: int, meta: dict, result: EvalResult) -> None:
+    """The last stage's score of a batch, to the coordinator."""
+    score = arrays_on_host({"score": result.score})["score"]
     session.timeline.lap("to_host")
-    session.check_finite_output("loss", arrays["score"], batch)
-    session.send(session.report, kind, batch, {**meta, **score_meta(arrays["score"], count)})
-    if upstream is not None and session.upstream is not None:
-        session.send(session.upstream, Kind.BACKWARD, batch, {}, {"target": torch.from_numpy(arrays["target"])})
+    session.check_finite_output("loss", score, batch)
+    session.send(session.report, kind, batch, {**meta, **score_meta(score, result.count)})
 
 
 def on_backward(session: Session, frames: list) -> Steps:

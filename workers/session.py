@@ -70,11 +70,11 @@ class Session:
             except (OSError, RuntimeError, KeyError, ValueError) as error:
                 raise ConfigError(f"cannot restore stage {config.index} from {config.restore}: {error}") from error
         delay = config.link_delay_ms / 1000
-        self.outboxes = Outboxes()
+        self.outboxes = Outboxes()  # written in this order: neighbours first, the coordinator only counts results
+        self.upstream = self._outbox(context, config.upstream, delay, "upstream")
+        self.downstream = self._outbox(context, config.downstream, delay, "downstream")
         self.report_socket = self._connect(context, config.coordinator, limits)
         self.report = self.outboxes.add(Outbox(self.report_socket, delay, name="coordinator"))
-        self.downstream = self._outbox(context, config.downstream, delay, "downstream")
-        self.upstream = self._outbox(context, config.upstream, delay, "upstream")
         self.messages: Counter[str] = Counter()
         self.flush_waiters: list[bytes] = []  # control identities owed a reply once no batch awaits its target
         self.failure: Optional[str] = None
