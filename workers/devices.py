@@ -19,6 +19,7 @@ from dni.errors import ConfigError
 
 __all__ = ["DEVICE_PATTERN", "arrays_on_host", "launched_local_rank", "resolve_device", "synchronizer", "to_device", "to_host"]
 
+ALIGNMENT = 64  # bytes: torch's own CPU allocations
 DEVICE_PATTERN = re.compile(r"^(cpu|auto|cuda(:\d+)?)$")
 
 
@@ -50,14 +51,18 @@ def launched_local_rank() -> Optional[int]:
 def to_device(array: np.ndarray, device: str) -> torch.Tensor:
     """A received array as a tensor on `device`.
 
-    On the CPU the tensor shares the array's memory: the received message's
-    buffer, which is this worker's own and lives as long as the tensor (an
-    array numpy holds read-only is copied). For a GPU it is copied once into
+    On the CPU the tensor shares the array's memory where it can: the received
+    message's buffer, which is this worker's own and lives as long as the
+    tensor. A frame ZeroMQ placed off a 64-byte boundary (or read-only) is
+    copied, since CPU kernels may round differently on unaligned memory and
+    the pipeline must compute exactly what one process computes. For a GPU it is copied once into
     page-locked memory, from where the copy to the device overlaps with
     whatever the host does next.
     """
     if device == "cpu":
-        return torch.from_numpy(array if array.flags.writeable else array.copy())
+        if array.flags.writeable and array.ctypes.data % ALIGNMENT == 0:
+            return torch.from_numpy(array)
+        return torch.tensor(array)  # aligned as torch aligns: a kernel's rounding may depend on it
     staging = torch.empty(array.shape, dtype=getattr(torch, array.dtype.name), pin_memory=True)
     staging.numpy()[...] = array
     return staging.to(device, non_blocking=True)

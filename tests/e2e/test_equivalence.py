@@ -33,9 +33,15 @@ def reference_batches(job, data_root: Path):
     return [(x, y) for _, x, y in train_batches(data, job.batch_size, job.seed, job.iterations)], data.input_shape
 
 
+# Adam as the stages run it, fused: a bias before BatchNorm has a gradient of rounding noise (~1e-9), which Adam
+# amplifies to whole steps, so a differently rounded Adam would part ways there.
+def adam(parameters, lr):
+    return torch.optim.Adam(parameters, lr=lr, fused=True)
+
+
 def train_backprop(stages, batches, lr):
     network = torch.nn.Sequential(*(stage.module for stage in stages))
-    optimizer = torch.optim.Adam(network.parameters(), lr=lr)
+    optimizer = adam(network.parameters(), lr)
     for x, y in batches:
         optimizer.zero_grad()
         F.cross_entropy(network(x), y, reduction="sum").backward()
@@ -43,8 +49,8 @@ def train_backprop(stages, batches, lr):
 
 
 def train_dni(stages, batches, lr):
-    layers = [torch.optim.Adam(stage.module.parameters(), lr=lr) for stage in stages]
-    synths = [torch.optim.Adam(stage.synthesizer.parameters(), lr=lr) for stage in stages[:-1]]
+    layers = [adam(stage.module.parameters(), lr) for stage in stages]
+    synths = [adam(stage.synthesizer.parameters(), lr) for stage in stages[:-1]]
     for x, y in batches:
         inputs, outputs, targets = [], [], []
         for index, stage in enumerate(stages):

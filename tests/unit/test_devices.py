@@ -10,10 +10,17 @@ from dni.errors import ConfigError
 from dni.workers.devices import resolve_device, synchronizer, to_device, to_host
 
 
-def test_a_received_array_becomes_a_tensor_without_a_copy():
-    frame = np.arange(12, dtype=np.float32).reshape(3, 4)  # as decoded from a ZeroMQ frame: writable memory of ours
+def test_a_received_array_on_a_64_byte_boundary_becomes_a_tensor_without_a_copy():
+    frame = torch.arange(12, dtype=torch.float32).numpy().reshape(3, 4)  # torch's allocations are 64-byte aligned
+    assert frame.ctypes.data % 64 == 0
+    assert np.shares_memory(to_device(frame, "cpu").numpy(), frame)
+
+
+def test_an_array_off_the_boundary_is_copied_into_aligned_memory():
+    buffer = torch.zeros(13).numpy()
+    frame = buffer[1:]  # 4 bytes off the boundary, as ZeroMQ may place a frame inside its receive buffer
     tensor = to_device(frame, "cpu")
-    assert np.shares_memory(tensor.numpy(), frame)
+    assert tensor.data_ptr() % 64 == 0 and not np.shares_memory(tensor.numpy(), buffer)
 
 
 def test_a_read_only_array_is_copied_once_into_a_writable_tensor():
