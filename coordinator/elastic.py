@@ -176,6 +176,7 @@ class Rank:
         self.record = WorkerRecord(rank, self.worker.endpoints, socket.gethostname(), os.getpid(), new_nonce())
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._on_signal)
+        signal.set_wakeup_fd(self.worker.wakeup.writer, warn_on_full_buffer=False)  # a signal ends the worker's wait
         log.info("rank %d serves %s", rank, self.record)
         if rank == 0:
             rendezvous.publish(attempt, self.record)

@@ -24,7 +24,7 @@ JOB_KEYS = {
     "data_root": str, "results": str, "train_subset": int, "test_subset": int, "verify_data": bool,
     "download": bool, "record_spans": bool, "nonfinite": str, "checkpoint_every": int, "optimizer": dict, "stages": list,
     "keys": str, "insecure": bool, "time_limit": int, "tensorboard": str, "loss": str, "rejoin_seconds": int,
-    "link_delay_ms": float, "stop_at_accuracy": float, "profile": bool,
+    "link_delay_ms": float, "stop_at_accuracy": float, "profile": bool, "cuda_graphs": bool,
 }
 
 
@@ -52,6 +52,7 @@ class Job:
     download: bool = True
     record_spans: bool = False
     profile: bool = False  # each worker runs under cProfile; summary.json's worker_metrics carry its hottest functions
+    cuda_graphs: bool = True  # CUDA stages replay their training passes as CUDA graphs (a last partial batch runs eagerly)
     nonfinite: str = "reject"  # a tensor with NaN/Inf arriving at a worker: reject the message, or count it
     checkpoint_every: int = 1000  # steps between checkpoints of every stage (0: only at the end)
     keys: str = ""  # CURVE key directory made by `dni keys DIR`; required when an address reaches beyond loopback

@@ -112,6 +112,7 @@ class Trainer:
                 downstream=endpoints[index + 1].forward if index + 1 < len(endpoints) else None,
                 record_spans=self.job.record_spans, nonfinite=self.job.nonfinite, loss=self.job.loss,
                 link_delay_ms=float(self.job.link_delay_ms), profile=self.job.profile,
+                cuda_graphs=self.job.cuda_graphs,
                 restore=str(self.checkpoints.stage(index)) if restore else None,
             )
             reply = self.pipeline.request(index, "configure", {"config": config.to_wire()}, timeout=120)

@@ -123,6 +123,7 @@ class StageAssignment:
     loss: str = "cross_entropy"  # the last stage's per-example loss (missing on the wire: the default)
     link_delay_ms: float = 0.0  # emulated link delay: every data message this stage sends leaves this late (missing: 0)
     profile: bool = False  # run the stage under cProfile; its `metrics` reply then carries the hottest functions
+    cuda_graphs: bool = True  # on a CUDA device, replay the training passes as CUDA graphs (see workers/graphs.py)
 
     @property
     def is_first(self) -> bool:
@@ -171,6 +172,7 @@ class StageAssignment:
                 loss=check_loss(wire.get("loss", "cross_entropy")),
                 link_delay_ms=check_link_delay(wire.get("link_delay_ms", 0.0)),
                 profile=check_type("profile", wire.get("profile", False), bool),
+                cuda_graphs=check_type("cuda_graphs", wire.get("cuda_graphs", True), bool),
             )
         except (KeyError, TypeError, AttributeError) as error:
             raise ConfigError(f"stage config is incomplete or malformed: {error}") from error

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from dni.schedule import StageSchedule
 from dni.spec import Mode, StageAssignment
 from dni.workers.build import StageModules
+from dni.workers.graphs import GraphedCall, Unconditioned
 from dni.workers.interface import Shape, call_stage
 from dni.workers.losses import Loss, per_example_losses, resolve_loss
 from dni.workers.optimizers import Stepper, make_optimizer
@@ -107,6 +108,7 @@ class StageCompute:
         self.module_step = Stepper(self.module_optimizer)
         self.synthesizer_step = Stepper(self.synthesizer_optimizer) if self.synthesizer_optimizer else None
         self.stash = WeightStash(self.synthesizer, 1 if self.mode.locked else config.window) if self.synthesizer else None
+        self.graphed_module, self.graphed_synthesizer = self._graphs(config)
         self.pending: OrderedDict[int, Pending] = OrderedDict()
         self.steps = 0
         self.staleness: Counter[int] = Counter()
@@ -114,6 +116,23 @@ class StageCompute:
         self._update_due = False
         self.needs_input_grad = not config.is_first and self.mode in (Mode.BACKPROP, Mode.SG, Mode.CDNI)
         self.schedule = StageSchedule(config.window, self.mode.locked)
+
+    def _graphs(self, config: StageAssignment) -> tuple[Optional[GraphedCall], Optional[GraphedCall]]:
+        """CUDA graphs for the module, and for the synthesizer where a window of one batch allows (workers/graphs.py)."""
+        parameters = list(self.module.parameters())
+        if not (config.cuda_graphs and parameters and parameters[0].is_cuda):
+            return None, None
+        where = f"stage {config.index} ({config.spec.kind})"
+        module = GraphedCall(self.module, where)
+        if self.synthesizer is None or self.stash.copies or self.mode.synthetic_loss:
+            return module, None
+        synthesizer = self.synthesizer if self.mode.conditioned else Unconditioned(self.synthesizer)
+        return module, GraphedCall(synthesizer, f"{where}, synthesizer")
+
+    def _run_module(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.graphed_module is None:
+            return call_stage(self.module, x, labels)
+        return self.graphed_module(x, labels) if getattr(self.module, "wants_labels", False) else self.graphed_module(x)
 
     @property
     def synthesizer_loss(self) -> float:
@@ -145,7 +164,7 @@ class StageCompute:
             self.time.lap("forward")
             return h
         x.requires_grad_(self.needs_input_grad)
-        h = call_stage(self.module, x, labels)
+        h = self._run_module(x, labels)
         condition = F.one_hot(labels, self.config.num_classes).float() if self.mode.conditioned else None
         self.pending[batch] = Pending(x, h, condition, self.steps)
         self.time.lap("forward")
@@ -188,7 +207,10 @@ class StageCompute:
         weights are the live ones and this is the reference's update.
         """
         module, pending.weights, pending.replica = self.stash.acquire()
-        prediction = module(h, pending.condition)
+        if self.graphed_synthesizer is not None:
+            prediction = self.graphed_synthesizer(h, pending.condition) if self.mode.conditioned else self.graphed_synthesizer(h)
+        else:
+            prediction = module(h, pending.condition)
         pending.prediction = prediction.square() if self.mode.synthetic_loss else prediction
         return pending.prediction
 
@@ -247,7 +269,7 @@ class StageCompute:
         """`train_last` but for the optimiser step (`apply_update`), so the result and target can travel first."""
         self.steps += 1
         x.requires_grad_(self.needs_input_grad)
-        logits = call_stage(self.module, x, labels)
+        logits = self._run_module(x, labels)
         losses = self._losses(logits, labels)
         self.time.lap("forward")
         self.module_step.zero_grad()

@@ -60,9 +60,10 @@ def to_device(array: np.ndarray, device: str) -> torch.Tensor:
     whatever the host does next.
     """
     if device == "cpu":
-        if array.flags.writeable and array.ctypes.data % ALIGNMENT == 0:
-            return torch.from_numpy(array)
-        return torch.tensor(array)  # aligned as torch aligns: a kernel's rounding may depend on it
+        if not array.flags.writeable:
+            return torch.tensor(array)
+        tensor = torch.from_numpy(array)
+        return tensor if array.ctypes.data % ALIGNMENT == 0 else tensor.clone()  # kernels may round by alignment
     staging = torch.empty(array.shape, dtype=getattr(torch, array.dtype.name), pin_memory=True)
     staging.numpy()[...] = array
     return staging.to(device, non_blocking=True)

@@ -65,17 +65,20 @@ class Stepper:
         if isinstance(self.optimizer, torch.optim.SGD):
             lr = group["lr"]
             return lambda grads: torch._foreach_add_(parameters, grads, alpha=-lr)
+        if group["amsgrad"] or group["maximize"] or not group.get("fused"):
+            return lambda grads: self.optimizer.step()
         states = [self.optimizer.state[parameter] for parameter in parameters]
         averages = [state["exp_avg"] for state in states]
         squares = [state["exp_avg_sq"] for state in states]
-        steps = [state["step"] for state in states]
+        counter = torch.stack([state["step"] for state in states])  # one add a step instead of one per parameter
+        steps = list(counter.unbind())
+        for state, step in zip(states, steps):
+            state["step"] = step
         beta1, beta2 = group["betas"]
         settings = dict(amsgrad=False, lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"],
                         eps=group["eps"], maximize=False, grad_scale=None, found_inf=None)
-        if group["amsgrad"] or group["maximize"] or not group.get("fused"):
-            return lambda grads: self.optimizer.step()
 
         def adam(grads: list[torch.Tensor]) -> None:
-            torch._foreach_add_(steps, 1)
+            counter.add_(1)
             torch._fused_adam_(parameters, grads, averages, squares, [], steps, **settings)
         return adam

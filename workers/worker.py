@@ -37,7 +37,7 @@ from dni.workers.commands import answer
 from dni.workers.session import COORDINATOR_TIMEOUT, EXIT_COORDINATOR_SILENT, EXIT_STOPPED, NonFiniteOutput, Session
 from dni.workers.validation import Rejected
 
-__all__ = ["EXIT_COORDINATOR_SILENT", "EXIT_STOPPED", "NonFiniteOutput", "Rejected", "Wakeup", "Worker", "serve"]
+__all__ = ["EXIT_COORDINATOR_SILENT", "EXIT_STOPPED", "NonFiniteOutput", "Rejected", "Wakeup", "Worker"]
 
 log = logging.getLogger("dni.worker")
 POLL_SECONDS = 1.0
@@ -286,7 +286,3 @@ def _bound_address(socket: zmq.Socket) -> str:
 def _write_ready_file(path: Path, endpoints: Endpoints) -> None:
     """Tell whoever started this worker where it listens; written whole or not at all."""
     write_text_atomically(path, json.dumps({"pid": os.getpid(), **endpoints.__dict__}))
-
-
-def serve(bind: str, once: bool = False, keys: Optional[Keys] = None, ready_file: Optional[str] = None) -> int:
-    return Worker(bind, once, keys=keys, ready_file=ready_file).serve()

@@ -1,0 +1,65 @@
+"""workers/graphs.py: a stage's training passes replayed as CUDA graphs compute what the eager stage computes.
+
+The graph tests need a CUDA device and skip without one, saying so; on the CPU a stage is never graphed.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dni.spec import Mode, OptimizerSpec, StageAssignment, StageSpec, SynthesizerSpec
+from dni.workers.build import build_stage
+from dni.workers.compute import StageCompute
+from dni.workers.timing import Timeline
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none visible)")
+HIDDEN = StageSpec("linear_bn_relu", {"features": 16}, SynthesizerSpec("mlp", {"hidden": 32, "layers": 2}))
+
+
+def stage(mode: Mode, device: str, graphs: bool, window: int = 1) -> StageCompute:
+    config = StageAssignment(job="unit", index=1, num_stages=3, spec=HIDDEN, mode=mode, input_shape=(8,), num_classes=4,
+                             optimizer=OptimizerSpec("adam", 1e-2), seed=3, window=window, threads=1,
+                             coordinator="inproc://c", upstream="inproc://u", downstream="inproc://d", cuda_graphs=graphs)
+    modules = build_stage(HIDDEN, index=1, input_shape=(8,), mode=mode, num_classes=4, seed=3, is_last=False, device=device)
+    with torch.no_grad():  # a synthesizer that predicts something, so that every part of the step matters
+        modules.synthesizer.output.weight.normal_(0, 0.1, generator=torch.Generator(device).manual_seed(0))
+    return StageCompute(config, modules, Timeline())
+
+
+def train(compute: StageCompute, device: str, steps: int, batch: int = 32) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    upstream = []
+    for step in range(steps):
+        x = torch.randn(batch if step < steps - 1 else batch // 2, 8, generator=generator).to(device)  # the last: partial
+        labels = torch.randint(0, 4, (len(x),), generator=generator).to(device)
+        h = compute.forward(step, x, labels)
+        upstream.append(compute.update_after_forward(step))
+        compute.receive_target(step, torch.randn(h.shape, generator=generator).to(device))
+    return upstream
+
+
+def test_a_cpu_stage_is_never_graphed():
+    compute = stage(Mode.SG, "cpu", graphs=True)
+    assert compute.graphed_module is None and compute.graphed_synthesizer is None
+
+
+@needs_cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", [Mode.SG, Mode.CDNI, Mode.BACKPROP])
+def test_graphed_steps_train_as_eager_steps_do(mode):
+    eager, graphed = stage(mode, "cuda", graphs=False), stage(mode, "cuda", graphs=True)
+    expected, got = train(eager, "cuda", 6), train(graphed, "cuda", 6)
+    assert graphed.graphed_module is not None and not graphed.graphed_module.failed
+    assert (graphed.graphed_synthesizer is not None) is mode.uses_synthesizer
+    for a, b in zip(expected, got):
+        if a is not None:
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+    for (name, a), b in zip(eager.state().items(), graphed.state().values()):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=lambda m: f"{name}: {m}")
+
+
+@needs_cuda
+@pytest.mark.gpu
+def test_a_window_wider_than_one_graphs_the_module_only():
+    compute = stage(Mode.SG, "cuda", graphs=True, window=4)
+    assert compute.graphed_module is not None and compute.graphed_synthesizer is None
