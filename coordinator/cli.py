@@ -29,7 +29,7 @@ OVERRIDES = {  # flag -> (job setting, type, help)
                            "evaluate and finish normally (0: never)"),
     "--link-delay-ms": ("link_delay_ms", float, "emulated link delay: every data message (activations, targets, batches "
                         "from and results to the coordinator) leaves its sender this many ms late; control is not delayed "
-                        "(emulated in the transport: this kernel has no netem)"),
+                        "(emulated in the senders' queues, so it needs no tc/netem)"),
     "--checkpoint-every": ("checkpoint_every", int, "steps between checkpoints of every stage (0: only at the end)"),
     "--rejoin-seconds": ("rejoin_seconds", int, "remote workers: seconds a lost worker has to come back at its address "
                          "(restarted by compose or Swarm) before the run fails (default 60; 0: fail at once)"),
@@ -37,7 +37,6 @@ OVERRIDES = {  # flag -> (job setting, type, help)
     "--lr": ("lr", float, "learning rate of every optimiser"),
     "--seed": ("seed", int, "seed for weights and data order"),
     "--eval-every": ("eval_every", int, "steps between test evaluations (0: once per epoch)"),
-    "--checkpoint-every": ("checkpoint_every", int, "steps between checkpoints of every stage (0: only at the end)"),
     "--window": ("window", int, "batches a stage may run ahead of its true gradients (unlocked modes)"),
     "--threads": ("threads", int, "torch threads per worker (0: share this machine's cores)"),
     "--data-root": ("data_root", str, "dataset folder (else $DNI_DATA_ROOT, else ./data)"),
@@ -202,10 +201,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 def _bench(args: argparse.Namespace) -> int:
     logging.basicConfig(level="WARNING")
     logging.getLogger("dni.bench").setLevel(logging.INFO)  # a sweep's runs, one line each
-    from dni.coordinator.bench.linkdelay import run_link_delay
-    from dni.coordinator.bench.overhead import run_overhead
-    from dni.coordinator.bench.speedup import run_speedup
-    from dni.coordinator.bench.transport import run_transport
+    from dni.bench.linkdelay import run_link_delay
+    from dni.bench.overhead import run_overhead
+    from dni.bench.speedup import run_speedup
+    from dni.bench.transport import run_transport
 
     if args.bench == "speedup" and not args.model and not args.iterations:
         args.iterations = 1000

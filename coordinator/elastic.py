@@ -18,7 +18,6 @@ most GRACE seconds, so that checkpoint can be taken. A second signal stops at on
 from __future__ import annotations
 
 import argparse
-import ctypes
 import fcntl
 import json
 import logging
@@ -41,12 +40,13 @@ from dni.coordinator.job import Job, job_as_table, job_from_table
 from dni.coordinator.rendezvous import Launch, Rendezvous, WorkerRecord, new_nonce
 from dni.coordinator.results import RunFolder
 from dni.errors import ConfigError, DniError, PipelineError
+from dni.lifetime import die_with_parent, exit_now
 from dni.protocol import address_towards, tcp_address
 from dni.protocol.security import Keys, check_plaintext_allowed, load_keys
 
 __all__ = [
     "COORDINATOR_GRACE", "GATHER_SECONDS", "GRACE", "HOST_VARIABLE", "LOCK_SECONDS", "NOT_COMPARED", "POLL_SECONDS",
-    "Rank", "build_parser", "coordinate", "coordinate_main", "exit_now", "group_host", "launched_folder",
+    "Rank", "build_parser", "coordinate", "coordinate_main", "group_host", "launched_folder",
     "launched_job", "main", "release_run_folders", "serve_rank", "tell_torchrun", "worker_keys",
 ]
 
@@ -65,15 +65,6 @@ NOT_COMPARED = ("keys", "insecure", "data_root", "results", "tensorboard", "down
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """`python -m dni.launch`: one rank of a torchrun group."""
     exit_now(serve_rank(list(sys.argv[1:] if argv is None else argv)))
-
-
-def exit_now(code: int) -> None:
-    """Exit without the interpreter's teardown (a second or more with torch loaded, which a restart waits for);
-    everything this process wrote is closed by now, and what it printed is flushed here."""
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
 
 
 def build_parser(prog: str = "torchrun ... -m dni.launch") -> argparse.ArgumentParser:
@@ -199,7 +190,7 @@ class Rank:
                                 f"{error}") from error
 
     def _start_coordinator(self, attempt: str) -> subprocess.Popen:
-        """The coordinator's process, started from the main thread (see _die_with_parent)."""
+        """The coordinator's process, started from the main thread (PR_SET_PDEATHSIG fires when the thread that started the child ends)."""
         command = [sys.executable, "-m", "dni.coordinator.elastic", "--attempt", attempt, "--parent", str(os.getpid()), *self.argv]
         # a session of its own: a signal to this rank's process group (torchrun's way) reaches it once, through us
         return subprocess.Popen(command, stdin=subprocess.DEVNULL, start_new_session=True)
@@ -277,7 +268,7 @@ def coordinate_main(argv: Sequence[str]) -> int:
     parser.add_argument("--attempt", required=True, help=argparse.SUPPRESS)
     parser.add_argument("--parent", type=int, required=True, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    _die_with_parent(args.parent)
+    die_with_parent(args.parent)
     _logging("coordinator", args.log_level)
     INTERRUPTS.install()
     return report_run(lambda: coordinate(args))
@@ -380,14 +371,6 @@ def _lock(path: Path) -> IO[str]:
                 raise PipelineError(f"another coordinator has held {path.parent} for {LOCK_SECONDS:.0f}s: "
                                     "is the same run (the same --rdzv-id) running elsewhere?") from None
             time.sleep(0.2)
-
-
-def _die_with_parent(parent: int) -> None:
-    """Die with the rank that started this process, even if it is SIGKILLed (Linux: PR_SET_PDEATHSIG)."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
-    if os.getppid() != parent:  # it died before the line above
-        sys.exit(1)
 
 
 def _logging(who: str, level: str) -> None:

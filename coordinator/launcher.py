@@ -17,13 +17,15 @@ from pathlib import Path
 from typing import Optional
 
 from dni.coordinator.pipeline import WorkerLost
+from dni.lifetime import die_with_parent
 from dni.protocol import Endpoints, worker_endpoints
+from dni.spec import COORDINATOR_TIMEOUT, EXIT_COORDINATOR_SILENT, EXIT_STOPPED
 
 log = logging.getLogger("dni.launcher")
 READY_SECONDS = 120.0
-EXIT_MEANINGS = {  # a --once worker's exit code (workers/worker.py) -> what happened
-    0: "exited: it was told to stop",
-    3: "ended its job: it heard nothing from this coordinator for 20 s",
+EXIT_MEANINGS = {  # a --once worker's exit code -> what happened
+    EXIT_STOPPED: "exited: it was told to stop",
+    EXIT_COORDINATOR_SILENT: f"ended its job: it heard nothing from this coordinator for {COORDINATOR_TIMEOUT:.0f} s",
 }
 
 
@@ -65,7 +67,7 @@ class LocalWorkers:
                    "--ready-file", str(self._ready_file(stage)), "--log-level", self.log_level, "--child"]
         if self.keys is not None:
             command += ["--keys", str(self.keys)]
-        return subprocess.Popen(command, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+        return subprocess.Popen(command, stdin=subprocess.DEVNULL, preexec_fn=_leave_signals_and_die_with_parent)
 
     def _wait_ready(self, stage: int) -> Endpoints:
         """The addresses a worker reports once it listens (ipc ones are known in advance)."""
@@ -122,13 +124,8 @@ class LocalWorkers:
         self.stop()
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: leave SIGINT and SIGTERM to the coordinator, which checkpoints and then stops
-    its workers (the worker's --child keeps them ignored); and ask Linux to kill the child if the coordinator
-    dies, even by SIGKILL."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    if sys.platform.startswith("linux"):
-        import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+def _leave_signals_and_die_with_parent() -> None:
+    """In the child before exec: SIGINT and SIGTERM are the coordinator's, which checkpoints and then stops its workers
+    (the worker's --child keeps them ignored); the child dies with the coordinator, even one killed by SIGKILL."""
+    die_with_parent(leave_signals=True)

@@ -36,12 +36,15 @@ from typing import Any, Optional
 from dni.errors import ConfigError
 
 __all__ = [
-    "DEVICE_PATTERN", "LOSS_NAMES", "MAX_LINK_DELAY_MS", "MODE_NAMES", "NONFINITE_POLICIES", "OPTIMIZERS", "Mode",
+    "COORDINATOR_TIMEOUT", "DEVICE_PATTERN", "EXIT_COORDINATOR_SILENT", "EXIT_STOPPED", "LOSS_NAMES", "MAX_LINK_DELAY_MS", "MODE_NAMES", "NONFINITE_POLICIES", "OPTIMIZERS", "Mode",
     "OptimizerSpec", "StageAssignment", "StageSpec", "SynthesizerSpec", "check_device", "check_link_delay", "check_loss",
     "check_mode", "check_nonfinite", "check_optimizer", "check_positive", "check_type",
 ]
 
 OPTIMIZERS = ("adam", "sgd")
+COORDINATOR_TIMEOUT = 20.0  # seconds: a worker ends its job when the coordinator has been silent this long
+EXIT_STOPPED = 0  # a --once worker whose job was stopped by its coordinator
+EXIT_COORDINATOR_SILENT = 3  # a --once worker that ended its job because the coordinator fell silent
 NONFINITE_POLICIES = ("reject", "count")  # a tensor with NaN/Inf: refuse the message, or count it and go on
 DEVICE_PATTERN = re.compile(r"^(cpu|auto|cuda(:\d+)?)$")
 LOSS_NAMES = ("cross_entropy", "multi_margin")  # the built-in losses (dni.workers.losses); else package.module:function
@@ -252,6 +255,7 @@ def check_loss(value: Any) -> str:
 
 
 def check_device(value: str) -> str:
+    """cpu, auto, cuda or cuda:N; whether that device exists is known only on the worker that uses it."""
     if not DEVICE_PATTERN.match(value):
         raise ConfigError(f"device {value!r} is not one of cpu, cuda, cuda:N, auto")
     return value

@@ -25,7 +25,7 @@ class Kind(enum.IntEnum):
     CONTROL = 6  # a request to a worker: configure, start, stop, state, metrics
     REPLY = 7  # a worker's answer to a control request
     HEARTBEAT = 8
-    METRICS = 9
+    # 9 was METRICS, never sent: a peer that sends it is refused as of an unknown kind
     ERROR = 10  # a worker reports a problem it saw
 
 

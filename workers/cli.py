@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
-import sys
 from typing import NoReturn, Optional, Sequence
 
+from dni.lifetime import exit_now
 from dni.protocol import ProtocolError
 from dni.protocol.security import load_keys
 from dni.workers.worker import Worker
@@ -54,10 +53,7 @@ def run(args: argparse.Namespace) -> NoReturn:
         code = 130
     except SystemExit as stop:
         code = stop.code if isinstance(stop.code, int) else 1
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    exit_now(code)
 
 
 def _stop_on_signals(worker: Worker) -> None:

@@ -20,7 +20,8 @@ from dni.protocol import Endpoints, Kind, Message
 from dni.spec import StageAssignment
 from dni.workers.checkpoint import save_checkpoint
 from dni.workers.devices import arrays_on_host
-from dni.workers.session import EXIT_STOPPED, Session
+from dni.spec import EXIT_STOPPED
+from dni.workers.session import Session
 from dni.workers.validation import Rejected
 
 __all__ = ["COMMANDS", "Command", "CommandHost", "answer", "parse_command"]

@@ -9,26 +9,24 @@ allocates nothing.
 from __future__ import annotations
 
 import os
-import re
 from typing import Callable, Optional
 
 import numpy as np
 import torch
 
 from dni.errors import ConfigError
+from dni.spec import check_device
 
-__all__ = ["DEVICE_PATTERN", "arrays_on_host", "launched_local_rank", "resolve_device", "synchronizer", "to_device", "to_host"]
+__all__ = ["arrays_on_host", "launched_local_rank", "resolve_device", "synchronizer", "to_device", "to_host"]
 
 ALIGNMENT = 64  # bytes: torch's own CPU allocations
-DEVICE_PATTERN = re.compile(r"^(cpu|auto|cuda(:\d+)?)$")
 
 
 def resolve_device(requested: str, stage_index: int, local_rank: Optional[int] = None) -> str:
     """The device a stage runs on. `auto`: this process's GPU under torchrun (`cuda:LOCAL_RANK`, one GPU
     per rank of a host, `local_rank` or else the environment torchrun sets), else GPU `stage_index`,
     modulo the GPUs this process sees; the CPU where it sees none."""
-    if not DEVICE_PATTERN.match(requested):
-        raise ConfigError(f"device {requested!r} is not one of cpu, cuda, cuda:N, auto")
+    check_device(requested)
     gpus = torch.cuda.device_count()
     if requested == "auto":
         if local_rank is None:

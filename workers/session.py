@@ -36,11 +36,8 @@ from dni.workers.profiling import StageProfile
 from dni.workers.timing import DeviceClock, Timeline
 from dni.workers.validation import all_finite
 
-__all__ = ["COORDINATOR_TIMEOUT", "EXIT_COORDINATOR_SILENT", "EXIT_STOPPED", "NonFiniteOutput", "Session"]
+__all__ = ["NonFiniteOutput", "Session"]
 
-COORDINATOR_TIMEOUT = 20.0  # end the job when the coordinator has been silent this long
-EXIT_STOPPED = 0  # a --once worker whose job was stopped by its coordinator
-EXIT_COORDINATOR_SILENT = 3  # a --once worker that ended its job because the coordinator fell silent
 log = logging.getLogger("dni.worker")
 
 

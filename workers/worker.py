@@ -34,10 +34,11 @@ from dni.protocol.security import Keys, check_plaintext_allowed, make_server, se
 from dni.spec import StageAssignment
 from dni.workers import datapath
 from dni.workers.commands import answer
-from dni.workers.session import COORDINATOR_TIMEOUT, EXIT_COORDINATOR_SILENT, EXIT_STOPPED, NonFiniteOutput, Session
+from dni.spec import COORDINATOR_TIMEOUT, EXIT_COORDINATOR_SILENT, EXIT_STOPPED
+from dni.workers.session import Session
 from dni.workers.validation import Rejected
 
-__all__ = ["EXIT_COORDINATOR_SILENT", "EXIT_STOPPED", "NonFiniteOutput", "Rejected", "Wakeup", "Worker"]
+__all__ = ["Rejected", "Wakeup", "Worker"]
 
 log = logging.getLogger("dni.worker")
 POLL_SECONDS = 1.0

@@ -24,26 +24,13 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from dni.lifetime import descendants
+
 REPO = Path(__file__).resolve().parents[2]
 
 
-def descendants(root: int) -> set[int]:
-    parents = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                pass
-    found, frontier = set(), {root}
-    while frontier:
-        frontier = {pid for pid, parent in parents.items() if parent in frontier and pid not in found}
-        found |= frontier
-    return found
-
-
 def rank_pid(root: int, rank: int) -> Optional[int]:
-    for pid in descendants(root):
+    for pid in descendants({root}):
         try:
             command = Path(f"/proc/{pid}/cmdline").read_bytes()
             environment = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")

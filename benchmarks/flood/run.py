@@ -4,7 +4,7 @@
     python benchmarks/flood/run.py --seconds 90 --iterations 3000
 
 Each run is `dni run mnist-smoke --transport tcp` as a user starts it; the
-flood (dni.coordinator.bench.hostile, which the fuzz tests use too) hits every socket of every worker from the moment their
+flood (dni.testing, which the fuzz tests use too) hits every socket of every worker from the moment their
 addresses appear in the log, as fast as it can, for `--seconds`.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import zmq
 
-from dni.coordinator.bench.hostile import flood, wait_for_endpoints
+from dni.testing import flood, wait_for_endpoints
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -36,7 +36,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.g
 import torch  # noqa: E402
 
 from budget import Budget, OutOfTime  # noqa: E402
-from dni.coordinator.bench.speedup import balanced_job, measure, time_to_accuracy  # noqa: E402
+from dni.bench.speedup import balanced_job, measure, time_to_accuracy  # noqa: E402
 from dni import Job, load_job, run_job  # noqa: E402
 from dni.coordinator.results import read_metrics  # noqa: E402
 from dni.files import write_text_atomically  # noqa: E402

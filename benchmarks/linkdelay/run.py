@@ -3,7 +3,7 @@
     python benchmarks/linkdelay/run.py --out DIR                       # GPU machine: <= 8 minutes, every stage on cuda:0
     python benchmarks/linkdelay/run.py --out DIR --quick --device cpu --data-root ../shared/datasets   # anywhere: ~1 min
 
-Runs `dni bench speedup --link-delay-ms` (coordinator/bench/linkdelay.py) on
+Runs `dni bench speedup --link-delay-ms` (dni/bench/linkdelay.py) on
 two models at once, so both share one pool of workers and one budget: the
 reference MNIST network (coordinator/jobs/mnist_fcn.toml) and the balanced
 model (`--model balanced-mlp`, 4 stages), backprop / sg / cdni, each run
@@ -34,9 +34,9 @@ os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.g
 
 import torch  # noqa: E402
 
-from dni.coordinator.bench.linkdelay import Sweep, run_sweep, save_report  # noqa: E402
-from dni.coordinator.bench.linkdelay_report import print_link_delay  # noqa: E402
-from dni.coordinator.bench.speedup import balanced_job  # noqa: E402
+from dni.bench.linkdelay import Sweep, run_sweep, save_report  # noqa: E402
+from dni.bench.linkdelay_report import print_link_delay  # noqa: E402
+from dni.bench.speedup import balanced_job  # noqa: E402
 from dni import Job, load_job  # noqa: E402
 from prepare import unpack  # noqa: E402
 

@@ -20,21 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from dni import load_job, run_job
-
-
-def children(pid: int) -> dict[int, str]:
-    """Processes whose parent is `pid`, with their command lines (from /proc)."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            if ppid == pid:
-                found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except (OSError, IndexError, ValueError):
-            continue
-    return found
+from dni.lifetime import children
 
 
 def kill_after(results: Path, step: int, stage: int) -> threading.Thread:

@@ -1,4 +1,4 @@
-"""What the end-to-end tests ask of processes they start: children, liveness, an action once a run has checkpointed."""
+"""What the end-to-end tests ask of runs they start: an action once a run has checkpointed."""
 from __future__ import annotations
 
 import threading
@@ -6,29 +6,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["alive", "children", "when_checkpointed"]
-
-
-def children(pid: int) -> dict[int, str]:
-    """Processes whose parent is `pid`, with their command lines."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            if ppid == pid:
-                found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except (OSError, IndexError, ValueError):
-            continue
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        return "zombie" not in Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
+__all__ = ["when_checkpointed"]
 
 
 def when_checkpointed(results: Path, action: Callable[[], None], running: Callable[[], bool] = lambda: True,

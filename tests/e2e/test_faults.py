@@ -22,7 +22,8 @@ from dni import resume_job, run_job
 from dni.coordinator.run import RunComplete
 from dni.errors import PipelineError
 from tests.conftest import LEARNED, small_job
-from tests.e2e.processes import alive, children, when_checkpointed
+from dni.lifetime import alive, children
+from tests.e2e.processes import when_checkpointed
 
 pytestmark = pytest.mark.e2e
 

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from dni.coordinator.data import load_dataset, train_batches
 from dni.protocol import Kind, Message, ProtocolError, decode, receive_message
-from dni.coordinator.bench.hostile import flood, hostile_messages, valid_header, wait_for_endpoints
+from dni.testing import flood, hostile_messages, valid_header, wait_for_endpoints
 from tests.conftest import LEARNED
 from tests.e2e.live_worker import JOB, coordinator_side, forward, request, stage_config, worker  # noqa: F401 (fixture)
 

@@ -24,9 +24,10 @@ from typing import Optional
 import pytest
 
 from dni.coordinator.results import read_metrics
+from dni.lifetime import alive, descendants
 from dni.protocol import free_port_block
 from tests.conftest import LEARNED, REPO
-from tests.e2e.processes import alive, when_checkpointed
+from tests.e2e.processes import when_checkpointed
 
 pytestmark = pytest.mark.e2e
 
@@ -36,24 +37,6 @@ RUN_SECONDS = 240  # a run takes 30-50 s on two shared cores, most of it startin
 
 
 # -- running torchrun and watching its processes ---------------------------------------------
-
-def _parent(pid: int) -> Optional[int]:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def descendants(roots: set[int]) -> set[int]:
-    """Every process below `roots`, however deep (torchrun's agent, its ranks, rank 0's coordinator)."""
-    parents = {int(entry.name): _parent(int(entry.name)) for entry in Path("/proc").iterdir() if entry.name.isdigit()}
-    found: set[int] = set()
-    frontier = set(roots)
-    while frontier:
-        frontier = {pid for pid, parent in parents.items() if parent in frontier and pid not in found}
-        found |= frontier
-    return found
-
 
 def environment_of(pid: int) -> dict[str, str]:
     try:

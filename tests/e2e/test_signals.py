@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from dni.coordinator.job import SHORTCUTS
-from tests.e2e.processes import alive, children
+from dni.lifetime import alive, children
 
 pytestmark = pytest.mark.e2e
 

@@ -12,7 +12,7 @@ import zmq
 from dni.errors import ConfigError
 from dni.protocol import Endpoints, Kind, Message, receive_message, send_message
 from dni.workers.commands import COMMANDS, Command, answer, parse_command
-from dni.workers.session import EXIT_STOPPED
+from dni.spec import EXIT_STOPPED
 from dni.workers.validation import Rejected
 from dni.workers.worker import Worker
 

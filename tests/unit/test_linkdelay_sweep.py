@@ -1,4 +1,4 @@
-"""coordinator/bench/linkdelay*.py without workers: the sweep's order, caps, projections and verdicts."""
+"""dni/bench/linkdelay*.py without workers: the sweep's order, caps, projections and verdicts."""
 from __future__ import annotations
 
 import time
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from dni.coordinator.bench.linkdelay import (LEAST_RUN_SECONDS, Runner, Sweep, parse_delays, plan, project,
+from dni.bench.linkdelay import (LEAST_RUN_SECONDS, Runner, Sweep, parse_delays, plan, project,
                                              steps_to_accuracy)
-from dni.coordinator.bench.linkdelay_report import compare, format_time, verdicts
+from dni.bench.linkdelay_report import compare, format_time, verdicts
 from dni.coordinator.job import job_from_table
 from dni.errors import ConfigError
 

@@ -13,9 +13,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from dni.coordinator.bench.baselines import run_baseline
-from dni.coordinator.bench.timeline import plot_scaling, plot_timelines
-from dni.coordinator.bench.torch_pipelining import check_schedule, run_torch_pipeline
+from dni.bench.baselines import run_baseline
+from dni.bench.timeline import plot_scaling, plot_timelines
+from dni.bench.torch_pipelining import check_schedule, run_torch_pipeline
 from dni.coordinator.data import load_dataset
 from dni.coordinator.job import Job, job_from_table, load_job
 from dni.coordinator.results import read_metrics

@@ -30,13 +30,13 @@ from typing import Any, Optional
 
 import torch
 
-from dni.coordinator.bench.overhead_plot import plot_overhead
+from dni.bench.overhead_plot import plot_overhead
 from dni.coordinator.data import Dataset, train_batches
 from dni.coordinator.job import Job, job_from_table
 from dni.coordinator.launcher import LocalWorkers
 from dni.coordinator.run import job_data, run_job
 from dni.errors import ConfigError
-from dni.spec import MODE_NAMES, Mode, StageAssignment
+from dni.spec import MODE_NAMES, StageAssignment
 from dni.workers.build import build_stages
 from dni.workers.compute import StageCompute
 from dni.workers.timing import Timeline

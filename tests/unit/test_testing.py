@@ -1,11 +1,11 @@
-"""coordinator/bench/hostile.py: the hostile peer's messages are reproducible and cover every kind of damage."""
+"""dni/testing.py: the hostile peer's messages are reproducible and cover every kind of damage."""
 from __future__ import annotations
 
 import random
 
 import pytest
 
-from dni.coordinator.bench.hostile import hostile_messages, valid_frames, valid_header
+from dni.testing import hostile_messages, valid_frames, valid_header
 from dni.protocol import Kind, ProtocolError, decode
 
 

@@ -32,8 +32,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
-from dni.coordinator.bench.linkdelay_report import plot_link_delay, print_link_delay, verdicts
-from dni.coordinator.bench.speedup import balanced_job, parse_lists, time_to_accuracy
+from dni.bench.linkdelay_report import plot_link_delay, print_link_delay, verdicts
+from dni.bench.speedup import balanced_job, parse_lists, time_to_accuracy
 from dni.coordinator.data import Dataset
 from dni.coordinator.job import Job, load_job
 from dni.coordinator.launcher import LocalWorkers

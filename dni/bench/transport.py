@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from dni.coordinator.bench.latency import delivery_row, one_way_latencies
+from dni.bench.latency import delivery_row, one_way_latencies
 from dni.coordinator.job import load_job
 from dni.coordinator.shapes import check_stages
 from dni.protocol import free_port_block

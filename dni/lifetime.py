@@ -1,0 +1,82 @@
+"""A process's life among its relatives: dying with the parent, exiting fast, finding children.
+
+Local workers and torchrun's coordinator must not outlive the process that started
+them, even one killed by SIGKILL; a process done with torch exits without the
+interpreter's teardown, which takes a second or more that a restart waits for.
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import NoReturn, Optional
+
+__all__ = ["alive", "children", "descendants", "die_with_parent", "exit_now"]
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent: Optional[int] = None, leave_signals: bool = False) -> None:
+    """Ask Linux to SIGKILL this process when its parent dies. With `leave_signals`, SIGINT and SIGTERM are
+    ignored: the parent checkpoints and then stops its children itself. With `parent`, exit at once if that
+    process already died before the request took hold."""
+    if leave_signals:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if parent is not None and os.getppid() != parent:
+        sys.exit(1)
+
+
+def exit_now(code: int) -> NoReturn:
+    """Exit without the interpreter's teardown; the logs and what was printed are flushed first."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _parents() -> dict[int, int]:
+    """Every process's parent, from /proc."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue  # it ended meanwhile
+    return parents
+
+
+def children(pid: int) -> dict[int, str]:
+    """Processes whose parent is `pid`, with their command lines."""
+    found = {}
+    for child in (child for child, parent in _parents().items() if parent == pid):
+        try:
+            found[child] = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+    return found
+
+
+def descendants(roots: set[int]) -> set[int]:
+    """Every process below `roots`, however deep."""
+    parents = _parents()
+    found: set[int] = set()
+    frontier = set(roots)
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier and pid not in found}
+        found |= frontier
+    return found
+
+
+def alive(pid: int) -> bool:
+    """`pid` exists and is not a zombie."""
+    try:
+        return "zombie" not in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
