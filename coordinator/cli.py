@@ -29,7 +29,7 @@ OVERRIDES = {  # flag -> (job setting, type, help)
                            "evaluate and finish normally (0: never)"),
     "--link-delay-ms": ("link_delay_ms", float, "emulated link delay: every data message (activations, targets, batches "
                         "from and results to the coordinator) leaves its sender this many ms late; control is not delayed "
-                        "(emulated in the senders' queues, so it needs no tc/netem)"),
+                        "(held in each sender's queue)"),
     "--checkpoint-every": ("checkpoint_every", int, "steps between checkpoints of every stage (0: only at the end)"),
     "--rejoin-seconds": ("rejoin_seconds", int, "remote workers: seconds a lost worker has to come back at its address "
                          "(restarted by compose or Swarm) before the run fails (default 60; 0: fail at once)"),
@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     delay = speedup.add_argument_group("link-delay sweep", "with --link-delay-ms: every mode at every delay on one pool of "
                                        "workers, one table (link-delay.json) and one plot (link-delay.png); no baselines")
     delay.add_argument("--link-delay-ms", metavar="LIST", help="emulated delays per hop to sweep, e.g. 0,1,5,20,50 (every data "
-                       "message is held that long in its sender's queue; this kernel has no netem)")
+                       "message is held that long in its sender's queue)")
     delay.add_argument("--time-cap", type=int, default=120, help="seconds: the most one run of the sweep trains (default 120); "
                        "a run also stops once it reaches the highest --targets accuracy")
     delay.add_argument("--budget", type=float, default=0.0, help="seconds for the whole sweep, shared among the runs still to "
@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     transport.add_argument("--data-root", help="dataset folder (not read: the message sizes come from the job's stage shapes)")
     transport.add_argument("--results", default="runs", help="where bench-transport.json goes (default ./runs)")
     transport.add_argument("--link-delay-ms", type=float, default=0.0, metavar="D", help="also time each hop one way over ipc "
-                           "through an emulated link delay of D ms, against none (this kernel has no netem)")
+                           "through an emulated link delay of D ms, against none")
 
     overhead = benches.add_parser("overhead", help="dni's own cost per step: the pipeline against one process doing the same "
                                   "arithmetic", description=(

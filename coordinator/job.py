@@ -60,7 +60,7 @@ class Job:
     rejoin_seconds: int = 60  # remote workers: how long a lost one has to come back (restarted by compose, Swarm) before the run fails
     tensorboard: str = ""  # folder for TensorBoard event files, one subfolder per run ("": none); needs dni[tensorboard]
     loss: str = "cross_entropy"  # the last stage's per-example loss: a built-in name or package.module:function
-    link_delay_ms: float = 0.0  # emulated delay of every data hop, coordinator's included (no netem here); 0: none
+    link_delay_ms: float = 0.0  # emulated delay of every data hop, coordinator's included, held in its sender's queue; 0: none
     optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
 
     def resolved_data_root(self) -> Path:

@@ -6,7 +6,7 @@ from dni.errors import ConfigError
 from dni.workers.build import build_stages
 from dni.workers.interface import Shape
 
-__all__ = ["check_stages"]
+__all__ = ["check_last_shape", "check_stages"]
 
 
 def check_stages(job: Job, input_shape: Shape, num_classes: int) -> list[Shape]:

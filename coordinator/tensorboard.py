@@ -34,7 +34,7 @@ RECORD_SCALARS = {  # metrics record key -> TensorBoard tag
 }
 
 
-def summary_writer_class() -> type[SummaryWriter]:
+def _summary_writer_class() -> type[SummaryWriter]:
     """torch.utils.tensorboard.SummaryWriter, imported on demand; a missing package is a configuration error."""
     try:
         from torch.utils.tensorboard import SummaryWriter
@@ -47,19 +47,19 @@ def summary_writer_class() -> type[SummaryWriter]:
 def require_tensorboard(job: Job) -> None:
     """Fail now, before data or workers, if the job wants TensorBoard logging and the package is missing."""
     if job.tensorboard:
-        summary_writer_class()
+        _summary_writer_class()
 
 
 def scalars(record: Mapping[str, Any]) -> dict[str, float]:
     """Tag -> value of one metrics record: the run's curves and every stage's activity fractions."""
     values = {tag: float(record[key]) for key, tag in RECORD_SCALARS.items() if key in record}
     for worker in record.get("workers", []):
-        for activity, fraction in activity_fractions(worker).items():
+        for activity, fraction in _activity_fractions(worker).items():
             values[f"stage{worker['stage']}/fraction/{activity}"] = fraction
     return values
 
 
-def activity_fractions(worker: Mapping[str, Any]) -> dict[str, float]:
+def _activity_fractions(worker: Mapping[str, Any]) -> dict[str, float]:
     """Each activity's share of the worker's wall time, plus each group's (compute, transport, waiting, ...)."""
     wall = float(worker.get("wall", 0.0))
     if wall <= 0:
@@ -76,11 +76,11 @@ def staleness_histograms(record: Mapping[str, Any]) -> dict[str, dict[str, Any]]
     for worker in record.get("workers", []):
         counts = {int(staleness): int(count) for staleness, count in worker.get("staleness", {}).items() if count}
         if counts:
-            histograms[f"stage{worker['stage']}/staleness"] = integer_histogram(counts)
+            histograms[f"stage{worker['stage']}/staleness"] = _integer_histogram(counts)
     return histograms
 
 
-def integer_histogram(counts: Mapping[int, int]) -> dict[str, Any]:
+def _integer_histogram(counts: Mapping[int, int]) -> dict[str, Any]:
     """A histogram of integer values: bucket k holds value k, its upper limit k + 0.5 (TensorBoard's right edges)."""
     low, high = min(counts), max(counts)
     return {
@@ -97,7 +97,7 @@ class TensorBoardLog:
 
     def __init__(self, job: Job, run_folder: Path) -> None:
         self.directory: Optional[Path] = Path(job.tensorboard) / Path(run_folder).name if job.tensorboard else None
-        self._writer_class = summary_writer_class() if self.directory else None
+        self._writer_class = _summary_writer_class() if self.directory else None
         self._writer: Optional[SummaryWriter] = None
         self._last_step: Optional[int] = None
 

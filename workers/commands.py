@@ -71,18 +71,18 @@ def parse_command(meta: dict[str, Any]) -> Command:
     raise Rejected(f"unknown control command {command!r:.40}")
 
 
-def ok(**meta: Any) -> Message:
+def _ok(**meta: Any) -> Message:
     return Message(Kind.REPLY, meta={"ok": True, **meta})
 
 
 def _ping(host: CommandHost, identity: bytes, message: Message) -> Message:
-    return ok(pid=os.getpid(), endpoints=list(host.endpoints.__dict__.values()))
+    return _ok(pid=os.getpid(), endpoints=list(host.endpoints.__dict__.values()))
 
 
 def _configure(host: CommandHost, identity: bytes, message: Message) -> Message:
     session = host.start_session(StageAssignment.from_wire(message.meta.get("config")))
     hostname = host_socket.gethostname()
-    return ok(pid=os.getpid(), hostname=hostname, ip=_ip_of(hostname), output_shape=list(session.output_shape),
+    return _ok(pid=os.getpid(), hostname=hostname, ip=_ip_of(hostname), output_shape=list(session.output_shape),
               device=session.device)
 
 
@@ -92,7 +92,7 @@ def _flush(host: CommandHost, identity: bytes, message: Message) -> Optional[Mes
     if session.compute.in_flight:
         session.flush_waiters.append(identity)
         return None
-    return ok()
+    return _ok()
 
 
 def _metrics(host: CommandHost, identity: bytes, message: Message) -> Message:
@@ -115,12 +115,12 @@ def _checkpoint(host: CommandHost, identity: bytes, message: Message) -> Message
     if session.compute.in_flight:
         raise Rejected(f"{session.compute.in_flight} batches still await targets: flush before a checkpoint")
     save_checkpoint(path, session.compute)
-    return ok(steps=session.compute.steps)
+    return _ok(steps=session.compute.steps)
 
 
 def _stop(host: CommandHost, identity: bytes, message: Message) -> Message:
     host.end_session("the coordinator stopped it", EXIT_STOPPED)
-    return ok()
+    return _ok()
 
 
 COMMANDS: dict[Command, Handler] = {

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from dni.workers.registry import UnknownBuilderError, import_callable
 
-__all__ = ["BUILTIN_LOSSES", "Loss", "per_example_losses", "resolve_loss"]
+__all__ = ["BUILTIN_LOSSES", "Loss", "cross_entropy", "multi_margin", "per_example_losses", "resolve_loss"]
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -13,7 +13,7 @@ Locked backprop trains to 95% at 0 ms only; at the other delays it trains
 3 s for its rate, and its time to 95% is projected from its steps (marked
 so). Writes DIR/link-delay.json (the table) and DIR/link-delay.png (speedup
 and time to 95% against the delay); run folders go to --work. The delay is
-emulated in the transport (this kernel has no netem), and every row says so.
+emulated in the transport (held in each sender's queue), and every row says so.
 """
 from __future__ import annotations
 

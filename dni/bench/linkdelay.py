@@ -1,8 +1,8 @@
 """`dni bench speedup --link-delay-ms 0,1,5,20,50`: locked and unlocked training over an emulated slow link.
 
 Every data hop, the coordinator's included, is held `link_delay_ms` in its
-sender's queue (`dni.protocol.linkdelay`): this kernel has no netem, so the
-delay is emulated, and every row and report says so. Locked backprop pays
+sender's queue (`dni.protocol.linkdelay`), so it needs no traffic shaping
+in the kernel; every row and report says the delay is emulated. Locked backprop pays
 2(L-1) delays per step; the unlocked modes pay in how stale their targets are
 and in how far their window lets them run ahead of them.
 
@@ -52,7 +52,7 @@ START_UP_GUESS = 5.0  # seconds a run costs beyond its training, until a run has
 LEAST_RUN_SECONDS = 3  # a measured run offered less than this is skipped, saying why
 NOT_DELAYED = {
     "torch GPipe / 1F1B": "not run: they talk over torch.distributed (gloo), whose sends this delay queue cannot hold; "
-                          "delaying them would mean patching torch's point-to-point ops, and this kernel has no netem",
+                          "delaying them would mean patching torch's point-to-point ops",
     "single-process baselines": "not run: one process has no link to delay",
 }
 
@@ -227,7 +227,7 @@ def run_sweep(jobs: Sequence[Job], sweep: Sweep, runs: Path) -> dict[str, Any]:
     _add_speedups(rows)
     return {
         "link": "emulated: every data message (activations, targets, batches from and results to the coordinator) is held "
-                "link_delay_ms in its sender's queue; control messages and heartbeats are not delayed; no netem",
+                "link_delay_ms in its sender's queue; control messages and heartbeats are not delayed",
         "delays_ms": sorted(sweep.delays), "modes": list(sweep.modes), "targets": list(sweep.targets),
         "time_cap": sweep.time_cap, "budget": sweep.budget, "project_seconds": sweep.project_seconds,
         "wall_seconds": time.monotonic() - started, "not_run": NOT_DELAYED,

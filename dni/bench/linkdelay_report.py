@@ -133,5 +133,5 @@ def plot_link_delay(rows: Sequence[dict[str, Any]], target: float, output: Path)
     for axis in (speed, reach):
         if axis.get_legend_handles_labels()[0]:
             axis.legend(fontsize=8)
-    figure.suptitle("Emulated link delay on every data hop (sender-side queue; no netem)")
+    figure.suptitle("Emulated link delay on every data hop (held in the sender's queue)")
     return save_figure(figure, output, rect=(0, 0, 1, 0.95))

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import importlib
+import inspect
+import pkgutil
 
 import pytest
 
@@ -23,3 +25,25 @@ def test_an_unknown_name_is_an_attribute_error():
 def test_the_subpackages_live_under_dni():
     names = {importlib.import_module(f"dni.{package}").__name__ for package in ("protocol", "workers", "coordinator")}
     assert names == {"dni.protocol", "dni.workers", "dni.coordinator"}
+
+
+def _modules() -> list[str]:
+    names = []
+    for package in ("dni", "dni.protocol", "dni.workers", "dni.coordinator", "dni.bench"):
+        path = importlib.import_module(package).__path__
+        names += [f"{package}.{module.name}" for module in pkgutil.iter_modules(path)
+                  if not module.ispkg and module.name != "__main__" and not (package == "dni" and module.name in SUBPACKAGES)]
+    return names
+
+
+SUBPACKAGES = ("protocol", "workers", "coordinator", "bench")
+
+
+@pytest.mark.parametrize("name", _modules())
+def test_every_module_exports_exactly_its_public_definitions(name):
+    module = importlib.import_module(name)
+    exported = set(module.__all__)
+    assert {export for export in exported if not hasattr(module, export)} == set()
+    defined = {key for key, value in vars(module).items() if not key.startswith("_")
+               and (inspect.isfunction(value) or inspect.isclass(value)) and value.__module__ == name}
+    assert defined - exported == set(), "public functions and classes missing from __all__ (or to be named with _)"
