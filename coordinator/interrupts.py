@@ -1,9 +1,8 @@
 """SIGINT and SIGTERM as events of the coordinator's loop, so a stop always ends in a checkpoint.
 
-Ctrl-C, `timeout`, Slurm's `scancel` and container runtimes all ask a run to
-stop with SIGINT or SIGTERM, often to the whole process group at once. Local
-workers leave both to their coordinator (`dni worker --child`), and here the
-first one is only noted and rings the loop's wake-up socket; the loop raises
+Ctrl-C, `timeout`, batch schedulers and container runtimes stop a run with
+SIGINT or SIGTERM, often to the whole process group. Local workers leave both
+to their coordinator (`dni worker --child`); here the first one is only noted and rings the loop's wake-up socket; the loop raises
 KeyboardInterrupt at its next turn (`check`), between messages, where the
 trainer writes its interrupt checkpoint with every worker still there. A
 second signal stops at once, checkpoint or not.

@@ -1,8 +1,7 @@
 """The schedule: what a stage may take next, and when the coordinator may feed another batch.
 
-One rule each, kept apart from the sockets that carry them out (as
-torch.distributed.pipelining keeps its schedules apart from its stages), so
-that unit tests drive them with plain numbers:
+One rule each, apart from the sockets that carry them out (as
+torch.distributed.pipelining keeps its schedules apart from its stages):
 
 - A stage (`StageSchedule.turn`) always hears control and always takes targets
   (a target only ever frees room); it takes a new batch only while its window

@@ -14,11 +14,8 @@ and not before, and the loop polls no longer than until the next one falls due
 not count as backlog. The delay is the same for every message, so due times
 never decrease and messages leave in the order they were put. A message leaves
 late by however long the loop was busy when it fell due, which `stats` reports
-as the emulation's own error.
-
-Pure apart from the socket's non-blocking `send_multipart` (anything with that
-method will do, and a clock can be passed in), so the rules are tested without a
-network.
+as the emulation's own error. It needs of a socket only a non-blocking
+`send_multipart`, and takes a clock.
 """
 from __future__ import annotations
 

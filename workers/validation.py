@@ -7,10 +7,8 @@ in range, finite values under the `nonfinite` policy. Each refusal is a
 `Rejected` whose text is what the coordinator and the log show; its `lost` is
 the message whose batch the refusal drops for good (the data was unusable),
 which the coordinator must hear of. A stranger's message, a duplicate or a
-late target loses nothing, so it carries no `lost`.
-
-Pure functions of the message and the stage's agreed settings: no sockets,
-no counters, so each refusal is unit-tested on its own.
+late target loses nothing, so it carries no `lost`. Pure functions of the
+message and the stage's agreed settings.
 """
 from __future__ import annotations
 
