@@ -158,7 +158,7 @@ class Rendezvous:
         return data.decode() if data is not None else None
 
     def publish(self, attempt: str, record: WorkerRecord) -> None:
-        self.store.set(f"{PREFIX}/{attempt}/stage{record.stage}", record.to_bytes())
+        self.store.set(f"{PREFIX}/{attempt}/stage{record.stage}", record.to_bytes())  # type: ignore[arg-type]  # takes bytes; torch's stub says str
 
     def done(self, attempt: str, nonce: str) -> Optional[dict[str, Any]]:
         """The coordinator's exit, if the attempt's rank 0 has announced it to this worker (by its `nonce`)."""

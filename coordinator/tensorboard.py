@@ -124,6 +124,7 @@ class TensorBoardLog:
         A step that goes back is a resumed run or one rolled back to a checkpoint: opening with
         purge_step makes TensorBoard hide the abandoned attempt's points from that step on.
         """
+        assert self._writer_class is not None  # there is one whenever there is a DIR, the only case that writes
         if self._writer is None or (self._last_step is not None and step <= self._last_step):
             self.close()
             self._writer = self._writer_class(str(self.directory), purge_step=step)

@@ -8,7 +8,7 @@ from typing import Callable
 __all__ = ["replace_atomically", "write_text_atomically"]
 
 
-def replace_atomically(target: Path, write: Callable[[Path], None]) -> None:
+def replace_atomically(target: Path, write: Callable[[Path], object]) -> None:
     """`write` fills a sibling file, which is then renamed over `target` (a rename is atomic on one file system)."""
     partial = target.with_name(target.name + ".partial")
     write(partial)

@@ -137,7 +137,6 @@ def build(wheels_dir: str, out_dir: str) -> str:
         own = {os.path.basename(p) for p in elf_files(cons_root)}
 
         stub_libs: set[str] = set()
-        refs: dict[str, set[tuple[str, str | None]]] = {}
         consumers = list(elf_files(cons_root))
         for p in consumers:
             needed, _ = needed_and_soname(p)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from typing import Any, Callable, Iterable, Optional, Protocol, Sequence
+from typing import Any, Callable, Generic, Iterable, Optional, Protocol, Sequence, TypeVar
 
 import zmq
 
@@ -37,7 +37,10 @@ DEFAULT_BOUND = 2  # due messages a peer has not taken before the sender takes n
 
 
 class Sendable(Protocol):
-    def send_multipart(self, frames: Sequence[Any], flags: int = 0, copy: bool = True) -> Any: ...
+    def send_multipart(self, frames: Sequence[Any], /, flags: int = 0, copy: bool = True) -> Any: ...
+
+
+_Socket = TypeVar("_Socket", bound=Sendable)
 
 
 def check_delay(delay: float) -> float:
@@ -46,8 +49,8 @@ def check_delay(delay: float) -> float:
     return delay
 
 
-class Outbox:
-    def __init__(self, socket: Sendable, delay: float = 0.0, bound: int = DEFAULT_BOUND,
+class Outbox(Generic[_Socket]):
+    def __init__(self, socket: _Socket, delay: float = 0.0, bound: int = DEFAULT_BOUND,
                  clock: Callable[[], float] = time.monotonic, name: str = "") -> None:
         self.socket = socket
         self.delay = check_delay(delay)
@@ -130,13 +133,13 @@ class Outbox:
 class Outboxes:
     """The outboxes of one side (a worker's session, the coordinator's feed), written and timed together."""
 
-    def __init__(self, outboxes: Iterable[Outbox] = ()) -> None:
-        self.all: list[Outbox] = []
+    def __init__(self, outboxes: Iterable[Outbox[Any]] = ()) -> None:
+        self.all: list[Outbox[Any]] = []
         self.delayed = False
         for outbox in outboxes:
             self.add(outbox)
 
-    def add(self, outbox: Outbox) -> Outbox:
+    def add(self, outbox: Outbox[_Socket]) -> Outbox[_Socket]:
         self.all.append(outbox)
         self.delayed = self.delayed or bool(outbox.delay)
         return outbox

@@ -25,7 +25,7 @@ def save_checkpoint(path: str, compute: StageCompute) -> None:
         "module_optimizer": compute.module_optimizer.state_dict(),
         "steps": compute.steps,
     }
-    if compute.synthesizer is not None:
+    if compute.synthesizer is not None and compute.synthesizer_optimizer is not None:  # one comes with the other
         state["synthesizer"] = compute.synthesizer.state_dict()
         state["synthesizer_optimizer"] = compute.synthesizer_optimizer.state_dict()
     replace_atomically(target, lambda partial: torch.save(state, partial))
@@ -35,7 +35,7 @@ def load_checkpoint(path: str, compute: StageCompute) -> None:
     state = torch.load(path, map_location=next(compute.module.parameters()).device, weights_only=True)
     compute.module.load_state_dict(state["module"])
     compute.module_optimizer.load_state_dict(state["module_optimizer"])
-    if compute.synthesizer is not None:
+    if compute.synthesizer is not None and compute.synthesizer_optimizer is not None:
         compute.synthesizer.load_state_dict(state["synthesizer"])
         compute.synthesizer_optimizer.load_state_dict(state["synthesizer_optimizer"])
     compute.steps = int(state["steps"])

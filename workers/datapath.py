@@ -64,6 +64,7 @@ def on_forward(session: Session, frames: list) -> Steps:
         compute.apply_update()
         return
     h = compute.forward(message.batch, x, labels)
+    assert session.downstream is not None  # every stage but the last has one
     session.send(session.downstream, Kind.FORWARD, message.batch, message.meta, {"x": h, "labels": labels})
     yield
     _send_upstream(session, message.batch, compute.follow_synthesizer(message.batch))
@@ -74,6 +75,7 @@ def on_forward(session: Session, frames: list) -> Steps:
 def _evaluate(session: Session, message: Message, x: torch.Tensor, labels: torch.Tensor) -> None:
     if not session.config.is_last:
         output = session.compute.evaluate(x, labels)
+        assert session.downstream is not None
         session.send(session.downstream, Kind.EVAL, message.batch, message.meta, {"x": output, "labels": labels})
         return
     _report(session, Kind.EVAL_RESULT, message.batch, message.meta, session.compute.evaluate_last(x, labels))

@@ -11,7 +11,7 @@ state exists, calls the same multi-tensor kernel directly: the arithmetic of
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Optional, cast
 
 import torch
 
@@ -57,7 +57,7 @@ class Stepper:
                 self.kernel = self._kernel()
             return
         with torch.no_grad():
-            self.kernel(grads)
+            self.kernel(cast(list[torch.Tensor], grads))  # none is None: checked above
 
     def _kernel(self) -> Callable[[list[torch.Tensor]], None]:
         group = self.optimizer.param_groups[0]

@@ -6,6 +6,7 @@ reference experiment (TensorFlow's defaults), rather than PyTorch's.
 from __future__ import annotations
 
 import math
+from typing import Callable, TypeVar
 
 from torch import nn
 
@@ -14,12 +15,15 @@ from dni.workers.interface import Shape
 
 __all__ = ["BUILTIN_STAGES", "balanced", "conv_bn_relu", "glorot_", "linear", "linear_bn_relu"]
 
+_ModuleT = TypeVar("_ModuleT", bound=nn.Module)
 
-def glorot_(module: nn.Module) -> nn.Module:
+
+def glorot_(module: _ModuleT) -> _ModuleT:
     for layer in module.modules():
         if isinstance(layer, (nn.Linear, nn.Conv2d)):
             nn.init.xavier_uniform_(layer.weight)
-            nn.init.zeros_(layer.bias)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
     return module
 
 
@@ -67,4 +71,4 @@ def balanced(input_shape: Shape, features: int = 784, layers: int = 2, classes: 
     return glorot_(nn.Sequential(*blocks))
 
 
-BUILTIN_STAGES = {"linear_bn_relu": linear_bn_relu, "linear": linear, "conv_bn_relu": conv_bn_relu, "balanced": balanced}
+BUILTIN_STAGES: dict[str, Callable[..., nn.Module]] = {"linear_bn_relu": linear_bn_relu, "linear": linear, "conv_bn_relu": conv_bn_relu, "balanced": balanced}

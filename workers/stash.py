@@ -39,7 +39,7 @@ class Replica:
 class WeightStash:
     def __init__(self, synthesizer: nn.Module, window: int) -> None:
         self.live = synthesizer
-        self.live_parameters = list(synthesizer.parameters())
+        self.live_parameters: list[torch.Tensor] = list(synthesizer.parameters())
         self.copies = window > 1
         self.live_flat = _flatten(self.live_parameters) if self.copies else None
         self.version = 0  # bumped whenever the live weights change
@@ -81,7 +81,7 @@ class WeightStash:
 
     def _refreshed(self, replica: Replica) -> Replica:
         with torch.no_grad():
-            if replica.flat is not None:
+            if replica.flat is not None and self.live_flat is not None:  # a replica is flat only if the live weights are
                 replica.flat.copy_(self.live_flat)
             else:
                 torch._foreach_copy_(replica.parameters, self.live_parameters)

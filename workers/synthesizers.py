@@ -6,7 +6,7 @@ that starts at zero so that early predictions are "no gradient".
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -73,4 +73,4 @@ class ConvSynthesizer(nn.Module):
         return out.mean(dim=(2, 3)) if self.scalar else out
 
 
-BUILTIN_SYNTHESIZERS = {"mlp": MLPSynthesizer, "conv": ConvSynthesizer}
+BUILTIN_SYNTHESIZERS: dict[str, Callable[..., nn.Module]] = {"mlp": MLPSynthesizer, "conv": ConvSynthesizer}

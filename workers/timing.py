@@ -74,6 +74,8 @@ class DeviceClock:
 
 
 class Timeline:
+    _last: float  # perf_counter() at the previous lap (set by _start_clock)
+
     def __init__(self, record_spans: bool = False, device_clock: Optional[DeviceClock] = None) -> None:
         self.record_spans = record_spans
         self.device_clock = device_clock

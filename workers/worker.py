@@ -147,7 +147,7 @@ class Worker:
         """One turn: poll what the schedule allows, handle what came, write the outboxes."""
         session = self.session
         if session is None:
-            events = dict(self.poller.poll(POLL_SECONDS * 1000))
+            events = dict(self.poller.poll(int(POLL_SECONDS * 1000)))
             self._take_control(events)
             return
         now = session.tick = time.monotonic()
@@ -219,7 +219,7 @@ class Worker:
             if self.session is None:  # no stage to fail: a command that could not be carried out
                 self._reject(type(error).__name__, str(error))
             else:
-                self._stage_failed(error)
+                self._stage_failed(self.session, error)
 
     def _reject(self, category: str, text: str, lost: Optional[Message] = None) -> None:
         """Bad input: counted, logged within limits, and the worker goes on; a lost batch is reported at once."""
@@ -228,9 +228,8 @@ class Worker:
             self.session.notify(Kind.ERROR, {"category": category, "error": text[:500], "lost_batch": lost.batch,
                                              "from_stage": lost.sender})
 
-    def _stage_failed(self, error: Exception) -> None:
+    def _stage_failed(self, session: Session, error: Exception) -> None:
         """The stage's own failure: logged with its traceback, reported as fatal; the session takes no more data and sends none."""
-        session = self.session
         text = f"{type(error).__name__}: {error}"
         log.error("stage %d (%s) failed: %s", session.config.index, session.config.spec.kind, text, exc_info=error)
         session.failure = text[:2000]
@@ -281,7 +280,7 @@ class Worker:
 
 def _bound_address(socket: zmq.Socket) -> str:
     """Where a socket actually listens (a port asked for as 0 or * is known only after binding)."""
-    return socket.getsockopt(zmq.LAST_ENDPOINT).decode()
+    return socket.getsockopt_string(zmq.LAST_ENDPOINT)
 
 
 def _write_ready_file(path: Path, endpoints: Endpoints) -> None:

@@ -101,7 +101,7 @@ def _collect(ranks: list, results) -> list[dict[str, Any]]:
         except queue.Empty:
             failed = [rank for rank, process in enumerate(ranks) if process.exitcode not in (None, 0)]
             if failed or time.monotonic() > deadline:
-                raise RuntimeError(f"torch pipelining rank(s) {failed or 'all'} failed or timed out; see their output above")
+                raise RuntimeError(f"torch pipelining rank(s) {failed or 'all'} failed or timed out; see their output above") from None
     return [timings[rank] for rank in range(len(ranks))]
 
 

@@ -74,20 +74,20 @@ def run_transport(args) -> dict[str, Any]:
             "x": np.random.rand(batch, *activation).astype(np.float32), "labels": np.zeros(batch, np.int64)}),
         "gradient": Message(Kind.BACKWARD, "bench", 1, 1, 1, {}, {"target": np.random.rand(batch, *activation).astype(np.float32)}),
     }
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="dni-bench-") as folder:
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="dni-bench-") as sockets:
         for transport in ("ipc", "tcp"):
             for copy in (True, False):
                 for name, message in messages.items():
-                    address = f"ipc://{folder}/echo" if transport == "ipc" else f"tcp://127.0.0.1:{free_port_block(1)}"
+                    address = f"ipc://{sockets}/echo" if transport == "ipc" else f"tcp://127.0.0.1:{free_port_block(1)}"
                     times = round_trips(address, message, copy, args.count)
                     size = sum(array.nbytes for array in message.tensors.values())
                     median = statistics.median(times)
                     rows.append({"transport": transport, "zero_copy": not copy, "message": name, "bytes": size,
                                  "rtt_median_ms": 1000 * median, "rtt_p90_ms": 1000 * sorted(times)[int(0.9 * len(times))],
                                  "hop_ms": 500 * median, "throughput_mb_s": 2 * size / median / 1e6})
-        delivery = [delivery_row(name, one_way_latencies(f"ipc://{folder}/delayed", message, delay_ms / 1000, args.count),
-                                 one_way_latencies(f"ipc://{folder}/direct", message, 0.0, args.count), delay_ms)
+        delivery = [delivery_row(name, one_way_latencies(f"ipc://{sockets}/delayed", message, delay_ms / 1000, args.count),
+                                 one_way_latencies(f"ipc://{sockets}/direct", message, 0.0, args.count), delay_ms)
                     for name, message in messages.items()] if delay_ms else []
     best = min(rows, key=lambda row: row["rtt_median_ms"] if row["message"] == "activation" else float("inf"))
     report = {"job": job.name, "batch_size": batch, "activation_shape": list(activation), "rows": rows,

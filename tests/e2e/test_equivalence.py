@@ -83,7 +83,7 @@ def assert_same_parameters(stages, saved):
         if stage.synthesizer is not None:
             expected.update({f"synthesizer.{name}": value for name, value in stage.synthesizer.named_parameters()})
         for name, value in expected.items():
-            torch.testing.assert_close(state[name], value.detach(), rtol=1e-5, atol=1e-6, msg=lambda m: f"stage {index} {name}: {m}")
+            torch.testing.assert_close(state[name], value.detach(), rtol=1e-5, atol=1e-6, msg=lambda m, index=index, name=name: f"stage {index} {name}: {m}")
 
 
 @pytest.mark.parametrize("mode, trainer", [("backprop", train_backprop), ("sg", train_dni)])

@@ -19,7 +19,7 @@ def test_every_public_name_resolves_to_its_home_module(name):
 
 def test_an_unknown_name_is_an_attribute_error():
     with pytest.raises(AttributeError, match="no attribute 'Trainer'"):
-        dni.Trainer
+        _ = dni.Trainer
 
 
 def test_the_subpackages_live_under_dni():

@@ -71,7 +71,7 @@ def assert_same_weights(actual: nn.Module, expected: nn.Module) -> None:
     """Parameters and buffers (BatchNorm's running statistics too) equal."""
     reference = expected.state_dict()
     for name, value in actual.state_dict().items():
-        torch.testing.assert_close(value, reference[name], rtol=0, atol=1e-6, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(value, reference[name], rtol=0, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
 
 
 def snapshot(module: nn.Module) -> list[torch.Tensor]:

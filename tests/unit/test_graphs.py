@@ -55,7 +55,7 @@ def test_graphed_steps_train_as_eager_steps_do(mode):
         if a is not None:
             torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
     for (name, a), b in zip(eager.state().items(), graphed.state().values()):
-        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
 
 
 @needs_cuda
