@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -426,6 +427,14 @@ def test_state_holds_the_module_and_the_synthesizer():
     assert set(state) == {f"module.{k}" for k in compute.module.state_dict()} | {f"synthesizer.{k}" for k in compute.synthesizer.state_dict()}
     last, _ = stage(Mode.SG, index=2)
     assert set(last.state()) == {"module.1.weight", "module.1.bias"}
+
+
+def test_a_stage_refuses_settings_its_mode_cannot_run_with():
+    modules = build(Mode.CDNI, 1, 3)
+    with pytest.raises(ValueError, match="cdni conditions the synthesizer on the label and needs num_classes"):
+        StageCompute(modules.module, modules.synthesizer, mode=Mode.CDNI)
+    with pytest.raises(ValueError, match="a hidden stage in sg needs a synthesizer"):
+        StageCompute(modules.module, mode=Mode.SG)
 
 
 # -- the README's single-process loop ---------------------------------------------------------------------------
