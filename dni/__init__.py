@@ -8,7 +8,8 @@ which imports `dni.workers`, does not pay for the coordinator's imports:
     folder, summary = dni.run_job(job)
 
 `StageCompute` is the DNI algorithm of one stage without any socket (forward,
-update with the synthetic gradient, train the synthesizer on the true target);
+update with the synthetic gradient, train the synthesizer on the true target),
+with `OptimizerSpec` its optimiser and `MLPSynthesizer` the built-in synthesizer;
 `StageBuilder` and `SynthesizerBuilder` are the contracts a plug-in honours.
 The subpackages are `dni.protocol` (bytes and messages), `dni.workers` (one
 stage and its neighbours) and `dni.coordinator` (the job).
@@ -20,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "Job", "Mode", "StageBuilder", "StageCompute", "SynthesizerBuilder", "load_job", "resume_job", "run_job",
+    "Job", "MLPSynthesizer", "Mode", "OptimizerSpec", "StageBuilder", "StageCompute", "SynthesizerBuilder", "load_job",
+    "resume_job", "run_job",
 ]
 
 _CHECKOUT = Path(__file__).resolve().parent.parent
@@ -32,9 +34,9 @@ if all((_CHECKOUT / folder / "__init__.py").is_file() for folder in ("protocol",
 _HOMES = {
     "Job": "dni.coordinator.job", "load_job": "dni.coordinator.job",
     "run_job": "dni.coordinator.run", "resume_job": "dni.coordinator.run",
-    "Mode": "dni.spec",
+    "Mode": "dni.spec", "OptimizerSpec": "dni.spec",
     "StageBuilder": "dni.workers.interface", "SynthesizerBuilder": "dni.workers.interface",
-    "StageCompute": "dni.workers.compute",
+    "StageCompute": "dni.workers.compute", "MLPSynthesizer": "dni.workers.synthesizers",
 }
 
 

@@ -65,6 +65,15 @@ class Mode(str, enum.Enum):
         return self in (Mode.SG, Mode.CDNI, Mode.SL)
 
     @property
+    def hidden_stages_learn(self) -> bool:
+        return self is not Mode.NO_BPROP
+
+    @property
+    def input_gradient(self) -> bool:
+        """A stage sends dL/d(input) upstream: the true gradient (backprop) or its synthetic estimate (sg, cdni)."""
+        return self in (Mode.BACKPROP, Mode.SG, Mode.CDNI)
+
+    @property
     def conditioned(self) -> bool:
         return self is Mode.CDNI
 
@@ -99,6 +108,7 @@ class StageSpec:
 
 @dataclass(frozen=True)
 class OptimizerSpec:
+    """A stage's optimiser: Adam or SGD (`OPTIMIZERS`) and its learning rate, the same for module and synthesizer."""
     name: str = "adam"
     lr: float = 3e-5
 

@@ -1,12 +1,16 @@
 """One stage's training arithmetic in every mode; no sockets here.
 
+`StageCompute` is built from a module, a synthesizer and a mode, so a plain
+training loop can step stages one after another (README.md shows one); a
+worker builds it from its assignment (`StageCompute.assigned`).
+
 The worker calls `forward` when a batch arrives, sends the activation
 downstream, then calls `update_after_forward` (the update-unlocked step of the
 synthetic modes); when a target comes back it calls `receive_target`. Each call
 returns what must travel upstream, if anything: the gradient w.r.t. the stage's
 input for backprop and synthetic gradients, the stage's own loss prediction for
 synthetic loss. The last stage does all of it at once in `train_last`, and
-scores evaluation batches with `evaluate_last`, both with the job's loss
+scores evaluation batches with `evaluate_last`, both with its loss
 (`dni.workers.losses`), so the loss lives here and nowhere in the transport.
 
 Losses are summed over the batch, as in the reference, so a synthesizer learns
@@ -22,14 +26,15 @@ from __future__ import annotations
 import functools
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from dni.schedule import StageSchedule
-from dni.spec import Mode, StageAssignment
+from dni.spec import Mode, OptimizerSpec, StageAssignment
 from dni.workers.build import StageModules
 from dni.workers.graphs import GraphedCall, Unconditioned
 from dni.workers.interface import Shape, call_stage
@@ -93,41 +98,64 @@ class LastStageResult(EvalResult):
 
 
 class StageCompute:
-    def __init__(self, config: StageAssignment, modules: StageModules, timeline: Timeline) -> None:
-        self.config = config
-        self.mode = config.mode
-        self.module = modules.module
-        self.synthesizer = modules.synthesizer
-        self.output_shape: Shape = tuple(modules.output_shape)
-        self.time = timeline
-        self.loss: Optional[Loss] = resolve_loss(config.loss) if config.is_last else None
-        self.module_optimizer = make_optimizer(config.optimizer, self.module.parameters())
-        self.synthesizer_optimizer = (
-            make_optimizer(config.optimizer, self.synthesizer.parameters()) if self.synthesizer else None
-        )
+    """One stage's DNI arithmetic: its module, its synthesizer and their optimisers, in one mode.
+
+    `synthesizer` is None for the last stage and in the modes without one; `first` spares the gradient w.r.t. the
+    data; `loss` (a name in `dni.workers.losses`, or such a callable) makes it the last stage; `num_classes` sizes
+    the one-hot condition of `cdni`; `window` bounds the batches that await their target (the locked mode holds
+    one). A worker builds it from its assignment (`assigned`); a plain training loop calls it directly.
+    """
+
+    def __init__(self, module: nn.Module, synthesizer: Optional[nn.Module] = None, *, mode: Mode,
+                 optimizer: Optional[OptimizerSpec] = None, first: bool = False, loss: Union[str, Loss, None] = None,
+                 num_classes: Optional[int] = None, window: int = 1, cuda_graphs: bool = True,
+                 timeline: Optional[Timeline] = None, name: str = "stage") -> None:
+        if mode.conditioned and num_classes is None:
+            raise ValueError(f"{name}: {mode.value} conditions the synthesizer on the label and needs num_classes")
+        if mode.uses_synthesizer and synthesizer is None and loss is None:
+            raise ValueError(f"{name}: a hidden stage in {mode.value} needs a synthesizer")
+        optimizer = optimizer or OptimizerSpec()
+        self.name = name
+        self.mode = mode
+        self.module = module
+        self.synthesizer = synthesizer
+        self.num_classes = num_classes
+        self.time = timeline or Timeline()
+        self.loss_name = loss if isinstance(loss, str) else getattr(loss, "__name__", "loss")
+        self.loss: Optional[Loss] = resolve_loss(loss) if isinstance(loss, str) else loss
+        self.module_optimizer = make_optimizer(optimizer, self.module.parameters())
+        self.synthesizer_optimizer = make_optimizer(optimizer, self.synthesizer.parameters()) if self.synthesizer else None
         self.module_step = Stepper(self.module_optimizer)
         self.synthesizer_step = Stepper(self.synthesizer_optimizer) if self.synthesizer_optimizer else None
-        self.stash = WeightStash(self.synthesizer, 1 if self.mode.locked else config.window) if self.synthesizer else None
-        self.graphed_module, self.graphed_synthesizer = self._graphs(config)
+        self.stash = WeightStash(self.synthesizer, 1 if mode.locked else window) if self.synthesizer else None
+        self.graphed_module, self.graphed_synthesizer = self._graphs(cuda_graphs)
         self.pending: OrderedDict[int, Pending] = OrderedDict()
         self.steps = 0
         self.staleness: Counter[int] = Counter()
         self._synthesizer_loss: Optional[torch.Tensor] = None
         self._update_due = False
-        self.needs_input_grad = not config.is_first and self.mode in (Mode.BACKPROP, Mode.SG, Mode.CDNI)
-        self.schedule = StageSchedule(config.window, self.mode.locked)
+        self.learns = mode.hidden_stages_learn
+        self.needs_input_grad = not first and mode.input_gradient
+        self.schedule = StageSchedule(window, mode.locked)
 
-    def _graphs(self, config: StageAssignment) -> tuple[Optional[GraphedCall], Optional[GraphedCall]]:
+    @classmethod
+    def assigned(cls, config: StageAssignment, modules: StageModules, timeline: Timeline) -> "StageCompute":
+        """The stage a worker serves for `config`, its modules built from it (`dni.workers.build`)."""
+        return cls(modules.module, modules.synthesizer, mode=config.mode, optimizer=config.optimizer,
+                   first=config.is_first, loss=config.loss if config.is_last else None, num_classes=config.num_classes,
+                   window=config.window, cuda_graphs=config.cuda_graphs, timeline=timeline,
+                   name=f"stage {config.index} ({config.spec.kind})")
+
+    def _graphs(self, enabled: bool) -> tuple[Optional[GraphedCall], Optional[GraphedCall]]:
         """CUDA graphs for the module, and for the synthesizer where a window of one batch allows (workers/graphs.py)."""
         parameters = list(self.module.parameters())
-        if not (config.cuda_graphs and parameters and parameters[0].is_cuda):
+        if not (enabled and parameters and parameters[0].is_cuda):
             return None, None
-        where = f"stage {config.index} ({config.spec.kind})"
-        module = GraphedCall(self.module, where)
+        module = GraphedCall(self.module, self.name)
         if self.synthesizer is None or self.stash.copies or self.mode.synthetic_loss:
             return module, None
         synthesizer = self.synthesizer if self.mode.conditioned else Unconditioned(self.synthesizer)
-        return module, GraphedCall(synthesizer, f"{where}, synthesizer")
+        return module, GraphedCall(synthesizer, f"{self.name}, synthesizer")
 
     def _run_module(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.graphed_module is None:
@@ -152,20 +180,20 @@ class StageCompute:
 
     def expected_target_shape(self, batch: int) -> Shape:
         """The shape of the target batch `batch` awaits: a loss per example (sl) or a gradient of the output."""
-        rows = self.pending[batch].h.shape[0]
-        return (rows, *((1,) if self.mode.synthetic_loss else self.output_shape))
+        h = self.pending[batch].h
+        return (h.shape[0], 1) if self.mode.synthetic_loss else h.shape
 
     def forward(self, batch: int, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """A hidden stage's training forward pass; returns the activation for downstream."""
         self.steps += 1
-        if self.mode is Mode.NO_BPROP:
+        if not self.learns:
             with torch.no_grad():
                 h = call_stage(self.module, x, labels)
             self.time.lap("forward")
             return h
         x.requires_grad_(self.needs_input_grad)
         h = self._run_module(x, labels)
-        condition = F.one_hot(labels, self.config.num_classes).float() if self.mode.conditioned else None
+        condition = F.one_hot(labels, self.num_classes).float() if self.mode.conditioned else None
         self.pending[batch] = Pending(x, h, condition, self.steps)
         self.time.lap("forward")
         return h.detach()
@@ -303,8 +331,8 @@ class StageCompute:
 
     def _losses(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.loss is None:
-            raise RuntimeError(f"stage {self.config.index} is not the last stage and has no loss")
-        return per_example_losses(self.loss, self.config.loss, logits, labels)
+            raise RuntimeError(f"{self.name} is not the last stage and has no loss")
+        return per_example_losses(self.loss, self.loss_name, logits, labels)
 
     def restored(self) -> None:
         """The weights were replaced from a checkpoint: no stashed copy of the old ones may be used again."""

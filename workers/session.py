@@ -59,7 +59,7 @@ class Session:
         modules = build_stage(config.spec, index=config.index, input_shape=config.input_shape, mode=config.mode,
                               num_classes=config.num_classes, seed=config.seed, is_last=config.is_last, device=self.device)
         self.output_shape = modules.output_shape
-        self.compute = StageCompute(config, modules, self.timeline)
+        self.compute = StageCompute.assigned(config, modules, self.timeline)
         self.schedule = self.compute.schedule
         if config.restore:
             try:

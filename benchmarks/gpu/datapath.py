@@ -28,11 +28,9 @@ from dni.coordinator.job import Job
 from dni.coordinator.shapes import check_stages
 from dni.protocol import Kind, Message, decode, open_socket, receive_frames, send_message
 from dni.spec import Mode
-from dni.spec import StageAssignment
 from dni.workers.build import build_stage
 from dni.workers.compute import StageCompute
 from dni.workers.devices import synchronizer, to_device, to_host
-from dni.workers.timing import Timeline
 
 __all__ = ["profile_stage", "DATA_SHAPES"]
 
@@ -120,14 +118,11 @@ def _run(job: Job, index: int, input_shape: tuple[int, ...], device: str, steps:
 
 
 def _stage_compute(job: Job, index: int, input_shape: tuple[int, ...], device: str) -> tuple[StageCompute, tuple[int, ...]]:
-    spec = job.stages[index]
-    config = StageAssignment(job="profile", index=index, num_stages=len(job.stages), spec=spec, mode=job.mode,
-                         input_shape=tuple(input_shape), num_classes=10, optimizer=job.optimizer, seed=job.seed,
-                         window=1, threads=torch.get_num_threads(), coordinator="inproc://unused",
-                         upstream="inproc://up" if index else None, downstream="inproc://down")
-    modules = build_stage(spec, index=index, input_shape=input_shape, mode=job.mode, num_classes=10, seed=job.seed,
-                          is_last=False, device=device)
-    return StageCompute(config, modules, Timeline()), modules.output_shape
+    modules = build_stage(job.stages[index], index=index, input_shape=input_shape, mode=job.mode, num_classes=10,
+                          seed=job.seed, is_last=False, device=device)
+    compute = StageCompute(modules.module, modules.synthesizer, mode=job.mode, optimizer=job.optimizer, first=index == 0,
+                           num_classes=10, name=f"stage {index}")
+    return compute, modules.output_shape
 
 
 def _step(compute: StageCompute, batch: int, arrays: tuple[np.ndarray, ...], hops: dict[str, Hop],

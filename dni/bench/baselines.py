@@ -2,14 +2,16 @@
 
 `plain`: ordinary backprop with PyTorch autograd. `synthetic`: the same stages
 and synthesizers stepped one after another in one process, through the very
-StageCompute objects the workers use, with no sockets at all.
+StageCompute objects the workers use, with no sockets at all. `stage_computes`
+and `single_process_step` are that loop, which `dni bench overhead` runs too.
 """
 from __future__ import annotations
 
+import functools
 import os
 import time
 from dataclasses import replace
-from typing import Any
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -17,19 +19,17 @@ import torch.nn.functional as F
 from dni.coordinator.data import Dataset, test_batches, train_batches
 from dni.coordinator.job import Job
 from dni.spec import Mode
-from dni.spec import StageAssignment
 from dni.workers.build import build_stages
 from dni.workers.compute import StageCompute
-from dni.workers.timing import Timeline
 
-__all__ = ["run_baseline"]
+__all__ = ["run_baseline", "single_process_step", "stage_computes"]
 
 
 def run_baseline(job: Job, data: Dataset, kind: str) -> dict[str, Any]:
     torch.set_num_threads(os.cpu_count() or 1)
     mode = Mode.BACKPROP if kind == "plain" else Mode.SG
-    computes = _stage_computes(replace(job, mode=mode), data)
-    step_function = _plain_step(computes, job) if kind == "plain" else _synthetic_step(computes)
+    computes = stage_computes(replace(job, mode=mode), data)
+    step_function = _plain_step(computes, job) if kind == "plain" else functools.partial(single_process_step, computes)
     total = job.total_steps(len(data.train_y))
     eval_every = job.eval_every or job.steps_per_epoch(len(data.train_y))
     evaluations, started = [], time.perf_counter()
@@ -48,15 +48,13 @@ def run_baseline(job: Job, data: Dataset, kind: str) -> dict[str, Any]:
     }
 
 
-def _stage_computes(job: Job, data: Dataset) -> list[StageCompute]:
+def stage_computes(job: Job, data: Dataset) -> list[StageCompute]:
+    """The job's stages in this process, built as its workers build them, with a window of one batch."""
     built = build_stages(job.stages, input_shape=data.input_shape, mode=job.mode, num_classes=data.num_classes, seed=job.seed)
-    shapes = [tuple(data.input_shape), *(modules.output_shape for modules in built)]
-    count = len(job.stages)
-    return [StageCompute(StageAssignment(
-        job="baseline", index=index, num_stages=count, spec=spec, mode=job.mode, input_shape=shapes[index],
-        num_classes=data.num_classes, optimizer=job.optimizer, seed=job.seed, window=1, threads=1, coordinator="inproc://none",
-        upstream="inproc://up" if index else None, downstream="inproc://down" if index < count - 1 else None,
-    ), modules, Timeline()) for index, (spec, modules) in enumerate(zip(job.stages, built))]
+    last = len(built) - 1
+    return [StageCompute(modules.module, modules.synthesizer, mode=job.mode, optimizer=job.optimizer, first=index == 0,
+                         loss=job.loss if index == last else None, num_classes=data.num_classes, name=f"stage {index}")
+            for index, modules in enumerate(built)]
 
 
 def _plain_step(computes: list[StageCompute], job: Job):
@@ -71,16 +69,20 @@ def _plain_step(computes: list[StageCompute], job: Job):
     return step
 
 
-def _synthetic_step(computes: list[StageCompute]):
-    def step(batch: int, x: torch.Tensor, labels: torch.Tensor) -> None:
-        targets = []
-        for compute in computes[:-1]:
-            x = compute.forward(batch, x, labels)
-            targets.append(compute.update_after_forward(batch))
-        targets.append(computes[-1].train_last(x, labels).upstream)
-        for index, compute in enumerate(computes[:-1]):
-            compute.receive_target(batch, targets[index + 1])
-    return step
+def single_process_step(computes: list[StageCompute], batch: int, x: torch.Tensor, labels: torch.Tensor) -> None:
+    """One step of every stage, as the pipeline's messages would order it: each batch's targets come back before
+    the next batch, as in the reference's single script."""
+    *hidden, last = computes
+    upstream: list[Optional[torch.Tensor]] = []
+    for compute in hidden:
+        x = compute.forward(batch, x, labels)
+        upstream.append(compute.update_after_forward(batch))
+    upstream.append(last.train_last(x, labels).upstream)
+    for index in reversed(range(len(hidden))):
+        if hidden[index].awaits_target(batch):
+            sent = hidden[index].receive_target(batch, upstream[index + 1])
+            if hidden[index].mode.locked:
+                upstream[index] = sent
 
 
 def _accuracy(computes: list[StageCompute], data: Dataset, batch_size: int) -> float:

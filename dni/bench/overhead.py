@@ -30,16 +30,14 @@ from typing import Any, Optional
 
 import torch
 
+from dni.bench.baselines import single_process_step, stage_computes
 from dni.bench.overhead_plot import plot_overhead
 from dni.coordinator.data import Dataset, train_batches
 from dni.coordinator.job import Job, job_from_table
 from dni.coordinator.launcher import LocalWorkers
 from dni.coordinator.run import job_data, run_job
 from dni.errors import ConfigError
-from dni.spec import MODE_NAMES, StageAssignment
-from dni.workers.build import build_stages
-from dni.workers.compute import StageCompute
-from dni.workers.timing import Timeline
+from dni.spec import MODE_NAMES
 
 __all__ = ["COMPUTE", "WAITING", "breakdown", "overhead_job", "run_overhead", "single_process_rate"]
 
@@ -68,37 +66,14 @@ def single_process_rate(job: Job, data: Dataset, threads: int) -> float:
     """Steps per second of the same stages stepped one after another in this process (window 1: each batch's
     targets come back before the next batch, as in the reference's single script)."""
     torch.set_num_threads(threads)
-    built = build_stages(job.stages, input_shape=data.input_shape, mode=job.mode, num_classes=data.num_classes, seed=job.seed)
-    shapes = [tuple(data.input_shape), *(modules.output_shape for modules in built)]
-    count = len(job.stages)
-    computes = [StageCompute(StageAssignment(
-        job="single", index=index, num_stages=count, spec=spec, mode=job.mode, input_shape=shapes[index],
-        num_classes=data.num_classes, optimizer=job.optimizer, seed=job.seed, window=1, threads=threads,
-        coordinator="inproc://none", upstream="inproc://up" if index else None,
-        downstream="inproc://down" if index < count - 1 else None,
-    ), modules, Timeline()) for index, (spec, modules) in enumerate(zip(job.stages, built))]
+    computes = stage_computes(job, data)
     batches = list(train_batches(data, job.batch_size, job.seed, job.iterations + WARM_UP))
     for batch, (_, x, labels) in enumerate(batches[:WARM_UP]):
-        _step(computes, batch, x, labels)
+        single_process_step(computes, batch, x, labels)
     started = time.perf_counter()
     for batch, (_, x, labels) in enumerate(batches[WARM_UP:], start=WARM_UP):
-        _step(computes, batch, x, labels)
+        single_process_step(computes, batch, x, labels)
     return job.iterations / (time.perf_counter() - started)
-
-
-def _step(computes: list[StageCompute], batch: int, x: torch.Tensor, labels: torch.Tensor) -> None:
-    """One step of every stage, as the pipeline's messages would order it."""
-    *hidden, last = computes
-    upstream: list[Optional[torch.Tensor]] = []
-    for compute in hidden:
-        x = compute.forward(batch, x, labels)
-        upstream.append(compute.update_after_forward(batch))
-    upstream.append(last.train_last(x, labels).upstream)
-    for index in reversed(range(len(hidden))):
-        if hidden[index].awaits_target(batch):
-            sent = hidden[index].receive_target(batch, upstream[index + 1])
-            if hidden[index].mode.locked:
-                upstream[index] = sent
 
 
 def breakdown(metrics: dict[str, Any]) -> dict[str, Any]:

@@ -6,14 +6,17 @@ where named) on the gradient the mode prescribes. Tiny stages, a batch of four, 
 """
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from dni.workers.build import StageModules, build_stage
 from dni.workers.compute import StageCompute
-from dni.spec import Mode, OptimizerSpec, StageAssignment, StageSpec, SynthesizerSpec
-from dni.workers.timing import Timeline
+from dni.spec import Mode, OptimizerSpec, StageSpec, SynthesizerSpec
 
 LR = 0.1
 SEED = 5
@@ -39,11 +42,10 @@ def build(mode: Mode, index: int, stages: int) -> StageModules:
 def stage(mode: Mode, index: int = 1, stages: int = 3, window: int = 1, optimizer: str = "sgd") -> tuple[StageCompute, StageModules]:
     """The stage under test (as a worker holds it) and its reference twin with the same weights."""
     last = index == stages - 1
-    config = StageAssignment(job="unit", index=index, num_stages=stages, spec=LAST if last else HIDDEN, mode=mode,
-                             input_shape=(WIDTH,), num_classes=CLASSES, optimizer=OptimizerSpec(optimizer, LR), seed=SEED,
-                             window=window, threads=1, coordinator="inproc://coordinator",
-                             upstream=None if index == 0 else "inproc://upstream", downstream=None if last else "inproc://downstream")
-    return StageCompute(config, build(mode, index, stages), Timeline()), build(mode, index, stages)
+    built = build(mode, index, stages)
+    compute = StageCompute(built.module, built.synthesizer, mode=mode, optimizer=OptimizerSpec(optimizer, LR),
+                           first=index == 0, loss="cross_entropy" if last else None, num_classes=CLASSES, window=window)
+    return compute, build(mode, index, stages)
 
 
 def batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -425,3 +427,35 @@ def test_state_holds_the_module_and_the_synthesizer():
     assert set(state) == {f"module.{k}" for k in compute.module.state_dict()} | {f"synthesizer.{k}" for k in compute.synthesizer.state_dict()}
     last, _ = stage(Mode.SG, index=2)
     assert set(last.state()) == {"module.1.weight", "module.1.bias"}
+
+
+def test_a_stage_refuses_settings_its_mode_cannot_run_with():
+    modules = build(Mode.CDNI, 1, 3)
+    with pytest.raises(ValueError, match="cdni conditions the synthesizer on the label and needs num_classes"):
+        StageCompute(modules.module, modules.synthesizer, mode=Mode.CDNI)
+    with pytest.raises(ValueError, match="a hidden stage in sg needs a synthesizer"):
+        StageCompute(modules.module, mode=Mode.SG)
+
+
+# -- the README's single-process loop ---------------------------------------------------------------------------
+
+
+def readme_loop() -> str:
+    """The README's Python block that builds StageComputes and trains them."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.DOTALL)
+    return next(block for block in blocks if "dni.StageCompute(" in block)
+
+
+def test_the_readme_loop_steps_every_stage_and_every_synthesizer_learns():
+    namespace: dict = {}
+    exec(compile(readme_loop(), "README.md", "exec"), namespace)
+    stages, steps = namespace["stages"], len(namespace["batches"])
+    assert len(stages) == 3 and [stage.synthesizer is None for stage in stages] == [False, False, True]
+    for stage in stages:
+        assert stage.steps == steps and not stage.pending
+        for optimizer in [stage.module_optimizer] + ([stage.synthesizer_optimizer] if stage.synthesizer else []):
+            parameters = optimizer.param_groups[0]["params"]
+            assert [float(optimizer.state[p]["step"]) for p in parameters] == [steps] * len(parameters)
+        if stage.synthesizer is not None:
+            assert stage.synthesizer.output.weight.any(), "the zero-initialised synthesizer learnt nothing"

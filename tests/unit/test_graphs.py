@@ -7,23 +7,20 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dni.spec import Mode, OptimizerSpec, StageAssignment, StageSpec, SynthesizerSpec
+from dni.spec import Mode, OptimizerSpec, StageSpec, SynthesizerSpec
 from dni.workers.build import build_stage
 from dni.workers.compute import StageCompute
-from dni.workers.timing import Timeline
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none visible)")
 HIDDEN = StageSpec("linear_bn_relu", {"features": 16}, SynthesizerSpec("mlp", {"hidden": 32, "layers": 2}))
 
 
 def stage(mode: Mode, device: str, graphs: bool, window: int = 1) -> StageCompute:
-    config = StageAssignment(job="unit", index=1, num_stages=3, spec=HIDDEN, mode=mode, input_shape=(8,), num_classes=4,
-                             optimizer=OptimizerSpec("adam", 1e-2), seed=3, window=window, threads=1,
-                             coordinator="inproc://c", upstream="inproc://u", downstream="inproc://d", cuda_graphs=graphs)
     modules = build_stage(HIDDEN, index=1, input_shape=(8,), mode=mode, num_classes=4, seed=3, is_last=False, device=device)
     with torch.no_grad():  # a synthesizer that predicts something, so that every part of the step matters
         modules.synthesizer.output.weight.normal_(0, 0.1, generator=torch.Generator(device).manual_seed(0))
-    return StageCompute(config, modules, Timeline())
+    return StageCompute(modules.module, modules.synthesizer, mode=mode, optimizer=OptimizerSpec("adam", 1e-2), num_classes=4,
+                        window=window, cuda_graphs=graphs)
 
 
 def train(compute: StageCompute, device: str, steps: int, batch: int = 32) -> list[torch.Tensor]:

@@ -39,14 +39,11 @@ def plugin(monkeypatch):
 
 def last_stage(loss: str = "cross_entropy", mode: Mode = Mode.SG) -> StageCompute:
     """The last of two stages, whose module passes its input through (identity weights): logits = x."""
-    config = StageAssignment(job="unit", index=1, num_stages=2, spec=StageSpec("linear", {"features": 3}), mode=mode,
-                             input_shape=(3,), num_classes=3, optimizer=OptimizerSpec("sgd", 0.1), seed=0, window=1,
-                             threads=1, coordinator="inproc://c", upstream="inproc://u", loss=loss)
     module = nn.Linear(3, 3)
     with torch.no_grad():
         module.weight.copy_(torch.eye(3))
         module.bias.zero_()
-    return StageCompute(config, StageModules(module, None, (3,)), Timeline())
+    return StageCompute(module, mode=mode, optimizer=OptimizerSpec("sgd", 0.1), loss=loss)
 
 
 def test_the_built_in_losses_are_the_names_a_job_file_may_use():
@@ -88,8 +85,15 @@ def test_check_loss_refuses_anything_else(value):
         check_loss(value)
 
 
+def last_assignment(loss: str) -> StageAssignment:
+    """What a worker is told to serve the last of two stages."""
+    return StageAssignment(job="unit", index=1, num_stages=2, spec=StageSpec("linear", {"features": 3}), mode=Mode.SG,
+                           input_shape=(3,), num_classes=3, optimizer=OptimizerSpec("sgd", 0.1), seed=0, window=1,
+                           threads=1, coordinator="inproc://c", upstream="inproc://u", loss=loss)
+
+
 def test_the_loss_travels_in_the_assignment_and_may_be_missing_on_the_wire(plugin):
-    wire = last_stage("my_losses:squared").config.to_wire()
+    wire = last_assignment("my_losses:squared").to_wire()
     assert wire["loss"] == "my_losses:squared" and StageAssignment.from_wire(wire).loss == "my_losses:squared"
     del wire["loss"]
     assert StageAssignment.from_wire(wire).loss == "cross_entropy"
@@ -123,7 +127,7 @@ def test_only_the_last_stage_resolves_the_loss():
     config = StageAssignment(job="unit", index=0, num_stages=2, spec=StageSpec("linear", {"features": 3}), mode=Mode.BACKPROP,
                              input_shape=(3,), num_classes=3, optimizer=OptimizerSpec("sgd", 0.1), seed=0, window=1,
                              threads=1, coordinator="inproc://c", downstream="inproc://d", loss="not_installed:loss")
-    assert StageCompute(config, StageModules(nn.Linear(3, 3), None, (3,)), Timeline()).loss is None
+    assert StageCompute.assigned(config, StageModules(nn.Linear(3, 3), None, (3,)), Timeline()).loss is None
     with pytest.raises(UnknownBuilderError, match="cannot be imported"):
         last_stage("not_installed:loss")
 

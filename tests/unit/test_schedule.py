@@ -47,13 +47,8 @@ def test_the_feed_keeps_at_most_its_credit_unanswered_and_waits_for_a_stage_0_th
 def test_a_stage_schedules_by_its_mode_and_window(mode, window, in_flight, batches):
     from torch import nn
 
-    from dni.spec import Mode, OptimizerSpec, StageAssignment, StageSpec
-    from dni.workers.build import StageModules
+    from dni.spec import Mode, OptimizerSpec
     from dni.workers.compute import StageCompute
-    from dni.workers.timing import Timeline
 
-    config = StageAssignment(job="unit", index=0, num_stages=2, spec=StageSpec("linear", {"features": 2}), mode=Mode(mode),
-                             input_shape=(3,), num_classes=2, optimizer=OptimizerSpec("sgd", 0.1), seed=0, window=window,
-                             threads=1, coordinator="inproc://c", downstream="inproc://d")
-    stage = StageCompute(config, StageModules(nn.Linear(3, 2), None, (2,)), Timeline())
+    stage = StageCompute(nn.Linear(3, 2), mode=Mode(mode), optimizer=OptimizerSpec("sgd", 0.1), first=True, window=window)
     assert stage.schedule.turn(in_flight, outbox_over_bound=False).batches is batches
