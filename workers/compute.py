@@ -26,7 +26,7 @@ from __future__ import annotations
 import functools
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
-from typing import Any, Optional, Union
+from typing import Any, Optional, Union, cast
 
 import numpy as np
 import torch
@@ -119,7 +119,7 @@ class StageCompute:
         self.mode = mode
         self.module = module
         self.synthesizer = synthesizer
-        self.num_classes = num_classes
+        self.num_classes = num_classes or 0  # only cdni's condition uses it
         self.time = timeline or Timeline()
         self.loss_name = loss if isinstance(loss, str) else getattr(loss, "__name__", "loss")
         self.loss: Optional[Loss] = resolve_loss(loss) if isinstance(loss, str) else loss
@@ -152,7 +152,7 @@ class StageCompute:
         if not (enabled and parameters and parameters[0].is_cuda):
             return None, None
         module = GraphedCall(self.module, self.name)
-        if self.synthesizer is None or self.stash.copies or self.mode.synthetic_loss:
+        if self.synthesizer is None or self.stash is None or self.stash.copies or self.mode.synthetic_loss:
             return module, None
         synthesizer = self.synthesizer if self.mode.conditioned else Unconditioned(self.synthesizer)
         return module, GraphedCall(synthesizer, f"{self.name}, synthesizer")
@@ -210,6 +210,7 @@ class StageCompute:
         if not self.mode.uses_synthesizer:
             return None
         pending = self.pending[batch]
+        upstream: Optional[torch.Tensor]
         if self.mode.synthetic_loss:
             upstream = self._follow_synthetic_loss(pending)
         else:
@@ -234,9 +235,11 @@ class StageCompute:
         since (weight stashing, as in PipeDream). With a window of one batch the
         weights are the live ones and this is the reference's update.
         """
+        assert self.stash is not None, "only a stage with a synthesizer predicts"
         module, pending.weights, pending.replica = self.stash.acquire()
         if self.graphed_synthesizer is not None:
-            prediction = self.graphed_synthesizer(h, pending.condition) if self.mode.conditioned else self.graphed_synthesizer(h)
+            prediction = self.graphed_synthesizer(h, cast(torch.Tensor, pending.condition)) if self.mode.conditioned \
+                else self.graphed_synthesizer(h)
         else:
             prediction = module(h, pending.condition)
         pending.prediction = prediction.square() if self.mode.synthetic_loss else prediction
@@ -246,7 +249,7 @@ class StageCompute:
         predicted = self._predict(pending, pending.h.detach())
         self.module_step.zero_grad()
         pending.h.backward(predicted.detach())
-        return pending.x.grad if self.needs_input_grad else None
+        return pending.x.grad if self.needs_input_grad and pending.x is not None else None
 
     def _follow_synthetic_loss(self, pending: Pending) -> torch.Tensor:
         predicted = self._predict(pending, pending.h)
@@ -268,14 +271,16 @@ class StageCompute:
         if self.mode.locked:
             return self._backpropagate(pending, target)
         self.staleness[self.steps - pending.step] += 1
+        stash, step = self.stash, self.synthesizer_step
+        assert stash is not None and step is not None and pending.prediction is not None and pending.weights is not None
         loss = F.mse_loss(pending.prediction, target)
         grads = torch.autograd.grad(loss, pending.weights)
-        self.stash.release(pending.replica)
-        for parameter, grad in zip(self.stash.live_parameters, grads):
+        stash.release(pending.replica)
+        for parameter, grad in zip(stash.live_parameters, grads):
             parameter.grad = grad
         self.time.lap("synthesizer")
-        self.synthesizer_step.step()
-        self.stash.changed()
+        step.step()
+        stash.changed()
         self.time.lap("optimizer")
         self._synthesizer_loss = loss.detach()
         return None
@@ -285,7 +290,7 @@ class StageCompute:
         pending.h.backward(gradient)
         self.time.lap("backward")
         self._update_due = True
-        return pending.x.grad if self.needs_input_grad else None
+        return pending.x.grad if self.needs_input_grad and pending.x is not None else None
 
     def train_last(self, x: torch.Tensor, labels: torch.Tensor) -> LastStageResult:
         """The last stage: real loss, its own update, and the target for the stage above."""
@@ -337,7 +342,7 @@ class StageCompute:
     def restored(self) -> None:
         """The weights were replaced from a checkpoint: no stashed copy of the old ones may be used again."""
         self.module_step.refresh()
-        if self.stash is not None:
+        if self.stash is not None and self.synthesizer_step is not None:
             self.stash.changed()
             self.synthesizer_step.refresh()
 

@@ -33,7 +33,7 @@ def run_baseline(job: Job, data: Dataset, kind: str) -> dict[str, Any]:
     total = job.total_steps(len(data.train_y))
     eval_every = job.eval_every or job.steps_per_epoch(len(data.train_y))
     evaluations, started = [], time.perf_counter()
-    first_step_done = None
+    first_step_done: Optional[float] = None
     for step, (_, x, labels) in enumerate(train_batches(data, job.batch_size, job.seed, total), start=1):
         step_function(step, x, labels)
         first_step_done = first_step_done or time.perf_counter()
@@ -43,7 +43,7 @@ def run_baseline(job: Job, data: Dataset, kind: str) -> dict[str, Any]:
     wall = time.perf_counter() - started
     return {
         "mode": f"single-process {kind}", "wall_seconds": wall, "samples_per_second": total * job.batch_size / wall,
-        "steady_samples_per_second": (total - 1) * job.batch_size / max(1e-9, time.perf_counter() - first_step_done),
+        "steady_samples_per_second": (total - 1) * job.batch_size / max(1e-9, time.perf_counter() - (first_step_done or started)),
         "test_accuracy": evaluations[-1]["test_accuracy"], "evaluations": evaluations,
     }
 
@@ -79,8 +79,9 @@ def single_process_step(computes: list[StageCompute], batch: int, x: torch.Tenso
         upstream.append(compute.update_after_forward(batch))
     upstream.append(last.train_last(x, labels).upstream)
     for index in reversed(range(len(hidden))):
-        if hidden[index].awaits_target(batch):
-            sent = hidden[index].receive_target(batch, upstream[index + 1])
+        target = upstream[index + 1]
+        if hidden[index].awaits_target(batch) and target is not None:
+            sent = hidden[index].receive_target(batch, target)
             if hidden[index].mode.locked:
                 upstream[index] = sent
 
