@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import signal
 import subprocess
 import sys
@@ -20,6 +21,8 @@ from dni.coordinator.pipeline import WorkerLost
 from dni.lifetime import die_with_parent
 from dni.protocol import Endpoints, worker_endpoints
 from dni.spec import COORDINATOR_TIMEOUT, EXIT_COORDINATOR_SILENT, EXIT_STOPPED
+
+__all__ = ["EXIT_MEANINGS", "LocalWorkers", "WorkerDied"]
 
 log = logging.getLogger("dni.launcher")
 READY_SECONDS = 120.0
@@ -34,17 +37,24 @@ class WorkerDied(WorkerLost):
 
 
 class LocalWorkers:
-    """Worker processes on this machine, one per stage, talking over ipc:// (or tcp:// on loopback).
+    """Worker processes on this machine, one per stage, talking over ipc:// (or tcp:// on loopback); a pool
+    (coordinator/pools.py) whose dead workers are seen at once and replaced by new processes.
 
     With `once=False` they outlive their jobs, and a benchmark runs job after job on the same processes
-    (`run_job(..., endpoints=workers.endpoints)`), paying their start-up once."""
+    (`run_job(..., pool=workers)`, which then neither starts nor stops them), paying their start-up once."""
+
+    host = "127.0.0.1"
+    start_seconds = 60.0
+    rejoin_seconds = 60.0
+    builds_here = True
 
     def __init__(self, count: int, transport: str = "ipc", log_level: str = "WARNING", keys: Optional[Path] = None,
-                 once: bool = True) -> None:
+                 once: bool = True, inbox: Optional[str] = None) -> None:
         self.keys = keys  # a CURVE key directory the workers load (see protocol/security.py)
         self.once = once  # each worker serves one job, then exits; else it serves job after job until stopped
-        self.directory = Path(tempfile.mkdtemp(prefix="dni-"))
+        self.directory = Path(tempfile.gettempdir()) / f"dni-{secrets.token_hex(6)}"  # made by start, removed by stop
         self.transport = transport
+        self.inbox = inbox or (f"ipc://{self.directory}/coordinator" if transport == "ipc" else "tcp://127.0.0.1:*")
         self.log_level = log_level
         self.processes: list[subprocess.Popen] = []
         self.endpoints: list[Endpoints] = []
@@ -54,6 +64,7 @@ class LocalWorkers:
         return f"ipc://{self.directory}/stage{stage}" if self.transport == "ipc" else "tcp://127.0.0.1:0"
 
     def start(self) -> None:
+        self.directory.mkdir(mode=0o700)
         self.processes = [self._spawn(stage) for stage in range(self.count)]
         log.info("started %d workers: %s", len(self.processes), ", ".join(str(p.pid) for p in self.processes))
         self.endpoints = [self._wait_ready(stage) for stage in range(self.count)]
@@ -82,6 +93,9 @@ class LocalWorkers:
             return worker_endpoints(self._bind_address(stage))
         report = json.loads(self._ready_file(stage).read_text())
         return Endpoints(report["control"], report["forward"], report["backward"])
+
+    def replace(self, loss: WorkerLost) -> Endpoints:
+        return self.restart(loss.stage)
 
     def restart(self, stage: int) -> Endpoints:
         """A fresh process for a stage whose worker died; returns where it listens."""
@@ -112,9 +126,10 @@ class LocalWorkers:
                     process.wait(wait)
                 except subprocess.TimeoutExpired:
                     pass
-        for leftover in self.directory.glob("*"):
-            leftover.unlink(missing_ok=True)
-        self.directory.rmdir()
+        if self.directory.is_dir():
+            for leftover in self.directory.glob("*"):
+                leftover.unlink(missing_ok=True)
+            self.directory.rmdir()
 
     def __enter__(self) -> "LocalWorkers":
         self.start()
@@ -122,7 +137,6 @@ class LocalWorkers:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
 
 
 def _leave_signals_and_die_with_parent() -> None:

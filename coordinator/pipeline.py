@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 import torch
@@ -33,6 +33,9 @@ from dni.protocol import (DEFAULT_LIMITS, Endpoints, Kind, Limits, Message, Outb
 from dni.protocol.linkdelay import poll_within
 from dni.protocol.refusals import RefusalLog
 from dni.protocol.security import Keys, check_plaintext_allowed, make_server, secure_context
+
+if TYPE_CHECKING:
+    from dni.coordinator.pools import WorkerPool
 
 __all__ = ["CHECK_SECONDS", "DISCONNECT_GRACE", "Pipeline", "StageFailed", "WorkerLost"]
 
@@ -55,26 +58,28 @@ class WorkerLost(StageFailed):
 
 
 class Pipeline:
-    def __init__(self, job_id: str, endpoints: list[Endpoints], inbox_bind: str,
-                 health_check: Callable[[], None] = lambda: None, limits: Limits = DEFAULT_LIMITS,
+    """The first `stages` workers of `pool` (all of them by default: a pool may serve jobs of fewer stages),
+    whose health the loop watches through `pool.check`."""
+
+    def __init__(self, job_id: str, pool: WorkerPool, stages: Optional[int] = None, limits: Limits = DEFAULT_LIMITS,
                  heartbeat_timeout: float = 10.0, hang_timeout: float = 300.0, keys: Optional[Keys] = None,
                  link_delay_ms: float = 0.0, interrupts: Interrupts = INTERRUPTS) -> None:
         self.job_id = job_id
-        self.endpoints = list(endpoints)
+        self.pool = pool
+        self.endpoints = endpoints = pool.endpoints[:stages]
         self.limits = limits
-        self.health_check = health_check
         self.heartbeat_timeout = heartbeat_timeout
         self.hang_timeout = hang_timeout
         self.last_beat = 0.0
         if keys is None:  # plaintext only where no socket reaches beyond this machine
-            check_plaintext_allowed([inbox_bind, *(e.control for e in endpoints)], "coordinator address")
+            check_plaintext_allowed([pool.inbox, *(e.control for e in endpoints)], "coordinator address")
         self.context = zmq.Context()
         # with keys, the inbox is a CURVE server and every other socket of this context a CURVE client
         self.authenticator = secure_context(self.context, keys) if keys is not None else None
         self.inbox = open_socket(self.context, zmq.PULL, limits)
         if keys is not None:
             make_server(self.inbox, keys)
-        self.inbox.bind(inbox_bind)
+        self.inbox.bind(pool.inbox)
         self.inbox_address = self.inbox.getsockopt(zmq.LAST_ENDPOINT).decode()
         self.controls = [self._connect(zmq.DEALER, e.control) for e in endpoints]
         # a dead worker's connection drops at once (its kernel closes it); heartbeats would take seconds to say so
@@ -102,8 +107,8 @@ class Pipeline:
     def _monitor(socket: zmq.Socket) -> zmq.Socket:
         return socket.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
 
-    def reconnect(self, stage: int, endpoints: Endpoints) -> None:
-        """A restarted worker listens elsewhere: its control socket (and the feed, for stage 0) follow it."""
+    def _reconnect(self, stage: int, endpoints: Endpoints) -> None:
+        """The stage's control socket (and the feed, for stage 0) connect afresh, to `endpoints`."""
         self.endpoints[stage] = endpoints
         self.controls[stage].disable_monitor()
         self.monitors[stage].close(linger=0)
@@ -157,20 +162,21 @@ class Pipeline:
         self.last_seen[stage] = time.monotonic()
         return reply
 
-    def await_worker(self, stage: int, timeout: float) -> None:
-        """Wait up to `timeout` seconds for a worker to answer at the stage's address again, as one restarted by
-        its orchestrator (compose, Swarm) does; the name is resolved afresh each try, since the new one may live elsewhere."""
+    def rejoin(self, stage: int, endpoints: Endpoints, timeout: float) -> None:
+        """Follow the stage's new worker to `endpoints` and wait up to `timeout` seconds for it to answer there, as
+        one restarted by its orchestrator (compose, Swarm) does at its old address; the name is resolved afresh
+        each try, since the new one may live elsewhere. Meanwhile the other workers keep hearing the beat."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if resolvable(self.endpoints[stage].control, within=2.0):  # a stopped container's name may not resolve
-                self.reconnect(stage, self.endpoints[stage])
+            if resolvable(endpoints.control, within=2.0):  # a stopped container's name may not resolve
+                self._reconnect(stage, endpoints)
                 try:
                     self.request(stage, "ping", timeout=min(5.0, max(0.5, deadline - time.monotonic())))
                     return
                 except PipelineError:
                     continue
             time.sleep(0.5)
-        raise WorkerLost(stage, f"stage {stage} ({self.endpoints[stage].control}) did not come back within {timeout:.0f}s")
+        raise WorkerLost(stage, f"stage {stage} ({endpoints.control}) did not come back within {timeout:.0f}s")
 
     def request_all(self, command: str, meta: Optional[dict[str, Any]] = None, timeout: float = 60.0,
                     stall_timeout: Optional[float] = None) -> list[Message]:
@@ -237,7 +243,7 @@ class Pipeline:
 
     def _watch(self) -> None:
         """What a loop looks at now and then: the workers' processes and connections, the beat, the refusal log."""
-        self.health_check()
+        self.pool.check()
         self._beat()
         self._check_connections()
         self.refusals.summarise_due()

@@ -11,9 +11,9 @@ import torch
 from dni.errors import DniError
 from dni.files import write_text_atomically
 
-from dni.coordinator.job import Job, job_as_table
+from dni.coordinator.job import Job, job_as_table, job_from_table
 
-__all__ = ["NotARunError", "RunFolder", "read_metrics"]
+__all__ = ["NotARunError", "RunComplete", "RunFolder", "read_metrics"]
 
 
 class NotARunError(DniError, ValueError):
@@ -22,9 +22,16 @@ class NotARunError(DniError, ValueError):
     exit_code = 2
 
 
+class RunComplete(DniError):
+    """`--resume` of a run that has already finished: nothing to do."""
+
+    exit_code = 0
+
+
 class RunFolder:
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.job_path = path / "job.json"
         self.metrics_path = path / "metrics.jsonl"
         self.summary_path = path / "summary.json"
         self.plot_path = path / "accuracy.png"
@@ -44,9 +51,25 @@ class RunFolder:
 
     @classmethod
     def open(cls, path: Path) -> "RunFolder":
-        if not (path / "job.json").is_file():
+        if not cls(path).job_path.is_file():
             raise NotARunError(f"{path} is not a run folder (no job.json)")
         return cls(path)
+
+    def stored_table(self) -> dict[str, Any]:
+        """The job this run was started with, as its job.json holds it."""
+        return json.loads(self.job_path.read_text())
+
+    def stored_job(self) -> Job:
+        return job_from_table(self.stored_table(), str(self.job_path))
+
+    def refuse_if_complete(self, hint: str = "") -> None:
+        """Raise RunComplete if this run has finished (a summary without a status is a finished one)."""
+        if not self.summary_path.is_file():
+            return
+        summary = json.loads(self.summary_path.read_text())
+        if summary.get("status", "complete") == "complete":
+            raise RunComplete(f"{self.path} already finished ({summary.get('steps')} steps, test accuracy "
+                              f"{summary.get('test_accuracy', 0):.2%}); nothing to resume{hint}")
 
     def rewrite_metrics(self, records: list[dict[str, Any]]) -> None:
         write_text_atomically(self.metrics_path, "".join(json.dumps(record) + "\n" for record in records))

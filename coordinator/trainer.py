@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 
@@ -18,11 +18,14 @@ from dni.coordinator.progress import Progress
 from dni.coordinator.results import RunFolder, read_metrics
 from dni.coordinator.shapes import check_last_shape
 from dni.coordinator.tensorboard import TensorBoardLog
-from dni.protocol import Endpoints, Kind, Message
+from dni.protocol import Kind, Message
 from dni.protocol.linkdelay import describe
 from dni.schedule import FeedSchedule
 from dni.spec import StageAssignment
 from dni.workers.timing import spans_from_arrays
+
+if TYPE_CHECKING:
+    from dni.coordinator.pools import WorkerPool
 
 log = logging.getLogger("dni.trainer")
 REQUEST_TIMEOUT = 600.0  # a checkpoint or flush of a stage that keeps working
@@ -64,8 +67,7 @@ class Evaluation:
 
 class Trainer:
     def __init__(self, job: Job, job_id: str, data: Dataset, pipeline: Pipeline, folder: RunFolder,
-                 coordinator_address: str, show_progress: bool = True,
-                 replace_worker: Optional[Callable[[int], Endpoints]] = None) -> None:
+                 coordinator_address: str, show_progress: bool = True, *, pool: WorkerPool) -> None:
         self.job = job
         self.job_id = job_id
         self.data = data
@@ -85,7 +87,7 @@ class Trainer:
         self.checkpoints = Checkpoints(folder.path / "checkpoints")
         self.records: list[dict[str, Any]] = []
         self.workers: list[dict[str, Any]] = []
-        self.replace_worker = replace_worker  # a new worker for a lost stage: started here, or waited for
+        self.pool = pool  # replaces a lost stage's worker
         self.base_job_id = job_id
         self.recoveries = 0
         self.resent = 0
@@ -143,7 +145,7 @@ class Trainer:
                 self._checkpoint()
                 return
             except WorkerLost as loss:
-                if self.replace_worker is None or self.recoveries >= MAX_RECOVERIES:
+                if self.recoveries >= MAX_RECOVERIES:
                     raise
                 start = self._recover(loss)
             except KeyboardInterrupt:
@@ -220,7 +222,7 @@ class Trainer:
         log.warning("%s; replacing its worker and resuming every stage from step %d (%d batches re-sent)", loss, position.step, lost)
         self.recoveries += 1
         self.resent += lost
-        self.pipeline.reconnect(loss.stage, self.replace_worker(loss.stage))
+        self.pipeline.rejoin(loss.stage, self.pool.replace(loss), self.pool.rejoin_seconds)
         self.job_id = self.pipeline.job_id = f"{self.base_job_id}-r{self.recoveries}"  # stale messages no longer match
         self.pipeline.forget_silence()
         self.evaluations.clear()

@@ -188,8 +188,7 @@ class Runner:
             self.datasets[job.name] = job_data(job)
         self._revive()
         started = time.monotonic()
-        folder, summary = run_job(job, bind=f"ipc://{self.pool.directory}/coordinator", show_progress=False,
-                                  endpoints=self.pool.endpoints[:len(job.stages)], data=self.datasets[job.name])
+        folder, summary = run_job(job, show_progress=False, pool=self.pool, data=self.datasets[job.name])
         self.overhead = max(1.0, time.monotonic() - started - summary["wall_seconds"])
         records = read_metrics(folder.path)
         metrics = summary["worker_metrics"]

@@ -95,7 +95,7 @@ def _pipeline_run(job: Job, data: Dataset, pool: LocalWorkers, folder: Path, pro
     if profiler:
         profiler.enable()
     try:
-        _, summary = run_job(replace(job, results=str(folder)), show_progress=False, endpoints=pool.endpoints, data=data)
+        _, summary = run_job(replace(job, results=str(folder)), show_progress=False, pool=pool, data=data)
     finally:
         if profiler:
             profiler.disable()

@@ -19,7 +19,7 @@ from dni.coordinator.job import SHORTCUTS
 from dni.coordinator.results import read_metrics
 from dni.protocol import free_port_block
 from dni import resume_job, run_job
-from dni.coordinator.run import RunComplete
+from dni.coordinator.results import RunComplete
 from dni.errors import PipelineError
 from tests.conftest import LEARNED, small_job
 from dni.lifetime import alive, children

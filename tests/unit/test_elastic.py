@@ -7,7 +7,7 @@ import pytest
 from dni.coordinator.elastic import launched_folder, release_run_folders
 from dni import load_job
 from dni.coordinator.rendezvous import Launch
-from dni.coordinator.run import RunComplete
+from dni.coordinator.results import RunComplete
 from dni.errors import ConfigError
 
 

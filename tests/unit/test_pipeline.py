@@ -9,6 +9,7 @@ import pytest
 import zmq
 
 from dni.coordinator.pipeline import Pipeline, StageFailed, WorkerLost
+from dni.coordinator.pools import RemoteWorkers
 from dni.protocol import Endpoints, Kind, Message, send_message
 
 JOB = "pipeline-test"
@@ -37,7 +38,7 @@ class FakeWorker:
 def pipeline():
     context = zmq.Context()
     workers = [FakeWorker(context, stage) for stage in range(3)]
-    pipeline = Pipeline(JOB, [worker.endpoints for worker in workers], "tcp://127.0.0.1:*")
+    pipeline = Pipeline(JOB, RemoteWorkers([worker.endpoints for worker in workers], 0, "tcp://127.0.0.1:*"))
     for worker in workers:
         worker.connect_report(context, pipeline.inbox_address)
     yield pipeline, workers

@@ -96,7 +96,7 @@ class FakePipeline:
                     stall_timeout: Optional[float] = None) -> list[Message]:
         return [self.request(stage, command, meta, timeout, stall_timeout) for stage in range(STAGES)]
 
-    def reconnect(self, stage: int, new: Endpoints) -> None:
+    def rejoin(self, stage: int, new: Endpoints, timeout: float) -> None:
         self.reconnected.append((stage, new))
         self.endpoints[stage] = new
 
@@ -166,29 +166,40 @@ def tiny_data(train: int = 80, test: int = 20) -> Dataset:
 
 
 class Restarts:
-    """The coordinator's way to replace a lost worker (start a new one, or wait for one restarted elsewhere):
+    """A pool whose lost workers are replaced (started anew, or waited for when restarted elsewhere):
     each replacement listens at a new address."""
+
+    rejoin_seconds = 5.0
 
     def __init__(self) -> None:
         self.stages: list[int] = []
 
-    def __call__(self, stage: int) -> Endpoints:
-        self.stages.append(stage)
-        return endpoints(stage, len(self.stages))
+    def replace(self, loss: WorkerLost) -> Endpoints:
+        self.stages.append(loss.stage)
+        return endpoints(loss.stage, len(self.stages))
 
 
-def make_trainer(tmp_path: Path, pipeline: FakePipeline, replace_worker: Optional[Restarts] = None,
+class Irreplaceable:
+    """A pool whose lost workers nothing can replace."""
+
+    rejoin_seconds = 0.0
+
+    def replace(self, loss: WorkerLost) -> Endpoints:
+        raise loss
+
+
+def make_trainer(tmp_path: Path, pipeline: FakePipeline, pool: Optional[Restarts] = None,
                  data: Optional[Dataset] = None, **settings: Any) -> Trainer:
     table = {"batch_size": BATCH, "eval_batch_size": EVAL_BATCH, "iterations": 10, "eval_every": 5, "window": 1,
              "checkpoint_every": 0, **settings}
     job = small_job(tmp_path / "no-data", tmp_path / "runs", **table)
     return Trainer(job, JOB_ID, data or tiny_data(), pipeline, RunFolder.create(job), "ipc:///fake/coordinator",
-                   show_progress=False, replace_worker=replace_worker)
+                   show_progress=False, pool=pool or Irreplaceable())
 
 
-def run(tmp_path: Path, pipeline: FakePipeline, replace_worker: Optional[Restarts] = None, data: Optional[Dataset] = None,
+def run(tmp_path: Path, pipeline: FakePipeline, pool: Optional[Restarts] = None, data: Optional[Dataset] = None,
         **settings: Any) -> tuple[Trainer, dict[str, Any]]:
-    trainer = make_trainer(tmp_path, pipeline, replace_worker, data, **settings)
+    trainer = make_trainer(tmp_path, pipeline, pool, data, **settings)
     return trainer, trainer.run()
 
 
@@ -342,7 +353,7 @@ def test_without_a_way_to_replace_a_lost_worker_the_run_fails(tmp_path):
     pipeline = FakePipeline()
     pipeline.die_at = [3]
     with pytest.raises(WorkerLost, match="stage 1 \\(pid 1001\\) exited"):
-        run(tmp_path, pipeline, replace_worker=None)
+        run(tmp_path, pipeline, pool=None)
 
 
 def test_a_worker_that_keeps_dying_ends_the_run_after_the_last_recovery(tmp_path):
