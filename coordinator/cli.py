@@ -20,6 +20,8 @@ from dni.workers import cli as worker_cli
 if TYPE_CHECKING:
     from dni.coordinator.results import RunFolder
 
+__all__ = ["COMMANDS", "OVERRIDES", "add_run_arguments", "build_parser", "job_from_args", "main", "package_version", "report_run"]
+
 OVERRIDES = {  # flag -> (job setting, type, help)
     "--mode": ("mode", str, f"training mode: {', '.join(MODE_NAMES)}"),
     "--iterations": ("iterations", int, "training steps (batches)"),

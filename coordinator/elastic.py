@@ -30,8 +30,8 @@ from dni.lifetime import die_with_parent, exit_now
 from dni.protocol import address_towards, tcp_address
 
 __all__ = [
-    "TorchrunWorkers", "build_parser", "configure_logging", "group_host", "launched_folder", "launched_job",
-    "release_run_folders", "tell_torchrun",
+    "TorchrunWorkers", "build_parser", "configure_logging", "coordinate", "coordinate_main", "group_host", "launched_folder",
+    "launched_job", "release_run_folders", "tell_torchrun",
 ]
 
 log = logging.getLogger("dni.launch")

@@ -80,7 +80,7 @@ class Pipeline:
         if keys is not None:
             make_server(self.inbox, keys)
         self.inbox.bind(pool.inbox)
-        self.inbox_address = self.inbox.getsockopt(zmq.LAST_ENDPOINT).decode()
+        self.inbox_address = self.inbox.getsockopt_string(zmq.LAST_ENDPOINT)
         self.controls = [self._connect(zmq.DEALER, e.control) for e in endpoints]
         # a dead worker's connection drops at once (its kernel closes it); heartbeats would take seconds to say so
         self.monitors = [self._monitor(control) for control in self.controls]
@@ -354,7 +354,7 @@ class Pipeline:
     def _check_connections(self) -> None:
         stage = self.gone()
         if stage is not None:
-            down = time.monotonic() - self.disconnected_at[stage]
+            down = time.monotonic() - (self.disconnected_at[stage] or 0.0)
             raise WorkerLost(stage, f"stage {stage} ({self.endpoints[stage].control}) lost its connection {down:.0f}s ago "
                                      "and has not come back: its worker died or its host is unreachable")
 

@@ -71,7 +71,8 @@ class RemoteWorkers:
 def pool_for(job: Job, keys: Optional[Keys], bind: Optional[str] = None, transport: str = "ipc",
              log_level: str = "WARNING") -> WorkerPool:
     """Local worker processes, or the remote workers at the job's stage addresses; `bind` overrides the inbox."""
-    if job.stages[0].address is None:
+    addresses = [stage.address for stage in job.stages if stage.address is not None]  # every stage's, or none (Job)
+    if not addresses:
         return LocalWorkers(len(job.stages), transport, log_level, keys.directory if keys else None, inbox=bind)
     default = "tcp://0.0.0.0:5550" if keys else "tcp://127.0.0.1:5550"
-    return RemoteWorkers([worker_endpoints(stage.address) for stage in job.stages], job.rejoin_seconds, bind or default)
+    return RemoteWorkers([worker_endpoints(address) for address in addresses], job.rejoin_seconds, bind or default)

@@ -27,6 +27,8 @@ from dni.workers.timing import spans_from_arrays
 if TYPE_CHECKING:
     from dni.coordinator.pools import WorkerPool
 
+__all__ = ["MAX_RECOVERIES", "REQUEST_TIMEOUT", "STALL_SECONDS", "Evaluation", "Tally", "Trainer"]
+
 log = logging.getLogger("dni.trainer")
 REQUEST_TIMEOUT = 600.0  # a checkpoint or flush of a stage that keeps working
 STALL_SECONDS = 10.0  # results outstanding, every stage idle this long: something was lost
@@ -268,7 +270,7 @@ class Trainer:
             latest = self.records[-1]["test_accuracy"] if self.records else None
             self.progress.update(self.done, self.done * self.job.batch_size, latest)
         elif message.kind is Kind.EVAL_RESULT:
-            evaluation = self.evaluations.get(message.meta.get("eval"))
+            evaluation = self.evaluations.get(message.meta.get("eval", -1))
             if evaluation is None:
                 log.warning("ignored a result for evaluation %r, which is not running", message.meta.get("eval"))
                 return

@@ -36,7 +36,7 @@ from dni.lifetime import exit_now
 from dni.protocol import tcp_address
 from dni.protocol.security import Keys, check_plaintext_allowed, load_keys
 
-__all__ = ["main"]
+__all__ = ["Rank", "main", "serve_rank"]
 
 log = logging.getLogger("dni.launch")
 GRACE = 20.0  # after a signal, how long a worker waits for its coordinator to checkpoint and stop it
@@ -62,7 +62,7 @@ def serve_rank(argv: list[str]) -> int:
     return Rank(launch, argv).run(args)
 
 
-def worker_keys(job: Job) -> Optional[Keys]:
+def _worker_keys(job: Job) -> Optional[Keys]:
     """The job's CURVE keys (--keys or `keys =`), unless insecure; the worker refuses to bind beyond loopback without."""
     return load_keys(job.keys) if job.keys and not job.insecure else None
 
@@ -85,7 +85,7 @@ class Rank:
         try:
             job = launched_job(args, self.launch)
             host = group_host(self.launch)
-            keys = worker_keys(job)
+            keys = _worker_keys(job)
             if keys is None:  # as the worker would refuse, but before the store is asked anything
                 check_plaintext_allowed([tcp_address(host, "0")], "worker address")
             rendezvous = self._store()
@@ -154,14 +154,16 @@ class Rank:
 
     def _watch_coordinator(self, attempt: str) -> None:
         """Rank 0: wait for the coordinator; then tell every rank it is done, and stop this worker if it still serves."""
+        coordinator = self.coordinator
+        assert coordinator is not None, "only rank 0 watches a coordinator"
         while True:
             try:
-                code = self.coordinator.wait(POLL_SECONDS)
+                code = coordinator.wait(POLL_SECONDS)
                 break
             except subprocess.TimeoutExpired:
                 if self.signalled_at is not None and time.monotonic() - self.signalled_at > COORDINATOR_GRACE:
                     log.error("rank 0: the coordinator did not stop within %.0fs of the signal: killing it", COORDINATOR_GRACE)
-                    self.coordinator.kill()
+                    coordinator.kill()
         self.coordinator_code = code if code >= 0 else 128 - code
         log.info("rank 0: the coordinator exited with code %d", self.coordinator_code)
         try:
@@ -177,6 +179,8 @@ class Rank:
         """Rank > 0: publish this worker under the current attempt (again when it changes) until the coordinator is done."""
         published: Optional[str] = None
         store_gone = False
+        record = self.record
+        assert record is not None, "a rank publishes its worker once it serves"
         while self.worker.running:
             if self._stopping():
                 self.worker.stop("signalled")
@@ -185,9 +189,9 @@ class Rank:
                 if not store_gone:
                     attempt = rendezvous.current()
                     if attempt is not None and attempt != published:
-                        rendezvous.publish(attempt, self.record)
+                        rendezvous.publish(attempt, record)
                         published = attempt
-                    if published is not None and rendezvous.done(published, self.record.nonce) is not None:
+                    if published is not None and rendezvous.done(published, record.nonce) is not None:
                         self.worker.stop("its coordinator is done")
                         return
             except Exception as error:  # the store's host (the agent of the first node) is gone

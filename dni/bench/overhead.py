@@ -120,7 +120,7 @@ def _top(profiler: cProfile.Profile, steps: int, count: int = 25) -> list[dict[s
     return sorted(rows, key=lambda row: row["own_us"], reverse=True)[:count]
 
 
-def measure_mode(job: Job, data: Dataset, pool: LocalWorkers, folder: Path, repeats: int, threads: int,
+def _measure_mode(job: Job, data: Dataset, pool: LocalWorkers, folder: Path, repeats: int, threads: int,
                  profile: bool) -> dict[str, Any]:
     """Alternating single-process and pipeline runs of one mode; medians, their ratio, and each run."""
     singles, pipelines = [], []
@@ -158,13 +158,13 @@ def run_overhead(args: Any) -> dict[str, Any]:
     results = []
     with LocalWorkers(len(jobs[0].stages), once=False) as pool:
         for job in jobs:
-            results.append(measure_mode(job, data, pool, folder / "runs", args.repeats, args.single_threads, args.profile))
+            results.append(_measure_mode(job, data, pool, folder / "runs", args.repeats, args.single_threads, args.profile))
             print(_row(results[-1]), flush=True)
     report = {"width": args.width, "synthesizer_width": args.synthesizer_width, "steps": args.steps, "window": args.window,
               "repeats": args.repeats, "single_process_threads": args.single_threads, "worker_threads": 1,
               "cores": os.cpu_count(), "torch": torch.__version__, "results": results}
     (folder / "overhead.json").write_text(json.dumps(report, indent=2))
-    print_report(report)
+    _print_report(report)
     print(f"results: {folder / 'overhead.json'}, {plot_overhead(report, folder / 'overhead.png')}")
     return report
 
@@ -174,7 +174,7 @@ def _row(result: dict[str, Any]) -> str:
             f"{result['pipeline_steps_per_second']:7.1f} steps/s   ratio {result['ratio']:.2f}x")
 
 
-def print_report(report: dict[str, Any]) -> None:
+def _print_report(report: dict[str, Any]) -> None:
     print(f"\nReference topology 784-{report['width']}-{report['width']}-10, synthesizers of two {report['synthesizer_width']}"
           f"-unit layers, batch 256, {report['steps']} steps, window {report['window']}, medians of {report['repeats']}; "
           f"single process: {report['single_process_threads']} thread(s); workers: 1 thread each, {report['cores']} cores")

@@ -65,8 +65,8 @@ def measure(job: Job, modes: list[str], targets: list[float], folder: Path, base
             results[result["mode"]] = result
     locked = results.get("backprop")
     speedups = {name: result["steady_samples_per_second"] / locked["steady_samples_per_second"]
-                for name, result in results.items() if locked and name != "backprop"}
-    if "backprop" in spans and len(spans) > 1:
+                for name, result in results.items() if name != "backprop"} if locked else {}
+    if locked and "backprop" in spans and len(spans) > 1:
         step = job.batch_size / locked["steady_samples_per_second"]
         unlocked = next(mode for mode in modes if mode != "backprop")
         plot_timelines([(f"backprop (locked): {locked['steady_samples_per_second']:.0f} samples/s", spans["backprop"]),
@@ -91,7 +91,7 @@ def _pipeline_result(run: Path, summary: dict[str, Any], targets: list[float]) -
     }
 
 
-def time_to_accuracy(evaluations: list[dict[str, Any]], targets: list[float]) -> dict[str, Optional[float]]:
+def time_to_accuracy(evaluations: list[dict[str, Any]], targets: Sequence[float]) -> dict[str, Optional[float]]:
     return {f"{target:.3f}": next((e["elapsed"] for e in evaluations if e["test_accuracy"] >= target), None) for target in targets}
 
 
