@@ -36,9 +36,10 @@ from typing import Any, Optional
 from dni.errors import ConfigError
 
 __all__ = [
-    "COORDINATOR_TIMEOUT", "DEVICE_PATTERN", "EXIT_COORDINATOR_SILENT", "EXIT_STOPPED", "LOSS_NAMES", "MAX_LINK_DELAY_MS", "MODE_NAMES", "NONFINITE_POLICIES", "OPTIMIZERS", "Mode",
-    "OptimizerSpec", "StageAssignment", "StageSpec", "SynthesizerSpec", "check_device", "check_link_delay", "check_loss",
-    "check_mode", "check_nonfinite", "check_optimizer", "check_positive", "check_type",
+    "COORDINATOR_TIMEOUT", "DEVICE_PATTERN", "EXIT_COORDINATOR_SILENT", "EXIT_STOPPED", "LOSS_NAMES",
+    "MAX_LINK_DELAY_MS", "MODE_NAMES", "NONFINITE_POLICIES", "OPTIMIZERS", "Mode", "OptimizerSpec", "StageAssignment",
+    "StageSpec", "SynthesizerSpec", "check_device", "check_link_delay", "check_loss", "check_mode", "check_nonfinite",
+    "check_optimizer", "check_positive", "check_type",
 ]
 
 OPTIMIZERS = ("adam", "sgd")
