@@ -13,7 +13,7 @@ from typing import Any, Sequence
 from dni.errors import ConfigError
 from dni.workers.model_slice import MODEL_SLICE, model_children
 
-__all__ = ["MODEL_KEYS", "balanced_cuts", "check_cuts", "even_cuts", "model_table", "segments"]
+__all__ = ["MODEL_KEYS", "balanced_cuts", "check_cuts", "model_table", "segments"]
 
 MODEL_KEYS = ("model", "split", "synthesizer", "synthesizers")
 
@@ -22,7 +22,7 @@ def model_table(table: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(`table` with `[[stages]]` made from the model's cuts and the model keys taken out, the Job's model fields).
 
     The fields are `model`, `split` (the cut points) and `balance` (N for `stages = N`, whose cuts are measured
-    when the run knows its input shape; until then they are even in the number of children).
+    when the run knows its input shape; until then they share the children out evenly).
     """
     table = dict(table)
     model = table.pop("model", None)
@@ -39,13 +39,14 @@ def model_table(table: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     seed = table.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ConfigError(f"seed must be int, got {seed!r:.60}")
-    count = len(model_children(model, seed))
+    trainable = [any(True for _ in child.parameters()) for child in model_children(model, seed)]
+    count = len(trainable)
     balance = 0
     if stages is not None:
-        balance = _check_count(stages, count, model)
-        cuts = even_cuts(count, balance)
+        balance = _check_count(stages, trainable, model)
+        cuts = balanced_cuts([1.0] * count, balance, trainable)
     else:
-        cuts = check_cuts(split, count, model)
+        cuts = check_cuts(split, trainable, model)
     synthesizers = _synthesizers(table.pop("synthesizer", None), table.pop("synthesizers", None), len(cuts), model)
     table["stages"] = [
         {"kind": MODEL_SLICE, "model": model, "start": start, "end": end, "seed": seed, "synthesizer": synthesizer}
@@ -54,20 +55,29 @@ def model_table(table: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     return table, {"model": model, "split": cuts, "balance": balance}
 
 
-def check_cuts(split: Any, count: int, model: str) -> tuple[int, ...]:
-    """The cut points, strictly increasing integers from 1 to count - 1."""
+def check_cuts(split: Any, trainable: Sequence[bool], model: str) -> tuple[int, ...]:
+    """The cut points, strictly increasing integers from 1 to count - 1, each stage with parameters to train."""
+    count = len(trainable)
     if not (isinstance(split, (list, tuple)) and split and all(isinstance(cut, int) and not isinstance(cut, bool) for cut in split)):
         raise ConfigError(f"model {model!r}: split must be a list of cut points like [2, 4], got {split!r:.60}")
     if any(later <= earlier for earlier, later in zip(split, split[1:])):
         raise ConfigError(f"model {model!r}: split {list(split)} must be strictly increasing")
     if not 1 <= split[0] <= split[-1] <= count - 1:
         raise ConfigError(f"model {model!r}: split {list(split)} must cut between its {count} children, at 1 to {count - 1}")
+    for index, (start, end) in enumerate(segments(split, count)):
+        if not any(trainable[start:end]):
+            raise ConfigError(f"model {model!r}: split {list(split)} leaves stage {index} (children [{start}:{end}]) "
+                              "without parameters to train; cut so that every stage holds some")
     return tuple(split)
 
 
-def _check_count(stages: Any, count: int, model: str) -> int:
+def _check_count(stages: Any, trainable: Sequence[bool], model: str) -> int:
+    count, most = len(trainable), sum(trainable)
     if not isinstance(stages, int) or isinstance(stages, bool) or not 2 <= stages <= count:
         raise ConfigError(f"model {model!r}: stages must be a number of stages from 2 to its {count} children, got {stages!r:.60}")
+    if stages > most:
+        raise ConfigError(f"model {model!r}: stages = {stages}, but only {most} of its children have parameters to train, "
+                          "and every stage needs some")
     return stages
 
 
@@ -91,13 +101,11 @@ def segments(cuts: Sequence[int], count: int) -> list[tuple[int, int]]:
     return list(zip(bounds, bounds[1:]))
 
 
-def even_cuts(count: int, stages: int) -> tuple[int, ...]:
-    """Cut points that give each stage about as many children."""
-    return tuple(round(count * part / stages) for part in range(1, stages))
+def balanced_cuts(times: Sequence[float], stages: int, trainable: Sequence[bool]) -> tuple[int, ...]:
+    """Cut points into `stages` contiguous groups of children whose largest total time is the least possible.
 
-
-def balanced_cuts(times: Sequence[float], stages: int) -> tuple[int, ...]:
-    """Cut points into `stages` contiguous groups of children whose largest total time is the least possible."""
+    Every group holds a `trainable` child (one with parameters); `_check_count` makes sure that is possible.
+    """
     prefix = [0.0]
     for time in times:
         prefix.append(prefix[-1] + time)
@@ -109,6 +117,8 @@ def balanced_cuts(times: Sequence[float], stages: int) -> tuple[int, ...]:
     for parts in range(1, stages + 1):
         for end in range(parts, count + 1):
             for begin in range(parts - 1, end):
+                if not any(trainable[begin:end]):
+                    continue
                 candidate = max(slowest[parts - 1][begin], prefix[end] - prefix[begin])
                 if candidate < slowest[parts][end]:
                     slowest[parts][end], start[parts][end] = candidate, begin

@@ -76,7 +76,7 @@ def balance_job(job: Job, input_shape: Shape) -> tuple[Job, Optional[dict[str, A
         return job, None
     children = model_children(job.model, job.seed)
     times = measure_children(children, input_shape, job.batch_size)
-    cuts = balanced_cuts(times, job.balance)
+    cuts = balanced_cuts(times, job.balance, [any(True for _ in child.parameters()) for child in children])
     child_ms = [round(time, 3) for time in times]
     stage_ms = [round(sum(times[start:end]), 3) for start, end in segments(cuts, len(children))]
     how = (f"split {list(cuts)} from measured child times {child_ms} ms "
@@ -95,7 +95,7 @@ def measure_children(children: Sequence[nn.Module], input_shape: Shape, batch_si
     for _ in range(REPEATS + 1):
         h = sample
         for index, child in enumerate(children):
-            h = h.detach().requires_grad_(h.is_floating_point())
+            h = h.detach().requires_grad_(index > 0 and h.is_floating_point())  # as in the stages: none for the data
             start = time.perf_counter()
             output = child(h)
             if output.requires_grad:

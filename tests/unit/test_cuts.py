@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from dni.coordinator.cuts import balanced_cuts, even_cuts, model_table, segments
+from dni.coordinator.cuts import balanced_cuts, model_table, segments
 from dni.coordinator.job import job_from_table
 from dni.errors import ConfigError
 from dni.workers.model_slice import MODEL_SLICE
@@ -31,7 +31,7 @@ def test_a_split_makes_one_slice_stage_per_cut_with_the_shared_synthesizer_excep
 
 def test_stages_n_starts_even_in_children_and_is_left_to_balance():
     stages, fields = model_table(table(stages=3, synthesizers=[SYNTH, {"kind": "mlp", "hidden": 4}]))
-    assert fields == {"model": MODEL, "split": (2, 5), "balance": 3}
+    assert fields == {"model": MODEL, "split": (2, 4), "balance": 3}  # until measured: about as many children each
     assert [stage["synthesizer"] for stage in stages["stages"]] == [SYNTH, {"kind": "mlp", "hidden": 4}, {}]
 
 
@@ -88,10 +88,16 @@ def test_segments_run_from_the_first_child_to_the_last():
     assert segments((1,), 2) == [(0, 1), (1, 2)]
 
 
-def test_even_cuts_share_the_children_out():
-    assert even_cuts(6, 3) == (2, 4)
-    assert even_cuts(7, 2) == (4,)
-    assert even_cuts(5, 5) == (1, 2, 3, 4)
+def test_a_stage_without_parameters_is_refused():
+    with pytest.raises(ConfigError, match=r"split \[1\] leaves stage 0 \(children \[0:1\]\) without parameters to train"):
+        job_from_table(table(split=[1]))
+    with pytest.raises(ConfigError, match="stages = 5, but only 4 of its children have parameters to train"):
+        job_from_table(table(stages=5))
+
+
+def test_balanced_cuts_give_every_stage_a_child_with_parameters():
+    assert balanced_cuts([5.0, 1.0, 1.0, 1.0], 2, [False, True, True, True]) == (2,)
+    assert balanced_cuts([1.0, 1.0, 1.0, 9.0], 2, [True, True, True, False]) == (2,)  # not (3,): 9 alone cannot train
 
 
 @pytest.mark.parametrize("times, stages, cuts", [
@@ -106,5 +112,5 @@ def test_balanced_cuts_make_the_slowest_stage_as_fast_as_it_can_be(times, stages
     def slowest(candidate: tuple[int, ...]) -> float:
         return max(sum(times[start:end]) for start, end in segments(candidate, len(times)))
 
-    assert balanced_cuts(times, stages) == cuts
+    assert balanced_cuts(times, stages, [True] * len(times)) == cuts
     assert slowest(cuts) == min(slowest(other) for other in combinations(range(1, len(times)), stages - 1))
