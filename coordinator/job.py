@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
+from dni.coordinator.cuts import MODEL_KEYS, model_table
 from dni.coordinator.data import resolve_data_root
 from dni.errors import ConfigError
 from dni.spec import (Mode, OptimizerSpec, StageSpec, SynthesizerSpec, check_device, check_link_delay, check_loss,
@@ -62,6 +63,9 @@ class Job:
     loss: str = "cross_entropy"  # the last stage's per-example loss: a built-in name or package.module:function
     link_delay_ms: float = 0.0  # emulated delay of every data hop, coordinator's included, held in its sender's queue; 0: none
     optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
+    model: str = ""  # package.module:function whose children the stages are slices of ("": stages of their own)
+    split: tuple[int, ...] = ()  # the model's cut points between children
+    balance: int = 0  # stages = N: the cuts are still to be measured for the input shape (`dni.coordinator.split`)
 
     def resolved_data_root(self) -> Path:
         """data_root, else $DNI_DATA_ROOT, else ./data; raises DataError for a named root that does not exist."""
@@ -105,6 +109,7 @@ def job_from_table(table: dict[str, Any], origin: str = "job") -> Job:
 
 
 def _job(table: dict[str, Any]) -> Job:
+    table, model = _model_fields(table)
     for key, value in table.items():
         if key not in JOB_KEYS:
             raise ConfigError(f"unknown setting {key!r}; known: {', '.join(sorted(JOB_KEYS))}")
@@ -118,10 +123,25 @@ def _job(table: dict[str, Any]) -> Job:
         stages=tuple(_stage(entry, index) for index, entry in enumerate(table["stages"])),
         mode=check_mode(table.get("mode", "sg")),
         optimizer=check_optimizer(optimizer.get("name", "adam"), optimizer.get("lr", OptimizerSpec.lr), set(optimizer)),
+        **model,
         **{key: value for key, value in table.items() if key not in ("name", "dataset", "stages", "mode", "optimizer")},
     )
     _validate(job)
     return job
+
+
+def _model_fields(table: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A job of its own model: the table with the model's slices as [[stages]], and the Job's model fields."""
+    if not (any(key in table for key in MODEL_KEYS) or isinstance(table.get("stages"), int)):
+        return table, {}
+    return model_table(table)
+
+
+def _model_as_table(job: Job) -> dict[str, Any]:
+    """The model keys that make the job's stages again: its cuts (or stages = N before they are measured)."""
+    table: dict[str, Any] = {"model": job.model, **({"stages": job.balance} if job.balance else {"split": list(job.split)})}
+    table["synthesizers"] = [{"kind": stage.synthesizer.kind, **stage.synthesizer.params} for stage in job.stages[:-1]]
+    return table
 
 
 def _stage(entry: Any, index: int) -> StageSpec:
@@ -176,6 +196,8 @@ def job_as_table(job: Job) -> dict[str, Any]:
     table = {key: getattr(job, key) for key in JOB_KEYS if key not in ("stages", "optimizer", "mode")}
     table["mode"] = job.mode.value
     table["optimizer"] = {"name": job.optimizer.name, "lr": job.optimizer.lr}
+    if job.model:
+        return {**table, **_model_as_table(job)}
     table["stages"] = [
         {"kind": stage.kind, "device": stage.device, **stage.params,
          "synthesizer": {"kind": stage.synthesizer.kind, **stage.synthesizer.params},

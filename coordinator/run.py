@@ -17,6 +17,7 @@ from dni.coordinator.plots import plot_accuracy
 from dni.coordinator.pools import WorkerPool, pool_for
 from dni.coordinator.results import RunFolder, read_metrics
 from dni.coordinator.shapes import check_stages
+from dni.coordinator.split import balance_job
 from dni.coordinator.tensorboard import require_tensorboard
 from dni.coordinator.trainer import Trainer
 from dni.errors import ConfigError
@@ -48,12 +49,13 @@ def run_job(job: Job, bind: Optional[str] = None, advertise: Optional[str] = Non
     require_tensorboard(job)
     torch.set_num_threads(COORDINATOR_THREADS)
     data = data if data is not None else job_data(job)
+    job, cut = balance_job(job, data.input_shape)
+    annotations = {**(annotations or {}), **({"model_split": cut} if cut else {})}
     owned = pool is None
     workers = pool or pool_for(job, keys, bind, transport, worker_log_level)
     if workers.builds_here:
         check_stages(job, data.input_shape, data.num_classes)
     folder = resume or RunFolder.create(job)
-    annotations = annotations or {}
     job_id = f"{folder.path.name}-{secrets.token_hex(4)}"
     pipeline = None
     try:

@@ -10,7 +10,8 @@ which imports `dni.workers`, does not pay for the coordinator's imports:
 `StageCompute` is the DNI algorithm of one stage without any socket (forward,
 update with the synthetic gradient, train the synthesizer on the true target),
 with `OptimizerSpec` its optimiser and `MLPSynthesizer` the built-in synthesizer;
-`StageBuilder` and `SynthesizerBuilder` are the contracts a plug-in honours.
+`StageBuilder` and `SynthesizerBuilder` are the contracts a plug-in honours;
+`split` makes a job's stages from a model of one's own.
 The subpackages are `dni.protocol` (bytes and messages), `dni.workers` (one
 stage and its neighbours) and `dni.coordinator` (the job).
 """
@@ -22,7 +23,7 @@ from typing import Any
 
 __all__ = [
     "Job", "MLPSynthesizer", "Mode", "OptimizerSpec", "StageBuilder", "StageCompute", "SynthesizerBuilder", "load_job",
-    "resume_job", "run_job",
+    "resume_job", "run_job", "split",
 ]
 
 _CHECKOUT = Path(__file__).resolve().parent.parent
@@ -33,7 +34,7 @@ if all((_CHECKOUT / folder / "__init__.py").is_file() for folder in ("protocol",
 
 _HOMES = {
     "Job": "dni.coordinator.job", "load_job": "dni.coordinator.job",
-    "run_job": "dni.coordinator.run", "resume_job": "dni.coordinator.run",
+    "run_job": "dni.coordinator.run", "resume_job": "dni.coordinator.run", "split": "dni.coordinator.split",
     "Mode": "dni.spec", "OptimizerSpec": "dni.spec",
     "StageBuilder": "dni.workers.interface", "SynthesizerBuilder": "dni.workers.interface",
     "StageCompute": "dni.workers.compute", "MLPSynthesizer": "dni.workers.synthesizers",
