@@ -16,6 +16,7 @@ import zmq
 from tests.conftest import LEARNED, small_job
 from dni.coordinator.job import with_addresses
 from dni.coordinator.pipeline import Pipeline
+from dni.coordinator.pools import RemoteWorkers
 from dni import run_job
 from dni.protocol import free_port_block
 from dni.protocol import Kind, Message, ProtocolError, encode, receive_message, worker_endpoints
@@ -163,7 +164,7 @@ def test_binding_beyond_loopback_without_keys_fails_before_anything_starts(data_
             probe.bind(("0.0.0.0", port))  # it never bound
 
     with pytest.raises(ProtocolError, match="dni keys"):
-        Pipeline("job", [worker_endpoints(f"tcp://127.0.0.1:{port}")], "tcp://0.0.0.0:*")
+        Pipeline("job", RemoteWorkers([worker_endpoints(f"tcp://127.0.0.1:{port}")], 0, "tcp://0.0.0.0:*"))
 
     results = tmp_path / "runs"
     job = small_job(data_root, results)
