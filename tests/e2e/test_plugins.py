@@ -11,6 +11,7 @@ import pytest
 
 from dni import load_job, run_job
 from tests.conftest import LEARNED, REPO, mlp_stages, small_job
+from dni.coordinator.datasets import DATASET_GROUP
 from dni.workers.registry import STAGE_GROUP, resolve_stage
 
 pytestmark = pytest.mark.e2e
@@ -47,14 +48,19 @@ def test_a_stage_from_outside_the_core_runs_in_the_middle_and_learns(kind, examp
     assert len({worker["pid"] for worker in summary["workers"]}) == 3
 
 
-@pytest.mark.parametrize("mode", ["sg", "backprop"])
-def test_the_example_dataset_plugin_trains_on_worker_processes_and_learns(mode, monkeypatch, tmp_path):
-    monkeypatch.syspath_prepend(str(DATASET_EXAMPLE))
-    job = load_job(str(DATASET_EXAMPLE / "blobs.toml"), {"mode": mode, "results": str(tmp_path), "threads": 1})
-    folder, summary = run_job(job, show_progress=False)
+@pytest.mark.parametrize("mode, dataset", [("sg", "blobs:blobs"), ("backprop", "blobs")])
+def test_the_example_dataset_plugin_trains_on_worker_processes_and_learns(mode, dataset, monkeypatch, tmp_path):
+    """By import path, and by the name an installed distribution registers under dni.datasets."""
+    dist_info = tmp_path / "site" / "dni_blobs-0.1.0.dist-info"
+    dist_info.mkdir(parents=True)
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: dni-blobs\nVersion: 0.1.0\n")
+    (dist_info / "entry_points.txt").write_text(f"[{DATASET_GROUP}]\nblobs = blobs:blobs\n")
+    for path in (DATASET_EXAMPLE, tmp_path / "site"):
+        monkeypatch.syspath_prepend(str(path))
+    overrides = {"mode": mode, "dataset": dataset, "results": str(tmp_path / "runs"), "threads": 1}
+    _, summary = run_job(load_job(str(DATASET_EXAMPLE / "blobs.toml"), overrides), show_progress=False)
     assert summary["test_accuracy"] > BLOBS_LEARNED, summary["test_accuracy"]
-    assert len({worker["pid"] for worker in summary["workers"]}) == 3
-    assert summary["dataset"] == "blobs:blobs" and folder.path.parent == tmp_path
+    assert len({worker["pid"] for worker in summary["workers"]}) == 3 and summary["dataset"] == dataset
 
 
 def test_dni_run_with_a_bad_dataset_plugin_exits_2_naming_it_before_any_worker_starts(tmp_path):
