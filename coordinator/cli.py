@@ -10,6 +10,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
+from dni.coordinator.data import BUILTIN_DATASETS
 from dni.coordinator.interrupts import INTERRUPTS
 from dni.coordinator.job import SHORTCUTS, Job, load_job, with_addresses
 from dni.coordinator.plots import check_runs, default_output, plot_accuracy
@@ -24,6 +25,8 @@ __all__ = ["COMMANDS", "OVERRIDES", "add_run_arguments", "build_parser", "job_fr
 
 OVERRIDES = {  # flag -> (job setting, type, help)
     "--mode": ("mode", str, f"training mode: {', '.join(MODE_NAMES)}"),
+    "--dataset": ("dataset", str, f"the dataset: {', '.join(BUILTIN_DATASETS)}, a plug-in's import path "
+                  "package.module:function, or a plug-in installed under the dni.datasets entry point"),
     "--iterations": ("iterations", int, "training steps (batches)"),
     "--epochs": ("epochs", int, "train for this many epochs instead of --iterations"),
     "--time-limit": ("time_limit", int, "stop training after this many seconds, evaluate and finish normally (0: no limit)"),

@@ -9,6 +9,8 @@ from typing import Any, Optional
 
 from dni.coordinator.cuts import MODEL_KEYS, model_table
 from dni.coordinator.data import resolve_data_root
+from dni.coordinator.datasets import check_dataset
+from dni.coordinator.normalize import AUTO, Normalization, check_normalize
 from dni.errors import ConfigError
 from dni.spec import (Mode, OptimizerSpec, StageSpec, SynthesizerSpec, check_device, check_link_delay, check_loss,
                       check_mode, check_nonfinite, check_optimizer, check_positive, check_type)
@@ -17,7 +19,6 @@ __all__ = ["Job", "SHORTCUTS", "job_as_table", "job_from_table", "load_job", "wi
 
 JOBS_DIR = Path(__file__).parent / "jobs"
 SHORTCUTS = {"mnist": JOBS_DIR / "mnist_fcn.toml", "mnist-smoke": JOBS_DIR / "mnist_smoke.toml", "cifar10": JOBS_DIR / "cifar10_cnn.toml"}
-DATASETS = ("mnist", "cifar10")
 STAGE_KEYS = ("kind", "device", "address", "synthesizer")
 JOB_KEYS = {
     "name": str, "dataset": str, "mode": str, "batch_size": int, "iterations": int, "epochs": int,
@@ -26,6 +27,7 @@ JOB_KEYS = {
     "download": bool, "record_spans": bool, "nonfinite": str, "checkpoint_every": int, "optimizer": dict, "stages": list,
     "keys": str, "insecure": bool, "time_limit": int, "tensorboard": str, "loss": str, "rejoin_seconds": int,
     "link_delay_ms": float, "stop_at_accuracy": float, "profile": bool, "cuda_graphs": bool,
+    "normalize": object, "num_classes": int,  # normalize: a name, [[mean...], [std...]] or a table (check_normalize)
 }
 
 
@@ -66,6 +68,8 @@ class Job:
     model: str = ""  # package.module:function whose children the stages are slices of ("": stages of their own)
     split: tuple[int, ...] = ()  # the model's cut points between children
     balance: int = 0  # stages = N: the cuts are still to be measured for the input shape (`dni.coordinator.split`)
+    normalize: Normalization = AUTO  # how examples become floats, once per dataset (see coordinator/normalize.py)
+    num_classes: int = 0  # 0: the dataset's (a plug-in's: its largest label + 1)
 
     def resolved_data_root(self) -> Path:
         """data_root, else $DNI_DATA_ROOT, else ./data; raises DataError for a named root that does not exist."""
@@ -124,7 +128,8 @@ def _job(table: dict[str, Any]) -> Job:
         mode=check_mode(table.get("mode", "sg")),
         optimizer=check_optimizer(optimizer.get("name", "adam"), optimizer.get("lr", OptimizerSpec.lr), set(optimizer)),
         **model,
-        **{key: value for key, value in table.items() if key not in ("name", "dataset", "stages", "mode", "optimizer")},
+        normalize=check_normalize(table.get("normalize", "auto")),
+        **{key: value for key, value in table.items() if key not in ("name", "dataset", "stages", "mode", "optimizer", "normalize")},
     )
     _validate(job)
     return job
@@ -169,8 +174,7 @@ def _stage(entry: Any, index: int) -> StageSpec:
 
 
 def _validate(job: Job) -> None:
-    if job.dataset not in DATASETS:
-        raise ConfigError(f"dataset {job.dataset!r} is not one of {', '.join(DATASETS)}")
+    _validate_data(job)
     if len(job.stages) < 2:
         raise ConfigError(f"a pipeline needs at least two stages, got {len(job.stages)}")
     for name in ("batch_size", "eval_batch_size", "window"):
@@ -191,10 +195,18 @@ def _validate(job: Job) -> None:
         raise ConfigError("either every stage has an address (remote workers) or none does")
 
 
+def _validate_data(job: Job) -> None:
+    """The dataset resolves (a plug-in imports, so a typo fails now) and num_classes, when set, is positive."""
+    check_dataset(job.dataset)
+    if job.num_classes < 0:
+        raise ConfigError(f"num_classes must not be negative (0: the dataset's own count), got {job.num_classes}")
+
+
 def job_as_table(job: Job) -> dict[str, Any]:
     """The job in job-file form (what job_from_table reads back), for a run folder and --resume."""
     table = {key: getattr(job, key) for key in JOB_KEYS if key not in ("stages", "optimizer", "mode")}
     table["mode"] = job.mode.value
+    table["normalize"] = job.normalize.setting()
     table["optimizer"] = {"name": job.optimizer.name, "lr": job.optimizer.lr}
     if job.model:
         return {**table, **_model_as_table(job)}

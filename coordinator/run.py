@@ -9,7 +9,8 @@ from typing import Any, Optional
 import torch
 
 from dni.coordinator.checkpoints import Checkpoints
-from dni.coordinator.data import Dataset, load_dataset
+from dni.coordinator.data import Dataset
+from dni.coordinator.datasets import open_dataset, with_classes
 from dni.coordinator.job import Job
 from dni.coordinator.interrupts import INTERRUPTS
 from dni.coordinator.pipeline import Pipeline
@@ -89,8 +90,9 @@ def run_job(job: Job, bind: Optional[str] = None, advertise: Optional[str] = Non
 
 
 def job_data(job: Job) -> Dataset:
-    """The job's dataset, cut to its subsets."""
-    return load_dataset(job.dataset, job.resolved_data_root(), job.download, job.verify_data).subset(job.train_subset, job.test_subset)
+    """The job's dataset, checked, cut to its subsets, with the job's classes and normalisation."""
+    data = open_dataset(job.dataset, job.resolved_data_root(), job.download, job.verify_data)
+    return with_classes(data, job.num_classes).subset(job.train_subset, job.test_subset).normalized(job.normalize)
 
 
 def resume_job(path: Path, **options: Any) -> tuple[RunFolder, dict[str, Any]]:

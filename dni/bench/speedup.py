@@ -16,10 +16,9 @@ from typing import Any, Optional, Sequence
 from dni.bench.baselines import run_baseline
 from dni.bench.timeline import plot_scaling, plot_timelines
 from dni.bench.torch_pipelining import check_schedule, run_torch_pipeline
-from dni.coordinator.data import load_dataset
 from dni.coordinator.job import Job, job_from_table, load_job
 from dni.coordinator.results import read_metrics
-from dni.coordinator.run import run_job
+from dni.coordinator.run import job_data, run_job
 from dni.errors import ConfigError
 from dni.spec import MODE_NAMES, Mode
 from dni.workers.timing import ACTIVITIES, grouped
@@ -54,7 +53,7 @@ def measure(job: Job, modes: list[str], targets: list[float], folder: Path, base
         results[mode] = _pipeline_result(run_folder.path, summary, targets)
         spans[mode] = json.loads((run_folder.path / "spans.json").read_text())
     if baselines:
-        data = load_dataset(job.dataset, job.resolved_data_root(), job.download, job.verify_data).subset(job.train_subset, job.test_subset)
+        data = job_data(job)
         for kind in ("plain", "synthetic"):
             baseline = run_baseline(job, data, kind)
             baseline["time_to_accuracy"] = time_to_accuracy(baseline["evaluations"], targets)

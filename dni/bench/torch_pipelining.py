@@ -23,8 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
 
-from dni.coordinator.data import Dataset, load_dataset, test_batches, train_batches
+from dni.coordinator.data import Dataset, test_batches, train_batches
 from dni.coordinator.job import Job
+from dni.coordinator.run import job_data
 from dni.errors import ConfigError
 from dni.protocol import free_port_block
 from dni.spec import Mode
@@ -126,7 +127,7 @@ def _train_rank(rank: int, job: Job, schedule: str, microbatches: int, port: int
     count = len(job.stages)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=count)
     try:
-        data = load_dataset(job.dataset, job.resolved_data_root(), job.download, job.verify_data).subset(job.train_subset, job.test_subset)
+        data = job_data(job)
         modules, shapes = _stages(job, data)
         module = modules[rank]
         micro = job.batch_size // microbatches

@@ -12,7 +12,7 @@ import pytest
 
 import dni.coordinator.cli
 import dni.coordinator.plots
-from dni.coordinator.cli import build_parser, main, package_version
+from dni.coordinator.cli import build_parser, job_from_args, main, package_version
 from dni import load_job
 from dni.coordinator.plots import run_label
 from tests.conftest import REPO
@@ -98,3 +98,7 @@ def test_bench_jobs_default_to_the_packaged_shortcut(tmp_path, monkeypatch):
         args = build_parser().parse_args(["bench", bench])
         assert args.job == "mnist"
         assert load_job(args.job).name == "mnist_fcn"
+
+
+def test_dataset_flag_overrides_the_job_files_dataset():
+    assert job_from_args(build_parser().parse_args(["run", "mnist", "--dataset", "kmnist"])).dataset == "kmnist"

@@ -2,8 +2,12 @@
 torchvision's) and cutting a dataset into seeded training batches and in-order test batches, on a small synthetic one."""
 from __future__ import annotations
 
+import pickle
+from importlib.util import find_spec
+import struct
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -141,3 +145,80 @@ def test_missing_files_accepts_the_legacy_mnist_layout(tmp_path):
     for name in ("training.pt", "test.pt"):
         (tmp_path / "MNIST" / "processed" / name).write_bytes(b"")
     assert missing_files("mnist", tmp_path) == []
+
+
+def write_idx(root: Path, folder: str, train: int = 6, test: int = 4) -> None:
+    """MNIST-format files as torchvision keeps them: big-endian idx headers, then the bytes."""
+    raw = root / folder / "raw"
+    raw.mkdir(parents=True)
+    for prefix, count in (("train", train), ("t10k", test)):
+        images = (np.arange(count * 28 * 28) % 256).astype(np.uint8)
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 0x803, count, 28, 28) + images.tobytes())
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 0x801, count) + (np.arange(count) % 10).astype(np.uint8).tobytes())
+
+
+@pytest.mark.parametrize("name, folder", [("fashion_mnist", "FashionMNIST"), ("kmnist", "KMNIST"), ("mnist", "MNIST")])
+def test_the_mnist_format_datasets_load_from_torchvisions_layout(name, folder, tmp_path):
+    write_idx(tmp_path, folder)
+    data = load_dataset(name, tmp_path, download=False, verify=False)
+    assert (data.name, data.input_shape, data.num_classes, len(data.train_y), len(data.test_y)) == (name, (1, 28, 28), 10, 6, 4)
+    assert data.train_x.dtype == torch.uint8 and data.train_x[0, 0, 0, :3].tolist() == [0, 1, 2]
+    assert data.train_y.tolist() == [0, 1, 2, 3, 4, 5] and data.test_y.dtype == torch.int64
+
+
+def test_cifar100_loads_its_pickled_batches_unverified_with_a_hundred_classes(tmp_path):
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    for split, count in (("train", 5), ("test", 3)):
+        data = (np.arange(count * 3072) % 256).astype(np.uint8).reshape(count, 3072)
+        (folder / split).write_bytes(pickle.dumps({"data": data, "fine_labels": [99 - index for index in range(count)]}))
+    (folder / "meta").write_bytes(pickle.dumps({"fine_label_names": [f"class{index}" for index in range(100)]}))
+    data = load_dataset("cifar100", tmp_path, download=False, verify=False)
+    assert (data.input_shape, data.num_classes, data.train_y.tolist(), data.test_y.tolist()) == ((3, 32, 32), 100, [99, 98, 97, 96, 95], [99, 98, 97])
+    assert data.train_x[0, 0, 0, :2].tolist() == [0, 1] and data.train_x[0, 1, 0, 0] == 1024 % 256, "channels first"
+    with pytest.raises(DataError) as error:
+        load_dataset("cifar100", tmp_path, download=False, verify=True)
+    assert str(error.value) == (f"cifar100 under {tmp_path} fails torchvision's checksums. A local copy rebuilt from other "
+                                "sources (not the official archive) is read with --no-verify-data (job file: verify_data = false)")
+
+
+def test_svhn_loads_its_mat_files_unverified_with_label_ten_as_zero(tmp_path):
+    scipy_io = pytest.importorskip("scipy.io", reason="torchvision reads SVHN's .mat files with scipy")
+    (tmp_path / "svhn").mkdir()
+    for split, labels in (("train", [10, 1, 9, 10]), ("test", [3, 10])):
+        x = np.zeros((32, 32, 3, len(labels)), dtype=np.uint8)
+        x[0, 1, 2, :] = np.arange(len(labels)) + 7  # row 0, column 1, channel 2 of each example
+        scipy_io.savemat(tmp_path / "svhn" / f"{split}_32x32.mat", {"X": x, "y": np.array(labels, dtype=np.uint8)[:, None]})
+    data = load_dataset("svhn", tmp_path, download=False, verify=False)
+    assert (data.input_shape, data.num_classes, data.train_y.tolist(), data.test_y.tolist()) == ((3, 32, 32), 10, [0, 1, 9, 0], [3, 0])
+    assert data.train_x[:, 2, 0, 1].tolist() == [7, 8, 9, 10] and data.train_x.dtype == torch.uint8
+
+
+@pytest.mark.parametrize("name, folder, files", [
+    ("fashion_mnist", "FashionMNIST/raw", MNIST_FILES), ("kmnist", "KMNIST/raw", MNIST_FILES),
+    ("cifar100", "cifar-100-python", "train, test, meta"), ("svhn", "svhn", "train_32x32.mat, test_32x32.mat"),
+])
+def test_every_builtin_dataset_that_is_missing_names_its_files(name, folder, files, tmp_path):
+    with pytest.raises(DataError) as error:
+        load_dataset(name, tmp_path, download=False)
+    assert str(error.value) == (
+        f"{name} not found: {tmp_path}/{folder} should hold {files}. Point --data-root or DNI_DATA_ROOT at the folder that "
+        f"holds {folder}/, or let dni download {name}: drop --no-download (or download = false in the job file)")
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_missing_data_root_for_a_plugin_gives_plugin_advice(tmp_path):
+    with pytest.raises(DataError) as error:
+        resolve_data_root(str(tmp_path / "typo"), "blobs:blobs")
+    assert str(error.value) == (f"data root {tmp_path / 'typo'} (from --data-root or data_root in the job file) does not "
+                                "exist; point it at the folder the dataset plug-in blobs:blobs reads, or leave it unset")
+
+
+def test_svhn_without_scipy_says_what_to_install(tmp_path, monkeypatch):
+    (tmp_path / "svhn").mkdir()
+    for split in ("train", "test"):
+        (tmp_path / "svhn" / f"{split}_32x32.mat").write_bytes(b"")
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *args: None if name == "scipy" else find_spec(name, *args))
+    with pytest.raises(DataError) as error:
+        load_dataset("svhn", tmp_path, download=False, verify=False)
+    assert str(error.value) == "svhn needs scipy to read its .mat files, and scipy is not installed: pip install scipy"

@@ -111,3 +111,24 @@ def test_a_job_file_is_named_after_the_file_unless_it_names_itself(tmp_path):
     job_file.write_text('dataset = "mnist"\nbatch_size = 0\n[[stages]]\nkind = "linear"\nfeatures = 4\n')
     with pytest.raises(ConfigError, match=f"^{job_file}: a pipeline needs at least two stages"):
         load_job(str(job_file))
+
+
+def test_dataset_normalize_and_num_classes_are_read_checked_and_written_back(tmp_path):
+    job = small_job(tmp_path, tmp_path, dataset="tests.unit.test_datasets:good", normalize={"mean": [0.5], "std": [0.25]},
+                    num_classes=12)
+    assert (job.dataset, job.num_classes, job.normalize.mean, job.normalize.std) == (
+        "tests.unit.test_datasets:good", 12, (0.5,), (0.25,))
+    assert job_from_table(job_as_table(job)) == job
+    assert small_job(tmp_path, tmp_path).normalize.setting() == "auto" and small_job(tmp_path, tmp_path).num_classes == 0
+    assert load_job("mnist", {"dataset": "fashion_mnist"}).dataset == "fashion_mnist"
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"dataset": "no_such_module:load"}, "^job: dataset plug-in 'no_such_module:load' cannot be imported: No module named 'no_such_module'$"),
+    ({"normalize": "zscore"}, r"^job: normalize 'zscore' is not one of auto, standardize, none \(or \[\[mean\.\.\.\], \[std\.\.\.\]\]\)$"),
+    ({"num_classes": -1}, r"^job: num_classes must not be negative \(0: the dataset's own count\), got -1$"),
+    ({"num_classes": 2.5}, "^job: num_classes must be int, got 2.5$"),
+])
+def test_bad_data_settings_fail_when_the_job_is_read(change, message, tmp_path):
+    with pytest.raises(ConfigError, match=message):
+        small_job(tmp_path, tmp_path, **change)
