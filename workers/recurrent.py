@@ -38,10 +38,11 @@ from torch.func import functional_call
 from dni.spec import Mode, OptimizerSpec
 from dni.workers.interface import Shape
 from dni.workers.optimizers import Stepper, make_optimizer
+from dni.workers.registry import UnknownBuilderError, import_callable
 from dni.workers.synthesizers import MLPSynthesizer
 
 __all__ = ["BUILTIN_CORES", "RECURRENT_MODES", "GRUCore", "LSTMCore", "RecurrentCompute", "RecurrentCore", "State",
-           "bootstrapped_target", "gru", "linear_synthesizer", "lstm", "state_vector"]
+           "bootstrapped_target", "gru", "linear_synthesizer", "lstm", "resolve_core", "state_vector"]
 
 State = tuple[torch.Tensor, ...]
 RECURRENT_MODES = (Mode.BACKPROP, Mode.SG, Mode.NO_BPROP)  # cdni's label and sl's scalar have no per-step meaning here
@@ -100,6 +101,16 @@ def gru(input_shape: Shape, hidden: int) -> GRUCore:
 
 
 BUILTIN_CORES: dict[str, Callable[..., nn.Module]] = {"lstm": lstm, "gru": gru}
+
+
+def resolve_core(name: str) -> Callable[..., nn.Module]:
+    """A built-in core by name, or a plug-in by import path `package.module:callable`."""
+    if ":" in name:
+        return import_callable(name, "recurrent core")
+    if name not in BUILTIN_CORES:
+        raise UnknownBuilderError(f"unknown recurrent core {name!r}; known: {', '.join(BUILTIN_CORES)} "
+                                  "(or an import path package.module:Name)")
+    return BUILTIN_CORES[name]
 
 
 def linear_synthesizer(state_size: int) -> nn.Module:
