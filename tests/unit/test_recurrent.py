@@ -1,0 +1,167 @@
+"""workers/recurrent.py: the kept state, truncated BPTT, and the synthetic gradient over time against hand-written torch.
+
+Tiny cores (3 inputs, 4 units), a batch of two, chunks of three steps, plain SGD so every update is exact.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dni.spec import Mode, OptimizerSpec
+from dni.workers.recurrent import RecurrentCompute, gru, linear_synthesizer, lstm, state_vector
+
+LR = 0.1
+BATCH, STEPS, FEATURES, HIDDEN = 2, 3, 3, 4
+
+
+def core(kind=lstm, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return kind((FEATURES,), hidden=HIDDEN)
+
+
+def chunk(seed: int) -> torch.Tensor:
+    return torch.randn(BATCH, STEPS, FEATURES, generator=torch.Generator().manual_seed(100 + seed))
+
+
+def output_grad(seed: int) -> torch.Tensor:
+    return torch.randn(BATCH, STEPS, HIDDEN, generator=torch.Generator().manual_seed(200 + seed))
+
+
+def compute(mode: Mode, module: nn.Module, synthesizer: nn.Module | None = None, discount: float = 1.0) -> RecurrentCompute:
+    return RecurrentCompute(module, synthesizer, mode=mode, optimizer=OptimizerSpec("sgd", LR), discount=discount)
+
+
+def random_synthesizer(state_size: int) -> nn.Module:
+    synthesizer = linear_synthesizer(state_size)
+    with torch.no_grad():
+        synthesizer.output.weight.copy_(torch.randn(state_size, state_size, generator=torch.Generator().manual_seed(7)) * 0.3)
+    return synthesizer
+
+
+class ZeroSynthesizer(nn.Module):
+    """Predicts zero, always: its one parameter gets a zero gradient."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(()))
+
+    def forward(self, h: torch.Tensor, condition: torch.Tensor | None) -> torch.Tensor:
+        return h * 0 * self.scale
+
+
+def sgd_step(module: nn.Module) -> None:
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter -= LR * parameter.grad
+            parameter.grad = None
+
+
+@pytest.mark.parametrize("kind", [lstm, gru])
+def test_state_carries_across_chunks_and_restarts_with_a_sequence(kind):
+    stage = compute(Mode.NO_BPROP, core(kind))
+    reference = core(kind)
+    first, second = chunk(0), chunk(1)
+    outputs = [stage.forward(first, start=True), stage.forward(second, start=False)]
+    whole, _ = reference(torch.cat([first, second], dim=1), reference.initial_state(BATCH, torch.device("cpu")))
+    torch.testing.assert_close(torch.cat(outputs, dim=1), whole)
+    fresh, _ = reference(second, reference.initial_state(BATCH, torch.device("cpu")))
+    torch.testing.assert_close(stage.forward(second, start=True), fresh)
+
+
+def test_backprop_is_truncated_bptt_with_the_state_detached_at_each_boundary():
+    stage, reference = compute(Mode.BACKPROP, core()), core()
+    state = reference.initial_state(BATCH, torch.device("cpu"))
+    for index in range(3):
+        outputs = stage.forward(chunk(index), start=index == 0)
+        stage.backward(output_grad(index), last=index == 2)
+        expected, final = reference(chunk(index), tuple(part.detach() for part in state))
+        torch.testing.assert_close(outputs, expected.detach())
+        expected.backward(output_grad(index))
+        sgd_step(reference)
+        state = final
+    for mine, theirs in zip(stage.core.parameters(), reference.parameters()):
+        torch.testing.assert_close(mine, theirs)
+
+
+def test_sg_with_a_synthesizer_that_predicts_zero_is_truncated_bptt_exactly():
+    sg, bptt = compute(Mode.SG, core(), ZeroSynthesizer()), compute(Mode.BACKPROP, core())
+    for index in range(4):
+        for stage in (sg, bptt):
+            stage.forward(chunk(index), start=index == 0)
+            stage.backward(output_grad(index), last=index == 3)
+    for mine, theirs in zip(sg.core.parameters(), bptt.core.parameters()):
+        assert torch.equal(mine, theirs)
+
+
+@pytest.mark.parametrize("discount", [1.0, 0.5])
+def test_sg_adds_the_prediction_at_the_chunk_end_and_learns_the_bootstrapped_target(discount):
+    reference_core, reference_synthesizer = core(), random_synthesizer(2 * HIDDEN)
+    stage = compute(Mode.SG, core(), random_synthesizer(2 * HIDDEN), discount)
+    stage.forward(chunk(0), start=True)
+    stage.backward(output_grad(0), last=False)
+    stage.forward(chunk(1), start=False)
+    stage.backward(output_grad(1), last=False)
+
+    # chunk 0 by hand: loss plus discount * <s1, delta_hat(s1)>, delta_hat held constant
+    zero = reference_core.initial_state(BATCH, torch.device("cpu"))
+    outputs, s1 = reference_core(chunk(0), zero)
+    predicted_s1 = reference_synthesizer(state_vector(s1).detach(), None)
+    surrogate = (outputs * output_grad(0)).sum() + discount * (state_vector(s1) * predicted_s1.detach()).sum()
+    surrogate.backward()
+    sgd_step(reference_core)
+    # chunk 1 by hand: the same from s1 (detached, a leaf), and the gradient reaching s1 is delta_hat(s1)'s target
+    start = state_vector(s1).detach().requires_grad_()
+    h, c = start.split(HIDDEN, dim=1)
+    outputs, s2 = reference_core(chunk(1), (h, c))
+    predicted_s2 = reference_synthesizer(state_vector(s2).detach(), None).detach()
+    ((outputs * output_grad(1)).sum() + discount * (state_vector(s2) * predicted_s2).sum()).backward()
+    target = start.grad
+    loss = F.mse_loss(predicted_s1, target)
+    reference_synthesizer.zero_grad()
+    loss.backward()
+
+    assert stage.synthesizer_loss == pytest.approx(float(loss.detach()), rel=1e-6)
+    sgd_step(reference_core)
+    sgd_step(reference_synthesizer)
+    for mine, theirs in zip(stage.core.parameters(), reference_core.parameters()):
+        torch.testing.assert_close(mine, theirs)
+    torch.testing.assert_close(stage.synthesizer.output.weight, reference_synthesizer.output.weight)
+    torch.testing.assert_close(stage.prediction, predicted_s2)
+
+
+def test_the_last_chunk_of_a_sequence_adds_and_predicts_nothing():
+    sg, bptt = compute(Mode.SG, core(), random_synthesizer(2 * HIDDEN)), compute(Mode.BACKPROP, core())
+    for stage in (sg, bptt):
+        stage.forward(chunk(0), start=True)
+        stage.backward(output_grad(0), last=True)
+    assert sg.prediction is None
+    for mine, theirs in zip(sg.core.parameters(), bptt.core.parameters()):
+        assert torch.equal(mine, theirs)
+
+
+def test_a_stage_below_another_returns_the_gradient_of_its_input():
+    stage = RecurrentCompute(core(), mode=Mode.BACKPROP, optimizer=OptimizerSpec("sgd", LR), first=False)
+    x, reference = chunk(0), core()
+    stage.forward(x.clone(), start=True)
+    returned = stage.backward(output_grad(0), last=True)
+    x.requires_grad_()
+    outputs, _ = reference(x, reference.initial_state(BATCH, torch.device("cpu")))
+    outputs.backward(output_grad(0))
+    torch.testing.assert_close(returned, x.grad)
+
+
+@pytest.mark.parametrize("mode", [Mode.CDNI, Mode.SL])
+def test_modes_without_a_per_step_meaning_are_refused(mode):
+    with pytest.raises(ValueError, match="recurrent stage trains in backprop, sg, no_bprop"):
+        compute(mode, core(), random_synthesizer(2 * HIDDEN))
+
+
+def test_evaluation_leaves_the_training_state_alone():
+    stage = compute(Mode.BACKPROP, core())
+    stage.forward(chunk(0), start=True)
+    stage.backward(output_grad(0), last=False)
+    kept = stage.state
+    outputs, _ = stage.evaluate(chunk(1), None)
+    assert stage.state is kept and outputs.shape == (BATCH, STEPS, HIDDEN)
