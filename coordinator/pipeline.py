@@ -85,6 +85,7 @@ class Pipeline:
         # a dead worker's connection drops at once (its kernel closes it); heartbeats would take seconds to say so
         self.monitors = [self._monitor(control) for control in self.controls]
         self.disconnected_at: list[Optional[float]] = [None] * len(endpoints)
+        self.stopping: set[int] = set()  # stages told to stop, whose connections may drop any moment
         self.drops = [0] * len(endpoints)  # connections lost per stage: a request sent before one is never answered
         self.delay = link_delay_ms / 1000
         self.feed = Outbox(self._connect(zmq.PUSH, endpoints[0].forward), self.delay, name="feed")
@@ -254,7 +255,8 @@ class Pipeline:
             while monitor.poll(0):
                 event = recv_monitor_message(monitor)["event"]
                 if event == zmq.EVENT_DISCONNECTED and self.disconnected_at[stage] is None:
-                    log.warning("stage %d (%s) lost its connection", stage, self.endpoints[stage].control)
+                    level = logging.DEBUG if stage in self.stopping else logging.WARNING  # told to stop: it is expected
+                    log.log(level, "stage %d (%s) lost its connection", stage, self.endpoints[stage].control)
                     self.disconnected_at[stage] = now
                     self.drops[stage] += 1
                 elif event == zmq.EVENT_CONNECTED and self.disconnected_at[stage] is not None:

@@ -145,6 +145,7 @@ def _stop_workers(pipeline: Pipeline) -> None:
     for stage in range(pipeline.stages):
         if pipeline.disconnected_at[stage] is not None:
             continue  # nobody there to tell
+        pipeline.stopping.add(stage)
         try:
             pipeline.request(stage, "stop", timeout=5)
         except Exception as error:  # the worker may already be gone; cleanup goes on regardless
