@@ -31,10 +31,11 @@ PENDING = "next"
 @dataclass(frozen=True)
 class Position:
     """Where the last checkpoint cut the run: its step, the metrics lines written by then,
-    and the training tally gathered since the last of them."""
+    the training tally gathered since the last of them (and a sequence job's own state)."""
     step: int = 0
     evaluations: int = 0
     tally: dict[str, Any] = field(default_factory=dict)
+    sequence: dict[str, Any] = field(default_factory=dict)  # a sequence job's curve, curriculum and text position
 
 
 class Checkpoints:

@@ -51,6 +51,10 @@ OVERRIDES = {  # flag -> (job setting, type, help)
     "--test-subset": ("test_subset", int, "use only the first N test examples"),
     "--loss": ("loss", str, "the last stage's loss: cross_entropy (default), multi_margin, or package.module:function "
                "taking (logits, labels) and returning per-example losses"),
+    "--truncation": ("truncation", int, "sequence jobs (copy, repeat-copy, chars): T, the time steps per chunk, where "
+                     "truncated BPTT cuts and the synthesizer over time bridges"),
+    "--text": ("text", str, "the chars job's text file (the last tenth is held out); `dni run --text FILE` runs it"),
+    "--discount": ("discount", float, "sequence jobs: the weight of the synthetic gradient at each chunk's end (0..1, default 1)"),
     "--tensorboard": ("tensorboard", str, "write each evaluation's curves, worker activity and staleness for TensorBoard "
                       "into this folder, one subfolder per run (needs pip install 'dni[tensorboard]')"),
 }
@@ -69,7 +73,8 @@ def package_version() -> str:
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `dni run`; `python -m dni.launch` takes the same ones."""
-    parser.add_argument("job", nargs="?", help="mnist, cifar10, or a path to a job file (see README: job files)")
+    parser.add_argument("job", nargs="?", help="mnist, cifar10, copy, repeat-copy, chars, or a path to a job file "
+                        "(see README: job files)")
     parser.add_argument("--resume", type=Path, metavar="RUN", help="continue a stopped run folder from its last checkpoint")
     for flag, (_, kind, text) in OVERRIDES.items():
         parser.add_argument(flag, type=kind, help=text, choices=MODE_NAMES if flag == "--mode" else None)
@@ -261,14 +266,14 @@ def _run(args: argparse.Namespace) -> int:
 
 def job_from_args(args: argparse.Namespace) -> Job:
     """The job named on the command line, with the flags of `add_run_arguments` applied on top."""
-    if args.job is None:
-        raise ConfigError("name a job (mnist, cifar10 or a job file) or --resume RUN")
+    if args.job is None and not args.text:
+        raise ConfigError("name a job (mnist, cifar10, copy, repeat-copy, chars or a job file), --text FILE or --resume RUN")
     overrides = {setting: getattr(args, flag[2:].replace("-", "_")) for flag, (setting, _, _) in OVERRIDES.items()}
     overrides.update(verify_data=False if args.no_verify_data else None, download=False if args.no_download else None,
                      record_spans=True if args.record_spans else None, profile=True if args.profile else None)
     if args.keys or args.insecure:  # either flag overrides the job file's keys and insecure settings
         overrides.update(keys=args.keys or "", insecure=args.insecure)
-    return load_job(args.job, overrides)
+    return load_job(args.job or "chars", overrides)
 
 
 def report_run(train: Callable[[], tuple[RunFolder, dict[str, Any]]]) -> int:
@@ -285,7 +290,8 @@ def report_run(train: Callable[[], tuple[RunFolder, dict[str, Any]]]) -> int:
     except KeyboardInterrupt:
         log.error("interrupted; workers stopped")
         return 130
-    print(json.dumps({key: summary[key] for key in ("test_accuracy", "wall_seconds", "samples_per_second", "link")}))
+    shown = ("test_accuracy", "max_length_solved", "test_bits_per_char", "wall_seconds", "samples_per_second", "link")
+    print(json.dumps({key: summary[key] for key in shown if key in summary}))
     print(f"results: {folder.path}")
     return 0
 

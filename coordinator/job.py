@@ -12,13 +12,16 @@ from dni.coordinator.data import resolve_data_root
 from dni.coordinator.datasets import check_dataset
 from dni.coordinator.normalize import AUTO, Normalization, check_normalize
 from dni.errors import ConfigError
-from dni.spec import (Mode, OptimizerSpec, StageSpec, SynthesizerSpec, check_device, check_link_delay, check_loss,
+from dni.spec import (Mode, OptimizerSpec, StageSpec, SynthesizerSpec, check_device, check_discount, check_link_delay, check_loss,
                       check_mode, check_nonfinite, check_optimizer, check_positive, check_type)
 
-__all__ = ["Job", "SHORTCUTS", "job_as_table", "job_from_table", "load_job", "with_addresses"]
+__all__ = ["Job", "SEQUENCE_MODES", "SHORTCUTS", "TASKS", "job_as_table", "job_from_table", "load_job", "with_addresses"]
 
 JOBS_DIR = Path(__file__).parent / "jobs"
-SHORTCUTS = {"mnist": JOBS_DIR / "mnist_fcn.toml", "mnist-smoke": JOBS_DIR / "mnist_smoke.toml", "cifar10": JOBS_DIR / "cifar10_cnn.toml"}
+SHORTCUTS = {"mnist": JOBS_DIR / "mnist_fcn.toml", "mnist-smoke": JOBS_DIR / "mnist_smoke.toml", "cifar10": JOBS_DIR / "cifar10_cnn.toml",
+             "copy": JOBS_DIR / "copy.toml", "repeat-copy": JOBS_DIR / "repeat_copy.toml", "chars": JOBS_DIR / "chars.toml"}
+TASKS = ("copy", "repeat-copy", "chars")  # a sequence job's task (dni.coordinator.tasks)
+SEQUENCE_MODES = (Mode.BACKPROP, Mode.SG, Mode.NO_BPROP)  # cdni's label and sl's scalar have no per-step meaning
 STAGE_KEYS = ("kind", "device", "address", "synthesizer")
 JOB_KEYS = {
     "name": str, "dataset": str, "mode": str, "batch_size": int, "iterations": int, "epochs": int,
@@ -28,6 +31,7 @@ JOB_KEYS = {
     "keys": str, "insecure": bool, "time_limit": int, "tensorboard": str, "loss": str, "rejoin_seconds": int,
     "link_delay_ms": float, "stop_at_accuracy": float, "profile": bool, "cuda_graphs": bool,
     "normalize": object, "num_classes": int,  # normalize: a name, [[mean...], [std...]] or a table (check_normalize)
+    "task": str, "text": str, "truncation": int, "discount": float, "text_window": int, "eval_characters": int,
 }
 
 
@@ -70,6 +74,16 @@ class Job:
     balance: int = 0  # stages = N: the cuts are still to be measured for the input shape (`dni.coordinator.split`)
     normalize: Normalization = AUTO  # how examples become floats, once per dataset (see coordinator/normalize.py)
     num_classes: int = 0  # 0: the dataset's (a plug-in's: its largest label + 1)
+    task: str = ""  # a sequence job's task (TASKS; "": a dataset job); iterations then counts batches of sequences
+    text: str = ""  # the chars task's text file
+    truncation: int = 0  # a sequence job's T: steps per chunk, the truncation of BPTT
+    discount: float = 1.0  # a sequence job: the weight of the synthetic gradient at each chunk's end
+    text_window: int = 100  # the chars task: steps of each stream per batch
+    eval_characters: int = 20_000  # the chars task: at most this much of the held-out tail is scored at the end
+
+    @property
+    def is_sequence(self) -> bool:
+        return bool(self.task)
 
     def resolved_data_root(self) -> Path:
         """data_root, else $DNI_DATA_ROOT, else ./data; raises DataError for a named root that does not exist."""
@@ -118,12 +132,12 @@ def _job(table: dict[str, Any]) -> Job:
         if key not in JOB_KEYS:
             raise ConfigError(f"unknown setting {key!r}; known: {', '.join(sorted(JOB_KEYS))}")
         check_type(key, value, JOB_KEYS[key])
-    if "stages" not in table or "dataset" not in table:
-        raise ConfigError("a job needs 'dataset' and at least two [[stages]]")
+    if "stages" not in table or not ("dataset" in table or "task" in table):
+        raise ConfigError("a job needs 'dataset' (or a sequence 'task') and at least two [[stages]]")
     optimizer = table.get("optimizer", {})
     job = Job(
         name=table["name"],
-        dataset=table["dataset"],
+        dataset=table.get("dataset", ""),
         stages=tuple(_stage(entry, index) for index, entry in enumerate(table["stages"])),
         mode=check_mode(table.get("mode", "sg")),
         optimizer=check_optimizer(optimizer.get("name", "adam"), optimizer.get("lr", OptimizerSpec.lr), set(optimizer)),
@@ -174,7 +188,10 @@ def _stage(entry: Any, index: int) -> StageSpec:
 
 
 def _validate(job: Job) -> None:
-    _validate_data(job)
+    if job.is_sequence:
+        _validate_sequence(job)
+    else:
+        _validate_data(job)
     if len(job.stages) < 2:
         raise ConfigError(f"a pipeline needs at least two stages, got {len(job.stages)}")
     for name in ("batch_size", "eval_batch_size", "window"):
@@ -195,8 +212,29 @@ def _validate(job: Job) -> None:
         raise ConfigError("either every stage has an address (remote workers) or none does")
 
 
+def _validate_sequence(job: Job) -> None:
+    """A sequence job: a known task (chars with its text), no dataset, a truncation, a mode with a per-step meaning."""
+    if job.task not in TASKS:
+        raise ConfigError(f"task {job.task!r:.40} is not one of {', '.join(TASKS)}")
+    if job.dataset:
+        raise ConfigError(f"a sequence job generates its data (task = {job.task!r}): it has no dataset")
+    if (job.task == "chars") != bool(job.text):
+        raise ConfigError("the chars task needs text = a text file (--text FILE), and only it reads one")
+    if job.truncation < 1:
+        raise ConfigError(f"a sequence job needs truncation = T, its chunk length, of at least 1, got {job.truncation}")
+    if job.mode not in SEQUENCE_MODES:
+        raise ConfigError(f"a sequence job trains in {', '.join(mode.value for mode in SEQUENCE_MODES)}, not {job.mode.value}")
+    check_discount(job.discount)
+    if job.epochs:
+        raise ConfigError("a sequence job has no epochs: iterations counts its batches of sequences")
+    for name in ("text_window", "eval_characters"):
+        check_positive(name, getattr(job, name))
+
+
 def _validate_data(job: Job) -> None:
     """The dataset resolves (a plug-in imports, so a typo fails now) and num_classes, when set, is positive."""
+    if job.truncation or job.text:
+        raise ConfigError("truncation and text belong to a sequence job (task = copy, repeat-copy or chars)")
     check_dataset(job.dataset)
     if job.num_classes < 0:
         raise ConfigError(f"num_classes must not be negative (0: the dataset's own count), got {job.num_classes}")

@@ -199,7 +199,11 @@ class Pipeline:
 
     def send_batch(self, kind: Kind, batch: int, x: torch.Tensor, labels: torch.Tensor, meta: Optional[dict[str, Any]] = None) -> None:
         """Put a batch into the feed's outbox and write what stage 0 takes now."""
-        tensors = {"x": np.ascontiguousarray(x.numpy()), "labels": np.ascontiguousarray(labels.numpy())}
+        self.send_tensors(kind, batch, {"x": np.ascontiguousarray(x.numpy()), "labels": np.ascontiguousarray(labels.numpy())},
+                          meta)
+
+    def send_tensors(self, kind: Kind, batch: int, tensors: dict[str, np.ndarray], meta: Optional[dict[str, Any]] = None) -> None:
+        """Put a message of these arrays into the feed's outbox (a sequence job's chunk) and write what stage 0 takes now."""
         self.feed.put(Message(kind, self.job_id, batch, batch, -1, meta or {}, tensors))
         self.feed.write()
 

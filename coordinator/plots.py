@@ -1,4 +1,4 @@
-"""Pictures people would rather look at than read: accuracy per epoch, one line per run."""
+"""Pictures people would rather look at than read: accuracy per epoch, one line per run; a sequence job's curve."""
 from __future__ import annotations
 
 import json
@@ -12,8 +12,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from dni.coordinator.results import NotARunError, read_metrics  # noqa: E402
+from dni.coordinator.tasks import SOLVED_BITS  # noqa: E402
 
-__all__ = ["check_runs", "default_output", "plot_accuracy", "run_label", "save_figure"]
+__all__ = ["check_runs", "default_output", "plot_accuracy", "plot_curve", "run_label", "save_figure"]
 
 
 def check_runs(runs: Sequence[Path]) -> None:
@@ -61,6 +62,24 @@ def plot_accuracy(runs: Sequence[Path], output: Path, title: str = "Test accurac
     axes.set_ylabel("Test accuracy")
     axes.grid(alpha=0.3)
     axes.legend()
+    return save_figure(figure, output)
+
+
+def plot_curve(curve: Sequence[dict[str, Any]], output: Path, title: str) -> Path:
+    """A sequence job's training curve: bits per scored step and the curriculum's length, batch by batch."""
+    figure, (error, length) = plt.subplots(2, 1, figsize=(9, 6.5), sharex=True)
+    batches = [point["batch"] for point in curve]
+    error.plot(batches, [point["bits_per_step"] for point in curve], linewidth=0.8)
+    error.axhline(SOLVED_BITS, color="grey", linestyle="--", linewidth=0.8, label=f"solved below {SOLVED_BITS} bits")
+    error.set_ylabel("bits per scored step")
+    error.set_yscale("log")
+    error.legend()
+    length.plot(batches, [point["length"] for point in curve])
+    length.set_ylabel("sequence length")
+    length.set_xlabel("batch of sequences")
+    for axes in (error, length):
+        axes.grid(alpha=0.3)
+    error.set_title(title)
     return save_figure(figure, output)
 
 

@@ -23,8 +23,9 @@ class Progress:
         self.interactive = stream.isatty()
         self.next_percent = 10
 
-    def update(self, done: int, samples: int, accuracy: float | None) -> None:
-        """`done` steps and `samples` examples in all, the steps before `start` included."""
+    def update(self, done: int, samples: int, accuracy: float | None, shown: str = "") -> None:
+        """`done` steps and `samples` examples in all, the steps before `start` included; `shown` replaces the test
+        accuracy (a sequence job's length or bits per character)."""
         if not self.enabled:
             return
         now = time.monotonic()
@@ -35,17 +36,17 @@ class Progress:
             return
         self.last_draw = now
         self.next_percent = percent // 10 * 10 + 10
-        self.stream.write(("\r" if self.interactive else "") + self._line(done, samples, accuracy, now) + ("" if self.interactive else "\n"))
+        self.stream.write(("\r" if self.interactive else "") + self._line(done, samples, accuracy, now, shown) + ("" if self.interactive else "\n"))
         self.stream.flush()
 
-    def _line(self, done: int, samples: int, accuracy: float | None, now: float) -> str:
+    def _line(self, done: int, samples: int, accuracy: float | None, now: float, shown: str = "") -> str:
         elapsed = now - self.started
         filled = 24 * done // max(1, self.total)
         new_steps = max(0, done - self.start)  # done by this process
         new_samples = samples * new_steps / done if done else 0.0
         rate = new_samples / elapsed if elapsed > 0 else 0.0
         eta = (self.total - done) * elapsed / new_steps if new_steps else 0.0
-        shown = f"test {accuracy:6.2%}" if accuracy is not None else "test   --  "
+        shown = shown or (f"test {accuracy:6.2%}" if accuracy is not None else "test   --  ")
         return (f"{self.label} [{'#' * filled}{'.' * (24 - filled)}] {done}/{self.total} steps  {shown}  "
                 f"{rate:7.0f} samples/s  {elapsed:5.0f}s elapsed, {eta:5.0f}s left")
 

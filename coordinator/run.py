@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import secrets
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 import torch
 
@@ -14,12 +14,14 @@ from dni.coordinator.datasets import open_dataset, with_classes
 from dni.coordinator.job import Job
 from dni.coordinator.interrupts import INTERRUPTS
 from dni.coordinator.pipeline import Pipeline
-from dni.coordinator.plots import plot_accuracy
+from dni.coordinator.plots import plot_accuracy, plot_curve
 from dni.coordinator.pools import WorkerPool, pool_for
 from dni.coordinator.results import RunFolder, read_metrics
 from dni.coordinator.shapes import check_stages
 from dni.coordinator.split import balance_job
 from dni.coordinator.tensorboard import require_tensorboard
+from dni.coordinator.sequence_trainer import SequenceTrainer, check_sequence_stages, with_readout_width
+from dni.coordinator.tasks import open_task
 from dni.coordinator.trainer import Trainer
 from dni.errors import ConfigError
 from dni.protocol import ProtocolError, connectable
@@ -49,13 +51,20 @@ def run_job(job: Job, bind: Optional[str] = None, advertise: Optional[str] = Non
     keys = _run_keys(job, keys, [bind, advertise])
     require_tensorboard(job)
     torch.set_num_threads(COORDINATOR_THREADS)
-    data = data if data is not None else job_data(job)
-    job, cut = balance_job(job, data.input_shape)
-    annotations = {**(annotations or {}), **({"model_split": cut} if cut else {})}
+    task = open_task(job.task, job.text) if job.is_sequence else None
+    if task is not None:
+        job = with_readout_width(job, task)
+    else:
+        data = data if data is not None else job_data(job)
+        job, cut = balance_job(job, data.input_shape)
+        annotations = {**(annotations or {}), **({"model_split": cut} if cut else {})}
     owned = pool is None
     workers = pool or pool_for(job, keys, bind, transport, worker_log_level)
     if workers.builds_here:
-        check_stages(job, data.input_shape, data.num_classes)
+        if task is not None:
+            check_sequence_stages(job, task)
+        elif data is not None:
+            check_stages(job, data.input_shape, data.num_classes)
     folder = resume or RunFolder.create(job)
     job_id = f"{folder.path.name}-{secrets.token_hex(4)}"
     pipeline = None
@@ -72,11 +81,16 @@ def run_job(job: Job, bind: Optional[str] = None, advertise: Optional[str] = Non
             log.info("%s: every data message, the coordinator's included, leaves its sender that late", describe(job.link_delay_ms))
         for stage, at in enumerate(pipeline.endpoints):
             log.info("stage %d listens at control %s, forward %s, backward %s", stage, at.control, at.forward, at.backward)
-        summary = Trainer(job, job_id, data, pipeline, folder, reachable, show_progress, pool=workers).run()
+        trainer = SequenceTrainer(job, job_id, task, pipeline, folder, reachable, show_progress, pool=workers) \
+            if task is not None else Trainer(job, job_id, cast(Dataset, data), pipeline, folder, reachable, show_progress, pool=workers)
+        summary = trainer.run()
         INTERRUPTS.finish()
-        summary.update(annotations)
+        summary.update(annotations or {})
         folder.write_json("summary.json", {"status": "complete", **summary})
-        plot_accuracy([folder.path], folder.plot_path, f"{job.name}: {job.mode.value}")
+        if task is not None:
+            plot_curve(summary["curve"], folder.path / "curve.png", f"{job.name}: {task.name}, {job.mode.value}, T = {job.truncation}")
+        else:
+            plot_accuracy([folder.path], folder.plot_path, f"{job.name}: {job.mode.value}")
         return folder, summary
     except BaseException as error:
         _record_stop(folder, job, error, annotations)

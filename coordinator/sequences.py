@@ -1,109 +1,93 @@
-"""Training a recurrent core on a sequence task in one process: truncated BPTT of `truncation` steps, with or
-without synthetic gradients over time (`dni.workers.recurrent`), and a per-step linear readout with the task's loss.
+"""A sequence job in one process: the network in one piece, the paper's own setting (Jaderberg et al. 2017, 3.1).
 
-Each batch of sequences is cut into chunks of T = `truncation` steps. For each chunk the core runs from the
-state it kept, the readout scores the chunk's steps (cross entropy in nats, summed over the batch, on the
-task's scored steps), its gradient w.r.t. the core's outputs goes back into the core, and both update. The
-copy tasks follow the curriculum (`Curriculum`); the character task is scored on the text's held-out tail.
-The summary has `max_length_solved` and the curve (one point per batch) or `test_bits_per_char`.
+The stages are built as the workers build them (`build_sequence_stage`, the same seeds) and see the same batches
+and chunks (`batch_for`, `chunks_of`), but nothing stands between them: the readout's true gradient goes straight
+back through every recurrent core, so truncated BPTT of T steps reaches through the whole network, and in `sg`
+only the synthesizer over time bridges each truncation (no synthesizer between stages). In `backprop` this is
+what the workers compute, step for step; in `sg` the workers also decouple each core from the stage after it.
+
+The summary has the fields of a run on workers: the curve (one point per batch), and `max_length_solved` (copy
+tasks) or `test_bits_per_char` (characters).
 """
 from __future__ import annotations
 
-import math
 import time
-from dataclasses import asdict, dataclass
-from typing import Any, cast
+from typing import Any, Optional, cast
 
+import numpy as np
 import torch
-from torch import nn
 
-from dni.coordinator.tasks import CharText, Curriculum, SequenceBatch, SequenceTask
-from dni.spec import Mode, OptimizerSpec
-from dni.workers.optimizers import make_optimizer
-from dni.workers.recurrent import RecurrentCompute, RecurrentCore, linear_synthesizer, resolve_core
+from dni.coordinator.job import Job
+from dni.coordinator.sequence_trainer import STAND_IN, batch_for, chunks_of, sequence_assignments, with_readout_width
+from dni.coordinator.tasks import CharText, Curriculum, SequenceTask, open_task
+from dni.workers.recurrent import RecurrentCompute
+from dni.workers.sequence_stage import ReadoutStage, RecurrentStage, build_sequence_stage
+from dni.workers.timing import Timeline
 
-__all__ = ["SequenceModel", "SequenceSettings", "train_sequences"]
-
-
-@dataclass(frozen=True)
-class SequenceSettings:
-    mode: Mode = Mode.SG
-    truncation: int = 3  # T: time steps per chunk, the truncation of BPTT
-    core: str = "lstm"
-    hidden: int = 64
-    batch_size: int = 32
-    batches: int = 1000  # batches of sequences (the step budget)
-    lr: float = 1e-3
-    seed: int = 0
-    discount: float = 1.0  # of the synthetic gradient at each chunk's end
-    text_window: int = 100  # character task: steps of each stream per batch
-    eval_characters: int = 20_000  # character task: at most this much of the held-out tail is scored
+__all__ = ["SequenceModel", "train_sequences"]
 
 
 class SequenceModel:
-    """A recurrent stage (`RecurrentCompute`) and the per-step linear readout that is the last stage."""
+    """A sequence job's recurrent cores and readout, stepped chunk by chunk in this process."""
 
-    def __init__(self, task: SequenceTask, settings: SequenceSettings) -> None:
-        torch.manual_seed(settings.seed)
-        core = resolve_core(settings.core)((task.input_size,), hidden=settings.hidden)
-        synthesizer = linear_synthesizer(cast(RecurrentCore, core).state_size) if settings.mode.uses_synthesizer else None
-        optimizer = OptimizerSpec("adam", settings.lr)
-        self.recurrent = RecurrentCompute(core, synthesizer, mode=settings.mode, optimizer=optimizer,
-                                          discount=settings.discount)
-        self.readout = nn.Linear(settings.hidden, task.output_size)
-        self.readout_optimizer = make_optimizer(optimizer, self.readout.parameters())
-        self.task = task
+    def __init__(self, job: Job, task: SequenceTask) -> None:
+        shapes: list[tuple[int, ...]] = [(task.input_size,)]
+        stages = []
+        for index in range(len(job.stages)):
+            config = sequence_assignments(job, task, "local", STAND_IN.control, [STAND_IN] * len(job.stages), shapes, None)[index]
+            stage, shape = build_sequence_stage(config, "cpu", Timeline())
+            stages.append(stage)
+            shapes.append(shape)
+        self.cores: list[RecurrentCompute] = [cast(RecurrentStage, stage).recurrent for stage in stages[:-1]]
+        self.readout = cast(ReadoutStage, stages[-1])
 
-    def train_chunk(self, x: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, *, start: bool,
-                    last: bool) -> torch.Tensor:
-        """One chunk: the core from its kept state, the readout's loss, both updated; the chunk's summed bits."""
-        outputs = self.recurrent.forward(x, start=start).requires_grad_()
-        bits = (self.task.step_bits(self.readout(outputs), targets) * mask).sum()
-        self.readout_optimizer.zero_grad(set_to_none=True)
-        (bits * math.log(2)).backward()
-        self.readout_optimizer.step()
-        self.recurrent.backward(outputs.grad, last=last)
-        return bits.detach()
-
-    def train_batch(self, batch: SequenceBatch, truncation: int) -> float:
-        """A batch of sequences chunk by chunk; its error in bits per scored step."""
-        length = batch.inputs.shape[1]
-        total = torch.zeros(())
-        for begin in range(0, length, truncation):
-            end = min(begin + truncation, length)
-            total += self.train_chunk(batch.inputs[:, begin:end], batch.targets[:, begin:end], batch.mask[:, begin:end],
-                                      start=batch.start and begin == 0, last=batch.ends and end == length)
-        return float(total) / max(1.0, float(batch.mask.sum()))
+    def train_chunk(self, tensors: dict[str, np.ndarray], flags: dict[str, bool]) -> torch.Tensor:
+        """One chunk forward through every core and the readout, and back; (bits, steps right, steps scored)."""
+        x = torch.from_numpy(tensors["x"])
+        for core in self.cores:
+            x = core.forward(x, start=flags["start"])
+        result = self.readout.last_step(x, torch.from_numpy(tensors["labels"]), torch.from_numpy(tensors["mask"]))
+        self.readout.apply_update()
+        gradient: Optional[torch.Tensor] = result.upstream
+        for core in reversed(self.cores):
+            gradient = core.backward(gradient, last=flags["last"])
+        return result.score
 
     @torch.no_grad()
-    def bits_per_character(self, text: CharText, limit: int, truncation: int) -> float:
-        """Bits per character over (at most `limit` of) the held-out tail, one stream from a zero state."""
-        codes = text.test[:limit + 1]
-        inputs, targets = text.one_hot(codes[None, :-1]), codes[None, 1:]
-        state, total = None, 0.0
-        for begin in range(0, inputs.shape[1], truncation):
-            outputs, state = self.recurrent.evaluate(inputs[:, begin:begin + truncation], state)
-            total += float(self.task.step_bits(self.readout(outputs), targets[:, begin:begin + truncation]).sum())
-        return total / targets.numel()
+    def evaluate(self, text: CharText, limit: int, rows: int, truncation: int) -> float:
+        """Bits per character over (at most `limit` characters of) the held-out tail, in `rows` streams."""
+        states: list[Any] = [None] * len(self.cores)
+        total = torch.zeros(3, dtype=torch.float64)
+        for tensors, _ in chunks_of(text.evaluation_batch(limit, rows), truncation):
+            x = torch.from_numpy(tensors["x"])
+            for index, core in enumerate(self.cores):
+                x, states[index] = core.evaluate(x, states[index])
+            total += self.readout.evaluate_last(x, torch.from_numpy(tensors["labels"]), torch.from_numpy(tensors["mask"])).score
+        return float(total[0] / total[2])
 
 
-def train_sequences(task: SequenceTask, settings: SequenceSettings) -> dict[str, Any]:
-    """Train on `task` for `settings.batches` batches; the summary (see the module docstring)."""
-    model = SequenceModel(task, settings)
-    generator = torch.Generator().manual_seed(settings.seed)
-    curriculum = Curriculum()
-    curve: list[dict[str, Any]] = []
+def train_sequences(job: Job, task: Optional[SequenceTask] = None) -> dict[str, Any]:
+    """Train the sequence job `job` in this process (its task opened from the job unless given); the summary."""
+    task = task or open_task(job.task, job.text)
+    job = with_readout_width(job, task)
+    model = SequenceModel(job, task)
+    curriculum, curve = Curriculum(), []
+    text = task if isinstance(task, CharText) else None
     started = time.monotonic()
-    for step in range(settings.batches):
-        length = settings.text_window if isinstance(task, CharText) else curriculum.level
-        error = model.train_batch(task.batch(length, settings.batch_size, generator), settings.truncation)
-        curve.append({"step": step, "length": length, "bits_per_step": error})
-        if not isinstance(task, CharText):
+    for index in range(job.iterations):
+        level = job.text_window if text else curriculum.level
+        total = sum((model.train_chunk(tensors, flags) for tensors, flags in chunks_of(batch_for(job, task, index, level),
+                                                                                      job.truncation)),
+                    torch.zeros(3, dtype=torch.float64))
+        error = float(total[0] / max(1.0, float(total[2])))
+        curve.append({"batch": index, "length": level, "bits_per_step": error})
+        if text is None:
             curriculum.record(error)
-    summary: dict[str, Any] = {"task": task.name, **asdict(settings), "mode": settings.mode.value,
+    summary: dict[str, Any] = {"job": job.name, "task": task.name, "mode": job.mode.value, "truncation": job.truncation,
+                               "discount": job.discount, "batches": job.iterations, "batch_size": job.batch_size,
                                "wall_seconds": time.monotonic() - started, "curve": curve}
-    if isinstance(task, CharText):
-        summary["test_bits_per_char"] = model.bits_per_character(task, settings.eval_characters, settings.truncation)
+    if text is not None:
+        summary["test_bits_per_char"] = model.evaluate(text, job.eval_characters, job.batch_size, job.truncation)
     else:
         summary["max_length_solved"] = curriculum.solved
     return summary

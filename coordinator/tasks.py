@@ -13,7 +13,6 @@ averaged over the last `window` batches, falls below 0.15 bits per scored time s
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -22,9 +21,9 @@ import torch
 import torch.nn.functional as F
 
 from dni.errors import DataError
+from dni.workers.step_losses import binary_bits, character_bits
 
-__all__ = ["CharText", "CopyTask", "Curriculum", "RepeatCopyTask", "SOLVED_BITS", "SequenceBatch", "SequenceTask",
-           "binary_bits"]
+__all__ = ["CharText", "CopyTask", "Curriculum", "RepeatCopyTask", "SOLVED_BITS", "SequenceBatch", "SequenceTask", "open_task"]
 
 SOLVED_BITS = 0.15  # the paper's threshold: error below this many bits per time step solves a length
 
@@ -42,6 +41,7 @@ class SequenceTask(Protocol):
     name: str
     input_size: int
     output_size: int
+    loss: str  # the per-step loss its readout is scored with (dni.workers.step_losses)
 
     def batch(self, length: int, batch_size: int, generator: torch.Generator) -> SequenceBatch: ...
 
@@ -50,7 +50,7 @@ class SequenceTask(Protocol):
 
 class CopyTask:
     """Copy: N vectors of `bits` random bits, a delimiter step, then N steps that must reproduce them."""
-    name = "copy"
+    name, loss = "copy", "bits"
 
     def __init__(self, bits: int = 8) -> None:
         self.bits, self.input_size, self.output_size = bits, bits + 1, bits
@@ -73,7 +73,7 @@ class CopyTask:
 
 class RepeatCopyTask:
     """Repeat copy: N vectors, a delimiter carrying R/max_repeats, then R copies of the vectors and an end bit."""
-    name = "repeat-copy"
+    name, loss = "repeat-copy", "bits"
 
     def __init__(self, bits: int = 8, max_repeats: int = 3) -> None:
         self.bits, self.max_repeats = bits, max_repeats
@@ -101,7 +101,7 @@ class RepeatCopyTask:
 
 class CharText:
     """A text file as characters: one stream per batch row over the head, bits per character on the tail."""
-    name = "chars"
+    name, loss = "chars", "cross_entropy"
 
     def __init__(self, path: Path, held_out: float = 0.1) -> None:
         try:
@@ -116,7 +116,7 @@ class CharText:
         self.alphabet = alphabet
         self.train, self.test = codes[:-tail], codes[-tail:]
         self.input_size = self.output_size = len(alphabet)
-        self._position = 0
+        self.position = 0  # where the streams go on in each row's part of the head
 
     def batch(self, length: int, batch_size: int, generator: torch.Generator) -> SequenceBatch:
         """The next `length` characters of each of `batch_size` streams (each a contiguous part of the head)."""
@@ -124,29 +124,39 @@ class CharText:
         if stride < length + 1:
             raise DataError(f"the text's head ({len(self.train)} characters) is too short for {batch_size} streams "
                             f"of {length + 1}")
-        start = self._position == 0 or self._position + length + 1 > stride
+        start = self.position == 0 or self.position + length + 1 > stride
         if start:
-            self._position = 0
-        rows = torch.arange(batch_size)[:, None] * stride + self._position + torch.arange(length + 1)
+            self.position = 0
+        rows = torch.arange(batch_size)[:, None] * stride + self.position + torch.arange(length + 1)
         window = self.train[rows]
-        self._position += length
+        self.position += length
         return SequenceBatch(self.one_hot(window[:, :-1]), window[:, 1:], torch.ones(batch_size, length), start, False)
+
+    def evaluation_batch(self, limit: int, rows: int) -> SequenceBatch:
+        """(At most `limit` characters of) the held-out tail as `rows` streams side by side, each from its start."""
+        codes = self.test[:limit + 1]
+        rows = max(1, min(rows, (len(codes) - 1) // 2))
+        steps = (len(codes) - 1) // rows
+        window = codes[torch.arange(rows)[:, None] * steps + torch.arange(steps + 1)]
+        return SequenceBatch(self.one_hot(window[:, :-1]), window[:, 1:], torch.ones(rows, steps), True, True)
 
     def one_hot(self, codes: torch.Tensor) -> torch.Tensor:
         return F.one_hot(codes, self.input_size).float()
 
     def step_bits(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits.transpose(1, 2), targets, reduction="none") / math.log(2)
+        return character_bits(logits, targets)
+
+
+def open_task(name: str, text: str = "") -> SequenceTask:
+    """A task by its job-file name: copy, repeat-copy, or chars over the text file `text`."""
+    if name == "chars":
+        return CharText(Path(text))
+    return CopyTask() if name == "copy" else RepeatCopyTask()
 
 
 def _encode(text: str, alphabet: list[str]) -> list[int]:
     index = {char: code for code, char in enumerate(alphabet)}
     return [index[char] for char in text]
-
-
-def binary_bits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Cross entropy in bits of each step's predicted bits, summed over the bits: (B, L)."""
-    return F.binary_cross_entropy_with_logits(logits, targets, reduction="none").sum(-1) / math.log(2)
 
 
 @dataclass

@@ -37,8 +37,8 @@ from dni.errors import ConfigError
 
 __all__ = [
     "COORDINATOR_TIMEOUT", "DEVICE_PATTERN", "EXIT_COORDINATOR_SILENT", "EXIT_STOPPED", "LOSS_NAMES",
-    "MAX_LINK_DELAY_MS", "MODE_NAMES", "NONFINITE_POLICIES", "OPTIMIZERS", "Mode", "OptimizerSpec", "StageAssignment",
-    "StageSpec", "SynthesizerSpec", "check_device", "check_link_delay", "check_loss", "check_mode", "check_nonfinite",
+    "MAX_LINK_DELAY_MS", "MODE_NAMES", "NONFINITE_POLICIES", "OPTIMIZERS", "STEP_LOSS_NAMES", "Mode", "OptimizerSpec", "StageAssignment",
+    "StageSpec", "SynthesizerSpec", "check_device", "check_discount", "check_link_delay", "check_loss", "check_mode", "check_nonfinite",
     "check_optimizer", "check_positive", "check_type",
 ]
 
@@ -49,6 +49,7 @@ EXIT_COORDINATOR_SILENT = 3  # a --once worker that ended its job because the co
 NONFINITE_POLICIES = ("reject", "count")  # a tensor with NaN/Inf: refuse the message, or count it and go on
 DEVICE_PATTERN = re.compile(r"^(cpu|auto|cuda(:\d+)?)$")
 LOSS_NAMES = ("cross_entropy", "multi_margin")  # the built-in losses (dni.workers.losses); else package.module:function
+STEP_LOSS_NAMES = ("bits", "cross_entropy")  # a sequence job's per-step losses (dni.workers.step_losses), in bits
 IMPORT_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
 
 
@@ -138,6 +139,8 @@ class StageAssignment:
     link_delay_ms: float = 0.0  # emulated link delay: every data message this stage sends leaves this late (missing: 0)
     profile: bool = False  # run the stage under cProfile; its `metrics` reply then carries the hottest functions
     cuda_graphs: bool = True  # on a CUDA device, replay the training passes as CUDA graphs (see workers/graphs.py)
+    truncation: int = 0  # a sequence job's chunk length T (messages carry chunks of at most T steps); 0: feed-forward
+    discount: float = 1.0  # a sequence job: the weight of the synthetic gradient at each chunk's end
 
     @property
     def is_first(self) -> bool:
@@ -183,10 +186,12 @@ class StageAssignment:
                 record_spans=bool(wire.get("record_spans", False)),
                 nonfinite=check_nonfinite(wire.get("nonfinite", "reject")),
                 restore=wire.get("restore"),
-                loss=check_loss(wire.get("loss", "cross_entropy")),
+                loss=check_loss(wire.get("loss", "cross_entropy"), sequence=bool(wire.get("truncation", 0))),
                 link_delay_ms=check_link_delay(wire.get("link_delay_ms", 0.0)),
                 profile=check_type("profile", wire.get("profile", False), bool),
                 cuda_graphs=check_type("cuda_graphs", wire.get("cuda_graphs", True), bool),
+                truncation=check_type("truncation", wire.get("truncation", 0), int),
+                discount=float(check_type("discount", wire.get("discount", 1.0), float)),
             )
         except (KeyError, TypeError, AttributeError) as error:
             raise ConfigError(f"stage config is incomplete or malformed: {error}") from error
@@ -201,6 +206,9 @@ class StageAssignment:
         if not all(isinstance(size, int) and size > 0 for size in self.input_shape):
             raise ConfigError(f"input_shape must be positive integers, got {list(self.input_shape)}")
         check_link_delay(self.link_delay_ms)
+        if self.truncation < 0:
+            raise ConfigError(f"truncation must not be negative (0: a feed-forward job), got {self.truncation}")
+        check_discount(self.discount)
         if self.restore is not None and not isinstance(self.restore, str):
             raise ConfigError("restore must be a checkpoint path")
         if (self.upstream is None) != self.is_first or (self.downstream is None) != self.is_last:
@@ -258,10 +266,22 @@ def check_nonfinite(value: Any) -> str:
     return value
 
 
-def check_loss(value: Any) -> str:
-    """A built-in loss name or an import path; whether the path imports is known only where it is resolved."""
+def check_loss(value: Any, sequence: bool = False) -> str:
+    """A built-in loss name or an import path; whether the path imports is known only where it is resolved.
+    A sequence job's loss is one of its per-step losses (`STEP_LOSS_NAMES`)."""
+    if sequence:
+        if value not in STEP_LOSS_NAMES:
+            raise ConfigError(f"a sequence job's loss {value!r:.60} is not one of {', '.join(STEP_LOSS_NAMES)}")
+        return value
     if not (isinstance(value, str) and (value in LOSS_NAMES or IMPORT_PATH.match(value))):
         raise ConfigError(f"loss {value!r:.60} is not one of {', '.join(LOSS_NAMES)} nor an import path package.module:function")
+    return value
+
+
+def check_discount(value: float) -> float:
+    """The synthetic gradient's weight at a chunk's end: from 0 (truncated BPTT) to 1 (the paper's)."""
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise ConfigError(f"discount must lie in 0..1, got {value!r:.60}")
     return value
 
 

@@ -339,8 +339,23 @@ class StageCompute:
             raise RuntimeError(f"{self.name} is not the last stage and has no loss")
         return per_example_losses(self.loss, self.loss_name, logits, labels)
 
-    def restored(self) -> None:
-        """The weights were replaced from a checkpoint: no stashed copy of the old ones may be used again."""
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Module, synthesizer, both optimisers and the step count: what `dni.workers.checkpoint` saves."""
+        state: dict[str, Any] = {"module": self.module.state_dict(), "module_optimizer": self.module_optimizer.state_dict(),
+                                 "steps": self.steps}
+        if self.synthesizer is not None and self.synthesizer_optimizer is not None:  # one comes with the other
+            state["synthesizer"] = self.synthesizer.state_dict()
+            state["synthesizer_optimizer"] = self.synthesizer_optimizer.state_dict()
+        return state
+
+    def restore_checkpoint(self, state: dict[str, Any]) -> None:
+        """The weights replaced from a checkpoint: no stashed copy of the old ones may be used again."""
+        self.module.load_state_dict(state["module"])
+        self.module_optimizer.load_state_dict(state["module_optimizer"])
+        if self.synthesizer is not None and self.synthesizer_optimizer is not None:
+            self.synthesizer.load_state_dict(state["synthesizer"])
+            self.synthesizer_optimizer.load_state_dict(state["synthesizer_optimizer"])
+        self.steps = int(state["steps"])
         self.module_step.refresh()
         if self.stash is not None and self.synthesizer_step is not None:
             self.stash.changed()

@@ -16,17 +16,18 @@ to the worker, which counts the one and reports the other as fatal.
 """
 from __future__ import annotations
 
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Protocol, cast
 
 import torch
 
 from dni.protocol import Kind, Message, decode
-from dni.workers.compute import EvalResult, score_meta
+from dni.workers.compute import EvalResult, StageCompute, score_meta
 from dni.workers.devices import arrays_on_host, to_device
+from dni.workers.interface import Shape
 from dni.workers.session import Session
 from dni.workers.validation import check_fresh, check_inputs, check_kind, check_origin, check_target
 
-__all__ = ["Steps", "on_backward", "on_forward", "receive"]
+__all__ = ["AwaitsTargets", "Steps", "count_nonfinite", "on_backward", "on_forward", "receive", "send_upstream"]
 
 Steps = Iterator[None]  # a handler: each yield lets the loop write what it has put so far
 
@@ -41,14 +42,26 @@ def receive(session: Session, frames: list) -> Message:
     return message
 
 
+class AwaitsTargets(Protocol):
+    """A stage that keeps batches until their targets come back: a feed-forward or a recurrent stage."""
+
+    def awaits_target(self, batch: int) -> bool: ...
+
+    def expected_target_shape(self, batch: int) -> Shape: ...
+
+    def take_target(self, batch: int, target: torch.Tensor) -> Optional[torch.Tensor]: ...
+
+    def apply_update(self) -> None: ...
+
+
 def on_forward(session: Session, frames: list) -> Steps:
     """A training or evaluation batch from upstream (or the coordinator, for the first stage)."""
     message = receive(session, frames)
     check_kind(message, "forward")
-    compute, config = session.compute, session.config
+    compute, config = cast(StageCompute, session.compute), session.config
     check_fresh(message, compute.awaits_target(message.batch))
     inputs = check_inputs(message, config.input_shape, config.num_classes, config.nonfinite)
-    _count_nonfinite(session, inputs.nonfinite)
+    count_nonfinite(session, inputs.nonfinite)
     session.timeline.lap("checks")
     x, labels = to_device(inputs.x, session.device), to_device(inputs.labels, session.device)
     session.timeline.lap("to_device")
@@ -57,7 +70,7 @@ def on_forward(session: Session, frames: list) -> Steps:
         return
     if config.is_last:
         result = compute.last_step(x, labels)
-        _send_upstream(session, message.batch, result.upstream)
+        send_upstream(session, message.batch, result.upstream)
         yield  # the target first: the stage above waits for it, the coordinator only counts the result
         _report(session, Kind.TRAIN_RESULT, message.batch, {}, result)
         yield
@@ -67,18 +80,19 @@ def on_forward(session: Session, frames: list) -> Steps:
     assert session.downstream is not None  # every stage but the last has one
     session.send(session.downstream, Kind.FORWARD, message.batch, message.meta, {"x": h, "labels": labels})
     yield
-    _send_upstream(session, message.batch, compute.follow_synthesizer(message.batch))
+    send_upstream(session, message.batch, compute.follow_synthesizer(message.batch))
     yield
     compute.apply_update()
 
 
 def _evaluate(session: Session, message: Message, x: torch.Tensor, labels: torch.Tensor) -> None:
+    compute = cast(StageCompute, session.compute)
     if not session.config.is_last:
-        output = session.compute.evaluate(x, labels)
+        output = compute.evaluate(x, labels)
         assert session.downstream is not None
         session.send(session.downstream, Kind.EVAL, message.batch, message.meta, {"x": output, "labels": labels})
         return
-    _report(session, Kind.EVAL_RESULT, message.batch, message.meta, session.compute.evaluate_last(x, labels))
+    _report(session, Kind.EVAL_RESULT, message.batch, message.meta, compute.evaluate_last(x, labels))
 
 
 def _report(session: Session, kind: Kind, batch: int, meta: dict, result: EvalResult) -> None:
@@ -93,24 +107,24 @@ def on_backward(session: Session, frames: list) -> Steps:
     """A batch's target from downstream."""
     message = receive(session, frames)
     check_kind(message, "backward")
-    compute = session.compute
+    compute = cast(AwaitsTargets, session.compute)
     expected = compute.expected_target_shape(message.batch) if compute.awaits_target(message.batch) else None
     checked = check_target(message, expected, session.config.nonfinite)
-    _count_nonfinite(session, checked.nonfinite)
+    count_nonfinite(session, checked.nonfinite)
     session.timeline.lap("checks")
     target = to_device(checked.target, session.device)
     session.timeline.lap("to_device")
-    _send_upstream(session, message.batch, compute.take_target(message.batch, target))
+    send_upstream(session, message.batch, compute.take_target(message.batch, target))
     yield
     compute.apply_update()
 
 
-def _send_upstream(session: Session, batch: int, target: Optional[torch.Tensor]) -> None:
+def send_upstream(session: Session, batch: int, target: Optional[torch.Tensor]) -> None:
     if target is not None and session.upstream is not None:
         session.send(session.upstream, Kind.BACKWARD, batch, {}, {"target": target})
 
 
-def _count_nonfinite(session: Session, accepted: int) -> None:
+def count_nonfinite(session: Session, accepted: int) -> None:
     if accepted:  # only when it happens, so the metrics list no empty counter
         session.messages["nonfinite_accepted"] += accepted
 

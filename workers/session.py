@@ -32,7 +32,9 @@ from dni.workers.checkpoint import load_checkpoint
 from dni.workers.compute import StageCompute
 from dni.workers.devices import arrays_on_host, resolve_device
 from dni.workers.heartbeat import Heartbeat
+from dni.workers.interface import Shape
 from dni.workers.profiling import StageProfile
+from dni.workers.sequence_stage import SequenceStage, build_sequence_stage
 from dni.workers.timing import DeviceClock, Timeline
 from dni.workers.validation import all_finite
 
@@ -56,10 +58,7 @@ class Session:
         clock = DeviceClock(self.device) if self.device.startswith("cuda") else None
         self.timeline = Timeline(config.record_spans, clock)
         torch.set_num_threads(config.threads)
-        modules = build_stage(config.spec, index=config.index, input_shape=config.input_shape, mode=config.mode,
-                              num_classes=config.num_classes, seed=config.seed, is_last=config.is_last, device=self.device)
-        self.output_shape = modules.output_shape
-        self.compute = StageCompute.assigned(config, modules, self.timeline)
+        self.compute, self.output_shape = self._build(config)
         self.schedule = self.compute.schedule
         if config.restore:
             try:
@@ -82,6 +81,14 @@ class Session:
         self.profile = StageProfile() if config.profile else None
         self.setup_seconds = self.timeline.restart()  # the wall clock of the job starts when the stage is ready
         self.cpu_started = time.process_time()
+
+    def _build(self, config: StageAssignment) -> tuple[StageCompute | SequenceStage, Shape]:
+        """The stage's arithmetic: a sequence job's recurrent core or readout, else a feed-forward stage."""
+        if config.truncation:
+            return build_sequence_stage(config, self.device, self.timeline)
+        modules = build_stage(config.spec, index=config.index, input_shape=config.input_shape, mode=config.mode,
+                              num_classes=config.num_classes, seed=config.seed, is_last=config.is_last, device=self.device)
+        return StageCompute.assigned(config, modules, self.timeline), modules.output_shape
 
     @staticmethod
     def _connect(context: zmq.Context, address: str, limits: Limits) -> zmq.Socket:

@@ -21,7 +21,7 @@ from dni.errors import DniError
 from dni.protocol import Kind, Message
 from dni.workers.interface import Shape
 
-__all__ = ["Inputs", "Rejected", "Target", "all_finite", "check_fresh", "check_inputs", "check_kind", "check_origin", "check_target"]
+__all__ = ["Chunk", "Inputs", "Rejected", "Target", "all_finite", "check_chunk", "check_fresh", "check_inputs", "check_kind", "check_origin", "check_target"]
 
 DATA_KINDS = {"forward": (Kind.FORWARD, Kind.EVAL), "backward": (Kind.BACKWARD,)}  # what each data socket accepts
 
@@ -43,6 +43,16 @@ class Inputs(NamedTuple):
     """A batch's checked arrays, and how many of them held NaN/Inf accepted under `nonfinite = "count"`."""
     x: np.ndarray
     labels: np.ndarray
+    nonfinite: int
+
+
+class Chunk(NamedTuple):
+    """A sequence job's checked chunk: its steps, per-step targets and mask, and where it lies in its sequence."""
+    x: np.ndarray
+    labels: np.ndarray
+    mask: np.ndarray
+    start: bool
+    last: bool
     nonfinite: int
 
 
@@ -83,6 +93,40 @@ def check_inputs(message: Message, input_shape: Shape, num_classes: int, nonfini
     if labels.size and not 0 <= labels.min() <= labels.max() < num_classes:
         raise Rejected(f"labels must lie in 0..{num_classes - 1}", message)
     return Inputs(x, labels, _nonfinite("x", x, message, nonfinite))
+
+
+def check_chunk(message: Message, input_shape: Shape, truncation: int, loss: str, num_classes: int,
+                nonfinite: str) -> Chunk:
+    """A sequence job's chunk: `x` float32 (B, T, *input_shape) with 1 <= T <= truncation, `labels` the per-step
+    targets (float32 (B, T, num_classes) of 0s and 1s for the `bits` loss, else int64 (B, T) classes in range),
+    `mask` float32 (B, T) of 0s and 1s, and bools `start` and `last` in the metadata; a refusal loses the chunk."""
+    x, labels, mask = (message.tensors.get(name) for name in ("x", "labels", "mask"))
+    if x is None or labels is None or mask is None:
+        raise Rejected(f"{message.kind.name} chunk needs tensors 'x', 'labels' and 'mask', got {sorted(message.tensors)}", message)
+    if x.dtype != np.float32 or x.ndim != 2 + len(input_shape) or tuple(x.shape[2:]) != tuple(input_shape) \
+            or x.shape[0] == 0 or not 1 <= x.shape[1] <= truncation:
+        raise Rejected(f"x must be float32 (B, T <= {truncation}, {', '.join(map(str, input_shape))}), "
+                       f"got {x.dtype} {list(x.shape)}", message)
+    steps = tuple(x.shape[:2])
+    if mask.dtype != np.float32 or mask.shape != steps or not np.isin(mask, (0.0, 1.0)).all():
+        raise Rejected(f"mask must be float32 {list(steps)} of 0s and 1s, got {mask.dtype} {list(mask.shape)}", message)
+    _check_step_targets(message, labels, steps, loss, num_classes)
+    start, last = message.meta.get("start"), message.meta.get("last")
+    if not (isinstance(start, bool) and isinstance(last, bool)):
+        raise Rejected(f"a chunk's meta needs bools 'start' and 'last', got {start!r:.20} and {last!r:.20}", message)
+    return Chunk(x, labels, mask, start, last, _nonfinite("x", x, message, nonfinite))
+
+
+def _check_step_targets(message: Message, labels: np.ndarray, steps: tuple[int, ...], loss: str, num_classes: int) -> None:
+    if loss == "bits":
+        if labels.dtype != np.float32 or labels.shape != (*steps, num_classes) or not np.isin(labels, (0.0, 1.0)).all():
+            raise Rejected(f"labels must be float32 {[*steps, num_classes]} of 0s and 1s, got {labels.dtype} "
+                           f"{list(labels.shape)}", message)
+        return
+    if labels.dtype != np.int64 or labels.shape != steps:
+        raise Rejected(f"labels must be int64 {list(steps)}, got {labels.dtype} {list(labels.shape)}", message)
+    if labels.size and not 0 <= labels.min() <= labels.max() < num_classes:
+        raise Rejected(f"labels must lie in 0..{num_classes - 1}", message)
 
 
 def check_target(message: Message, expected: Optional[Shape], nonfinite: str) -> Target:

@@ -1,74 +1,92 @@
 """The paper's Table 1 (copy, repeat copy): the longest length solved within a fixed budget, truncated BPTT vs DNI.
 
-    python benchmarks/recurrent/run.py                               # T in 2,3,5; backprop and sg; both tasks
-    python benchmarks/recurrent/run.py --truncations 2,8 --batches 2000
+    python benchmarks/recurrent/run.py                                  # T in 2,3,5; both tasks; 20,000 batches
+    python benchmarks/recurrent/run.py --truncations 2,8 --batches 2000 --no-workers
 
-Each run trains an LSTM with a per-step linear readout in one process (`dni.coordinator.sequences`), from
-length 1 up the curriculum (one more once 10 batches average under 0.15 bits per output step). Writes
-`results.json` (every run's summary, its curve every CURVE_EVERY-th batch) and `table.md` into --results, and prints the table.
+Every run is the job `dni run copy` / `dni run repeat-copy` runs (coordinator/jobs/copy.toml, repeat_copy.toml:
+an LSTM of 64 units, a per-step linear readout, Adam 3e-3, batches of 32), from length 1 up the curriculum (one
+more once 10 batches average under 0.15 bits per output step), with `--truncation T` and `--iterations`:
+
+- backprop: truncated BPTT of T steps. In one process and on workers it is the same computation, step for step
+  (tests/e2e/test_sequences.py), so it runs once, in one process.
+- sg, one process: the paper's setting; a synthesizer over time bridges each truncation, the readout's true
+  gradient reaches the LSTM (`dni.coordinator.sequences`).
+- sg, workers: the LSTM and the readout on worker processes of their own (`dni.coordinator.run.run_job`), the
+  LSTM also decoupled from the readout by a synthesizer of dL/d(outputs) between them.
+
+Writes `results.json` (every run's summary, its curve every CURVE_EVERY-th batch) and `table.md` into --results,
+and prints the table.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from dni.coordinator.sequences import SequenceSettings, train_sequences
-from dni.coordinator.tasks import CopyTask, RepeatCopyTask
-from dni.spec import Mode
+from dni.coordinator.job import load_job
+from dni.coordinator.run import run_job
+from dni.coordinator.sequences import train_sequences
 
 CURVE_EVERY = 100
-TASKS = {"copy": CopyTask, "repeat-copy": RepeatCopyTask}
 # Jaderberg et al. 2017, Table 1, as remembered (not checked against the paper here): max length solved, LSTM.
 PAPER = {("copy", "backprop"): {2: 7, 3: 8, 5: 8}, ("copy", "sg"): {2: 16, 3: 14, 5: 18},
          ("repeat-copy", "backprop"): {2: 7, 3: 5, 5: 23}, ("repeat-copy", "sg"): {2: 39, 3: 33, 5: 59}}
+COLUMNS = [("backprop", "one process"), ("sg", "one process"), ("sg", "workers")]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", default="copy,repeat-copy")
     parser.add_argument("--truncations", default="2,3,5")
-    parser.add_argument("--modes", default="backprop,sg")
-    parser.add_argument("--batches", type=int, default=4000, help="batches of sequences per run (default 4000)")
-    parser.add_argument("--hidden", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--batches", type=int, default=20_000, help="batches of sequences per run (default 20000)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-workers", action="store_true", help="skip the runs on workers")
     parser.add_argument("--results", default="benchmarks/recurrent/results")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    columns = [column for column in COLUMNS if not (args.no_workers and column[1] == "workers")]
     runs = []
-    for task in args.tasks.split(","):
-        for truncation in map(int, args.truncations.split(",")):
-            for mode in args.modes.split(","):
-                settings = SequenceSettings(mode=Mode(mode), truncation=truncation, hidden=args.hidden,
-                                            batch_size=args.batch_size, batches=args.batches, lr=args.lr, seed=args.seed)
-                summary = train_sequences(TASKS[task](), settings)
-                print(f"{task} T={truncation} {mode}: length {summary['max_length_solved']} solved "
-                      f"({summary['wall_seconds']:.0f} s)", flush=True)
-                runs.append({**summary, "curve": summary["curve"][::CURVE_EVERY]})
+    with tempfile.TemporaryDirectory() as scratch:
+        for task in args.tasks.split(","):
+            for truncation in map(int, args.truncations.split(",")):
+                for mode, where in columns:
+                    job = load_job(task, {"mode": mode, "truncation": truncation, "iterations": args.batches,
+                                          "seed": args.seed, "threads": 1, "results": scratch, "checkpoint_every": 0})
+                    started = time.monotonic()
+                    summary = train_sequences(job) if where == "one process" else run_job(job, show_progress=False)[1]
+                    print(f"{task} T={truncation} {mode} ({where}): length {summary['max_length_solved']} solved "
+                          f"({time.monotonic() - started:.0f} s)", flush=True)
+                    runs.append({**_kept(summary), "where": where})
     folder = Path(args.results)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "results.json").write_text(json.dumps({"settings": vars(args), "runs": runs}, indent=1))
-    table = render(runs)
+    table = render(runs, columns)
     (folder / "table.md").write_text(table)
     print(table)
 
 
-def render(runs: list[dict]) -> str:
-    """One row per task and T: this run's longest length solved per mode, next to the paper's figure."""
-    modes = sorted({run["mode"] for run in runs}, key=["backprop", "sg"].index)
-    header = "| task | T | " + " | ".join(f"{mode} (here) | {mode} (paper*)" for mode in modes) + " |"
-    lines = [header, "|" + "---|" * (2 + 2 * len(modes))]
+def _kept(summary: dict[str, Any]) -> dict[str, Any]:
+    """What results.json keeps of a summary: its figures and every CURVE_EVERY-th point of its curve."""
+    keys = ("task", "mode", "truncation", "batches", "batch_size", "max_length_solved", "wall_seconds")
+    return {**{key: summary[key] for key in keys}, "curve": summary["curve"][::CURVE_EVERY]}
+
+
+def render(runs: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
+    """One row per task and T: the longest length solved in each column, next to the paper's figures."""
+    header = "| task | T | " + " | ".join(f"{mode} ({where})" for mode, where in columns) + \
+        " | BPTT (paper*) | DNI (paper*) |"
+    lines = [header, "|" + "---|" * (4 + len(columns))]
     for task in dict.fromkeys(run["task"] for run in runs):
         for truncation in dict.fromkeys(run["truncation"] for run in runs if run["task"] == task):
-            cells = []
-            for mode in modes:
-                run = next(r for r in runs if (r["task"], r["truncation"], r["mode"]) == (task, truncation, mode))
-                paper = PAPER.get((task, mode), {}).get(truncation, "-")
-                cells += [str(run["max_length_solved"]), str(paper)]
+            cells = [str(next(r["max_length_solved"] for r in runs
+                              if (r["task"], r["truncation"], r["mode"], r["where"]) == (task, truncation, mode, where)))
+                     for mode, where in columns]
+            cells += [str(PAPER.get((task, mode), {}).get(truncation, "-")) for mode in ("backprop", "sg")]
             lines.append(f"| {task} | {truncation} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

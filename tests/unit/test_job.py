@@ -17,8 +17,10 @@ def test_shortcuts_load_the_reference_jobs_with_overrides_on_top():
     assert job.optimizer == OptimizerSpec("adam", 1e-4)
     assert [stage.kind for stage in job.stages] == ["linear_bn_relu", "linear_bn_relu", "linear"]
     assert job.stages[0].synthesizer.params == {"hidden": 1024, "layers": 2}
-    assert {name: load_job(name).name for name in SHORTCUTS} == {
-        "mnist": "mnist_fcn", "mnist-smoke": "mnist_smoke", "cifar10": "cifar10_cnn"}
+    text = {"text": __file__}  # the chars job reads a text file of the user's
+    assert {name: load_job(name, text if name == "chars" else {}).name for name in SHORTCUTS} == {
+        "mnist": "mnist_fcn", "mnist-smoke": "mnist_smoke", "cifar10": "cifar10_cnn", "copy": "copy",
+        "repeat-copy": "repeat_copy", "chars": "chars"}
 
 
 @pytest.mark.parametrize("change, message", [
@@ -50,7 +52,7 @@ def test_bad_settings_name_the_field(change, message, tmp_path):
 
 
 def test_a_table_without_dataset_or_stages_is_refused():
-    with pytest.raises(ConfigError, match="^job: a job needs 'dataset' and at least two \\[\\[stages\\]\\]$"):
+    with pytest.raises(ConfigError, match="^job: a job needs 'dataset' \\(or a sequence 'task'\\) and at least two \\[\\[stages\\]\\]$"):
         job_from_table({"name": "x", "dataset": "mnist"})
 
 
@@ -95,7 +97,7 @@ def test_workers_must_match_the_stages_in_number(tmp_path):
 
 
 def test_a_job_that_is_neither_shortcut_nor_file_is_named(tmp_path):
-    with pytest.raises(ConfigError, match=r"^job 'mnsit' is neither a shortcut \(mnist, mnist-smoke, cifar10\) nor a TOML file$"):
+    with pytest.raises(ConfigError, match=r"^job 'mnsit' is neither a shortcut \(mnist, mnist-smoke, cifar10, copy, repeat-copy, chars\) nor a TOML file$"):
         load_job("mnsit")
     broken = tmp_path / "broken.toml"
     broken.write_text("dataset = \n")

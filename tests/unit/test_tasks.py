@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from dni.coordinator.tasks import CharText, CopyTask, Curriculum, RepeatCopyTask, binary_bits
+from dni.coordinator.tasks import CharText, CopyTask, Curriculum, RepeatCopyTask
+from dni.workers.step_losses import binary_bits
 from dni.errors import DataError
 
 

@@ -294,7 +294,8 @@ def test_checkpoints_flush_every_stage_then_save_each_at_checkpoint_every_steps(
     # last evaluation began (8 and 9: the cut at step 8 had drained the rest)
     last_two = torch.cat([labels for _, _, labels in train_batches(data, BATCH, 0, 10)][8:])
     assert json.loads((trainer.folder.path / "checkpoints" / "coordinator.json").read_text()) == {
-        "step": 10, "evaluations": 2, "tally": {"loss_sum": 16.0, "correct": int((last_two == 0).sum()), "count": 16}}
+        "step": 10, "evaluations": 2, "tally": {"loss_sum": 16.0, "correct": int((last_two == 0).sum()), "count": 16},
+        "sequence": {}}
 
 
 def test_a_checkpoint_waits_until_nothing_is_in_flight(tmp_path):
