@@ -41,7 +41,7 @@ from dni.workers.timing import Timeline
 if TYPE_CHECKING:
     from dni.coordinator.pools import WorkerPool
 
-__all__ = ["STAND_IN", "BatchTally", "SequenceTrainer", "batch_for", "check_sequence_stages", "chunks_of", "sequence_assignments",
+__all__ = ["STAND_IN", "BatchTally", "SequenceState", "SequenceTrainer", "batch_for", "check_sequence_stages", "chunks_of", "sequence_assignments",
            "with_readout_width"]
 
 log = logging.getLogger("dni.sequences")
@@ -131,7 +131,7 @@ def check_sequence_stages(job: Job, task: SequenceTask) -> None:
 
 
 @dataclass
-class _Progress:
+class SequenceState:
     """The run's own state beyond the stages', as a checkpoint keeps it."""
     curve: list[dict[str, Any]] = field(default_factory=list)
     curriculum: Curriculum = field(default_factory=Curriculum)
@@ -143,7 +143,7 @@ class _Progress:
                 "curriculum": {"level": curriculum.level, "solved": curriculum.solved, "recent": curriculum.recent}}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "_Progress":
+    def from_json(cls, data: dict[str, Any]) -> "SequenceState":
         if not data:
             return cls()
         return cls(list(data["curve"]), Curriculum(**data["curriculum"]), int(data["text_position"]))
@@ -162,7 +162,7 @@ class SequenceTrainer:
         self.schedule = FeedSchedule(credit=job.window + len(job.stages))
         self.progress = Progress(self.total, f"{job.name}/{job.mode.value}", show_progress)
         self.checkpoints = Checkpoints(folder.path / "checkpoints")
-        self.state = _Progress()
+        self.state = SequenceState()
         self.batches: dict[int, BatchTally] = {}  # batch of sequences -> its tally, until every chunk is back
         self.owner: dict[int, int] = {}  # chunk -> its batch of sequences
         self.sent = self.done = 0  # chunks
@@ -269,7 +269,7 @@ class SequenceTrainer:
 
     def _rewind(self, position: Position) -> int:
         """The run's state and every stage back to a checkpoint (or the start); the batch to go on from."""
-        self.state = _Progress.from_json(position.sequence)
+        self.state = SequenceState.from_json(position.sequence)
         self.sent = self.done = int(position.tally.get("chunks", 0))
         self.batches.clear()
         self.owner.clear()

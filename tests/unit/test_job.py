@@ -51,6 +51,41 @@ def test_bad_settings_name_the_field(change, message, tmp_path):
         small_job(tmp_path, tmp_path, **change)
 
 
+SEQUENCE_STAGES = [{"kind": "lstm", "hidden": 8}, {"kind": "linear"}]
+
+
+def sequence_table(**change):
+    return {"name": "seq", "task": "copy", "truncation": 3, "stages": SEQUENCE_STAGES, **change}
+
+
+def test_a_sequence_job_has_a_task_and_a_truncation_and_no_dataset():
+    job = job_from_table(sequence_table(discount=0.5))
+    assert (job.is_sequence, job.task, job.truncation, job.discount, job.dataset) == (True, "copy", 3, 0.5, "")
+    assert job_from_table(job_as_table(job)) == job, "a run folder's job.json reads back as the same job"
+    assert not load_job("mnist").is_sequence
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"task": "sort"}, "task 'sort' is not one of copy, repeat-copy, chars"),
+    ({"dataset": "mnist"}, "a sequence job generates its data \\(task = 'copy'\\): it has no dataset"),
+    ({"truncation": 0}, "a sequence job needs truncation = T, its chunk length, of at least 1, got 0"),
+    ({"task": "chars"}, "the chars task needs text = a text file \\(--text FILE\\), and only it reads one"),
+    ({"text": "book.txt"}, "the chars task needs text = a text file"),
+    ({"mode": "cdni"}, "a sequence job trains in backprop, sg, no_bprop, not cdni"),
+    ({"discount": 2.0}, "discount must lie in 0..1, got 2.0"),
+    ({"epochs": 3}, "a sequence job has no epochs: iterations counts its batches of sequences"),
+    ({"text_window": 0}, "text_window must be at least 1, got 0"),
+])
+def test_a_bad_sequence_setting_is_named(change, message):
+    with pytest.raises(ConfigError, match=message):
+        job_from_table(sequence_table(**change))
+
+
+def test_sequence_settings_in_a_dataset_job_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match="truncation and text belong to a sequence job"):
+        small_job(tmp_path, tmp_path, truncation=3)
+
+
 def test_a_table_without_dataset_or_stages_is_refused():
     with pytest.raises(ConfigError, match="^job: a job needs 'dataset' \\(or a sequence 'task'\\) and at least two \\[\\[stages\\]\\]$"):
         job_from_table({"name": "x", "dataset": "mnist"})

@@ -27,6 +27,15 @@ def test_resumed_run_counts_only_the_steps_since_it_resumed(clock):
                                  "25600 samples/s     10s elapsed,    40s left\n")
 
 
+def test_a_sequence_job_shows_its_own_figure_in_place_of_the_test_accuracy(clock):
+    stream = io.StringIO()
+    progress = Progress(100, "copy/sg", True, stream)
+    clock[0] += 10.0
+    progress.update(100, 3200, None, "length   4")
+    assert stream.getvalue() == ("copy/sg [########################] 100/100 steps  length   4      "
+                                 "320 samples/s     10s elapsed,     0s left\n")
+
+
 def test_fresh_run_and_the_positional_call_the_trainer_makes(clock):
     stream = io.StringIO()
     progress = Progress(25_000, "mnist_fcn/sg", True, stream)

@@ -50,6 +50,25 @@ def test_a_bad_field_is_named(changes, message):
         StageAssignment.from_wire(wire(**changes))
 
 
+def test_a_sequence_assignment_travels_with_its_truncation_discount_and_per_step_loss():
+    sequence = replace(CONFIG, mode=Mode.SG, truncation=3, discount=0.5, loss="bits")
+    assert StageAssignment.from_wire(sequence.to_wire()) == sequence
+    old = wire()
+    del old["truncation"], old["discount"]
+    assert (StageAssignment.from_wire(old).truncation, StageAssignment.from_wire(old).discount) == (0, 1.0)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"truncation": -1}, "^truncation must not be negative \\(0: a feed-forward job\\), got -1$"),
+    ({"truncation": 3, "discount": 1.5}, "^discount must lie in 0..1, got 1.5$"),
+    ({"truncation": 3, "loss": "multi_margin"}, "^a sequence job's loss 'multi_margin' is not one of bits, cross_entropy$"),
+    ({"loss": "bits"}, "^loss 'bits' is not one of cross_entropy, multi_margin nor an import path"),
+])
+def test_a_bad_sequence_field_is_named(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        StageAssignment.from_wire(wire(**changes))
+
+
 def test_a_missing_field_or_a_config_that_is_no_map_is_refused():
     incomplete = wire()
     del incomplete["seed"]

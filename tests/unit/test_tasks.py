@@ -6,8 +6,7 @@ import math
 import pytest
 import torch
 
-from dni.coordinator.tasks import CharText, CopyTask, Curriculum, RepeatCopyTask
-from dni.workers.step_losses import binary_bits
+from dni.coordinator.tasks import CharText, CopyTask, Curriculum, RepeatCopyTask, open_task
 from dni.errors import DataError
 
 
@@ -38,11 +37,6 @@ def test_repeat_copy_carries_the_count_and_ends_with_the_end_bit():
     torch.testing.assert_close(batch.targets[:, 3:-1, :3], data.repeat(1, repeats, 1))
     assert batch.targets[:, -1].tolist() == [[0, 0, 0, 1]] * 2 and not batch.targets[:, :-1, 3].any()
     assert batch.mask[0, :3].sum() == 0 and batch.mask[0, 3:].all()
-
-
-def test_binary_bits_sum_the_cross_entropy_of_a_steps_bits_in_bits():
-    logits, targets = torch.zeros(1, 2, 8), torch.ones(1, 2, 8)
-    torch.testing.assert_close(binary_bits(logits, targets), torch.full((1, 2), 8.0))  # a coin per bit: one bit each
 
 
 def test_text_streams_continue_across_batches_and_restart_at_the_end(tmp_path):
@@ -81,3 +75,23 @@ def test_the_curriculum_grows_the_length_once_the_windowed_error_is_below_the_th
     assert not curriculum.record(0.3)  # the last three: 0.167
     assert curriculum.record(0.0) and (curriculum.level, curriculum.solved) == (2, 1)  # 0.133
     assert not curriculum.record(0.0)  # a fresh window at the new length
+
+
+def test_the_held_out_tail_is_scored_as_rows_of_streams_each_from_its_start(tmp_path):
+    path = tmp_path / "text.txt"
+    path.write_text("abcdefghij" * 10)  # a tail of 10 characters
+    text = CharText(path)
+    batch = text.evaluation_batch(limit=9, rows=2)
+    codes = text.test[:10]
+    assert batch.start and batch.ends and batch.inputs.shape == (2, 4, text.input_size)
+    assert batch.targets.tolist() == [codes[1:5].tolist(), codes[5:9].tolist()]
+    assert batch.inputs.argmax(-1).tolist() == [codes[0:4].tolist(), codes[4:8].tolist()]
+    assert batch.mask.sum() == 8
+
+
+def test_a_task_opens_by_its_job_file_name_with_the_loss_its_readout_needs(tmp_path):
+    path = tmp_path / "text.txt"
+    path.write_text("abcdefghij" * 10)
+    tasks = [open_task("copy"), open_task("repeat-copy"), open_task("chars", str(path))]
+    assert [(task.name, task.loss, task.output_size) for task in tasks] == [
+        ("copy", "bits", 8), ("repeat-copy", "bits", 9), ("chars", "cross_entropy", 10)]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from dni.protocol import Kind, Message
-from dni.workers.validation import Rejected, check_fresh, check_inputs, check_kind, check_origin, check_target
+from dni.workers.validation import Rejected, check_chunk, check_fresh, check_inputs, check_kind, check_origin, check_target
 
 JOB = "unit-job"
 SHAPE = (1, 2, 2)
@@ -118,3 +118,48 @@ def test_a_nonfinite_target_is_refused_or_counted_by_policy():
     assert check_target(message, (4, 5), "count").nonfinite == 1
     good = check_target(target_message(np.ones((4, 5), np.float32)), (4, 5), "reject")
     assert good.nonfinite == 0 and good.target.shape == (4, 5)
+
+
+def chunk_message(x=None, labels=None, mask=None, meta=None, loss="bits") -> Message:
+    """A sequence job's chunk: 2 sequences, 3 steps of 4 features, 2 outputs per step."""
+    x = np.zeros((2, 3, 4), np.float32) if x is None else x
+    if labels is None:
+        labels = np.zeros((2, 3, 2), np.float32) if loss == "bits" else np.zeros((2, 3), np.int64)
+    mask = np.ones((2, 3), np.float32) if mask is None else mask
+    return Message(Kind.FORWARD, JOB, 3, 0, 0, {"start": True, "last": False} if meta is None else meta,
+                   {"x": x, "labels": labels, "mask": mask})
+
+
+def test_a_good_chunk_comes_back_with_its_place_in_the_sequence():
+    chunk = check_chunk(chunk_message(), (4,), 3, "bits", 2, "reject")
+    assert (chunk.start, chunk.last, chunk.nonfinite, chunk.x.shape) == (True, False, 0, (2, 3, 4))
+    shorter = check_chunk(chunk_message(np.zeros((2, 1, 4), np.float32), np.zeros((2, 1), np.int64),
+                                        np.zeros((2, 1), np.float32), loss="cross_entropy"), (4,), 3, "cross_entropy", 2, "reject")
+    assert shorter.x.shape == (2, 1, 4), "a sequence's last chunk may be shorter than T"
+
+
+@pytest.mark.parametrize("message, loss, text", [
+    (chunk_message(x=np.zeros((2, 4, 4), np.float32)), "bits", "x must be float32 (B, T <= 3, 4), got float32 [2, 4, 4]"),
+    (chunk_message(x=np.zeros((2, 3), np.float32)), "bits", "x must be float32 (B, T <= 3, 4), got float32 [2, 3]"),
+    (chunk_message(mask=np.ones((2, 2), np.float32)), "bits", "mask must be float32 [2, 3] of 0s and 1s, got float32 [2, 2]"),
+    (chunk_message(mask=np.full((2, 3), 0.5, np.float32)), "bits", "mask must be float32 [2, 3] of 0s and 1s, got float32 [2, 3]"),
+    (chunk_message(labels=np.full((2, 3, 2), 2.0, np.float32)), "bits",
+     "labels must be float32 [2, 3, 2] of 0s and 1s, got float32 [2, 3, 2]"),
+    (chunk_message(labels=np.zeros((2, 3), np.int64)), "bits", "labels must be float32 [2, 3, 2] of 0s and 1s, got int64 [2, 3]"),
+    (chunk_message(labels=np.full((2, 3), 2, np.int64), loss="cross_entropy"), "cross_entropy", "labels must lie in 0..1"),
+    (chunk_message(loss="cross_entropy", labels=np.zeros((2, 3, 2), np.float32)), "cross_entropy",
+     "labels must be int64 [2, 3], got float32 [2, 3, 2]"),
+    (chunk_message(meta={"start": 1, "last": False}), "bits", "a chunk's meta needs bools 'start' and 'last', got 1 and False"),
+    (chunk_message(x=np.full((2, 3, 4), np.nan, np.float32)), "bits", "x holds NaN or Inf values (policy: reject)"),
+])
+def test_an_unusable_chunk_is_refused_and_loses_its_batch(message, loss, text):
+    error = refusal(check_chunk, message, (4,), 3, loss, 2, "reject")
+    assert str(error) == text
+    assert error.lost is message
+
+
+def test_a_chunk_without_its_mask_is_refused():
+    message = chunk_message()
+    del message.tensors["mask"]
+    assert str(refusal(check_chunk, message, (4,), 3, "bits", 2, "reject")) == \
+        "FORWARD chunk needs tensors 'x', 'labels' and 'mask', got ['labels', 'x']"

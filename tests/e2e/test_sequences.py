@@ -1,0 +1,160 @@
+"""Sequence jobs on workers: recurrent stages on their own processes in every mode that applies, the same
+arithmetic as one process in backprop, a failing recurrent stage named, a lost one replaced, and a character
+stream resumed with its kept state."""
+from __future__ import annotations
+
+import _thread
+import json
+import logging
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from dni import resume_job, run_job
+from dni.coordinator.job import load_job
+from dni.coordinator.sequences import train_sequences
+from dni.lifetime import alive, children
+from tests.e2e.processes import when_checkpointed
+
+pytestmark = pytest.mark.e2e
+
+FAILING_CORES = '''
+from dni.workers.recurrent import LSTMCore
+
+
+class Failing(LSTMCore):
+    """An LSTM that raises on its 7th training chunk."""
+
+    def __init__(self, input_shape, hidden: int) -> None:
+        super().__init__(input_shape, hidden)
+        self.calls = 0
+
+    def forward(self, x, state):
+        self.calls += self.training
+        if self.calls == 7:
+            raise RuntimeError("the core broke on chunk 7")
+        return super().forward(x, state)
+'''
+
+
+def run_cli(*arguments: str) -> tuple[subprocess.CompletedProcess, set[int], float]:
+    """`dni run ...` as a user runs it: (its result, the worker pids it started, seconds it took)."""
+    started = time.monotonic()
+    process = subprocess.Popen([sys.executable, "-m", "dni", "run", *arguments, "--no-progress", "--threads", "1"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    workers: set[int] = set()
+    while process.poll() is None:
+        workers |= set(children(process.pid))
+        time.sleep(0.1)
+    stdout, stderr = process.communicate()
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr), workers, time.monotonic() - started
+
+
+def chunks_sent(curve: list[dict], truncation: int) -> int:
+    """Chunks of T steps in the copy task's batches: 2N + 1 steps each."""
+    return sum(math.ceil((2 * point["length"] + 1) / truncation) for point in curve)
+
+
+@pytest.mark.parametrize("mode", ["backprop", "sg", "no_bprop"])
+def test_a_copy_job_runs_its_recurrent_stage_on_a_worker_of_its_own(mode, tmp_path):
+    result, workers, _ = run_cli("copy", "--mode", mode, "--iterations", "40", "--truncation", "2",
+                                 "--results", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.splitlines()[0]).keys() >= {"max_length_solved", "wall_seconds"}
+    run = next(tmp_path.iterdir())
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "complete" and (summary["task"], summary["mode"], summary["truncation"]) == ("copy", mode, 2)
+    assert [point["batch"] for point in summary["curve"]] == list(range(40))
+    assert summary["curve"][0]["bits_per_step"] > 7.0, "eight coin flips at first"
+    lstm, readout = summary["worker_metrics"]
+    chunks = chunks_sent(summary["curve"], 2)
+    assert lstm["steps"] == readout["steps"] == chunks, "every chunk ran through both stages"
+    assert readout["messages"].get("sent_backward", 0) == (0 if mode == "no_bprop" else chunks)
+    assert lstm["messages"].get("received_backward", 0) == (0 if mode == "no_bprop" else chunks)
+    assert (lstm["synthesizer_loss"] > 0) == (mode == "sg")
+    assert summary["workers"][0]["pid"] != summary["workers"][1]["pid"]
+    assert (run / "curve.png").stat().st_size > 10_000
+    assert workers and not any(alive(pid) for pid in workers)
+
+
+def test_backprop_on_workers_is_truncated_bptt_in_one_process_step_for_step(tmp_path):
+    torch.set_num_threads(1)
+    job = load_job("repeat-copy", {"mode": "backprop", "iterations": 30, "truncation": 3, "threads": 1,
+                                   "results": str(tmp_path)})
+    _, on_workers = run_job(job, show_progress=False)
+    in_one = train_sequences(job)
+    assert [point["length"] for point in on_workers["curve"]] == [point["length"] for point in in_one["curve"]]
+    for mine, theirs in zip(on_workers["curve"], in_one["curve"]):
+        assert mine["bits_per_step"] == pytest.approx(theirs["bits_per_step"], rel=1e-5)
+
+
+@pytest.fixture
+def failing_cores(monkeypatch, tmp_path):
+    """A plug-in module with a core that raises, importable here and in the workers."""
+    (tmp_path / "failing_cores.py").write_text(FAILING_CORES)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+
+
+def test_a_failing_recurrent_stage_ends_the_run_within_seconds_naming_it(failing_cores, tmp_path):
+    job = tmp_path / "failing.toml"
+    job.write_text('task = "copy"\ntruncation = 2\niterations = 100\n\n[[stages]]\nkind = "failing_cores:Failing"\n'
+                   'hidden = 16\n\n[[stages]]\nkind = "linear"\n')
+    result, workers, seconds = run_cli(str(job), "--results", str(tmp_path / "runs"))
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "run failed: stage 0 (failing_cores:Failing) failed: RuntimeError: the core broke on chunk 7" in result.stderr
+    assert seconds < 60
+    assert workers and not any(alive(pid) for pid in workers), "no process left behind"
+    summary = json.loads((next((tmp_path / "runs").iterdir()) / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["failed_stage"] == 0 and "chunk 7" in summary["error"]
+
+
+def test_a_lost_recurrent_worker_is_replaced_and_the_run_finishes(tmp_path):
+    job = load_job("copy", {"iterations": 60, "checkpoint_every": 20, "threads": 1, "results": str(tmp_path)})
+
+    def kill_the_lstm() -> None:
+        victim = next(pid for pid, command in children(os.getpid()).items() if "stage0" in command)
+        os.kill(victim, signal.SIGKILL)
+
+    watcher = when_checkpointed(tmp_path, kill_the_lstm)
+    _, summary = run_job(job, show_progress=False)
+    watcher.join()
+    assert summary["recoveries"] == 1
+    assert [point["batch"] for point in summary["curve"]] == list(range(60)), "batches after the checkpoint ran again"
+
+
+def test_a_character_stream_resumes_with_the_state_its_stages_kept(tmp_path, caplog):
+    text = tmp_path / "book.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. " * 400)
+    job = load_job("chars", {"text": str(text), "iterations": 30, "checkpoint_every": 10, "text_window": 20,
+                             "truncation": 5, "threads": 1, "results": str(tmp_path / "runs")})
+    watcher = when_checkpointed(tmp_path / "runs", _thread.interrupt_main)
+    with pytest.raises(KeyboardInterrupt):
+        run_job(job, show_progress=False)
+    watcher.join()
+    run = next((tmp_path / "runs").iterdir())
+    checkpointed = json.loads((run / "checkpoints" / "coordinator.json").read_text())["step"]
+    assert 0 < checkpointed < 30
+    kept = torch.load(run / "checkpoints" / "stage0.pt", weights_only=True)["kept_state"]
+    assert [tuple(part.shape) for part in kept] == [(32, 128), (32, 128)] and kept[0].abs().sum() > 0
+    with caplog.at_level(logging.INFO, logger="dni.sequences"):
+        _, summary = resume_job(run, show_progress=False)
+    assert f"resuming at batch {checkpointed}: every stage's kept state restored" in caplog.text
+    assert summary["resumed_from_batch"] == checkpointed
+    assert [point["batch"] for point in summary["curve"]] == list(range(30))
+    assert 0 < summary["test_bits_per_char"] < math.log2(len(set(text.read_text())))
+
+
+def test_dni_run_text_trains_a_character_model_on_the_file(tmp_path):
+    text = tmp_path / "book.txt"
+    text.write_text("to be or not to be, that is the question. " * 300)
+    result, _, _ = run_cli("--text", str(text), "--iterations", "20", "--results", str(tmp_path / "runs"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 0 < json.loads(result.stdout.splitlines()[0])["test_bits_per_char"] < math.log2(len(set(text.read_text())))
+    assert (next((tmp_path / "runs").iterdir()) / "curve.png").is_file()
