@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 from dni.coordinator.data import BUILTIN_DATASETS
 from dni.coordinator.interrupts import INTERRUPTS
 from dni.coordinator.job import SHORTCUTS, Job, load_job, with_addresses
-from dni.coordinator.plots import check_runs, default_output, plot_accuracy
+from dni.coordinator.plots import check_runs, default_output, plot_runs
 from dni.errors import ConfigError, DniError
 from dni.spec import MODE_NAMES
 from dni.workers import cli as worker_cli
@@ -186,13 +186,16 @@ def build_parser() -> argparse.ArgumentParser:
         "authorized/ (public keys allowed to connect). Copy it to every host; pass --keys DIR to dni worker and dni run."))
     keys.add_argument("directory", type=Path, help="new directory (refuses to overwrite existing keys)")
 
-    plot = commands.add_parser("plot", help="draw the accuracy of several runs into one plot", description=(
+    plot = commands.add_parser("plot", help="draw the accuracy (or sequence curves) of several runs into one plot",
+                               description=(
         "Draw the test accuracy per epoch of one or more runs into one PNG, one line per run, labelled with the run "
-        "folder's name, mode and final accuracy. Prints the file written."))
-    plot.add_argument("runs", nargs="+", type=Path, help="run folders (each made by dni run, with its metrics.jsonl)")
+        "folder's name, mode and final accuracy; for sequence jobs (copy, repeat-copy, chars), their bits per step "
+        "and curriculum length per batch. Prints the file written."))
+    plot.add_argument("runs", nargs="+", type=Path, help="run folders (each made by dni run: with its metrics.jsonl, "
+                      "or a finished sequence job's summary.json)")
     plot.add_argument("-o", "--output", type=Path, help="PNG file to write (default: plot-YYYYmmdd-HHMMSS.png in the "
                       "first run's parent folder, e.g. runs/)")
-    plot.add_argument("--title", default="Test accuracy", help="title of the plot (default: Test accuracy)")
+    plot.add_argument("--title", help="title of the plot (default: Test accuracy, or Sequence jobs)")
     return parser
 
 
@@ -229,7 +232,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 def _plot(args: argparse.Namespace) -> int:
     check_runs(args.runs)
-    print(plot_accuracy(args.runs, args.output or default_output(args.runs), args.title))
+    print(plot_runs(args.runs, args.output or default_output(args.runs), args.title))
     return 0
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import matplotlib
 
@@ -14,16 +14,34 @@ import matplotlib.pyplot as plt  # noqa: E402
 from dni.coordinator.results import NotARunError, read_metrics  # noqa: E402
 from dni.coordinator.tasks import SOLVED_BITS  # noqa: E402
 
-__all__ = ["check_runs", "default_output", "plot_accuracy", "plot_curve", "run_label", "save_figure"]
+__all__ = ["check_runs", "default_output", "plot_accuracy", "plot_curves", "plot_runs", "run_label", "sequence_curve", "save_figure"]
 
 
 def check_runs(runs: Sequence[Path]) -> None:
-    """Raise NotARunError naming the first folder that is not a run (one with a metrics.jsonl)."""
+    """Raise NotARunError naming the first folder that is not a run (one with a metrics.jsonl, or a finished
+    sequence job's curve), or runs of both kinds, which share no axes."""
     for run in runs:
         if not run.exists():
             raise NotARunError(f"{run} does not exist")
-        if not (run / "metrics.jsonl").is_file():
-            raise NotARunError(f"{run} is not a run folder (it has no metrics.jsonl)")
+        if not ((run / "metrics.jsonl").is_file() or sequence_curve(run) is not None):
+            raise NotARunError(f"{run} is not a run folder (it has no metrics.jsonl, nor a finished sequence job's curve)")
+    if len({sequence_curve(run) is None for run in runs}) > 1:
+        raise NotARunError("a sequence job's curve and a dataset job's accuracy share no axes: plot them apart")
+
+
+def sequence_curve(run: Path) -> Optional[list[dict[str, Any]]]:
+    """A finished sequence job's curve (its summary.json's), else None."""
+    summary = run / "summary.json"
+    if not summary.is_file():
+        return None
+    return json.loads(summary.read_text()).get("curve")
+
+
+def plot_runs(runs: Sequence[Path], output: Path, title: Optional[str] = None) -> Path:
+    """`dni plot`: the test accuracy of dataset jobs, or the curves of sequence jobs."""
+    if sequence_curve(runs[0]) is None:
+        return plot_accuracy(runs, output, title or "Test accuracy")
+    return plot_curves({run_label(run): sequence_curve(run) or [] for run in runs}, output, title or "Sequence jobs")
 
 
 def default_output(runs: Sequence[Path]) -> Path:
@@ -45,6 +63,10 @@ def run_label(run: Path) -> str:
         data = json.loads(summary.read_text())
         if data.get("status", "complete") != "complete":
             return f"{run.name} ({data['mode']}, {data['status']})"
+        if "max_length_solved" in data:
+            return f"{run.name} ({data['mode']}, T = {data['truncation']}, length {data['max_length_solved']} solved)"
+        if "test_bits_per_char" in data:
+            return f"{run.name} ({data['mode']}, T = {data['truncation']}, {data['test_bits_per_char']:.3f} bits/char)"
         return f"{run.name} ({data['mode']}, {data['test_accuracy']:.2%})"
     if job.is_file():
         return f"{run.name} ({json.loads(job.read_text())['mode']})"
@@ -65,16 +87,18 @@ def plot_accuracy(runs: Sequence[Path], output: Path, title: str = "Test accurac
     return save_figure(figure, output)
 
 
-def plot_curve(curve: Sequence[dict[str, Any]], output: Path, title: str) -> Path:
-    """A sequence job's training curve: bits per scored step and the curriculum's length, batch by batch."""
+def plot_curves(curves: dict[str, Sequence[dict[str, Any]]], output: Path, title: str) -> Path:
+    """Sequence jobs' training curves, one line per run: bits per scored step and the curriculum's length,
+    batch by batch."""
     figure, (error, length) = plt.subplots(2, 1, figsize=(9, 6.5), sharex=True)
-    batches = [point["batch"] for point in curve]
-    error.plot(batches, [point["bits_per_step"] for point in curve], linewidth=0.8)
+    for label, curve in curves.items():
+        batches = [point["batch"] for point in curve]
+        error.plot(batches, [point["bits_per_step"] for point in curve], linewidth=0.8, label=label)
+        length.plot(batches, [point["length"] for point in curve], label=label)
     error.axhline(SOLVED_BITS, color="grey", linestyle="--", linewidth=0.8, label=f"solved below {SOLVED_BITS} bits")
     error.set_ylabel("bits per scored step")
     error.set_yscale("log")
-    error.legend()
-    length.plot(batches, [point["length"] for point in curve])
+    error.legend(fontsize="small")
     length.set_ylabel("sequence length")
     length.set_xlabel("batch of sequences")
     for axes in (error, length):

@@ -14,7 +14,7 @@ from dni.coordinator.datasets import open_dataset, with_classes
 from dni.coordinator.job import Job
 from dni.coordinator.interrupts import INTERRUPTS
 from dni.coordinator.pipeline import Pipeline
-from dni.coordinator.plots import plot_accuracy, plot_curve
+from dni.coordinator.plots import plot_accuracy, plot_curves
 from dni.coordinator.pools import WorkerPool, pool_for
 from dni.coordinator.results import RunFolder, read_metrics
 from dni.coordinator.shapes import check_stages
@@ -88,7 +88,8 @@ def run_job(job: Job, bind: Optional[str] = None, advertise: Optional[str] = Non
         summary.update(annotations or {})
         folder.write_json("summary.json", {"status": "complete", **summary})
         if task is not None:
-            plot_curve(summary["curve"], folder.path / "curve.png", f"{job.name}: {task.name}, {job.mode.value}, T = {job.truncation}")
+            plot_curves({f"{job.mode.value}, T = {job.truncation}": summary["curve"]}, folder.path / "curve.png",
+                        f"{job.name}: {task.name}")
         else:
             plot_accuracy([folder.path], folder.plot_path, f"{job.name}: {job.mode.value}")
         return folder, summary

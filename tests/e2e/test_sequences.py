@@ -83,15 +83,30 @@ def test_a_copy_job_runs_its_recurrent_stage_on_a_worker_of_its_own(mode, tmp_pa
     assert workers and not any(alive(pid) for pid in workers)
 
 
-def test_backprop_on_workers_is_truncated_bptt_in_one_process_step_for_step(tmp_path):
+STACKED = [{"kind": "lstm", "hidden": 16}, {"kind": "gru", "hidden": 12, "synthesizer": {"kind": "mlp", "layers": 0}},
+           {"kind": "linear"}]
+
+
+@pytest.mark.parametrize("stages", [None, STACKED], ids=["lstm", "lstm-gru stacked"])
+def test_backprop_on_workers_is_truncated_bptt_in_one_process_step_for_step(stages, tmp_path):
     torch.set_num_threads(1)
     job = load_job("repeat-copy", {"mode": "backprop", "iterations": 30, "truncation": 3, "threads": 1,
-                                   "results": str(tmp_path)})
+                                   "results": str(tmp_path), **({"stages": stages} if stages else {})})
     _, on_workers = run_job(job, show_progress=False)
     in_one = train_sequences(job)
     assert [point["length"] for point in on_workers["curve"]] == [point["length"] for point in in_one["curve"]]
     for mine, theirs in zip(on_workers["curve"], in_one["curve"]):
         assert mine["bits_per_step"] == pytest.approx(theirs["bits_per_step"], rel=1e-5)
+
+
+def test_stacked_recurrent_stages_each_learn_between_their_neighbours_in_sg(tmp_path):
+    job = load_job("repeat-copy", {"iterations": 30, "threads": 1, "results": str(tmp_path), "stages": STACKED})
+    _, summary = run_job(job, show_progress=False)
+    lstm, gru, readout = summary["worker_metrics"]
+    assert lstm["steps"] == gru["steps"] == readout["steps"] > 30
+    assert lstm["synthesizer_loss"] > 0 and gru["synthesizer_loss"] > 0, "each learns dL/d(outputs) from the stage after it"
+    assert gru["messages"]["sent_backward"] == lstm["messages"]["received_backward"] == lstm["steps"]
+    assert summary["curve"][-1]["bits_per_step"] < summary["curve"][0]["bits_per_step"]
 
 
 @pytest.fixture

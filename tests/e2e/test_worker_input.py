@@ -1,5 +1,6 @@
 """A live worker process meets hostile input on every socket, rejects each message with a clear,
-reported error, and goes on training correctly on the good batches in between."""
+reported error, and goes on training correctly on the good batches in between (a recurrent stage's
+chunks too)."""
 from __future__ import annotations
 
 import time
@@ -12,6 +13,7 @@ import zmq
 from dni.coordinator.data import load_dataset, train_batches
 from dni.protocol import Kind, Limits, Message, encode, receive_message, send_message
 from tests.e2e.live_worker import JOB, coordinator_side, forward, request, stage_config, worker  # noqa: F401 (fixture)
+from dni.spec import Mode, OptimizerSpec, StageAssignment, StageSpec, SynthesizerSpec
 from dni.workers.timing import TRANSPORT, spans_from_arrays
 
 pytestmark = pytest.mark.e2e
@@ -104,3 +106,52 @@ def test_activity_spans_travel_as_frames_not_in_the_header(worker, data_root):
     activities = {activity for activity, _, _ in spans}
     assert {"forward", "backward"} <= activities and activities & set(TRANSPORT), "transport: receive, decode, ... send"
     assert all(start <= end for _, start, end in spans)
+
+
+def chunk(batch, x, labels, mask, start=True, last=False, job=JOB):
+    meta = {} if start is None else {"start": start, "last": last}
+    return encode(Message(Kind.FORWARD, job, batch, batch, -1, meta, {"x": x, "labels": labels, "mask": mask}))
+
+
+def test_a_recurrent_worker_refuses_bad_chunks_and_goes_on_with_its_sequences(worker):
+    endpoints, context = worker
+    endpoints, control, inbox, inbox_address = coordinator_side(context, endpoints)
+    downstream = context.socket(zmq.PULL)
+    downstream.bind("tcp://127.0.0.1:*")
+    config = StageAssignment(
+        job=JOB, index=0, num_stages=2, spec=StageSpec("lstm", {"hidden": 8}, SynthesizerSpec("mlp", {"hidden": 8, "layers": 1})),
+        mode=Mode.SG, input_shape=(3,), num_classes=2, optimizer=OptimizerSpec("adam", 1e-2), seed=0, window=2, threads=1,
+        coordinator=inbox_address, downstream=downstream.getsockopt(zmq.LAST_ENDPOINT).decode(), loss="bits", truncation=4)
+    reply = request(control, "configure", config=config.to_wire())
+    assert reply["ok"] and reply["output_shape"] == [8]
+
+    rng = np.random.default_rng(0)
+    x, labels, mask = rng.normal(size=(5, 4, 3)).astype(np.float32), np.ones((5, 4, 2), np.float32), np.ones((5, 4), np.float32)
+    hostile = [
+        chunk(0, rng.normal(size=(5, 5, 3)).astype(np.float32), np.ones((5, 5, 2), np.float32), np.ones((5, 5), np.float32)),
+        chunk(0, x, labels, np.full((5, 4), 0.5, np.float32)),
+        chunk(0, x, np.ones((5, 4), np.int64), mask),
+        chunk(0, x, labels, mask, start=None),
+        chunk(0, np.full((5, 4, 3), np.nan, np.float32), labels, mask),
+        forward(0, x[:, 0], np.zeros(5, np.int64)),  # a feed-forward batch: no time axis, no mask
+    ]
+    feed, back = context.socket(zmq.PUSH), context.socket(zmq.PUSH)
+    feed.connect(endpoints.forward)
+    back.connect(endpoints.backward)
+    chunks = 12
+    for number in range(chunks):
+        for frames in hostile:
+            feed.send_multipart(frames)
+        feed.send_multipart(chunk(number, x, labels, mask, start=number % 3 == 0, last=number % 3 == 2))
+        assert downstream.poll(30_000), f"chunk {number} never left the stage"
+        onward = receive_message(downstream)
+        assert (onward.batch, onward.meta) == (number, {"start": number % 3 == 0, "last": number % 3 == 2})
+        assert onward.tensors["x"].shape == (5, 4, 8) and np.array_equal(onward.tensors["mask"], mask)
+        back.send_multipart(encode(Message(Kind.BACKWARD, JOB, number, 0, 1, {}, {"target": np.ones((5, 4, 8), np.float32)})))
+    deadline = time.monotonic() + 60
+    while (metrics := request(control, "metrics")["metrics"])["pending"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert metrics["steps"] == chunks and metrics["pending"] == 0, "every target came back and was taken"
+    assert sum(metrics["errors"].values()) == len(hostile) * chunks, metrics["errors"]
+    assert metrics["synthesizer_loss"] > 0, "the synthesizer between stages learned from the targets"
+    assert request(control, "ping")["ok"]

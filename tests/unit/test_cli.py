@@ -28,17 +28,38 @@ def fake_run(folder: Path, mode: str, accuracy: float) -> Path:
     return folder
 
 
+def fake_sequence_run(folder: Path, mode: str, solved: int) -> Path:
+    """A finished sequence job's folder, reduced to what `dni plot` reads."""
+    folder.mkdir(parents=True)
+    curve = [{"batch": batch, "length": 1 + batch // 10, "bits_per_step": 8.0 / (batch + 1)} for batch in range(40)]
+    (folder / "summary.json").write_text(json.dumps({"status": "complete", "mode": mode, "truncation": 3,
+                                                     "max_length_solved": solved, "curve": curve}))
+    return folder
+
+
+def test_plot_draws_sequence_jobs_curves_labelled_with_the_length_they_solved(tmp_path, capsys):
+    runs = [fake_sequence_run(tmp_path / name, mode, solved) for name, mode, solved in [("a", "sg", 3), ("b", "backprop", 2)]]
+    main(["plot", *map(str, runs), "-o", str(tmp_path / "curves.png")])
+    assert capsys.readouterr().out.strip() == str(tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").stat().st_size > 10_000
+    assert run_label(runs[0]) == "a (sg, T = 3, length 3 solved)"
+
+
 def test_plot_refuses_a_folder_that_is_not_a_run(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     run = fake_run(tmp_path / "runs" / "mnist_fcn-sg-20261127-101500", "sg", 0.97)
     (tmp_path / "runs" / "empty").mkdir()
+    fake_sequence_run(tmp_path / "runs" / "copy", "sg", 3)
     for other, message in [("runs/mnist_fcn-backprop-*", "dni plot: runs/mnist_fcn-backprop-* does not exist\n"),
-                           ("runs/empty", "dni plot: runs/empty is not a run folder (it has no metrics.jsonl)\n")]:
+                           ("runs/empty", "dni plot: runs/empty is not a run folder (it has no metrics.jsonl, nor a finished "
+                                          "sequence job's curve)\n"),
+                           ("runs/copy", "dni plot: a sequence job's curve and a dataset job's accuracy share no axes: "
+                                         "plot them apart\n")]:
         with pytest.raises(SystemExit) as exit_:
             main(["plot", str(run.relative_to(tmp_path)), other])
         assert exit_.value.code == 2
         assert capsys.readouterr().err == message
-    assert sorted(path.name for path in (tmp_path / "runs").iterdir()) == ["empty", run.name], "nothing written"
+    assert sorted(path.name for path in (tmp_path / "runs").iterdir()) == ["copy", "empty", run.name], "nothing written"
 
 
 def test_plot_writes_beside_the_runs_by_default_and_labels_each_run_by_its_folder(tmp_path, capsys, monkeypatch):
