@@ -68,8 +68,7 @@ class RunFolder:
             return
         summary = json.loads(self.summary_path.read_text())
         if summary.get("status", "complete") == "complete":
-            raise RunComplete(f"{self.path} already finished ({summary.get('steps')} steps, test accuracy "
-                              f"{summary.get('test_accuracy', 0):.2%}); nothing to resume{hint}")
+            raise RunComplete(f"{self.path} already finished ({_outcome(summary)}); nothing to resume{hint}")
 
     def rewrite_metrics(self, records: list[dict[str, Any]]) -> None:
         write_text_atomically(self.metrics_path, "".join(json.dumps(record) + "\n" for record in records))
@@ -83,6 +82,15 @@ class RunFolder:
 
     def save_state(self, states: list[dict[str, torch.Tensor]]) -> None:
         torch.save({f"stage{index}": state for index, state in enumerate(states)}, self.path / "model.pt")
+
+
+def _outcome(summary: dict[str, Any]) -> str:
+    """What a finished run's summary says of its result, in a few words."""
+    if "max_length_solved" in summary:
+        return f"{summary['batches']} batches, length {summary['max_length_solved']} solved"
+    if "test_bits_per_char" in summary:
+        return f"{summary['batches']} batches, {summary['test_bits_per_char']:.3f} bits per character"
+    return f"{summary.get('steps')} steps, test accuracy {summary.get('test_accuracy', 0):.2%}"
 
 
 def read_metrics(run: Path) -> list[dict[str, Any]]:

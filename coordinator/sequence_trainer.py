@@ -30,7 +30,7 @@ from dni.coordinator.pipeline import Pipeline, StageFailed, WorkerLost
 from dni.coordinator.progress import Progress
 from dni.coordinator.results import RunFolder
 from dni.coordinator.tasks import CharText, Curriculum, SequenceBatch, SequenceTask
-from dni.coordinator.trainer import MAX_RECOVERIES, REQUEST_TIMEOUT, STALL_SECONDS
+from dni.coordinator.trainer import MAX_RECOVERIES, REQUEST_TIMEOUT, STALL_SECONDS, state_of
 from dni.errors import ConfigError
 from dni.protocol import Endpoints, Kind, Message
 from dni.schedule import FeedSchedule
@@ -204,6 +204,10 @@ class SequenceTrainer:
                 if self.recoveries >= MAX_RECOVERIES:
                     raise
                 start = self._recover(loss)
+            except KeyboardInterrupt:  # a cut mid-batch would split its sequences: the last checkpoint stays
+                log.warning("interrupted; --resume continues from batch %d, the last checkpoint",
+                            self.checkpoints.position().step)
+                raise
 
     def _train(self, start: int) -> None:
         for index in range(start, self.total):
@@ -232,12 +236,18 @@ class SequenceTrainer:
             self._absorb(self._receive())
 
     def _receive(self) -> Message:
+        """The next result; one that cannot come any more (every stage idle) fails the run, naming where it was lost."""
         while (message := self.pipeline.receive(1.0)) is None:
             if self.pipeline.idle_for() > STALL_SECONDS:
-                stage = len(self.job.stages) - 1
-                raise StageFailed(stage, f"chunk {self.done} never came back and every stage has been idle for "
-                                         f"{self.pipeline.idle_for():.0f}s: it was lost")
+                raise self._lost()
         return message
+
+    def _lost(self) -> StageFailed:
+        steps = [int(status.get("steps", -1)) for status in self.pipeline.status]
+        stage = next((index for index, done in enumerate(steps) if done < self.sent), len(steps) - 1)
+        return StageFailed(stage, f"chunk {self.done} never came back and every stage has been idle for "
+                                  f"{self.pipeline.idle_for():.0f}s: stage {stage} ran {steps[stage]} of the {self.sent} "
+                                  f"chunks sent, so it was lost at stage {stage}")
 
     def _absorb(self, message: Message) -> None:
         if message.kind is not Kind.TRAIN_RESULT:
@@ -306,6 +316,7 @@ class SequenceTrainer:
 
     def _finish(self) -> dict[str, Any]:
         wall = time.monotonic() - self.started
+        self.folder.save_state([state_of(reply) for reply in self.pipeline.request_all("state")])
         summary: dict[str, Any] = {
             "job": self.job.name, "job_id": self.job_id, "task": self.task.name, "mode": self.job.mode.value,
             "truncation": self.job.truncation, "discount": self.job.discount, "batches": self.total,

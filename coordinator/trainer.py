@@ -27,7 +27,7 @@ from dni.workers.timing import spans_from_arrays
 if TYPE_CHECKING:
     from dni.coordinator.pools import WorkerPool
 
-__all__ = ["MAX_RECOVERIES", "REQUEST_TIMEOUT", "STALL_SECONDS", "Evaluation", "Tally", "Trainer"]
+__all__ = ["MAX_RECOVERIES", "REQUEST_TIMEOUT", "STALL_SECONDS", "Evaluation", "Tally", "Trainer", "state_of"]
 
 log = logging.getLogger("dni.trainer")
 REQUEST_TIMEOUT = 600.0  # a checkpoint or flush of a stage that keeps working
@@ -311,7 +311,7 @@ class Trainer:
         trained = self.total - self.first_step
         replies = self.pipeline.request_all("metrics", {"spans": self.job.record_spans, "profile": self.job.profile})
         final = [reply.meta["metrics"] for reply in replies]
-        self.folder.save_state([_state_of(reply) for reply in self.pipeline.request_all("state")])
+        self.folder.save_state([state_of(reply) for reply in self.pipeline.request_all("state")])
         if self.job.record_spans:
             self.folder.write_json("spans.json", [spans_from_arrays(reply.tensors) for reply in replies])
         last = self.records[-1]
@@ -334,5 +334,6 @@ class Trainer:
         }
 
 
-def _state_of(reply: Message) -> dict[str, torch.Tensor]:
+def state_of(reply: Message) -> dict[str, torch.Tensor]:
+    """A stage's weights from its `state` reply."""
     return {name: torch.from_numpy(array.copy()) for name, array in reply.tensors.items()}

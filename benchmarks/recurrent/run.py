@@ -33,6 +33,7 @@ from dni.coordinator.run import run_job
 from dni.coordinator.sequences import train_sequences
 
 CURVE_EVERY = 100
+SETTLED = 500  # batches at the end whose mean error is reported, as "length solved (error on the next length)"
 # Jaderberg et al. 2017, Table 1, as remembered (not checked against the paper here): max length solved, LSTM.
 PAPER = {("copy", "backprop"): {2: 7, 3: 8, 5: 8}, ("copy", "sg"): {2: 16, 3: 14, 5: 18},
          ("repeat-copy", "backprop"): {2: 7, 3: 5, 5: 23}, ("repeat-copy", "sg"): {2: 39, 3: 33, 5: 59}}
@@ -71,24 +72,32 @@ def main() -> None:
 
 
 def _kept(summary: dict[str, Any]) -> dict[str, Any]:
-    """What results.json keeps of a summary: its figures and every CURVE_EVERY-th point of its curve."""
+    """What results.json keeps of a summary: its figures, the mean error of its last SETTLED batches (and the
+    lengths they were at), and every CURVE_EVERY-th point of its curve."""
     keys = ("task", "mode", "truncation", "batches", "batch_size", "max_length_solved", "wall_seconds")
-    return {**{key: summary[key] for key in keys}, "curve": summary["curve"][::CURVE_EVERY]}
+    last = summary["curve"][-SETTLED:]
+    return {**{key: summary[key] for key in keys}, "final_bits_per_step": sum(p["bits_per_step"] for p in last) / len(last),
+            "final_lengths": sorted({p["length"] for p in last}), "curve": summary["curve"][::CURVE_EVERY]}
 
 
 def render(runs: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
-    """One row per task and T: the longest length solved in each column, next to the paper's figures."""
+    """One row per task and T: the longest length solved in each column, with the mean error in bits per step of
+    the last SETTLED batches (on the next length) in brackets, next to the paper's figures."""
     header = "| task | T | " + " | ".join(f"{mode} ({where})" for mode, where in columns) + \
         " | BPTT (paper*) | DNI (paper*) |"
     lines = [header, "|" + "---|" * (4 + len(columns))]
     for task in dict.fromkeys(run["task"] for run in runs):
         for truncation in dict.fromkeys(run["truncation"] for run in runs if run["task"] == task):
-            cells = [str(next(r["max_length_solved"] for r in runs
-                              if (r["task"], r["truncation"], r["mode"], r["where"]) == (task, truncation, mode, where)))
+            cells = [_cell(next(r for r in runs
+                                if (r["task"], r["truncation"], r["mode"], r["where"]) == (task, truncation, mode, where)))
                      for mode, where in columns]
             cells += [str(PAPER.get((task, mode), {}).get(truncation, "-")) for mode in ("backprop", "sg")]
             lines.append(f"| {task} | {truncation} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _cell(run: dict[str, Any]) -> str:
+    return f"{run['max_length_solved']} ({run['final_bits_per_step']:.2f})"
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import torch
 
 from dni import resume_job, run_job
 from dni.coordinator.job import load_job
+from dni.coordinator.results import RunComplete
 from dni.coordinator.sequences import train_sequences
 from dni.lifetime import alive, children
 from tests.e2e.processes import when_checkpointed
@@ -29,17 +30,20 @@ from dni.workers.recurrent import LSTMCore
 
 
 class Failing(LSTMCore):
-    """An LSTM that raises on its 7th training chunk."""
+    """An LSTM that, on its 7th training chunk, raises or sends half its outputs."""
 
-    def __init__(self, input_shape, hidden: int) -> None:
+    def __init__(self, input_shape, hidden: int, fault: str) -> None:
         super().__init__(input_shape, hidden)
-        self.calls = 0
+        self.calls, self.fault = 0, fault
 
     def forward(self, x, state):
         self.calls += self.training
-        if self.calls == 7:
+        outputs, state = super().forward(x, state)
+        if self.calls == 7 and self.fault == "raise":
             raise RuntimeError("the core broke on chunk 7")
-        return super().forward(x, state)
+        if self.calls == 7 and self.fault == "shrink":
+            return outputs[..., :8], state
+        return outputs, state
 '''
 
 
@@ -80,6 +84,9 @@ def test_a_copy_job_runs_its_recurrent_stage_on_a_worker_of_its_own(mode, tmp_pa
     assert (lstm["synthesizer_loss"] > 0) == (mode == "sg")
     assert summary["workers"][0]["pid"] != summary["workers"][1]["pid"]
     assert (run / "curve.png").stat().st_size > 10_000
+    weights = torch.load(run / "model.pt", weights_only=True)
+    assert set(weights) == {"stage0", "stage1"}
+    assert any(name.startswith("time_synthesizer.") for name in weights["stage0"]) == (mode == "sg")
     assert workers and not any(alive(pid) for pid in workers)
 
 
@@ -117,17 +124,22 @@ def failing_cores(monkeypatch, tmp_path):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
 
 
-def test_a_failing_recurrent_stage_ends_the_run_within_seconds_naming_it(failing_cores, tmp_path):
+@pytest.mark.parametrize("fault, stage, names", [
+    ("raise", 0, "run failed: stage 0 (failing_cores:Failing) failed: RuntimeError: the core broke on chunk 7"),
+    ("shrink", 1, "run failed: stage 1 refused batch 6 from stage 0 and so lost it: x must be float32 (B, T <= 2, 16), "
+                  "got float32 [256, 2, 8]"),
+])
+def test_a_failing_recurrent_stage_ends_the_run_within_seconds_naming_it(fault, stage, names, failing_cores, tmp_path):
     job = tmp_path / "failing.toml"
     job.write_text('task = "copy"\ntruncation = 2\niterations = 100\n\n[[stages]]\nkind = "failing_cores:Failing"\n'
-                   'hidden = 16\n\n[[stages]]\nkind = "linear"\n')
+                   f'hidden = 16\nfault = "{fault}"\n\n[[stages]]\nkind = "linear"\n')
     result, workers, seconds = run_cli(str(job), "--results", str(tmp_path / "runs"))
     assert result.returncode == 1, result.stderr[-3000:]
-    assert "run failed: stage 0 (failing_cores:Failing) failed: RuntimeError: the core broke on chunk 7" in result.stderr
+    assert names in result.stderr
     assert seconds < 60
     assert workers and not any(alive(pid) for pid in workers), "no process left behind"
     summary = json.loads((next((tmp_path / "runs").iterdir()) / "summary.json").read_text())
-    assert summary["status"] == "failed" and summary["failed_stage"] == 0 and "chunk 7" in summary["error"]
+    assert summary["status"] == "failed" and summary["failed_stage"] == stage
 
 
 def test_a_lost_recurrent_worker_is_replaced_and_the_run_finishes(tmp_path):
@@ -164,6 +176,8 @@ def test_a_character_stream_resumes_with_the_state_its_stages_kept(tmp_path, cap
     assert summary["resumed_from_batch"] == checkpointed
     assert [point["batch"] for point in summary["curve"]] == list(range(30))
     assert 0 < summary["test_bits_per_char"] < math.log2(len(set(text.read_text())))
+    with pytest.raises(RunComplete, match=r"already finished \(30 batches, \d\.\d{3} bits per character\); nothing to resume"):
+        resume_job(run, show_progress=False)
 
 
 def test_dni_run_text_trains_a_character_model_on_the_file(tmp_path):
