@@ -115,7 +115,15 @@ def test_a_request_whose_worker_is_replaced_at_once_ends_as_a_lost_worker(pipeli
     def replace_once_the_request_is_in() -> None:
         workers[1].control.recv_multipart()
         workers[1].control.close(linger=0)
-        replacement.bind(address)
+        deadline = time.monotonic() + 5
+        while True:  # ZeroMQ closes a socket in its own thread: the port comes free a moment later
+            try:
+                replacement.bind(address)
+                return
+            except zmq.ZMQError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     taker = threading.Thread(target=replace_once_the_request_is_in)
     taker.start()
