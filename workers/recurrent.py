@@ -58,11 +58,14 @@ class RecurrentCore(Protocol):
 
 
 class LSTMCore(nn.Module):
-    """One LSTM layer; its state is (h, c), each (B, hidden)."""
+    """One LSTM layer; its state is (h, c), each (B, hidden). Its forget gates' bias starts `forget_bias` above
+    torch's initialisation (TensorFlow's LSTM cell adds 1, so that a new cell keeps what it holds)."""
 
-    def __init__(self, input_shape: Shape, hidden: int) -> None:
+    def __init__(self, input_shape: Shape, hidden: int, forget_bias: float = 0.0) -> None:
         super().__init__()
         self.lstm = nn.LSTM(input_shape[-1], hidden, batch_first=True)
+        with torch.no_grad():
+            self.lstm.bias_ih_l0[hidden:2 * hidden] += forget_bias  # torch's gate order: input, forget, cell, output
         self.hidden, self.state_size = hidden, 2 * hidden
 
     def initial_state(self, batch: int, device: torch.device) -> State:
@@ -90,9 +93,9 @@ class GRUCore(nn.Module):
         return outputs, (h[0],)
 
 
-def lstm(input_shape: Shape, hidden: int) -> LSTMCore:
-    """An LSTM core of `hidden` units over per-step inputs of `input_shape`."""
-    return LSTMCore(input_shape, hidden)
+def lstm(input_shape: Shape, hidden: int, forget_bias: float = 0.0) -> LSTMCore:
+    """An LSTM core of `hidden` units over per-step inputs of `input_shape` (`forget_bias`: see `LSTMCore`)."""
+    return LSTMCore(input_shape, hidden, forget_bias)
 
 
 def gru(input_shape: Shape, hidden: int) -> GRUCore:

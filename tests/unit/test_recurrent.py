@@ -165,3 +165,13 @@ def test_evaluation_leaves_the_training_state_alone():
     kept = stage.state
     outputs, _ = stage.evaluate(chunk(1), None)
     assert stage.state is kept and outputs.shape == (BATCH, STEPS, HIDDEN)
+
+
+def test_an_lstm_starts_its_forget_gates_at_the_bias_asked_for():
+    torch.manual_seed(0)
+    kept = lstm((FEATURES,), hidden=HIDDEN, forget_bias=1.0)
+    torch.manual_seed(0)
+    plain = lstm((FEATURES,), hidden=HIDDEN)
+    shift = kept.lstm.bias_ih_l0 - plain.lstm.bias_ih_l0
+    torch.testing.assert_close(shift, torch.cat([torch.zeros(HIDDEN), torch.ones(HIDDEN), torch.zeros(2 * HIDDEN)]))
+    torch.testing.assert_close(kept.lstm.weight_hh_l0, plain.lstm.weight_hh_l0)
