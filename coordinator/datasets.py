@@ -20,6 +20,7 @@ import torch
 
 from dni.coordinator.data import BUILTIN_DATASETS, Dataset, load_dataset
 from dni.errors import ConfigError, DataError
+from dni.workers.registry import import_hint
 
 __all__ = ["DATASET_GROUP", "check_dataset", "load_plugin", "open_dataset", "resolve_dataset", "with_classes"]
 
@@ -40,7 +41,7 @@ def resolve_dataset(name: str) -> Callable[..., Any]:
         try:
             target = getattr(importlib.import_module(module_name), attribute)
         except (ImportError, AttributeError) as error:
-            raise ConfigError(f"dataset plug-in {name!r} cannot be imported: {error}") from error
+            raise ConfigError(f"dataset plug-in {name!r} cannot be imported: {error}{import_hint(error)}") from error
     else:
         found = [entry for entry in entry_points(group=DATASET_GROUP) if entry.name == name]
         if not found:

@@ -71,7 +71,11 @@ def model_path(model: Union[str, Callable[[], nn.Module]]) -> str:
 
 
 def balance_job(job: Job, input_shape: Shape) -> tuple[Job, Optional[dict[str, Any]]]:
-    """A `stages = N` job cut where its measured stages are most even, and how it was cut; any other job as it is."""
+    """A `stages = N` job cut where its measured stages are most even, and how it was cut; a job of its own model
+    cut by hand as it is, with its cuts; any other job as it is."""
+    if job.model and not job.balance:
+        log.info("model %s: split %s, as the job says", job.model, list(job.split))
+        return job, {"split": list(job.split), "how": "as the job says"}
     if not job.balance:
         return job, None
     children = model_children(job.model, job.seed)

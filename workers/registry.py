@@ -13,7 +13,7 @@ from dni.workers.synthesizers import BUILTIN_SYNTHESIZERS
 
 __all__ = [
     "STAGE_ARGUMENTS", "STAGE_GROUP", "SYNTHESIZER_ARGUMENTS", "SYNTHESIZER_GROUP", "UnknownBuilderError",
-    "check_params", "import_callable", "resolve_stage", "resolve_synthesizer",
+    "check_params", "import_callable", "import_hint", "resolve_stage", "resolve_synthesizer",
 ]
 
 STAGE_GROUP = "dni.stages"
@@ -50,10 +50,17 @@ def import_callable(path: str, what: str) -> Callable[..., Any]:
     try:
         target = getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError) as error:
-        raise UnknownBuilderError(f"{what} {path!r} cannot be imported: {error}") from error
+        raise UnknownBuilderError(f"{what} {path!r} cannot be imported: {error}{import_hint(error)}") from error
     if not callable(target):
         raise UnknownBuilderError(f"{what} {path!r} is not callable")
     return target
+
+
+def import_hint(error: Exception) -> str:
+    """What to do about a plug-in module that is not found: it must be importable by the process that uses it."""
+    if not isinstance(error, ModuleNotFoundError):
+        return ""
+    return " (install it, or put its folder on PYTHONPATH of every process that uses it)"
 
 
 STAGE_ARGUMENTS = 1  # builder(input_shape, **params)

@@ -40,6 +40,7 @@ def test_a_split_model_in_backprop_trains_as_the_unsplit_model_under_autograd(im
                           train_subset=640, eval_every=STEPS, seed=7), MODEL, split=[2, 5])
     folder, summary = run_job(job, show_progress=False)
     assert len({worker["pid"] for worker in summary["workers"]}) == 3
+    assert summary["model_split"] == {"split": [2, 5], "how": "as the job says"}
     batches, _ = reference_batches(job, data_root)
     torch.set_num_threads(1)
     torch.manual_seed(job.seed)

@@ -104,7 +104,8 @@ def test_a_plugin_that_raises_is_reported_as_its_own_failure(tmp_path):
 def test_a_plugin_that_cannot_be_imported_or_called_is_refused_when_the_job_is_read():
     with pytest.raises(ConfigError) as error:
         check_dataset("no_such_module:load")
-    assert str(error.value) == "dataset plug-in 'no_such_module:load' cannot be imported: No module named 'no_such_module'"
+    assert str(error.value) == ("dataset plug-in 'no_such_module:load' cannot be imported: No module named 'no_such_module' "
+                                "(install it, or put its folder on PYTHONPATH of every process that uses it)")
     with pytest.raises(ConfigError) as error:
         check_dataset(f"{HERE}:missing")
     assert str(error.value) == (f"dataset plug-in '{HERE}:missing' cannot be imported: module '{HERE}' has no attribute 'missing'")

@@ -161,7 +161,7 @@ def test_dataset_normalize_and_num_classes_are_read_checked_and_written_back(tmp
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"dataset": "no_such_module:load"}, "^job: dataset plug-in 'no_such_module:load' cannot be imported: No module named 'no_such_module'$"),
+    ({"dataset": "no_such_module:load"}, "^job: dataset plug-in 'no_such_module:load' cannot be imported: No module named 'no_such_module' \\(install it"),
     ({"normalize": "zscore"}, r"^job: normalize 'zscore' is not one of auto, standardize, none \(or \[\[mean\.\.\.\], \[std\.\.\.\]\]\)$"),
     ({"num_classes": -1}, r"^job: num_classes must not be negative \(0: the dataset's own count\), got -1$"),
     ({"num_classes": 2.5}, "^job: num_classes must be int, got 2.5$"),

@@ -72,6 +72,11 @@ def test_a_job_of_its_own_stages_is_not_balanced(job):
     assert balance_job(job, (1, 28, 28)) == (job, None)
 
 
+def test_a_model_cut_by_hand_is_run_as_it_is_and_its_cuts_are_recorded(job):
+    by_hand = split(job, MODEL, split=[3], synthesizers=[SYNTH])
+    assert balance_job(by_hand, (12,)) == (by_hand, {"split": [3], "how": "as the job says"})
+
+
 def test_stages_n_is_cut_where_the_measured_stages_are_most_even(job, monkeypatch):
     times = [1.0, 1.0, 4.0, 1.0, 1.0, 1.0, 3.0]
     monkeypatch.setattr(split_module, "measure_children", lambda children, shape, batch: times)
