@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -221,6 +221,13 @@ class Pipeline:
                 if remaining <= 0:
                     return None
         return self.results.popleft()
+
+    def receive_until_stalled(self, stall_seconds: float, lost: Callable[[], Exception]) -> Message:
+        """The next result; `lost()` is raised once every stage has been idle `stall_seconds` without one (it cannot come)."""
+        while (message := self.receive(1.0)) is None:
+            if self.idle_for() > stall_seconds:
+                raise lost()
+        return message
 
     def _turn(self, timeout: float, awaited: Optional[zmq.Socket] = None) -> dict:
         """One turn of the loop: write the feed, watch the workers when due, poll, take in the inbox; the events."""

@@ -237,10 +237,7 @@ class SequenceTrainer:
 
     def _receive(self) -> Message:
         """The next result; one that cannot come any more (every stage idle) fails the run, naming where it was lost."""
-        while (message := self.pipeline.receive(1.0)) is None:
-            if self.pipeline.idle_for() > STALL_SECONDS:
-                raise self._lost()
-        return message
+        return self.pipeline.receive_until_stalled(STALL_SECONDS, self._lost)
 
     def _lost(self) -> StageFailed:
         steps = [int(status.get("steps", -1)) for status in self.pipeline.status]

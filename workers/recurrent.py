@@ -65,7 +65,7 @@ class LSTMCore(nn.Module):
         super().__init__()
         self.lstm = nn.LSTM(input_shape[-1], hidden, batch_first=True)
         with torch.no_grad():
-            self.lstm.bias_ih_l0[hidden:2 * hidden] += forget_bias  # torch's gate order: input, forget, cell, output
+            cast(torch.Tensor, self.lstm.bias_ih_l0)[hidden:2 * hidden] += forget_bias  # gates: input, forget, cell, output
         self.hidden, self.state_size = hidden, 2 * hidden
 
     def initial_state(self, batch: int, device: torch.device) -> State:

@@ -23,7 +23,7 @@ from dni.coordinator.results import RunComplete
 from dni.errors import PipelineError
 from tests.conftest import LEARNED, small_job
 from dni.lifetime import alive, children
-from tests.e2e.processes import when_checkpointed
+from tests.e2e.processes import run_cli, when_checkpointed
 
 pytestmark = pytest.mark.e2e
 
@@ -203,19 +203,6 @@ kind = "linear"
 features = 10
 ''')
     return job
-
-
-def run_cli(*arguments: str) -> tuple[subprocess.CompletedProcess, set[int], float]:
-    """`dni run ...` as a user runs it: (its result, the worker pids it started, seconds it took)."""
-    started = time.monotonic()
-    process = subprocess.Popen([sys.executable, "-m", "dni", "run", *arguments, "--no-progress"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    workers: set[int] = set()
-    while process.poll() is None:
-        workers |= set(children(process.pid))
-        time.sleep(0.1)
-    stdout, stderr = process.communicate()
-    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr), workers, time.monotonic() - started
 
 
 def test_a_raising_stage_ends_the_run_naming_it_and_resume_continues_once_fixed(broken_stages, data_root, tmp_path):

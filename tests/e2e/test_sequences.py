@@ -9,9 +9,6 @@ import logging
 import math
 import os
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
@@ -21,7 +18,7 @@ from dni.coordinator.job import load_job
 from dni.coordinator.results import RunComplete
 from dni.coordinator.sequences import train_sequences
 from dni.lifetime import alive, children
-from tests.e2e.processes import when_checkpointed
+from tests.e2e.processes import run_cli, when_checkpointed
 
 pytestmark = pytest.mark.e2e
 
@@ -47,19 +44,6 @@ class Failing(LSTMCore):
 '''
 
 
-def run_cli(*arguments: str) -> tuple[subprocess.CompletedProcess, set[int], float]:
-    """`dni run ...` as a user runs it: (its result, the worker pids it started, seconds it took)."""
-    started = time.monotonic()
-    process = subprocess.Popen([sys.executable, "-m", "dni", "run", *arguments, "--no-progress", "--threads", "1"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    workers: set[int] = set()
-    while process.poll() is None:
-        workers |= set(children(process.pid))
-        time.sleep(0.1)
-    stdout, stderr = process.communicate()
-    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr), workers, time.monotonic() - started
-
-
 def chunks_sent(curve: list[dict], truncation: int) -> int:
     """Chunks of T steps in the copy task's batches: 2N + 1 steps each."""
     return sum(math.ceil((2 * point["length"] + 1) / truncation) for point in curve)
@@ -67,7 +51,7 @@ def chunks_sent(curve: list[dict], truncation: int) -> int:
 
 @pytest.mark.parametrize("mode", ["backprop", "sg", "no_bprop"])
 def test_a_copy_job_runs_its_recurrent_stage_on_a_worker_of_its_own(mode, tmp_path):
-    result, workers, _ = run_cli("copy", "--mode", mode, "--iterations", "40", "--truncation", "2",
+    result, workers, _ = run_cli("copy", "--mode", mode, "--iterations", "40", "--truncation", "2", "--threads", "1",
                                  "--results", str(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout.splitlines()[0]).keys() >= {"max_length_solved", "wall_seconds"}
@@ -133,7 +117,7 @@ def test_a_failing_recurrent_stage_ends_the_run_within_seconds_naming_it(fault, 
     job = tmp_path / "failing.toml"
     job.write_text('task = "copy"\ntruncation = 2\niterations = 100\n\n[[stages]]\nkind = "failing_cores:Failing"\n'
                    f'hidden = 16\nfault = "{fault}"\n\n[[stages]]\nkind = "linear"\n')
-    result, workers, seconds = run_cli(str(job), "--results", str(tmp_path / "runs"))
+    result, workers, seconds = run_cli(str(job), "--results", str(tmp_path / "runs"), "--threads", "1")
     assert result.returncode == 1, result.stderr[-3000:]
     assert names in result.stderr
     assert seconds < 60
@@ -183,7 +167,7 @@ def test_a_character_stream_resumes_with_the_state_its_stages_kept(tmp_path, cap
 def test_dni_run_text_trains_a_character_model_on_the_file(tmp_path):
     text = tmp_path / "book.txt"
     text.write_text("to be or not to be, that is the question. " * 300)
-    result, _, _ = run_cli("--text", str(text), "--iterations", "20", "--results", str(tmp_path / "runs"))
+    result, _, _ = run_cli("--text", str(text), "--iterations", "20", "--results", str(tmp_path / "runs"), "--threads", "1")
     assert result.returncode == 0, result.stderr[-3000:]
     assert 0 < json.loads(result.stdout.splitlines()[0])["test_bits_per_char"] < math.log2(len(set(text.read_text())))
     assert (next((tmp_path / "runs").iterdir()) / "curve.png").is_file()

@@ -21,7 +21,7 @@ import torch
 import dni.coordinator.trainer as trainer_module
 from dni.coordinator.data import Dataset, train_batches
 from dni.coordinator.data import test_batches as evaluation_batches  # not collected as a test
-from dni.coordinator.pipeline import StageFailed, WorkerLost
+from dni.coordinator.pipeline import Pipeline, StageFailed, WorkerLost
 from dni.coordinator.results import RunFolder, read_metrics
 from dni.coordinator.trainer import MAX_RECOVERIES, STALL_SECONDS, Trainer
 from dni.protocol import Endpoints, Kind, Message, Outboxes
@@ -155,6 +155,8 @@ class FakePipeline:
     def idle_for(self) -> float:
         """Asked only when a receive came back empty: with nothing more to come, every stage is idle."""
         return 0.0 if self.results else STALL_SECONDS + 1
+
+    receive_until_stalled = Pipeline.receive_until_stalled  # the real rule, over this fake's receive and idle_for
 
 
 def tiny_data(train: int = 80, test: int = 20) -> Dataset:
