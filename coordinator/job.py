@@ -212,6 +212,11 @@ def _validate(job: Job) -> None:
         raise ConfigError("either every stage has an address (remote workers) or none does")
 
 
+DEFAULTS = Job(name="", dataset="", stages=())
+DATASET_ONLY = ("eval_every", "eval_batch_size", "train_subset", "test_subset", "num_classes", "normalize", "loss",
+                "stop_at_accuracy")  # settings of a dataset job that a sequence job refuses unless left as they are
+
+
 def _validate_sequence(job: Job) -> None:
     """A sequence job: a known task (chars with its text), no dataset, a truncation, a mode with a per-step meaning."""
     if job.task not in TASKS:
@@ -229,6 +234,9 @@ def _validate_sequence(job: Job) -> None:
         raise ConfigError("a sequence job has no epochs: iterations counts its batches of sequences")
     for name in ("text_window", "eval_characters"):
         check_positive(name, getattr(job, name))
+    meaningless = [name for name in DATASET_ONLY if getattr(job, name) != getattr(DEFAULTS, name)]
+    if meaningless:
+        raise ConfigError(f"{', '.join(meaningless)}: no meaning in a sequence job (its task sets its data and loss)")
 
 
 def _validate_data(job: Job) -> None:

@@ -171,6 +171,7 @@ class SequenceTrainer:
         self.first_batch = 0
         self.workers: list[dict[str, Any]] = []
         self.started = 0.0
+        self.stopped_at_time_limit = False
 
     def configure(self, restore: bool) -> None:
         """Every stage its assignment, in order: each one's per-step output is the next one's input."""
@@ -211,6 +212,10 @@ class SequenceTrainer:
 
     def _train(self, start: int) -> None:
         for index in range(start, self.total):
+            if self.job.time_limit and time.monotonic() - self.started >= self.job.time_limit:
+                log.info("time limit of %ds reached: stopping after %d of %d batches", self.job.time_limit, index, self.total)
+                self.total, self.stopped_at_time_limit = index, True
+                break
             level = self.job.text_window if self.text else self.state.curriculum.level
             self._feed(index, level, batch_for(self.job, self.task, index, level))
             if not self.text:  # the curriculum picks the next length from this batch's error
@@ -317,7 +322,7 @@ class SequenceTrainer:
         summary: dict[str, Any] = {
             "job": self.job.name, "job_id": self.job_id, "task": self.task.name, "mode": self.job.mode.value,
             "truncation": self.job.truncation, "discount": self.job.discount, "batches": self.total,
-            "batch_size": self.job.batch_size, "wall_seconds": wall,
+            "batch_size": self.job.batch_size, "wall_seconds": wall, "stopped_at_time_limit": self.stopped_at_time_limit,
             "batches_per_second": (self.total - self.first_batch) / wall if wall > 0 else 0.0,
             "resumed_from_batch": self.first_batch, "recoveries": self.recoveries, "curve": self.state.curve,
             "workers": self.workers,

@@ -164,6 +164,15 @@ def test_a_character_stream_resumes_with_the_state_its_stages_kept(tmp_path, cap
         resume_job(run, show_progress=False)
 
 
+def test_a_time_limit_ends_a_sequence_job_after_whole_batches(tmp_path):
+    result, _, seconds = run_cli("copy", "--time-limit", "3", "--iterations", "1000000", "--results", str(tmp_path),
+                                 "--threads", "1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((next(tmp_path.iterdir()) / "summary.json").read_text())
+    assert summary["stopped_at_time_limit"] and 0 < summary["batches"] == len(summary["curve"]) < 1_000_000
+    assert seconds < 60
+
+
 def test_dni_run_text_trains_a_character_model_on_the_file(tmp_path):
     text = tmp_path / "book.txt"
     text.write_text("to be or not to be, that is the question. " * 300)

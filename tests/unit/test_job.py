@@ -75,6 +75,7 @@ def test_a_sequence_job_has_a_task_and_a_truncation_and_no_dataset():
     ({"discount": 2.0}, "discount must lie in 0..1, got 2.0"),
     ({"epochs": 3}, "a sequence job has no epochs: iterations counts its batches of sequences"),
     ({"text_window": 0}, "text_window must be at least 1, got 0"),
+    ({"eval_every": 5, "loss": "multi_margin"}, "eval_every, loss: no meaning in a sequence job \\(its task sets its data"),
 ])
 def test_a_bad_sequence_setting_is_named(change, message):
     with pytest.raises(ConfigError, match=message):
