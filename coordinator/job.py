@@ -212,8 +212,8 @@ def _validate(job: Job) -> None:
         raise ConfigError("either every stage has an address (remote workers) or none does")
 
 
-DEFAULTS = Job(name="", dataset="", stages=())
-DATASET_ONLY = ("eval_every", "eval_batch_size", "train_subset", "test_subset", "num_classes", "normalize", "loss",
+_DEFAULTS = Job(name="", dataset="", stages=())
+_DATASET_ONLY = ("eval_every", "eval_batch_size", "train_subset", "test_subset", "num_classes", "normalize", "loss",
                 "stop_at_accuracy")  # settings of a dataset job that a sequence job refuses unless left as they are
 
 
@@ -234,7 +234,7 @@ def _validate_sequence(job: Job) -> None:
         raise ConfigError("a sequence job has no epochs: iterations counts its batches of sequences")
     for name in ("text_window", "eval_characters"):
         check_positive(name, getattr(job, name))
-    meaningless = [name for name in DATASET_ONLY if getattr(job, name) != getattr(DEFAULTS, name)]
+    meaningless = [name for name in _DATASET_ONLY if getattr(job, name) != getattr(_DEFAULTS, name)]
     if meaningless:
         raise ConfigError(f"{', '.join(meaningless)}: no meaning in a sequence job (its task sets its data and loss)")
 
