@@ -41,8 +41,8 @@ from dni.workers.timing import Timeline
 if TYPE_CHECKING:
     from dni.coordinator.pools import WorkerPool
 
-__all__ = ["STAND_IN", "BatchTally", "SequenceState", "SequenceTrainer", "batch_for", "check_sequence_stages", "chunks_of", "sequence_assignments",
-           "with_readout_width"]
+__all__ = ["STAND_IN", "BatchTally", "SequenceState", "SequenceTrainer", "batch_for", "check_sequence_stages", "chunks_of",
+           "sequence_assignments", "sequence_summary", "with_readout_width"]
 
 log = logging.getLogger("dni.sequences")
 STAND_IN = Endpoints("ipc://unused", "ipc://unused", "ipc://unused")  # neighbours of a stage built only to be checked
@@ -102,6 +102,13 @@ def sequence_assignments(job: Job, task: SequenceTask, job_id: str, coordinator:
         profile=job.profile, cuda_graphs=job.cuda_graphs, truncation=job.truncation, discount=job.discount,
         restore=str(restore.stage(index)) if restore is not None else None,
     ) for index, spec in enumerate(job.stages[:len(shapes)])]
+
+
+def sequence_summary(job: Job, task: SequenceTask, batches: int, curve: list[dict[str, Any]], wall: float) -> dict[str, Any]:
+    """What every sequence job's summary says, on workers or in one process (each adds how its run went)."""
+    return {"job": job.name, "task": task.name, "mode": job.mode.value, "truncation": job.truncation,
+            "discount": job.discount, "batches": batches, "batch_size": job.batch_size, "wall_seconds": wall,
+            "curve": curve}
 
 
 def with_readout_width(job: Job, task: SequenceTask) -> Job:
@@ -319,13 +326,11 @@ class SequenceTrainer:
     def _finish(self) -> dict[str, Any]:
         wall = time.monotonic() - self.started
         self.folder.save_state([state_of(reply) for reply in self.pipeline.request_all("state")])
-        summary: dict[str, Any] = {
-            "job": self.job.name, "job_id": self.job_id, "task": self.task.name, "mode": self.job.mode.value,
-            "truncation": self.job.truncation, "discount": self.job.discount, "batches": self.total,
-            "batch_size": self.job.batch_size, "wall_seconds": wall, "stopped_at_time_limit": self.stopped_at_time_limit,
+        summary = {
+            **sequence_summary(self.job, self.task, self.total, self.state.curve, wall), "job_id": self.job_id,
+            "stopped_at_time_limit": self.stopped_at_time_limit,
             "batches_per_second": (self.total - self.first_batch) / wall if wall > 0 else 0.0,
-            "resumed_from_batch": self.first_batch, "recoveries": self.recoveries, "curve": self.state.curve,
-            "workers": self.workers,
+            "resumed_from_batch": self.first_batch, "recoveries": self.recoveries, "workers": self.workers,
             "worker_metrics": [reply.meta["metrics"] for reply in self.pipeline.request_all("metrics")],
         }
         if self.text:

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from dni.coordinator.job import Job
-from dni.coordinator.sequence_trainer import STAND_IN, batch_for, chunks_of, sequence_assignments, with_readout_width
+from dni.coordinator.sequence_trainer import (STAND_IN, batch_for, chunks_of, sequence_assignments, sequence_summary,
+                                              with_readout_width)
 from dni.coordinator.tasks import CharText, Curriculum, SequenceTask, open_task
 from dni.workers.recurrent import RecurrentCompute
 from dni.workers.sequence_stage import ReadoutStage, RecurrentStage, build_sequence_stage
@@ -83,9 +84,7 @@ def train_sequences(job: Job, task: Optional[SequenceTask] = None) -> dict[str, 
         curve.append({"batch": index, "length": level, "bits_per_step": error})
         if text is None:
             curriculum.record(error)
-    summary: dict[str, Any] = {"job": job.name, "task": task.name, "mode": job.mode.value, "truncation": job.truncation,
-                               "discount": job.discount, "batches": job.iterations, "batch_size": job.batch_size,
-                               "wall_seconds": time.monotonic() - started, "curve": curve}
+    summary = sequence_summary(job, task, job.iterations, curve, time.monotonic() - started)
     if text is not None:
         summary["test_bits_per_char"] = model.evaluate(text, job.eval_characters, job.batch_size, job.truncation)
     else:

@@ -6,9 +6,9 @@
 - characters: a text file read as one long stream per batch row (the state never resets within a stream), a
   held-out tail for bits per character.
 
-A batch is one sequence length for every row, so all rows cross each chunk boundary together. Every task scores
-its steps in bits (`step_bits`): summed over a copy step's bits, a character's cross entropy; `mask` says which
-steps count (a copy task scores only the reproduction). The curriculum raises the length by one once the error,
+A batch is one sequence length for every row, so all rows cross each chunk boundary together. Every task names
+the per-step loss its readout scores in bits (`loss`, one of `dni.workers.step_losses`): summed over a copy step's
+bits, a character's cross entropy; `mask` says which steps count (a copy task scores only the reproduction). The curriculum raises the length by one once the error,
 averaged over the last `window` batches, falls below 0.15 bits per scored time step, as in the paper.
 """
 from __future__ import annotations
@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 
 from dni.errors import DataError
-from dni.workers.step_losses import binary_bits, character_bits
 
 __all__ = ["CharText", "CopyTask", "Curriculum", "RepeatCopyTask", "SOLVED_BITS", "SequenceBatch", "SequenceTask", "open_task"]
 
@@ -45,7 +44,6 @@ class SequenceTask(Protocol):
 
     def batch(self, length: int, batch_size: int, generator: torch.Generator) -> SequenceBatch: ...
 
-    def step_bits(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor: ...
 
 
 class CopyTask:
@@ -66,9 +64,6 @@ class CopyTask:
         mask = torch.zeros(batch_size, total)
         mask[:, length + 1:] = 1.0
         return SequenceBatch(inputs, targets, mask)
-
-    def step_bits(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return binary_bits(logits, targets)
 
 
 class RepeatCopyTask:
@@ -94,9 +89,6 @@ class RepeatCopyTask:
         mask = torch.zeros(batch_size, total)
         mask[:, length + 1:] = 1.0
         return SequenceBatch(inputs, targets, mask)
-
-    def step_bits(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return binary_bits(logits, targets)
 
 
 class CharText:
@@ -142,9 +134,6 @@ class CharText:
 
     def one_hot(self, codes: torch.Tensor) -> torch.Tensor:
         return F.one_hot(codes, self.input_size).float()
-
-    def step_bits(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return character_bits(logits, targets)
 
 
 def open_task(name: str, text: str = "") -> SequenceTask:

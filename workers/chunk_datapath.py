@@ -31,9 +31,11 @@ def on_forward(session: Session, frames: list) -> Steps:
     chunk = check_chunk(message, config.input_shape, config.truncation, config.loss, config.num_classes, config.nonfinite)
     count_nonfinite(session, chunk.nonfinite)
     session.timeline.lap("checks")
-    x, labels, mask = (to_device(array, session.device) for array in (chunk.x, chunk.labels, chunk.mask))
+    scored_here = config.is_last  # a recurrent stage only passes the targets and mask on: they stay on the host
+    x = to_device(chunk.x, session.device)
+    labels, mask = (to_device(array, session.device if scored_here else "cpu") for array in (chunk.labels, chunk.mask))
     session.timeline.lap("to_device")
-    if config.is_last:
+    if scored_here:
         readout = cast(ReadoutStage, session.compute)
         if message.kind is Kind.EVAL:
             _report(session, Kind.EVAL_RESULT, message, readout.evaluate_last(x, labels, mask))

@@ -150,9 +150,6 @@ class RecurrentStage:
         self.time.lap("synthesizer")
         return None
 
-    def receive_target(self, batch: int, target: torch.Tensor) -> Optional[torch.Tensor]:
-        return self.take_target(batch, target)
-
     @torch.no_grad()
     def evaluate(self, x: torch.Tensor, *, start: bool) -> torch.Tensor:
         """The core over an evaluation chunk, from the evaluation stream's own state (the training state stays)."""
@@ -207,7 +204,7 @@ class ReadoutStage:
         self.module_step = Stepper(self.module_optimizer)
         self.needs_input_grad = not first and mode.input_gradient
         self.schedule = StageSchedule(1, locked=True)  # it updates as each chunk comes: nothing ever awaits a target
-        self.synthesizer = self.synthesizer_optimizer = self.stash = None
+        self.stash = None  # no synthesizer, so no stashed weights
         self.staleness: Counter[int] = Counter()
         self.steps = 0
         self.in_flight = 0
@@ -216,9 +213,6 @@ class ReadoutStage:
 
     def awaits_target(self, batch: int) -> bool:
         return False
-
-    def expected_target_shape(self, batch: int) -> Shape:
-        raise KeyError(batch)  # never asked: nothing awaits a target
 
     def last_step(self, x: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> ChunkResult:
         """One training chunk: the loss on its scored steps, the module's gradients, dL/d(x) for the stage above."""
