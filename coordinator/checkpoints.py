@@ -15,15 +15,17 @@ uncommitted `next/`, so the files in place always belong to one step.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dni.files import write_text_atomically
+from dni.files import write_text_atomically, writing
 
 __all__ = ["Checkpoints", "PENDING", "POSITION", "Position"]
 
+log = logging.getLogger("dni.checkpoints")
 POSITION = "coordinator.json"
 PENDING = "next"
 
@@ -55,7 +57,15 @@ class Checkpoints:
     def begin(self) -> None:
         """Start a checkpoint: nothing left over from one that was never committed."""
         self.settle()
-        self.pending.mkdir(parents=True, exist_ok=True)
+        with writing(self.pending):
+            self.pending.mkdir(parents=True, exist_ok=True)
+
+    def discard_uncommitted(self) -> None:
+        """After a checkpoint failed: its files go, unless it was committed (then they move into place)."""
+        try:
+            self.settle()
+        except OSError as error:  # the failure that brought us here is what gets reported
+            log.warning("could not clear %s: %s", self.pending, error)
 
     def record(self, position: Position) -> None:
         """Commit the checkpoint every stage has saved with `staged`: the position, then the files into place."""

@@ -38,6 +38,9 @@ OVERRIDES = {  # flag -> (job setting, type, help)
     "--checkpoint-every": ("checkpoint_every", int, "steps between checkpoints of every stage (0: only at the end)"),
     "--rejoin-seconds": ("rejoin_seconds", int, "remote workers: seconds a lost worker has to come back at its address "
                          "(restarted by compose or Swarm) before the run fails (default 60; 0: fail at once)"),
+    "--max-recoveries": ("max_recoveries", int, "lost workers replaced within any --recovery-window; one more ends the run "
+                         "(default 20; 0: the first loss ends it)"),
+    "--recovery-window": ("recovery_window", int, "seconds over which --max-recoveries counts (default 300)"),
     "--batch-size": ("batch_size", int, "examples per training batch"),
     "--lr": ("lr", float, "learning rate of every optimiser"),
     "--seed": ("seed", int, "seed for weights and data order"),
@@ -293,6 +296,10 @@ def report_run(train: Callable[[], tuple[RunFolder, dict[str, Any]]]) -> int:
     except KeyboardInterrupt:
         log.error("interrupted; workers stopped")
         return 130
+    except OSError as error:  # one the coordinator did not expect (a file it reads, a socket folder): no traceback
+        where = f": {error.filename}" if error.filename else ""
+        log.error("run failed: %s%s", (error.strerror or str(error)).lower(), where)
+        return 1
     shown = ("test_accuracy", "max_length_solved", "test_bits_per_char", "wall_seconds", "samples_per_second", "link")
     print(json.dumps({key: summary[key] for key in shown if key in summary}))
     print(f"results: {folder.path}")

@@ -29,6 +29,7 @@ JOB_KEYS = {
     "data_root": str, "results": str, "train_subset": int, "test_subset": int, "verify_data": bool,
     "download": bool, "record_spans": bool, "nonfinite": str, "checkpoint_every": int, "optimizer": dict, "stages": list,
     "keys": str, "insecure": bool, "time_limit": int, "tensorboard": str, "loss": str, "rejoin_seconds": int,
+    "max_recoveries": int, "recovery_window": int,
     "link_delay_ms": float, "stop_at_accuracy": float, "profile": bool, "cuda_graphs": bool,
     "normalize": object, "num_classes": int,  # normalize: a name, [[mean...], [std...]] or a table (check_normalize)
     "task": str, "text": str, "truncation": int, "discount": float, "text_window": int, "eval_characters": int,
@@ -65,6 +66,8 @@ class Job:
     keys: str = ""  # CURVE key directory made by `dni keys DIR`; required when an address reaches beyond loopback
     insecure: bool = False  # run without keys even if `keys` is set; allowed only on loopback and ipc:// addresses
     rejoin_seconds: int = 60  # remote workers: how long a lost one has to come back (restarted by compose, Swarm) before the run fails
+    max_recoveries: int = 20  # lost workers replaced within any recovery_window seconds; one more ends the run (0: none)
+    recovery_window: int = 300
     tensorboard: str = ""  # folder for TensorBoard event files, one subfolder per run ("": none); needs dni[tensorboard]
     loss: str = "cross_entropy"  # the last stage's per-example loss: a built-in name or package.module:function
     link_delay_ms: float = 0.0  # emulated delay of every data hop, coordinator's included, held in its sender's queue; 0: none
@@ -96,6 +99,13 @@ class Job:
 
     def steps_per_epoch(self, train_size: int) -> int:
         return max(1, train_size // self.batch_size)
+
+    def check_fits(self, train_examples: int) -> None:
+        """A batch must fit in the training set: a larger one would make every step the whole set, under a size it
+        does not have (a ConfigError naming both numbers)."""
+        if self.batch_size > train_examples:
+            raise ConfigError(f"batch_size = {self.batch_size} is larger than the training set ({train_examples} examples"
+                              f"{' after train_subset' if self.train_subset else ''}): use at most {train_examples}")
 
     def threads_per_worker(self) -> int:
         return self.threads or max(1, (os.cpu_count() or 1) // len(self.stages))
@@ -201,8 +211,9 @@ def _validate(job: Job) -> None:
     check_link_delay(job.link_delay_ms)
     if not 0 <= job.stop_at_accuracy <= 1:
         raise ConfigError(f"stop_at_accuracy must be a fraction from 0 to 1 (0: never stop early), got {job.stop_at_accuracy}")
+    check_positive("recovery_window", job.recovery_window)
     for name in ("iterations", "epochs", "eval_every", "threads", "train_subset", "test_subset", "checkpoint_every", "time_limit",
-                 "rejoin_seconds"):
+                 "rejoin_seconds", "max_recoveries"):
         if getattr(job, name) < 0:
             raise ConfigError(f"{name} must not be negative, got {getattr(job, name)}")
     if not (job.iterations or job.epochs):

@@ -2,30 +2,35 @@
 
 Over tcp each worker binds ports the system picks and reports them in a ready
 file, so no port is chosen free here and taken by someone else before the
-worker binds it.
+worker binds it. A lost worker that still runs (frozen, or cut off) is killed
+before its replacement starts, never merely waited for. The socket folder of a
+coordinator that was killed is removed by the next one.
 """
 from __future__ import annotations
 
 import json
 import logging
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from dni.coordinator.pipeline import WorkerLost
-from dni.lifetime import die_with_parent
+from dni.lifetime import abandoned_by, claim, die_with_parent
 from dni.protocol import Endpoints, worker_endpoints
 from dni.spec import COORDINATOR_TIMEOUT, EXIT_COORDINATOR_SILENT, EXIT_STOPPED
 
-__all__ = ["EXIT_MEANINGS", "LocalWorkers", "WorkerDied"]
+__all__ = ["EXIT_MEANINGS", "KILL_GRACE", "LocalWorkers", "WorkerDied", "remove_abandoned_socket_folders"]
 
 log = logging.getLogger("dni.launcher")
 READY_SECONDS = 120.0
+KILL_GRACE = 1.0  # seconds a lost worker that still runs gets to exit by itself before SIGKILL
+SOCKET_FOLDERS = "dni-*"
 EXIT_MEANINGS = {  # a --once worker's exit code -> what happened
     EXIT_STOPPED: "exited: it was told to stop",
     EXIT_COORDINATOR_SILENT: f"ended its job: it heard nothing from this coordinator for {COORDINATOR_TIMEOUT:.0f} s",
@@ -46,6 +51,7 @@ class LocalWorkers:
     host = "127.0.0.1"
     start_seconds = 60.0
     rejoin_seconds = 60.0
+    spawns = True
     builds_here = True
 
     def __init__(self, count: int, transport: str = "ipc", log_level: str = "WARNING", keys: Optional[Path] = None,
@@ -64,7 +70,9 @@ class LocalWorkers:
         return f"ipc://{self.directory}/stage{stage}" if self.transport == "ipc" else "tcp://127.0.0.1:0"
 
     def start(self) -> None:
+        remove_abandoned_socket_folders(self.directory.parent)
         self.directory.mkdir(mode=0o700)
+        claim(self.directory)
         self.processes = [self._spawn(stage) for stage in range(self.count)]
         log.info("started %d workers: %s", len(self.processes), ", ".join(str(p.pid) for p in self.processes))
         self.endpoints = [self._wait_ready(stage) for stage in range(self.count)]
@@ -80,11 +88,13 @@ class LocalWorkers:
             command += ["--keys", str(self.keys)]
         return subprocess.Popen(command, stdin=subprocess.DEVNULL, preexec_fn=_leave_signals_and_die_with_parent)
 
-    def _wait_ready(self, stage: int) -> Endpoints:
-        """The addresses a worker reports once it listens (ipc ones are known in advance)."""
+    def _wait_ready(self, stage: int, keep_alive: Callable[[], None] = lambda: None) -> Endpoints:
+        """The addresses a worker reports once it listens (ipc ones are known in advance); `keep_alive` is called
+        meanwhile (the coordinator's beat, which the other workers wait for)."""
         deadline = time.monotonic() + READY_SECONDS
         while not self._ready_file(stage).is_file():
             self.check()
+            keep_alive()
             if time.monotonic() > deadline:
                 raise WorkerDied(stage, f"worker for stage {stage} (pid {self.processes[stage].pid}) "
                                         f"did not start listening within {READY_SECONDS:.0f}s")
@@ -94,14 +104,14 @@ class LocalWorkers:
         report = json.loads(self._ready_file(stage).read_text())
         return Endpoints(report["control"], report["forward"], report["backward"])
 
-    def replace(self, loss: WorkerLost) -> Endpoints:
-        return self.restart(loss.stage)
+    def replace(self, loss: WorkerLost, keep_alive: Callable[[], None] = lambda: None) -> Endpoints:
+        return self.restart(loss.stage, keep_alive)
 
-    def restart(self, stage: int) -> Endpoints:
-        """A fresh process for a stage whose worker died; returns where it listens."""
-        self.processes[stage].wait(5)
+    def restart(self, stage: int, keep_alive: Callable[[], None] = lambda: None) -> Endpoints:
+        """A fresh process for a stage whose worker was lost, the old one killed if it still runs; where it listens."""
+        _end(self.processes[stage], KILL_GRACE)
         self.processes[stage] = self._spawn(stage)
-        self.endpoints[stage] = self._wait_ready(stage)
+        self.endpoints[stage] = self._wait_ready(stage, keep_alive)
         log.warning("restarted the worker of stage %d as pid %d", stage, self.processes[stage].pid)
         return self.endpoints[stage]
 
@@ -137,6 +147,27 @@ class LocalWorkers:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _end(process: subprocess.Popen, grace: float) -> None:
+    """`process` gone: given `grace` seconds to exit, then SIGKILL (which a stopped process obeys too)."""
+    try:
+        process.wait(grace)
+        return
+    except subprocess.TimeoutExpired:
+        pass
+    log.warning("killing the lost worker (pid %d): it still runs", process.pid)
+    process.kill()
+    process.wait()
+
+
+def remove_abandoned_socket_folders(parent: Path) -> None:
+    """The socket folders under `parent` of coordinators that were killed (whose workers died with them)."""
+    for folder in parent.glob(SOCKET_FOLDERS):
+        owner = abandoned_by(folder)
+        if owner is not None:
+            log.info("removing %s, left by a coordinator that is gone (pid %d)", folder, owner)
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _leave_signals_and_die_with_parent() -> None:

@@ -8,7 +8,9 @@ Every wait (`receive`, `request`) turns the same loop (`_turn`): write the
 feed's outbox as far as stage 0 takes it, watch the workers (at most every
 CHECK_SECONDS), poll the inbox (and the awaited reply, and POLLOUT on a feed
 that stage 0 did not take, and the interrupt wake-up), and take in everything
-the inbox holds, so a stage's failure ends any wait at once; results that
+the inbox holds, so a stage's failure ends any wait at once, and a worker that
+falls silent (dead, frozen, unreachable) ends it within the heartbeat timeout;
+results that
 arrive meanwhile are kept for `receive`. A batch is only ever put into the feed's
 outbox (`dni.protocol.outbox`), never waited to send: with the job's
 `link_delay_ms` it is due that much later, and the loop polls no longer than
@@ -26,7 +28,7 @@ import torch
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from dni.errors import ConfigError, PipelineError
+from dni.errors import ConfigError, DniError, PipelineError
 from dni.coordinator.interrupts import INTERRUPTS, Interrupts
 from dni.protocol import (DEFAULT_LIMITS, Endpoints, Kind, Limits, Message, Outbox, Outboxes, ProtocolError, decode, open_socket,
                           receive_message, resolvable, resolved, send_message)
@@ -117,6 +119,7 @@ class Pipeline:
         self.controls[stage] = self._connect(zmq.DEALER, endpoints.control)
         self.monitors[stage] = self._monitor(self.controls[stage])
         self.disconnected_at[stage] = None
+        self.watched[stage] = False  # a new worker: silent until it serves a job
         self.link.drop()  # what it holds belongs to the lost attempt, which the trainer sends again
         if stage == 0:
             self.feed.socket.close(linger=0)
@@ -147,6 +150,7 @@ class Pipeline:
         send_message(socket, Message(Kind.CONTROL, self.job_id, meta={"command": command, **(meta or {})}))
         deadline = time.monotonic() + timeout
         while socket not in self._turn(0.2, awaited=socket):
+            self._check_heartbeats()  # a frozen worker is lost whatever the coordinator waits for
             if self.drops[stage] != drops:  # even when a worker is back at once (a container restarted), it is a new one
                 raise WorkerLost(stage, f"stage {stage} ({self.endpoints[stage].control}) lost its connection while "
                                         f"answering {command!r}: its worker died or was replaced")
@@ -157,16 +161,18 @@ class Pipeline:
                                          f"with every stage idle for {self.idle_for():.0f}s: a target was lost")
         reply = receive_message(socket, self.limits)
         if not reply.meta.get("ok"):
-            # a worker that cannot build its stage refuses the job itself, as the local check would have
-            refusal = ConfigError if command == "configure" else PipelineError
-            raise refusal(f"stage {stage} refused {command!r}: {reply.meta.get('error')}")
+            raise _refusal(stage, command, reply.meta)
         self.last_seen[stage] = time.monotonic()
+        if command == "configure":
+            self.watched[stage] = True
         return reply
 
-    def rejoin(self, stage: int, endpoints: Endpoints, timeout: float) -> None:
+    def rejoin(self, stage: int, endpoints: Endpoints, timeout: float, replaceable: bool = True) -> None:
         """Follow the stage's new worker to `endpoints` and wait up to `timeout` seconds for it to answer there, as
         one restarted by its orchestrator (compose, Swarm) does at its old address; the name is resolved afresh
-        each try, since the new one may live elsewhere. Meanwhile the other workers keep hearing the beat."""
+        each try, since the new one may live elsewhere. Meanwhile the other workers keep hearing the beat.
+        A worker that does not answer is lost again (WorkerLost) where another can be started (`replaceable`);
+        else the run cannot go on (StageFailed)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if resolvable(endpoints.control, within=2.0):  # a stopped container's name may not resolve
@@ -177,7 +183,19 @@ class Pipeline:
                 except PipelineError:
                     continue
             time.sleep(0.5)
-        raise WorkerLost(stage, f"stage {stage} ({endpoints.control}) did not come back within {timeout:.0f}s")
+        lost = WorkerLost if replaceable else StageFailed
+        raise lost(stage, f"stage {stage} ({endpoints.control}) did not come back within {timeout:.0f}s")
+
+    def keep_alive(self) -> None:
+        """Beat to every worker (at most once a second) while the coordinator waits on something else."""
+        self._beat()
+
+    def pause(self, seconds: float) -> None:
+        """Wait `seconds` while the workers keep hearing the beat; nothing else is watched (a recovery is under way)."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            self._beat()
+            time.sleep(min(left, 0.25))
 
     def request_all(self, command: str, meta: Optional[dict[str, Any]] = None, timeout: float = 60.0,
                     stall_timeout: Optional[float] = None) -> list[Message]:
@@ -301,6 +319,7 @@ class Pipeline:
             return
         self.last_seen[message.sender] = time.monotonic()
         if message.kind is Kind.HEARTBEAT:
+            self.watched[message.sender] = True
             self._take_status(message.sender, message.meta)
         elif message.kind is Kind.ERROR:
             self._take_error_report(message.sender, message.meta)
@@ -348,6 +367,7 @@ class Pipeline:
         """Start the liveness clocks afresh (at the start, and after workers were restarted)."""
         now = time.monotonic()
         self.last_seen = [now] * self.stages
+        self.watched = [False] * self.stages  # judged by their silence: serving this job (configured, or heard beating)
         self.status: list[dict[str, Any]] = [{} for _ in range(self.stages)]
         self.activity_at = now
 
@@ -372,9 +392,13 @@ class Pipeline:
                                      "and has not come back: its worker died or its host is unreachable")
 
     def _check_heartbeats(self) -> None:
-        """A silent stage is named, the one silent longest first: when one dies, its neighbours may go quiet after it."""
+        """A silent stage is named, the one silent longest first: when one dies, its neighbours may go quiet after it.
+        A worker that serves no job of ours yet (starting, or just replaced) sends no beats, so it is not judged."""
         now = time.monotonic()
-        stage = min(range(self.stages), key=lambda index: self.last_seen[index])
+        watched = [index for index in range(self.stages) if self.watched[index]]
+        if not watched:
+            return
+        stage = min(watched, key=lambda index: self.last_seen[index])
         silent = now - self.last_seen[stage]
         if silent > self.heartbeat_timeout:
             raise WorkerLost(stage, f"stage {stage} ({self.endpoints[stage].control}) sent nothing for {silent:.0f}s: "
@@ -383,3 +407,13 @@ class Pipeline:
             busy = float(status.get("busy_for", 0.0))
             if busy > self.hang_timeout:
                 raise StageFailed(stage, f"stage {stage} ({self.endpoints[stage].control}) has been stuck in one step for {busy:.0f}s")
+
+
+def _refusal(stage: int, command: str, reply: dict[str, Any]) -> DniError:
+    """What a refused request means: a worker that cannot build its stage refuses the job itself, as the local check
+    would have; one that cannot write a file says which and why."""
+    if command == "configure":
+        return ConfigError(f"stage {stage} refused {command!r}: {reply.get('error')}")
+    if reply.get("write_failed"):
+        return PipelineError(f"stage {stage} could not write its {command}: {reply['write_failed']}")
+    return PipelineError(f"stage {stage} refused {command!r}: {reply.get('error')}")

@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from dni.coordinator.results import NotARunError, read_metrics  # noqa: E402
+from dni.files import replace_atomically  # noqa: E402
 from dni.coordinator.tasks import SOLVED_BITS  # noqa: E402
 
 __all__ = ["check_runs", "default_output", "plot_accuracy", "plot_curves", "plot_runs", "run_label", "sequence_curve", "save_figure"]
@@ -108,8 +109,11 @@ def plot_curves(curves: dict[str, Sequence[dict[str, Any]]], output: Path, title
 
 
 def save_figure(figure: plt.Figure, output: Path, **layout: Any) -> Path:
-    """Lay out, write and release a figure (`layout` goes to tight_layout); every picture of ours is saved here."""
+    """Lay out, write and release a figure (`layout` goes to tight_layout); every picture of ours is saved here,
+    whole or not at all (a full disk leaves the previous picture, not an empty file)."""
     figure.tight_layout(**layout)
-    figure.savefig(output, dpi=110)
-    plt.close(figure)
+    try:
+        replace_atomically(output, lambda partial: figure.savefig(partial, dpi=110, format=output.suffix.lstrip(".") or "png"))
+    finally:
+        plt.close(figure)
     return output

@@ -8,7 +8,7 @@ is seen before its connection drops, and how a lost one is replaced.
 from __future__ import annotations
 
 import socket
-from typing import Optional, Protocol
+from typing import Callable, Optional, Protocol
 
 from dni.coordinator.job import Job
 from dni.coordinator.launcher import LocalWorkers
@@ -27,6 +27,7 @@ class WorkerPool(Protocol):
     host: str  # this host as the workers reach it, for an inbox bound on every interface
     start_seconds: float  # how long the workers have to answer at the start
     rejoin_seconds: float  # how long a replacement has to answer
+    spawns: bool  # replaces a lost worker by starting one itself, so a replacement that is lost too is replaced again
     builds_here: bool  # the stages build on this machine, so their shapes are checked before any worker starts
 
     def start(self) -> None: ...
@@ -34,8 +35,9 @@ class WorkerPool(Protocol):
     def check(self) -> None:
         """Raise WorkerLost for a worker known to be gone; a no-op where that cannot be told."""
 
-    def replace(self, loss: WorkerLost) -> Endpoints:
-        """Where a new worker for the lost stage listens; raises `loss` when none can take over."""
+    def replace(self, loss: WorkerLost, keep_alive: Callable[[], None] = ...) -> Endpoints:
+        """Where a new worker for the lost stage listens (the lost one ended first where it can be); raises `loss` when
+        none can take over. `keep_alive` is called while it waits (the coordinator's beat to the other workers)."""
 
     def stop(self) -> None: ...
 
@@ -45,6 +47,7 @@ class RemoteWorkers:
     restarts a lost one (compose, Swarm) brings it back at the same address within `rejoin_seconds`."""
 
     start_seconds = 300.0
+    spawns = False  # what restarts a lost worker is the orchestrator's, which brings it back or not
     builds_here = False  # the workers build their stages, and their configure replies give the shapes
 
     def __init__(self, endpoints: list[Endpoints], rejoin_seconds: float, inbox: str, host: Optional[str] = None) -> None:
@@ -59,7 +62,9 @@ class RemoteWorkers:
     def check(self) -> None:
         """Nothing to look at but their connections, which the pipeline watches."""
 
-    def replace(self, loss: WorkerLost) -> Endpoints:
+    def replace(self, loss: WorkerLost, keep_alive: Callable[[], None] = lambda: None) -> Endpoints:
+        """The same address: a lost worker elsewhere cannot be signalled from here. A frozen one that wakes up
+        finds its job gone (the coordinator has been silent to it, and speaks for a new job id) and ends it."""
         if not self.rejoin_seconds:
             raise loss
         return self.endpoints[loss.stage]

@@ -1,19 +1,30 @@
-"""A run's folder: the job as run, one metrics line per evaluation, a summary, the trained weights."""
+"""A run's folder: the job as run, one metrics line per evaluation, a summary, the trained weights.
+
+While a coordinator runs it, the folder names that process (`dni.lifetime.claim`);
+one left by a coordinator that was killed is found by the next run beside it and
+marked: its uncommitted checkpoint thrown away, its summary saying "killed" and
+where --resume continues."""
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from dni.coordinator.checkpoints import Checkpoints
+from dni.coordinator.segments import Segments
 from dni.errors import DniError
-from dni.files import write_text_atomically
+from dni.files import save_atomically, write_text_atomically, writing
+from dni.lifetime import abandoned_by, release
 
 from dni.coordinator.job import Job, job_as_table, job_from_table
 
-__all__ = ["NotARunError", "RunComplete", "RunFolder", "read_metrics"]
+__all__ = ["NotARunError", "RunComplete", "RunFolder", "mark_abandoned_runs", "read_metrics"]
+
+log = logging.getLogger("dni.results")
 
 
 class NotARunError(DniError, ValueError):
@@ -44,7 +55,8 @@ class RunFolder:
         while path.exists():
             suffix += 1
             path = base.with_name(f"{base.name}-{suffix}")
-        path.mkdir(parents=True)
+        with writing(path):
+            path.mkdir(parents=True)
         folder = cls(path)
         folder.write_json("job.json", job_as_table(job))
         return folder
@@ -74,14 +86,46 @@ class RunFolder:
         write_text_atomically(self.metrics_path, "".join(json.dumps(record) + "\n" for record in records))
 
     def append_metrics(self, record: dict[str, Any]) -> None:
-        with self.metrics_path.open("a") as stream:
+        with writing(self.metrics_path), self.metrics_path.open("a") as stream:
             stream.write(json.dumps(record) + "\n")
 
     def write_json(self, name: str, data: Any) -> None:
         write_text_atomically(self.path / name, json.dumps(data, indent=2))
 
     def save_state(self, states: list[dict[str, torch.Tensor]]) -> None:
-        torch.save({f"stage{index}": state for index, state in enumerate(states)}, self.path / "model.pt")
+        weights = {f"stage{index}": state for index, state in enumerate(states)}
+        save_atomically(self.path / "model.pt", weights)
+
+    @property
+    def checkpoints(self) -> Checkpoints:
+        return Checkpoints(self.path / "checkpoints")
+
+    def mark_if_abandoned(self) -> None:
+        """If the coordinator that ran this folder is gone without recording its stop, record it now."""
+        owner = abandoned_by(self.path)
+        if owner is None:
+            return
+        self.checkpoints.discard_uncommitted()
+        step = self.checkpoints.position().step
+        segments = Segments(self.path)
+        segments.mark_killed()
+        segments.write()
+        if not self.summary_path.is_file():
+            self.write_json("summary.json", {"status": "killed", "error": f"its coordinator (pid {owner}) was killed",
+                                             "failed_stage": None, "resume_from_step": step})
+        release(self.path)
+        log.warning("%s was left by a coordinator that is gone (pid %d): marked killed; --resume %s continues from step %d",
+                    self.path, owner, self.path, step)
+
+
+def mark_abandoned_runs(parent: Path) -> None:
+    """Mark the run folders under `parent` whose coordinators were killed (see `RunFolder.mark_if_abandoned`);
+    one that cannot be marked (a read-only folder) is only logged."""
+    for path in parent.glob("*/owner.json"):
+        try:
+            RunFolder(path.parent).mark_if_abandoned()
+        except OSError as error:
+            log.warning("could not mark %s, left by a coordinator that is gone: %s", path.parent, error)
 
 
 def _outcome(summary: dict[str, Any]) -> str:

@@ -8,7 +8,6 @@ from typing import Any, Optional, cast
 
 import torch
 
-from dni.coordinator.checkpoints import Checkpoints
 from dni.coordinator.data import Dataset
 from dni.coordinator.datasets import open_dataset, with_classes
 from dni.coordinator.job import Job
@@ -16,7 +15,8 @@ from dni.coordinator.interrupts import INTERRUPTS
 from dni.coordinator.pipeline import Pipeline
 from dni.coordinator.plots import plot_accuracy, plot_curves
 from dni.coordinator.pools import WorkerPool, pool_for
-from dni.coordinator.results import RunFolder, read_metrics
+from dni.coordinator.results import RunFolder, mark_abandoned_runs, read_metrics
+from dni.coordinator.segments import Segments
 from dni.coordinator.shapes import check_stages
 from dni.coordinator.split import balance_job
 from dni.coordinator.tensorboard import require_tensorboard
@@ -24,6 +24,7 @@ from dni.coordinator.sequence_trainer import SequenceTrainer, check_sequence_sta
 from dni.coordinator.tasks import open_task
 from dni.coordinator.trainer import Trainer
 from dni.errors import ConfigError
+from dni.lifetime import claim, release
 from dni.protocol import ProtocolError, connectable
 from dni.protocol.linkdelay import describe
 from dni.protocol.security import FIX, Keys, check_plaintext_allowed, load_keys
@@ -56,6 +57,7 @@ def run_job(job: Job, bind: Optional[str] = None, advertise: Optional[str] = Non
         job = with_readout_width(job, task)
     else:
         data = data if data is not None else job_data(job)
+        job.check_fits(len(data.train_y))
         job, cut = balance_job(job, data.input_shape)
         annotations = {**(annotations or {}), **({"model_split": cut} if cut else {})}
     owned = pool is None
@@ -65,10 +67,12 @@ def run_job(job: Job, bind: Optional[str] = None, advertise: Optional[str] = Non
             check_sequence_stages(job, task)
         elif data is not None:
             check_stages(job, data.input_shape, data.num_classes)
+    mark_abandoned_runs(resume.path.parent if resume else Path(job.results))
     folder = resume or RunFolder.create(job)
     job_id = f"{folder.path.name}-{secrets.token_hex(4)}"
     pipeline = None
     try:
+        claim(folder.path)
         if owned:
             workers.start()
         if len(workers.endpoints) < len(job.stages):
@@ -102,6 +106,7 @@ def run_job(job: Job, bind: Optional[str] = None, advertise: Optional[str] = Non
             pipeline.close()
         if owned:
             workers.stop()
+        release(folder.path)
 
 
 def job_data(job: Job) -> Dataset:
@@ -118,19 +123,20 @@ def resume_job(path: Path, **options: Any) -> tuple[RunFolder, dict[str, Any]]:
 
 
 def _record_stop(folder: RunFolder, job: Job, error: BaseException, annotations: Optional[dict[str, Any]] = None) -> None:
-    """What a stopped run leaves: a summary saying why and where --resume starts, and its plot so far."""
+    """What a stopped run leaves: a summary saying why, where --resume starts and what every segment cost, then its
+    plot so far; each written if it can be (on a full disk the small summary may fit where the plot does not)."""
     interrupted = isinstance(error, KeyboardInterrupt)
     status = "interrupted" if interrupted else "failed"
     if not interrupted:
         log.error("stopping the run: %s", error)
     try:
-        if folder.metrics_path.is_file() and read_metrics(folder.path):
-            plot_accuracy([folder.path], folder.plot_path, f"{job.name}: {job.mode.value} ({status})")
         folder.write_json("summary.json", {
             "status": status, "error": status if interrupted else str(error), "failed_stage": getattr(error, "stage", None),
-            "job": job.name, "mode": job.mode.value, "resume_from_step": Checkpoints(folder.path / "checkpoints").position().step,
-            **(annotations or {}),
+            "job": job.name, "mode": job.mode.value, "resume_from_step": folder.checkpoints.position().step,
+            **Segments(folder.path).totals(), **(annotations or {}),
         })
+        if folder.metrics_path.is_file() and read_metrics(folder.path):
+            plot_accuracy([folder.path], folder.plot_path, f"{job.name}: {job.mode.value} ({status})")
     except OSError as failure:  # the run's own error is what matters; this one only goes to the log
         log.error("could not record the stop in %s: %s", folder.path, failure)
 

@@ -28,9 +28,11 @@ from dni.coordinator.interrupts import INTERRUPTS
 from dni.coordinator.job import Job
 from dni.coordinator.pipeline import Pipeline, StageFailed, WorkerLost
 from dni.coordinator.progress import Progress
+from dni.coordinator.recovery import RecoveryBudget, recover
 from dni.coordinator.results import RunFolder
+from dni.coordinator.segments import Segments
 from dni.coordinator.tasks import CharText, Curriculum, SequenceBatch, SequenceTask
-from dni.coordinator.trainer import MAX_RECOVERIES, REQUEST_TIMEOUT, STALL_SECONDS, state_of
+from dni.coordinator.trainer import REQUEST_TIMEOUT, STALL_SECONDS, checkpoint_stages, state_of
 from dni.errors import ConfigError
 from dni.protocol import Endpoints, Kind, Message
 from dni.schedule import FeedSchedule
@@ -174,7 +176,10 @@ class SequenceTrainer:
         self.owner: dict[int, int] = {}  # chunk -> its batch of sequences
         self.sent = self.done = 0  # chunks
         self.base_job_id = job_id
-        self.recoveries = 0
+        self.budget = RecoveryBudget(job.max_recoveries, job.recovery_window)
+        self.segments = Segments(folder.path)
+        self.recoveries = 0  # this segment's: every try of a replacement
+        self.resent = 0  # this segment's: chunks sent again after a recovery
         self.first_batch = 0
         self.workers: list[dict[str, Any]] = []
         self.started = 0.0
@@ -194,24 +199,27 @@ class SequenceTrainer:
             shapes.append(tuple(reply.meta["output_shape"]))
 
     def run(self) -> dict[str, Any]:
-        start = self._rewind(self.checkpoints.position())
-        self.first_batch = self.progress.start = start
-        self.started = self.progress.started = time.monotonic()
-        with INTERRUPTS.deferring():  # a signal ends training at the loop's next turn
-            self._train_recovering(start)
-            self.progress.close()
-            return self._finish()
+        position = self.checkpoints.position()
+        self.first_batch = self.progress.start = position.step
+        with INTERRUPTS.deferring(), self.segments.recording(position.step):  # a signal ends training at the loop's next turn
+            self.started = self.progress.started = time.monotonic()
+            summary = self._train_recovering(position)
+        self.progress.close()
+        return summary
 
-    def _train_recovering(self, start: int) -> None:
+    def _train_recovering(self, position: Position) -> dict[str, Any]:
+        """Train to the end and finish; a lost worker is replaced and training goes on from the last checkpoint."""
+        try:
+            start = self._rewind(position)
+        except WorkerLost as loss:
+            start = recover(self.budget, loss, self._recover, self.pipeline.pause)
         while True:
             try:
                 self._train(start)
                 self._checkpoint(self.total)
-                return
+                return self._finish()
             except WorkerLost as loss:
-                if self.recoveries >= MAX_RECOVERIES:
-                    raise
-                start = self._recover(loss)
+                start = recover(self.budget, loss, self._recover, self.pipeline.pause)
             except KeyboardInterrupt:  # a cut mid-batch would split its sequences: the last checkpoint stays
                 log.warning("interrupted; --resume continues from batch %d, the last checkpoint",
                             self.checkpoints.position().step)
@@ -281,10 +289,13 @@ class SequenceTrainer:
         """A cut between batches: no chunk in flight, every stage saved after the same chunk."""
         self._drain()
         self.pipeline.request_all("flush", timeout=REQUEST_TIMEOUT, stall_timeout=STALL_SECONDS)
-        self.checkpoints.begin()
-        for stage in range(len(self.job.stages)):
-            self.pipeline.request(stage, "checkpoint", {"path": str(self.checkpoints.staged(stage))}, timeout=REQUEST_TIMEOUT)
-        self.checkpoints.record(Position(batches, 0, {"chunks": self.sent}, self.state.as_json()))
+        checkpoint_stages(self.pipeline, self.checkpoints, Position(batches, 0, {"chunks": self.sent}, self.state.as_json()))
+        self._save_segment(batches)
+
+    def _save_segment(self, batches: int, status: str = "running") -> None:
+        segment = self.segments.current
+        segment.to_step, segment.recoveries, segment.resent_batches = batches, self.recoveries, self.resent
+        self.segments.save(status)
 
     def _rewind(self, position: Position) -> int:
         """The run's state and every stage back to a checkpoint (or the start); the batch to go on from."""
@@ -300,15 +311,22 @@ class SequenceTrainer:
         self.configure(restore=position.step > 0)
         return position.step
 
-    def _recover(self, loss: WorkerLost) -> int:
+    def _recover(self, loss: WorkerLost, retry: int) -> int:
         """A new worker for the lost stage, every stage back to the last checkpoint, training on from there."""
         position = self.checkpoints.position()
-        log.warning("%s; replacing its worker and resuming every stage from batch %d", loss, position.step)
+        checkpointed = int(position.tally.get("chunks", 0))
+        log.warning("%s; replacing its worker%s and resuming every stage from batch %d (%d chunks re-sent)", loss,
+                    f" (try {retry + 1} of this recovery)" if retry else "", position.step, self.sent - checkpointed)
         self.recoveries += 1
-        self.pipeline.rejoin(loss.stage, self.pool.replace(loss), self.pool.rejoin_seconds)
+        self.resent += self.sent - checkpointed
+        self.sent = self.done = checkpointed  # counted once, whichever try succeeds
+        self.pipeline.rejoin(loss.stage, self.pool.replace(loss, self.pipeline.keep_alive), self.pool.rejoin_seconds,
+                             self.pool.spawns)
         self.job_id = self.pipeline.job_id = f"{self.base_job_id}-r{self.recoveries}"  # stale messages no longer match
         self.pipeline.forget_silence()
-        return self._rewind(position)
+        start = self._rewind(position)
+        self._save_segment(start)
+        return start
 
     def _evaluate_text(self, text: CharText) -> float:
         """Bits per character over (at most `eval_characters` of) the held-out tail, as evaluation chunks."""
@@ -325,12 +343,13 @@ class SequenceTrainer:
 
     def _finish(self) -> dict[str, Any]:
         wall = time.monotonic() - self.started
+        self._save_segment(self.total, "complete")
         self.folder.save_state([state_of(reply) for reply in self.pipeline.request_all("state")])
         summary = {
             **sequence_summary(self.job, self.task, self.total, self.state.curve, wall), "job_id": self.job_id,
             "stopped_at_time_limit": self.stopped_at_time_limit,
             "batches_per_second": (self.total - self.first_batch) / wall if wall > 0 else 0.0,
-            "resumed_from_batch": self.first_batch, "recoveries": self.recoveries, "workers": self.workers,
+            "resumed_from_batch": self.first_batch, **self.segments.totals(), "workers": self.workers,
             "worker_metrics": [reply.meta["metrics"] for reply in self.pipeline.request_all("metrics")],
         }
         if self.text:

@@ -15,7 +15,9 @@ from dni.coordinator.data import Dataset, test_batches, train_batches
 from dni.coordinator.job import Job
 from dni.coordinator.pipeline import Pipeline, PipelineError, StageFailed, WorkerLost
 from dni.coordinator.progress import Progress
+from dni.coordinator.recovery import RecoveryBudget, recover
 from dni.coordinator.results import RunFolder, read_metrics
+from dni.coordinator.segments import Segments
 from dni.coordinator.shapes import check_last_shape
 from dni.coordinator.tensorboard import TensorBoardLog
 from dni.protocol import Kind, Message
@@ -27,12 +29,11 @@ from dni.workers.timing import spans_from_arrays
 if TYPE_CHECKING:
     from dni.coordinator.pools import WorkerPool
 
-__all__ = ["MAX_RECOVERIES", "REQUEST_TIMEOUT", "STALL_SECONDS", "Evaluation", "Tally", "Trainer", "state_of"]
+__all__ = ["REQUEST_TIMEOUT", "STALL_SECONDS", "Evaluation", "Tally", "Trainer", "checkpoint_stages", "state_of"]
 
 log = logging.getLogger("dni.trainer")
 REQUEST_TIMEOUT = 600.0  # a checkpoint or flush of a stage that keeps working
 STALL_SECONDS = 10.0  # results outstanding, every stage idle this long: something was lost
-MAX_RECOVERIES = 3
 
 
 @dataclass
@@ -91,8 +92,11 @@ class Trainer:
         self.workers: list[dict[str, Any]] = []
         self.pool = pool  # replaces a lost stage's worker
         self.base_job_id = job_id
-        self.recoveries = 0
-        self.resent = 0
+        self.budget = RecoveryBudget(job.max_recoveries, job.recovery_window)
+        self.segments = Segments(folder.path)
+        self.recoveries = 0  # this segment's: every try of a replacement
+        self.resent = 0  # this segment's: batches sent again after a recovery
+        self.trained_samples = 0  # examples in the training results received, re-sent batches' included
         self.first_step = 0
         self.started = 0.0
         self.cpu_started = 0.0
@@ -130,27 +134,30 @@ class Trainer:
         self.progress.start = start
         self.records = read_metrics(self.folder.path)[:position.evaluations] if position.evaluations else []
         if position.step:  # a resumed run: lines written after its checkpoint are rolled back over
+            log.info("resuming from step %d, the last checkpoint (%d evaluations kept)", position.step, position.evaluations)
             self.folder.rewrite_metrics(self.records)
-        self._rewind(position)
-        self.started = self.progress.started = time.monotonic()
-        self.cpu_started = time.process_time()
-        with INTERRUPTS.deferring():  # a signal ends training at the loop's next turn, with a checkpoint
-            self._train_recovering(start)
-            self.progress.close()
-            self.tensorboard.close()
-            return self._finish()
+        with INTERRUPTS.deferring(), self.segments.recording(start):  # a signal ends training at the loop's next turn
+            self.started = self.progress.started = time.monotonic()
+            self.cpu_started = time.process_time()
+            summary = self._train_recovering(position)
+        self.progress.close()
+        self.tensorboard.close()
+        return summary
 
-    def _train_recovering(self, start: int) -> None:
+    def _train_recovering(self, position: Position) -> dict[str, Any]:
+        """Train to the end and finish; a lost worker is replaced and training goes on from the last checkpoint."""
+        try:
+            start = self._rewind(position)
+        except WorkerLost as loss:
+            start = recover(self.budget, loss, self._recover, self.pipeline.pause)
         while True:
             try:
                 self._train(start)
                 self._checkpoint()
-                return
+                return self._finish()
             except WorkerLost as loss:
-                if self.recoveries >= MAX_RECOVERIES:
-                    raise
-                start = self._recover(loss)
-            except KeyboardInterrupt:
+                start = recover(self.budget, loss, self._recover, self.pipeline.pause)
+            except KeyboardInterrupt:  # with a checkpoint, written first
                 self._checkpoint_on_interrupt()
                 raise
 
@@ -198,10 +205,13 @@ class Trainer:
         """A consistent cut: no batch in flight anywhere, every stage saved at the same step."""
         self._drain()
         self.pipeline.request_all("flush", timeout=REQUEST_TIMEOUT, stall_timeout=STALL_SECONDS)
-        self.checkpoints.begin()
-        for stage in range(len(self.job.stages)):
-            self.pipeline.request(stage, "checkpoint", {"path": str(self.checkpoints.staged(stage))}, timeout=REQUEST_TIMEOUT)
-        self.checkpoints.record(Position(self.sent, len(self.records), vars(self.train_tally)))
+        checkpoint_stages(self.pipeline, self.checkpoints, Position(self.sent, len(self.records), vars(self.train_tally)))
+        self._save_segment()
+
+    def _save_segment(self, status: str = "running") -> None:
+        segment = self.segments.current
+        segment.to_step, segment.recoveries, segment.resent_batches = self.sent, self.recoveries, self.resent
+        self.segments.save(status)
 
     def _checkpoint_on_interrupt(self) -> None:
         """A last checkpoint if the pipeline can still give one; else the last periodic one stays what --resume uses."""
@@ -217,27 +227,32 @@ class Trainer:
         except PipelineError as error:
             log.error("no checkpoint written (%s); --resume continues from step %d", error, resume_from)
 
-    def _recover(self, loss: WorkerLost) -> int:
+    def _recover(self, loss: WorkerLost, retry: int) -> int:
         """A new worker for the lost stage, every stage rolled back to the last checkpoint, and what was lost re-sent."""
         position = self.checkpoints.position()
         lost = self.sent - position.step
-        log.warning("%s; replacing its worker and resuming every stage from step %d (%d batches re-sent)", loss, position.step, lost)
+        log.warning("%s; replacing its worker%s and resuming every stage from step %d (%d batches re-sent)", loss,
+                    f" (try {retry + 1} of this recovery)" if retry else "", position.step, lost)
         self.recoveries += 1
         self.resent += lost
-        self.pipeline.rejoin(loss.stage, self.pool.replace(loss), self.pool.rejoin_seconds)
+        self.sent = self.done = position.step  # counted once, whichever try succeeds
+        self.evaluations.clear()
+        self.pipeline.rejoin(loss.stage, self.pool.replace(loss, self.pipeline.keep_alive), self.pool.rejoin_seconds,
+                             self.pool.spawns)
         self.job_id = self.pipeline.job_id = f"{self.base_job_id}-r{self.recoveries}"  # stale messages no longer match
         self.pipeline.forget_silence()
-        self.evaluations.clear()
         self.records = self.records[:position.evaluations]
         self.folder.rewrite_metrics(self.records)
         self._rewind(position)
+        self._save_segment()
         return position.step
 
-    def _rewind(self, position: Position) -> None:
-        """Counters and every stage back to a checkpoint (or to the start of the run)."""
+    def _rewind(self, position: Position) -> int:
+        """Counters and every stage back to a checkpoint (or to the start of the run); the step to go on from."""
         self.sent = self.done = position.step
         self.train_tally = Tally(**position.tally)
         self.configure(restore=position.step > 0)
+        return position.step
 
     def _receive(self) -> Message:
         """The next result; one that cannot come any more (every stage idle) fails the run, naming where it was lost."""
@@ -261,6 +276,7 @@ class Trainer:
     def _absorb(self, message: Message) -> None:
         if message.kind is Kind.TRAIN_RESULT:
             self.done += 1
+            self.trained_samples += int(message.meta["count"])
             self.last_result = time.monotonic()
             self.first_result = self.first_result or self.last_result
             self.train_tally.add(message.meta)
@@ -294,7 +310,7 @@ class Trainer:
             "eval": evaluation.index, "step": evaluation.step, "epoch": round(evaluation.epoch, 4),
             "train_accuracy": evaluation.train.accuracy, "train_loss": evaluation.train.loss,
             "test_accuracy": evaluation.test.accuracy, "test_loss": evaluation.test.loss,
-            "elapsed": elapsed, "samples_per_second": (self.done - self.first_step) * self.job.batch_size / elapsed,
+            "elapsed": elapsed, "samples_per_second": self.trained_samples / elapsed,
             "workers": worker_metrics, "worker_errors": self.pipeline.refused_by_stage,
         }
         self.records.append(record)
@@ -306,6 +322,7 @@ class Trainer:
         wall = time.monotonic() - self.started
         cpu = time.process_time() - self.cpu_started
         trained = self.total - self.first_step
+        self._save_segment("complete")
         replies = self.pipeline.request_all("metrics", {"spans": self.job.record_spans, "profile": self.job.profile})
         final = [reply.meta["metrics"] for reply in replies]
         self.folder.save_state([state_of(reply) for reply in self.pipeline.request_all("state")])
@@ -320,15 +337,28 @@ class Trainer:
             "feed_link": self.pipeline.link.stats(),
             "test_accuracy": last["test_accuracy"], "best_test_accuracy": max(r["test_accuracy"] for r in self.records),
             "train_accuracy": last["train_accuracy"], "wall_seconds": wall,
-            "samples_per_second": trained * self.job.batch_size / wall,
+            "samples_per_second": self.trained_samples / wall,
             "steady_samples_per_second": (trained - 1) * self.job.batch_size / (self.last_result - self.first_result)
             if self.first_result and self.last_result > self.first_result else 0.0,
-            "resumed_from_step": self.first_step, "recoveries": self.recoveries, "resent_batches": self.resent,
+            "resumed_from_step": self.first_step, **self.segments.totals(),
             "seconds_to_first_result": (self.first_result or time.monotonic()) - self.started,
             "first_result_at": time.time() - (time.monotonic() - (self.first_result or time.monotonic())),
             "coordinator_cpu_fraction": cpu / wall,
             "workers": self.workers, "worker_metrics": final, "worker_errors": [sum(m["errors"].values()) for m in final],
         }
+
+
+def checkpoint_stages(pipeline: Pipeline, checkpoints: Checkpoints, position: Position) -> None:
+    """Every stage saves, then `position` commits the checkpoint; if any of it fails, what was not committed is thrown
+    away (freeing the disk it took) and the last committed checkpoint stays the one --resume uses."""
+    checkpoints.begin()
+    try:
+        for stage in range(pipeline.stages):
+            pipeline.request(stage, "checkpoint", {"path": str(checkpoints.staged(stage))}, timeout=REQUEST_TIMEOUT)
+        checkpoints.record(position)
+    except BaseException:
+        checkpoints.discard_uncommitted()
+        raise
 
 
 def state_of(reply: Message) -> dict[str, torch.Tensor]:

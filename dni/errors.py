@@ -6,7 +6,7 @@ was nothing to do).
 """
 from __future__ import annotations
 
-__all__ = ["ConfigError", "DataError", "DniError", "PipelineError"]
+__all__ = ["ConfigError", "DataError", "DniError", "PipelineError", "WriteFailed"]
 
 
 class DniError(Exception):
@@ -27,3 +27,13 @@ class DataError(DniError, RuntimeError):
 
 class PipelineError(DniError, RuntimeError):
     """A worker refused a request, stopped answering, failed or died: the run cannot go on."""
+
+
+class WriteFailed(DniError, OSError):
+    """A file could not be written (a full disk, no permission): the text names the file and the reason, and no part
+    of it is left behind. An OSError too, so code that guards writes with `except OSError` still catches it."""
+
+    def __init__(self, target: object, error: OSError) -> None:
+        reason = (error.strerror or str(error)).lower() if isinstance(error, OSError) else str(error)
+        super().__init__(f"{reason} writing {target}")
+        self.errno = error.errno

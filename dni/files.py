@@ -1,19 +1,62 @@
-"""Files written whole or not at all: a crash mid-write leaves the previous version, never half of a new one."""
+"""Files written whole or not at all: a crash mid-write leaves the previous version, never half of a new one.
+
+A write that fails (a full disk, a folder without permission) removes what it
+had written and raises `WriteFailed`, whose text names the file and the reason
+("no space left on device writing runs/…/stage0.pt"), not the library that
+happened to be writing.
+"""
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterator
 
-__all__ = ["replace_atomically", "write_text_atomically"]
+from dni.errors import WriteFailed
+
+__all__ = ["replace_atomically", "save_atomically", "write_text_atomically", "writing"]
+
+
+@contextmanager
+def writing(target: Path) -> Iterator[None]:
+    """An OSError inside becomes WriteFailed naming `target`."""
+    try:
+        yield
+    except WriteFailed:
+        raise
+    except OSError as error:
+        raise WriteFailed(target, error) from error
 
 
 def replace_atomically(target: Path, write: Callable[[Path], object]) -> None:
-    """`write` fills a sibling file, which is then renamed over `target` (a rename is atomic on one file system)."""
+    """`write` fills a sibling file, which is then renamed over `target` (a rename is atomic on one file system);
+    if either fails, the sibling is removed and WriteFailed raised."""
     partial = target.with_name(target.name + ".partial")
-    write(partial)
-    os.replace(partial, target)
+    with writing(target):
+        try:
+            write(partial)
+            os.replace(partial, target)
+        except BaseException:
+            _remove(partial)
+            raise
 
 
 def write_text_atomically(target: Path, text: str) -> None:
     replace_atomically(target, lambda partial: partial.write_text(text))
+
+
+def save_atomically(target: Path, state: Any) -> None:
+    """`torch.save` through a Python file, so that a full disk raises OSError(ENOSPC), not torch's own RuntimeError."""
+    import torch  # here: the rest of this module is for processes that need no torch
+
+    def save(partial: Path) -> None:
+        with partial.open("wb") as stream:
+            torch.save(state, stream)
+    replace_atomically(target, save)
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:  # the folder itself is not writable: nothing was written there either
+        pass

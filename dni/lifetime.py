@@ -1,22 +1,29 @@
-"""A process's life among its relatives: dying with the parent, exiting fast, finding children.
+"""A process's life among its relatives: dying with the parent, exiting fast, finding children, owning folders.
 
 Local workers and torchrun's coordinator must not outlive the process that started
 them, even one killed by SIGKILL; a process done with torch exits without the
 interpreter's teardown, which takes a second or more that a restart waits for.
+A folder a process works in (a run's, its workers' sockets') names its owner, so
+the next run can tell one left behind by a process that was killed.
 """
 from __future__ import annotations
 
 import ctypes
+import json
 import logging
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import NoReturn, Optional
 
-__all__ = ["alive", "children", "descendants", "die_with_parent", "exit_now"]
+from dni.files import write_text_atomically
+
+__all__ = ["OWNER", "abandoned_by", "alive", "children", "claim", "descendants", "die_with_parent", "exit_now", "release"]
 
 PR_SET_PDEATHSIG = 1
+OWNER = "owner.json"  # in a folder a live process works in: its pid and host
 
 
 def die_with_parent(parent: Optional[int] = None, leave_signals: bool = False) -> None:
@@ -80,3 +87,29 @@ def alive(pid: int) -> bool:
         return "zombie" not in Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return False
+
+
+def claim(folder: Path) -> None:
+    """Mark `folder` as this process's until `release`."""
+    write_text_atomically(folder / OWNER, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+
+
+def release(folder: Path) -> None:
+    """Let go of `folder`; a folder that cannot be changed any more keeps its mark, which names a process then gone."""
+    try:
+        (folder / OWNER).unlink(missing_ok=True)
+    except OSError as error:
+        logging.getLogger("dni.lifetime").warning("could not release %s: %s", folder, error)
+
+
+def abandoned_by(folder: Path) -> Optional[int]:
+    """The pid of the process on this host that claimed `folder` and is gone; None if it lives, if it ran on another
+    host (it cannot be seen from here), or if nobody claimed the folder."""
+    try:
+        owner = json.loads((folder / OWNER).read_text())
+        pid, host = int(owner["pid"]), str(owner["host"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if host != socket.gethostname() or alive(pid):
+        return None
+    return pid

@@ -1,7 +1,7 @@
 """A stage's checkpoint: what the stage says it holds (module, synthesizer, both optimisers, counters).
 
 Written to a temporary file and renamed, so a crash never leaves half a
-checkpoint; read with `weights_only`, so a checkpoint cannot run code.
+checkpoint, and a write that fails leaves none; read with `weights_only`, so a checkpoint cannot run code.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from dni.files import replace_atomically
+from dni.files import save_atomically, writing
 
 __all__ = ["Checkpointed", "load_checkpoint", "save_checkpoint"]
 
@@ -26,10 +26,11 @@ class Checkpointed(Protocol):
 
 
 def save_checkpoint(path: str, compute: Checkpointed) -> None:
+    """Raises WriteFailed (a full disk, no permission), with no partial file left."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    state = compute.checkpoint_state()
-    replace_atomically(target, lambda partial: torch.save(state, partial))
+    with writing(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+    save_atomically(target, compute.checkpoint_state())
 
 
 def load_checkpoint(path: str, compute: Checkpointed) -> None:

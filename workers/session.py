@@ -54,17 +54,14 @@ class Session:
         self.config = config
         self.limits = limits
         self.refusals = refusals
-        self.device = resolve_device(config.spec.device, config.index)
-        clock = DeviceClock(self.device) if self.device.startswith("cuda") else None
-        self.timeline = Timeline(config.record_spans, clock)
-        torch.set_num_threads(config.threads)
-        self.compute, self.output_shape = self._build(config)
-        self.schedule = self.compute.schedule
-        if config.restore:
-            try:
-                load_checkpoint(config.restore, self.compute)
-            except (OSError, RuntimeError, KeyError, ValueError) as error:
-                raise ConfigError(f"cannot restore stage {config.index} from {config.restore}: {error}") from error
+        # beating while the stage builds and restores, so a worker that freezes there is noticed as soon as anywhere
+        self.heartbeat = Heartbeat(context, config.coordinator, limits, config.job, config.index, _configuring)
+        self.heartbeat.start()
+        try:
+            self.compute, self.output_shape = self._build_and_restore(config)
+        except BaseException:
+            self.heartbeat.stop()
+            raise
         delay = config.link_delay_ms / 1000
         self.outboxes = Outboxes()  # written in this order: neighbours first, the coordinator only counts results
         self.upstream = self._outbox(context, config.upstream, delay, "upstream")
@@ -76,11 +73,25 @@ class Session:
         self.failure: Optional[str] = None
         self.handled = 0  # data messages taken in: progress the coordinator can see even while no result comes out
         self.tick = self.last_heard = time.monotonic()
-        self.heartbeat = Heartbeat(context, config.coordinator, limits, config.job, config.index, self.status)
-        self.heartbeat.start()
+        self.heartbeat.status = self.status
         self.profile = StageProfile() if config.profile else None
         self.setup_seconds = self.timeline.restart()  # the wall clock of the job starts when the stage is ready
         self.cpu_started = time.process_time()
+
+    def _build_and_restore(self, config: StageAssignment) -> tuple[StageCompute | SequenceStage, Shape]:
+        """The stage on its device, with the checkpoint's state when it resumes one."""
+        self.device = resolve_device(config.spec.device, config.index)
+        clock = DeviceClock(self.device) if self.device.startswith("cuda") else None
+        self.timeline = Timeline(config.record_spans, clock)
+        torch.set_num_threads(config.threads)
+        compute, output_shape = self._build(config)
+        self.schedule = compute.schedule
+        if config.restore:
+            try:
+                load_checkpoint(config.restore, compute)
+            except (OSError, RuntimeError, KeyError, ValueError) as error:
+                raise ConfigError(f"cannot restore stage {config.index} from {config.restore}: {error}") from error
+        return compute, output_shape
 
     def _build(self, config: StageAssignment) -> tuple[StageCompute | SequenceStage, Shape]:
         """The stage's arithmetic: a sequence job's recurrent core or readout, else a feed-forward stage."""
@@ -180,3 +191,8 @@ class Session:
 
 
 _SENT = {kind: f"sent_{kind.name.lower()}" for kind in Kind}
+
+
+def _configuring() -> dict[str, Any]:
+    """The heartbeat's status before the stage exists."""
+    return {"steps": 0, "handled": 0, "configuring": True}

@@ -24,7 +24,7 @@ from typing import Callable, Optional
 
 import zmq
 
-from dni.errors import ConfigError, DniError
+from dni.errors import ConfigError, DniError, WriteFailed
 from dni.files import write_text_atomically
 from dni.protocol import (DEFAULT_LIMITS, Endpoints, Kind, Limits, Message, ProtocolError, decode, open_socket,
                           send_message, worker_endpoints)
@@ -243,7 +243,8 @@ class Worker:
             reply = answer(self, identity, decode(request, self.limits))
         except (DniError, ValueError, TypeError, OSError) as error:
             self.refusals.refuse(type(error).__name__, f"control request: {error}")
-            reply = Message(Kind.REPLY, meta={"ok": False, "error": f"{type(error).__name__}: {error}"})
+            reply = Message(Kind.REPLY, meta={"ok": False, "error": f"{type(error).__name__}: {error}",
+                                              **({"write_failed": str(error)} if isinstance(error, WriteFailed) else {})})
         except Exception as error:  # answered, then handled as the failure it is
             send_message(self.control, Message(Kind.REPLY, meta={"ok": False, "error": f"{type(error).__name__}: {error}"}),
                          [identity])

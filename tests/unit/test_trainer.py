@@ -23,7 +23,9 @@ from dni.coordinator.data import Dataset, train_batches
 from dni.coordinator.data import test_batches as evaluation_batches  # not collected as a test
 from dni.coordinator.pipeline import Pipeline, StageFailed, WorkerLost
 from dni.coordinator.results import RunFolder, read_metrics
-from dni.coordinator.trainer import MAX_RECOVERIES, STALL_SECONDS, Trainer
+from dni.coordinator.recovery import RecoveryLimit
+from dni.coordinator.segments import SEGMENTS
+from dni.coordinator.trainer import STALL_SECONDS, Trainer
 from dni.protocol import Endpoints, Kind, Message, Outboxes
 from tests.conftest import small_job
 
@@ -67,6 +69,8 @@ class FakePipeline:
         self.interrupt_at: Optional[int] = None
         self.gone_stage: Optional[int] = None
         self.reconnected: list[tuple[int, Endpoints]] = []
+        self.rejoins_lost: list[int] = []  # a rejoin of this stage raises WorkerLost (the replacement died), once each
+        self.pauses: list[float] = []
         self.silences_forgotten = 0
         self.link = Outboxes()  # the feed's outbox, whose link stats the summary reports
 
@@ -96,9 +100,17 @@ class FakePipeline:
                     stall_timeout: Optional[float] = None) -> list[Message]:
         return [self.request(stage, command, meta, timeout, stall_timeout) for stage in range(STAGES)]
 
-    def rejoin(self, stage: int, new: Endpoints, timeout: float) -> None:
+    def rejoin(self, stage: int, new: Endpoints, timeout: float, replaceable: bool = True) -> None:
+        if self.rejoins_lost:
+            raise WorkerLost(self.rejoins_lost.pop(0), "the replacement died before it answered")
         self.reconnected.append((stage, new))
         self.endpoints[stage] = new
+
+    def keep_alive(self) -> None:
+        pass
+
+    def pause(self, seconds: float) -> None:
+        self.pauses.append(seconds)
 
     def forget_silence(self) -> None:
         self.silences_forgotten += 1
@@ -172,11 +184,12 @@ class Restarts:
     each replacement listens at a new address."""
 
     rejoin_seconds = 5.0
+    spawns = True
 
     def __init__(self) -> None:
         self.stages: list[int] = []
 
-    def replace(self, loss: WorkerLost) -> Endpoints:
+    def replace(self, loss: WorkerLost, keep_alive: Any = None) -> Endpoints:
         self.stages.append(loss.stage)
         return endpoints(loss.stage, len(self.stages))
 
@@ -185,8 +198,9 @@ class Irreplaceable:
     """A pool whose lost workers nothing can replace."""
 
     rejoin_seconds = 0.0
+    spawns = False
 
-    def replace(self, loss: WorkerLost) -> Endpoints:
+    def replace(self, loss: WorkerLost, keep_alive: Any = None) -> Endpoints:
         raise loss
 
 
@@ -359,14 +373,56 @@ def test_without_a_way_to_replace_a_lost_worker_the_run_fails(tmp_path):
         run(tmp_path, pipeline, pool=None)
 
 
-def test_a_worker_that_keeps_dying_ends_the_run_after_the_last_recovery(tmp_path):
+def test_a_worker_that_keeps_dying_ends_the_run_once_max_recoveries_are_spent_within_the_window(tmp_path):
     pipeline = FakePipeline()
-    pipeline.die_at = [3] * (MAX_RECOVERIES + 1)
+    pipeline.die_at = [3] * 4
     restarts = Restarts()
-    trainer = make_trainer(tmp_path, pipeline, restarts)
-    with pytest.raises(WorkerLost):
+    trainer = make_trainer(tmp_path, pipeline, restarts, max_recoveries=3, recovery_window=600)
+    with pytest.raises(RecoveryLimit, match=r"4 workers lost within 10 minutes: giving up \(max_recoveries = 3 within "
+                                            r"recovery_window = 600 s; raise max_recoveries .*the last: stage 1 \(pid 1001\)"):
         trainer.run()
-    assert trainer.recoveries == MAX_RECOVERIES and restarts.stages == [1] * MAX_RECOVERIES
+    assert trainer.recoveries == 3 and restarts.stages == [1] * 3
+
+
+def test_more_losses_than_the_old_cap_of_three_are_all_recovered_by_default(tmp_path):
+    pipeline = FakePipeline()
+    pipeline.die_at = [3, 5, 6, 7, 9, 10, 11, 11]
+    trainer, summary = run(tmp_path, pipeline, Restarts(), iterations=12, eval_every=4, checkpoint_every=2)
+    assert (summary["recoveries"], summary["steps"]) == (8, 12)
+    assert [record["step"] for record in read_metrics(trainer.folder.path)] == [4, 8, 12]
+
+
+def test_a_replacement_lost_during_its_recovery_is_replaced_again_after_a_backoff(tmp_path):
+    pipeline = FakePipeline()
+    pipeline.die_at = [5]
+    pipeline.rejoins_lost = [1, 1]  # the first two replacements die before they answer
+    restarts = Restarts()
+    trainer, summary = run(tmp_path, pipeline, restarts, iterations=12, eval_every=4, checkpoint_every=4)
+    assert restarts.stages == [1, 1, 1] and pipeline.reconnected == [(1, endpoints(1, 3))]
+    assert pipeline.pauses == [0.0, 0.5, 1.0], "no wait before the first try, then doubling"
+    assert (summary["recoveries"], summary["resent_batches"]) == (3, 1), "every try counts; the re-sent batch once"
+    assert pipeline.job_id == f"{JOB_ID}-r3"
+
+
+def test_the_summary_counts_every_segment_of_a_resumed_run(tmp_path):
+    pipeline = FakePipeline()
+    pipeline.die_at = [5]
+    first, _ = run(tmp_path, pipeline, Restarts(), iterations=8, eval_every=4, checkpoint_every=2)
+    segments = json.loads((first.folder.path / SEGMENTS).read_text())
+    assert [(s["from_step"], s["to_step"], s["recoveries"], s["resent_batches"], s["status"]) for s in segments] == [
+        (0, 8, 1, 1, "complete")]
+    position = json.loads((first.folder.path / "checkpoints" / "coordinator.json").read_text())
+    position["step"], position["evaluations"] = 4, 1  # as if stopped at step 4
+    (first.folder.path / "checkpoints" / "coordinator.json").write_text(json.dumps(position))
+    second = FakePipeline()
+    second.die_at = [2, 3]
+    trainer = Trainer(first.job, JOB_ID, tiny_data(), second, first.folder, "ipc:///fake/coordinator", show_progress=False,
+                      pool=Restarts())
+    summary = trainer.run()
+    assert [(s["from_step"], s["recoveries"], s["status"]) for s in summary["segments"]] == [(0, 1, "complete"),
+                                                                                            (4, 2, "complete")]
+    assert (summary["recoveries"], summary["resent_batches"]) == (3, 1 + summary["segments"][1]["resent_batches"])
+    assert summary["total_wall_seconds"] >= summary["wall_seconds"] > 0
 
 
 # -- stopping ----------------------------------------------------------------------------------------------------

@@ -1,0 +1,81 @@
+"""How many lost workers a run replaces, and how it keeps trying while replacements are lost too.
+
+A long run meets faults at some rate, not a fixed number of them, so the limit
+is a rate: at most `max_recoveries` replacements within any `recovery_window`
+seconds. A soak that kills a worker every 15 s never reaches the defaults
+(20 within 300 s); a stage that dies again as soon as it is replaced does, within
+minutes, and the run ends saying which limit it hit and how to raise it.
+
+A recovery may itself be hit: the replacement dies before it answers, another
+worker dies while the stages are restored, a worker freezes during the restore.
+That is one more loss, spent from the same budget, and tried again after a
+short backoff (doubling from BACKOFF_SECONDS up to BACKOFF_LIMIT) so that a
+cause that needs a moment (a port, a file system) gets it.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from typing import Callable, TypeVar
+
+from dni.coordinator.pipeline import StageFailed, WorkerLost
+
+__all__ = ["BACKOFF_LIMIT", "BACKOFF_SECONDS", "RecoveryBudget", "RecoveryLimit", "backoff", "recover"]
+
+log = logging.getLogger("dni.recovery")
+BACKOFF_SECONDS = 0.5
+BACKOFF_LIMIT = 8.0  # well inside a worker's patience with a silent coordinator (20 s), though it is kept beating
+Attempt = TypeVar("Attempt")
+
+
+class RecoveryLimit(StageFailed):
+    """More workers were lost within the window than the job allows: the run gives up."""
+
+
+class RecoveryBudget:
+    """At most `limit` recoveries within any `window` seconds (`limit` 0: none at all)."""
+
+    def __init__(self, limit: int, window: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit = limit
+        self.window = window
+        self.clock = clock
+        self.recent: deque[float] = deque()  # when each recovery inside the window began
+
+    def spend(self, loss: WorkerLost) -> None:
+        """Count one recovery for `loss`; raise RecoveryLimit, naming the limit and the loss, if none is left."""
+        now = self.clock()
+        while self.recent and now - self.recent[0] >= self.window:
+            self.recent.popleft()
+        if len(self.recent) >= self.limit:
+            raise RecoveryLimit(loss.stage, f"{len(self.recent) + 1} workers lost within {_duration(self.window)}: giving up "
+                                            f"(max_recoveries = {self.limit} within recovery_window = {self.window:g} s; "
+                                            f"raise max_recoveries or shorten recovery_window to go on); the last: {loss}")
+        self.recent.append(now)
+
+
+def backoff(retry: int) -> float:
+    """Seconds to wait before the `retry`-th try of one recovery (0 for the first)."""
+    return 0.0 if retry == 0 else min(BACKOFF_LIMIT, BACKOFF_SECONDS * 2 ** (retry - 1))
+
+
+def recover(budget: RecoveryBudget, loss: WorkerLost, attempt: Callable[[WorkerLost, int], Attempt],
+            wait: Callable[[float], None]) -> Attempt:
+    """`attempt(loss, retry)` until it succeeds: each try is spent from `budget`, and a try lost to another fault
+    (`WorkerLost`) is followed, after `wait(backoff)`, by a try for that fault. A try that raises `loss` itself
+    (`WorkerPool.replace`: no worker can take over) ends the recovery."""
+    retry = 0
+    while True:
+        budget.spend(loss)
+        wait(backoff(retry))
+        try:
+            return attempt(loss, retry)
+        except WorkerLost as again:
+            if again is loss:  # the pool gave it back: nothing can replace that worker
+                raise
+            log.warning("the recovery was itself hit: %s", again)
+            loss, retry = again, retry + 1
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:g} minutes" if seconds >= 120 else f"{seconds:g} s"
