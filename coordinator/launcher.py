@@ -63,6 +63,7 @@ class LocalWorkers:
         self.inbox = inbox or (f"ipc://{self.directory}/coordinator" if transport == "ipc" else "tcp://127.0.0.1:*")
         self.log_level = log_level
         self.processes: list[subprocess.Popen] = []
+        self.reported: set[int] = set()  # pids of exited workers that `check` has reported
         self.endpoints: list[Endpoints] = []
         self.count = count
 
@@ -116,9 +117,11 @@ class LocalWorkers:
         return self.endpoints[stage]
 
     def check(self) -> None:
+        """Raise WorkerDied for a worker that exited, once for each: a death reported is being dealt with."""
         for stage, process in enumerate(self.processes):
             code = process.poll()
-            if code is not None:
+            if code is not None and process.pid not in self.reported:
+                self.reported.add(process.pid)
                 how = EXIT_MEANINGS.get(code) or (f"was killed by signal {-code}" if code < 0 else f"died with exit code {code}")
                 raise WorkerDied(stage, f"the worker of stage {stage} (pid {process.pid}) {how}")
 

@@ -88,6 +88,7 @@ class Pipeline:
         self.monitors = [self._monitor(control) for control in self.controls]
         self.disconnected_at: list[Optional[float]] = [None] * len(endpoints)
         self.stopping: set[int] = set()  # stages told to stop, whose connections may drop any moment
+        self.excused: set[int] = set()  # stages lost already, whose new workers are on their way: not judged again
         self.drops = [0] * len(endpoints)  # connections lost per stage: a request sent before one is never answered
         self.delay = link_delay_ms / 1000
         self.feed = Outbox(self._connect(zmq.PUSH, endpoints[0].forward), self.delay, name="feed")
@@ -386,7 +387,7 @@ class Pipeline:
 
     def _check_connections(self) -> None:
         stage = self.gone()
-        if stage is not None:
+        if stage is not None and stage not in self.excused:
             down = time.monotonic() - (self.disconnected_at[stage] or 0.0)
             raise WorkerLost(stage, f"stage {stage} ({self.endpoints[stage].control}) lost its connection {down:.0f}s ago "
                                      "and has not come back: its worker died or its host is unreachable")
@@ -395,7 +396,7 @@ class Pipeline:
         """A silent stage is named, the one silent longest first: when one dies, its neighbours may go quiet after it.
         A worker that serves no job of ours yet (starting, or just replaced) sends no beats, so it is not judged."""
         now = time.monotonic()
-        watched = [index for index in range(self.stages) if self.watched[index]]
+        watched = [index for index in range(self.stages) if self.watched[index] and index not in self.excused]
         if not watched:
             return
         stage = min(watched, key=lambda index: self.last_seen[index])

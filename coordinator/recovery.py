@@ -17,11 +17,14 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from typing import Callable, TypeVar
+from typing import TYPE_CHECKING, Callable, TypeVar
 
-from dni.coordinator.pipeline import StageFailed, WorkerLost
+from dni.coordinator.pipeline import Pipeline, StageFailed, WorkerLost
 
-__all__ = ["BACKOFF_LIMIT", "BACKOFF_SECONDS", "RecoveryBudget", "RecoveryLimit", "backoff", "recover"]
+if TYPE_CHECKING:
+    from dni.coordinator.pools import WorkerPool
+
+__all__ = ["BACKOFF_LIMIT", "BACKOFF_SECONDS", "RecoveryBudget", "RecoveryLimit", "Replacements", "backoff", "recover"]
 
 log = logging.getLogger("dni.recovery")
 BACKOFF_SECONDS = 0.5
@@ -52,6 +55,26 @@ class RecoveryBudget:
                                             f"(max_recoveries = {self.limit} within recovery_window = {self.window:g} s; "
                                             f"raise max_recoveries or shorten recovery_window to go on); the last: {loss}")
         self.recent.append(now)
+
+
+class Replacements:
+    """The lost stages whose new workers are not answering yet. A recovery hit by a second loss still owes the
+    first its replacement: each try brings back every stage lost so far, not only the latest."""
+
+    def __init__(self, pool: WorkerPool, pipeline: Pipeline) -> None:
+        self.pool = pool
+        self.pipeline = pipeline
+        self.owed: dict[int, WorkerLost] = {}
+
+    def bring_back(self, loss: WorkerLost) -> None:
+        """A new worker for `loss`'s stage and for every stage still owed one, each answering at its address."""
+        self.owed[loss.stage] = loss
+        self.pipeline.excused = set(self.owed)  # their silence and dropped connections are known already
+        for stage, lost in sorted(self.owed.items()):
+            endpoints = self.pool.replace(lost, self.pipeline.keep_alive)
+            self.pipeline.rejoin(stage, endpoints, self.pool.rejoin_seconds, self.pool.spawns)
+            del self.owed[stage]
+            self.pipeline.excused.discard(stage)
 
 
 def backoff(retry: int) -> float:

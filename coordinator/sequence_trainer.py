@@ -28,7 +28,7 @@ from dni.coordinator.interrupts import INTERRUPTS
 from dni.coordinator.job import Job
 from dni.coordinator.pipeline import Pipeline, StageFailed, WorkerLost
 from dni.coordinator.progress import Progress
-from dni.coordinator.recovery import RecoveryBudget, recover
+from dni.coordinator.recovery import RecoveryBudget, Replacements, recover
 from dni.coordinator.results import RunFolder
 from dni.coordinator.segments import Segments
 from dni.coordinator.tasks import CharText, Curriculum, SequenceBatch, SequenceTask
@@ -165,7 +165,6 @@ class SequenceTrainer:
                  coordinator_address: str, show_progress: bool = True, *, pool: WorkerPool) -> None:
         self.job, self.job_id, self.task, self.pipeline, self.folder = job, job_id, task, pipeline, folder
         self.coordinator_address = coordinator_address
-        self.pool = pool
         self.total = job.iterations
         self.text = task if isinstance(task, CharText) else None
         self.schedule = FeedSchedule(credit=job.window + len(job.stages))
@@ -177,6 +176,7 @@ class SequenceTrainer:
         self.sent = self.done = 0  # chunks
         self.base_job_id = job_id
         self.budget = RecoveryBudget(job.max_recoveries, job.recovery_window)
+        self.replacements = Replacements(pool, pipeline)
         self.segments = Segments(folder.path)
         self.recoveries = 0  # this segment's: every try of a replacement
         self.resent = 0  # this segment's: chunks sent again after a recovery
@@ -320,8 +320,7 @@ class SequenceTrainer:
         self.recoveries += 1
         self.resent += self.sent - checkpointed
         self.sent = self.done = checkpointed  # counted once, whichever try succeeds
-        self.pipeline.rejoin(loss.stage, self.pool.replace(loss, self.pipeline.keep_alive), self.pool.rejoin_seconds,
-                             self.pool.spawns)
+        self.replacements.bring_back(loss)
         self.job_id = self.pipeline.job_id = f"{self.base_job_id}-r{self.recoveries}"  # stale messages no longer match
         self.pipeline.forget_silence()
         start = self._rewind(position)

@@ -15,7 +15,7 @@ from dni.coordinator.data import Dataset, test_batches, train_batches
 from dni.coordinator.job import Job
 from dni.coordinator.pipeline import Pipeline, PipelineError, StageFailed, WorkerLost
 from dni.coordinator.progress import Progress
-from dni.coordinator.recovery import RecoveryBudget, recover
+from dni.coordinator.recovery import RecoveryBudget, Replacements, recover
 from dni.coordinator.results import RunFolder, read_metrics
 from dni.coordinator.segments import Segments
 from dni.coordinator.shapes import check_last_shape
@@ -90,9 +90,9 @@ class Trainer:
         self.checkpoints = Checkpoints(folder.path / "checkpoints")
         self.records: list[dict[str, Any]] = []
         self.workers: list[dict[str, Any]] = []
-        self.pool = pool  # replaces a lost stage's worker
         self.base_job_id = job_id
         self.budget = RecoveryBudget(job.max_recoveries, job.recovery_window)
+        self.replacements = Replacements(pool, pipeline)
         self.segments = Segments(folder.path)
         self.recoveries = 0  # this segment's: every try of a replacement
         self.resent = 0  # this segment's: batches sent again after a recovery
@@ -237,8 +237,7 @@ class Trainer:
         self.resent += lost
         self.sent = self.done = position.step  # counted once, whichever try succeeds
         self.evaluations.clear()
-        self.pipeline.rejoin(loss.stage, self.pool.replace(loss, self.pipeline.keep_alive), self.pool.rejoin_seconds,
-                             self.pool.spawns)
+        self.replacements.bring_back(loss)
         self.job_id = self.pipeline.job_id = f"{self.base_job_id}-r{self.recoveries}"  # stale messages no longer match
         self.pipeline.forget_silence()
         self.records = self.records[:position.evaluations]

@@ -7,6 +7,7 @@ happened to be writing.
 """
 from __future__ import annotations
 
+import io
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,13 +47,13 @@ def write_text_atomically(target: Path, text: str) -> None:
 
 
 def save_atomically(target: Path, state: Any) -> None:
-    """`torch.save` through a Python file, so that a full disk raises OSError(ENOSPC), not torch's own RuntimeError."""
+    """`torch.save`, serialised in memory first and then written as one Python write: a full disk then raises
+    OSError(ENOSPC), where torch's own writer reports a short write as "unexpected pos"."""
     import torch  # here: the rest of this module is for processes that need no torch
 
-    def save(partial: Path) -> None:
-        with partial.open("wb") as stream:
-            torch.save(state, stream)
-    replace_atomically(target, save)
+    serialised = io.BytesIO()
+    torch.save(state, serialised)
+    replace_atomically(target, lambda partial: partial.write_bytes(serialised.getbuffer()))
 
 
 def _remove(path: Path) -> None:

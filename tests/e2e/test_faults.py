@@ -292,3 +292,116 @@ def test_a_killed_remote_worker_is_named_within_seconds_and_rejoins_if_restarted
         for worker in workers:
             worker.kill()
             worker.wait()
+
+# -- a long run survives any number of faults, and a write that fails says so ----------------------------------------
+
+
+def smoke_job_file(tmp_path: Path, iterations: int, checkpoint_every: int) -> Path:
+    job_file = tmp_path / "job.toml"
+    job_file.write_text(SHORTCUTS["mnist-smoke"].read_text().replace(
+        "iterations = 300", f"iterations = {iterations}\ncheckpoint_every = {checkpoint_every}"))
+    return job_file
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 16 MiB file system of its own (tmpfs), mounted for the test: a disk that can be filled without harm."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("filling a disk needs a tmpfs of its own, which only root can mount (CI runs as root)")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)], check=True)
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(disk: Path, leave: int) -> Path:
+    """Fill `disk` up to `leave` bytes; the filler's path."""
+    filler = disk / "filler"
+    free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+    with filler.open("wb") as stream:
+        stream.write(b"\0" * max(0, free - leave))
+    return filler
+
+
+def test_a_full_disk_ends_the_run_naming_the_file_and_resume_continues_once_space_is_freed(small_disk, data_root, tmp_path):
+    results = small_disk / "runs"
+    job_file = smoke_job_file(tmp_path, iterations=600, checkpoint_every=100)
+    filler: list[Path] = []
+    when_checkpointed(results, lambda: filler.append(fill(small_disk, leave=12 * 1024)))
+    result, workers, _ = run_cli(str(job_file), "--data-root", str(data_root), "--results", str(results))
+    assert filler, "the disk was filled after the first checkpoint"
+    assert result.returncode == 1, result.stderr[-3000:]
+    failure = [line for line in result.stderr.splitlines() if "run failed: " in line]
+    assert len(failure) == 1 and f"no space left on device writing {results}/" in failure[0], result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and not any(alive(pid) for pid in workers)
+    run = next(results.iterdir())
+    assert not list(run.rglob("*.partial")) and not (run / "checkpoints" / "next").exists(), "nothing half-written is left"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "failed" and "no space left on device" in summary["error"]
+    assert summary["resume_from_step"] >= 100
+
+    filler[0].unlink()
+    result, _, _ = run_cli("--resume", str(run))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"resuming from step {summary['resume_from_step']}" in result.stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "complete" and summary["test_accuracy"] > LEARNED
+    assert [segment["status"] for segment in summary["segments"]] == ["failed", "complete"]
+
+
+def test_a_results_folder_that_cannot_be_written_fails_with_one_line_and_no_traceback(data_root, tmp_path):
+    results = tmp_path / "runs"
+    results.mkdir()
+    if subprocess.run(["chattr", "+i", str(results)], capture_output=True).returncode:
+        pytest.skip("chattr +i (an immutable folder, which even root cannot write) is not supported on this file system")
+    try:
+        result, workers, seconds = run_cli("mnist-smoke", "--data-root", str(data_root), "--results", str(results))
+    finally:
+        subprocess.run(["chattr", "-i", str(results)], check=True)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    failure = [line for line in result.stderr.splitlines() if "run failed: " in line]
+    assert len(failure) == 1 and f"operation not permitted writing {results}/mnist_smoke-sg-" in failure[0], result.stderr
+    assert not workers, "refused before any worker started"
+
+
+def test_a_batch_larger_than_the_training_set_exits_2_before_any_worker(data_root, tmp_path):
+    result, workers, _ = run_cli("mnist-smoke", "--data-root", str(data_root), "--results", str(tmp_path),
+                                 "--batch-size", "1000000000", "--train-subset", "6400")
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "batch_size = 1000000000 is larger than the training set (6400 examples after train_subset)" in result.stderr
+    assert not workers and not list(tmp_path.iterdir())
+
+
+def test_a_killed_coordinator_leaves_nothing_the_next_run_does_not_clean_and_resume_counts_every_segment(data_root,
+                                                                                                        tmp_path):
+    sockets, results = tmp_path / "tmp", tmp_path / "runs"
+    sockets.mkdir()
+    environment = {**os.environ, "TMPDIR": str(sockets)}
+    job_file = smoke_job_file(tmp_path, iterations=400, checkpoint_every=100)
+    coordinator = subprocess.Popen([sys.executable, "-m", "dni", "run", str(job_file), "--data-root", str(data_root),
+                                    "--results", str(results), "--no-progress"], env=environment,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    when_checkpointed(results, coordinator.kill).join()
+    coordinator.wait()
+    run = next(results.iterdir())
+    assert len(list(sockets.glob("dni-*"))) == 1, "the killed one's socket folder"
+    assert not (run / "summary.json").exists()
+
+    other = subprocess.run([sys.executable, "-m", "dni", "run", "mnist-smoke", "--data-root", str(data_root),
+                            "--results", str(results), "--iterations", "20", "--no-progress"], env=environment,
+                           capture_output=True, text=True)
+    assert other.returncode == 0, other.stderr[-3000:]
+    assert not list(sockets.glob("dni-*")), "the next run removed the socket folder its dead owner left"
+    killed = json.loads((run / "summary.json").read_text())
+    assert killed["status"] == "killed" and killed["resume_from_step"] >= 100
+    assert f"--resume {run} continues from step {killed['resume_from_step']}" in other.stderr
+
+    resumed = subprocess.run([sys.executable, "-m", "dni", "run", "--resume", str(run), "--no-progress"], env=environment,
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "complete" and summary["test_accuracy"] > LEARNED
+    assert [(segment["from_step"], segment["status"]) for segment in summary["segments"]] == [
+        (0, "killed"), (killed["resume_from_step"], "complete")]
+    assert summary["total_wall_seconds"] > summary["wall_seconds"]

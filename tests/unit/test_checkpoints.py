@@ -48,3 +48,15 @@ def test_a_checkpoint_is_committed_whole_or_not_at_all(tmp_path):
     assert [checkpoints.stage(stage).read_text() for stage in range(3)] == ["400"] * 3
     assert sorted(path.name for path in checkpoints.directory.iterdir()) == [
         "coordinator.json", "stage0.pt", "stage1.pt", "stage2.pt"]
+
+
+def test_a_failed_checkpoint_is_discarded_and_the_last_committed_one_stays(tmp_path):
+    checkpoints = Checkpoints(tmp_path / "checkpoints")
+    checkpoints.begin()
+    checkpoints.staged(0).write_text("100")
+    checkpoints.record(Position(100, 1))
+    checkpoints.begin()
+    checkpoints.staged(0).write_text("a stage saved, the next ran out of disk")
+    checkpoints.discard_uncommitted()
+    assert not checkpoints.pending.exists(), "its disk is free again"
+    assert (checkpoints.position().step, checkpoints.stage(0).read_text()) == (100, "100")

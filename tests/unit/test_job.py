@@ -170,3 +170,21 @@ def test_dataset_normalize_and_num_classes_are_read_checked_and_written_back(tmp
 def test_bad_data_settings_fail_when_the_job_is_read(change, message, tmp_path):
     with pytest.raises(ConfigError, match=message):
         small_job(tmp_path, tmp_path, **change)
+
+
+def test_a_batch_larger_than_the_training_set_is_refused_naming_both(tmp_path):
+    job = small_job(tmp_path, tmp_path, batch_size=1_000_000_000)
+    with pytest.raises(ConfigError, match=r"batch_size = 1000000000 is larger than the training set \(6400 examples after "
+                                          r"train_subset\): use at most 6400"):
+        job.check_fits(6400)
+    small_job(tmp_path, tmp_path, batch_size=6400).check_fits(6400)
+
+
+def test_recovery_limits_are_read_and_checked(tmp_path):
+    job = small_job(tmp_path, tmp_path, max_recoveries=5, recovery_window=600)
+    assert (job.max_recoveries, job.recovery_window) == (5, 600)
+    assert job_as_table(job)["max_recoveries"] == 5
+    with pytest.raises(ConfigError, match="recovery_window must be at least 1"):
+        small_job(tmp_path, tmp_path, recovery_window=0)
+    with pytest.raises(ConfigError, match="max_recoveries must not be negative"):
+        small_job(tmp_path, tmp_path, max_recoveries=-1)

@@ -135,3 +135,49 @@ def test_a_request_whose_worker_is_replaced_at_once_ends_as_a_lost_worker(pipeli
     finally:
         taker.join()
         replacement.close(linger=0)
+
+
+@pytest.fixture
+def quick_pipeline():
+    """Three fake workers behind a pipeline that gives up on a silent one after half a second."""
+    context = zmq.Context()
+    workers = [FakeWorker(context, stage) for stage in range(3)]
+    pipeline = Pipeline(JOB, RemoteWorkers([worker.endpoints for worker in workers], 0, "tcp://127.0.0.1:*"),
+                        heartbeat_timeout=0.5)
+    for worker in workers:
+        worker.connect_report(context, pipeline.inbox_address)
+    yield pipeline, workers
+    pipeline.close()
+    context.destroy(linger=0)
+
+
+def test_a_request_ends_once_a_stage_serving_the_job_falls_silent_naming_it(quick_pipeline):
+    """A frozen worker is lost whatever the coordinator waits for: here a checkpoint that never comes."""
+    pipeline, workers = quick_pipeline
+    for worker in workers:
+        worker.beat()
+    assert pipeline.receive(0.2) is None
+    assert pipeline.watched == [True, True, True]
+    started = time.monotonic()
+    with pytest.raises(WorkerLost, match=r"stage \d .* sent nothing for") as lost:
+        pipeline.request(2, "checkpoint", {"path": "x"}, timeout=30)
+    assert time.monotonic() - started < 3
+    assert lost.value.stage in (0, 1, 2)
+
+
+def test_a_worker_serving_no_job_yet_is_not_judged_by_its_silence(quick_pipeline):
+    """A worker starting up, or a replacement being pinged, sends no beats: only its answer is waited for."""
+    pipeline, workers = quick_pipeline
+
+    def answer_late() -> None:
+        frames = workers[1].control.recv_multipart()
+        time.sleep(1.0)
+        send_message(workers[1].control, Message(Kind.REPLY, meta={"ok": True}), [frames[0]])
+
+    responder = threading.Thread(target=answer_late)
+    responder.start()
+    try:
+        assert pipeline.request(1, "ping", timeout=10).meta["ok"]
+    finally:
+        responder.join()
+    assert pipeline.watched == [False, False, False]

@@ -67,3 +67,29 @@ def test_every_stage_state_goes_into_one_model_file(tmp_path):
     state = torch.load(tmp_path / "model.pt", weights_only=True)
     assert sorted(state) == ["stage0", "stage1"]
     assert state["stage0"]["module.1.weight"].tolist() == [1.0, 1.0] and state["stage1"]["module.1.weight"].shape == (3,)
+
+
+def test_a_run_left_by_a_coordinator_that_is_gone_is_marked_killed_and_resumable(tmp_path, caplog):
+    from dni.coordinator.checkpoints import Position
+    from dni.coordinator.results import mark_abandoned_runs
+    from dni.coordinator.segments import Segments
+    from dni.lifetime import OWNER, claim
+
+    folder = RunFolder.create(small_job(tmp_path, tmp_path / "runs"))
+    with Segments(folder.path).recording(0):
+        pass  # as far as a coordinator got before SIGKILL: its segment is still "running"
+    folder.checkpoints.record(Position(200, 2))
+    folder.checkpoints.begin()
+    folder.checkpoints.staged(0).write_text("uncommitted")
+    (folder.path / OWNER).write_text(json.dumps({"pid": 2 ** 22 + 1, "host": __import__("socket").gethostname()}))
+    alive = RunFolder.create(small_job(tmp_path, tmp_path / "runs", name="other"))
+    claim(alive.path)  # this process: alive
+
+    mark_abandoned_runs(tmp_path / "runs")
+
+    summary = json.loads(folder.summary_path.read_text())
+    assert (summary["status"], summary["resume_from_step"]) == ("killed", 200)
+    assert not folder.checkpoints.pending.exists() and not (folder.path / OWNER).exists()
+    assert [segment.status for segment in Segments(folder.path).all] == ["killed"]
+    assert f"--resume {folder.path} continues from step 200" in caplog.text
+    assert (alive.path / OWNER).exists() and not alive.summary_path.exists()

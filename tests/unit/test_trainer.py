@@ -530,3 +530,13 @@ def test_a_run_resumed_from_a_checkpoint_starts_there_and_keeps_the_records_befo
     assert {config["restore"] is not None for config in pipeline.configs} == {True}
     assert [record["step"] for record in read_metrics(trainer.folder.path)] == [2, 4, 6, 8, 10]
     assert summary["resumed_from_step"] == 4
+
+
+def test_a_recovery_hit_by_the_loss_of_another_stage_brings_both_back(tmp_path):
+    pipeline = FakePipeline()
+    pipeline.die_at = [5]
+    pipeline.rejoins_lost = [2]  # while stage 1's replacement is awaited, stage 2's worker dies
+    restarts = Restarts()
+    run(tmp_path, pipeline, restarts, iterations=12, eval_every=4, checkpoint_every=4)
+    assert restarts.stages == [1, 1, 2]
+    assert pipeline.reconnected == [(1, endpoints(1, 2)), (2, endpoints(2, 3))]
