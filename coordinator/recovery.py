@@ -24,7 +24,8 @@ from dni.coordinator.pipeline import Pipeline, StageFailed, WorkerLost
 if TYPE_CHECKING:
     from dni.coordinator.pools import WorkerPool
 
-__all__ = ["BACKOFF_LIMIT", "BACKOFF_SECONDS", "RecoveryBudget", "RecoveryLimit", "Replacements", "backoff", "recover"]
+__all__ = ["BACKOFF_LIMIT", "BACKOFF_SECONDS", "RecoveryBudget", "RecoveryLimit", "Replacements", "backoff", "recover",
+           "recovering"]
 
 log = logging.getLogger("dni.recovery")
 BACKOFF_SECONDS = 0.5
@@ -98,6 +99,22 @@ def recover(budget: RecoveryBudget, loss: WorkerLost, attempt: Callable[[WorkerL
                 raise
             log.warning("the recovery was itself hit: %s", again)
             loss, retry = again, retry + 1
+
+
+def recovering(budget: RecoveryBudget, attempt: Callable[[WorkerLost, int], int], wait: Callable[[float], None],
+               start: Callable[[], int], train: Callable[[int], Attempt]) -> Attempt:
+    """`train(start())`: a trainer's whole run, from the step `start` gives (configuring every stage) to its end;
+    each worker lost on the way is recovered (`recover` with `attempt`) and training goes on from the step the
+    recovery gives."""
+    try:
+        step = start()
+    except WorkerLost as loss:
+        step = recover(budget, loss, attempt, wait)
+    while True:
+        try:
+            return train(step)
+        except WorkerLost as loss:
+            step = recover(budget, loss, attempt, wait)
 
 
 def _duration(seconds: float) -> str:

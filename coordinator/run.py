@@ -24,7 +24,7 @@ from dni.coordinator.sequence_trainer import SequenceTrainer, check_sequence_sta
 from dni.coordinator.tasks import open_task
 from dni.coordinator.trainer import Trainer
 from dni.errors import ConfigError
-from dni.lifetime import claim, release
+from dni.lifetime import claim, held_by, release
 from dni.protocol import ProtocolError, connectable
 from dni.protocol.linkdelay import describe
 from dni.protocol.security import FIX, Keys, check_plaintext_allowed, load_keys
@@ -67,6 +67,8 @@ def run_job(job: Job, bind: Optional[str] = None, advertise: Optional[str] = Non
             check_sequence_stages(job, task)
         elif data is not None:
             check_stages(job, data.input_shape, data.num_classes)
+    if resume is not None and (owner := held_by(resume.path)) is not None:
+        raise ConfigError(f"{resume.path} is being run by another coordinator (pid {owner}): stop it, or let it finish")
     mark_abandoned_runs(resume.path.parent if resume else Path(job.results))
     folder = resume or RunFolder.create(job)
     job_id = f"{folder.path.name}-{secrets.token_hex(4)}"

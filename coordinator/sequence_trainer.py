@@ -28,7 +28,7 @@ from dni.coordinator.interrupts import INTERRUPTS
 from dni.coordinator.job import Job
 from dni.coordinator.pipeline import Pipeline, StageFailed, WorkerLost
 from dni.coordinator.progress import Progress
-from dni.coordinator.recovery import RecoveryBudget, Replacements, recover
+from dni.coordinator.recovery import RecoveryBudget, Replacements, recovering
 from dni.coordinator.results import RunFolder
 from dni.coordinator.segments import Segments
 from dni.coordinator.tasks import CharText, Curriculum, SequenceBatch, SequenceTask
@@ -209,21 +209,16 @@ class SequenceTrainer:
 
     def _train_recovering(self, position: Position) -> dict[str, Any]:
         """Train to the end and finish; a lost worker is replaced and training goes on from the last checkpoint."""
+        return recovering(self.budget, self._recover, self.pipeline.pause, lambda: self._rewind(position), self._train_to_end)
+
+    def _train_to_end(self, start: int) -> dict[str, Any]:
         try:
-            start = self._rewind(position)
-        except WorkerLost as loss:
-            start = recover(self.budget, loss, self._recover, self.pipeline.pause)
-        while True:
-            try:
-                self._train(start)
-                self._checkpoint(self.total)
-                return self._finish()
-            except WorkerLost as loss:
-                start = recover(self.budget, loss, self._recover, self.pipeline.pause)
-            except KeyboardInterrupt:  # a cut mid-batch would split its sequences: the last checkpoint stays
-                log.warning("interrupted; --resume continues from batch %d, the last checkpoint",
-                            self.checkpoints.position().step)
-                raise
+            self._train(start)
+            self._checkpoint(self.total)
+            return self._finish()
+        except KeyboardInterrupt:  # a cut mid-batch would split its sequences: the last checkpoint stays
+            log.warning("interrupted; --resume continues from batch %d, the last checkpoint", self.checkpoints.position().step)
+            raise
 
     def _train(self, start: int) -> None:
         for index in range(start, self.total):

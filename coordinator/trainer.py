@@ -15,7 +15,7 @@ from dni.coordinator.data import Dataset, test_batches, train_batches
 from dni.coordinator.job import Job
 from dni.coordinator.pipeline import Pipeline, PipelineError, StageFailed, WorkerLost
 from dni.coordinator.progress import Progress
-from dni.coordinator.recovery import RecoveryBudget, Replacements, recover
+from dni.coordinator.recovery import RecoveryBudget, Replacements, recovering
 from dni.coordinator.results import RunFolder, read_metrics
 from dni.coordinator.segments import Segments
 from dni.coordinator.shapes import check_last_shape
@@ -146,20 +146,16 @@ class Trainer:
 
     def _train_recovering(self, position: Position) -> dict[str, Any]:
         """Train to the end and finish; a lost worker is replaced and training goes on from the last checkpoint."""
+        return recovering(self.budget, self._recover, self.pipeline.pause, lambda: self._rewind(position), self._train_to_end)
+
+    def _train_to_end(self, start: int) -> dict[str, Any]:
         try:
-            start = self._rewind(position)
-        except WorkerLost as loss:
-            start = recover(self.budget, loss, self._recover, self.pipeline.pause)
-        while True:
-            try:
-                self._train(start)
-                self._checkpoint()
-                return self._finish()
-            except WorkerLost as loss:
-                start = recover(self.budget, loss, self._recover, self.pipeline.pause)
-            except KeyboardInterrupt:  # with a checkpoint, written first
-                self._checkpoint_on_interrupt()
-                raise
+            self._train(start)
+            self._checkpoint()
+            return self._finish()
+        except KeyboardInterrupt:  # with a checkpoint, written first
+            self._checkpoint_on_interrupt()
+            raise
 
     def _train(self, start: int) -> None:
         batches = train_batches(self.data, self.job.batch_size, self.job.seed, self.total, start)

@@ -20,7 +20,8 @@ from typing import NoReturn, Optional
 
 from dni.files import write_text_atomically
 
-__all__ = ["OWNER", "abandoned_by", "alive", "children", "claim", "descendants", "die_with_parent", "exit_now", "release"]
+__all__ = ["OWNER", "abandoned_by", "alive", "children", "claim", "descendants", "die_with_parent", "exit_now", "held_by",
+           "release"]
 
 PR_SET_PDEATHSIG = 1
 OWNER = "owner.json"  # in a folder a live process works in: its pid and host
@@ -105,11 +106,21 @@ def release(folder: Path) -> None:
 def abandoned_by(folder: Path) -> Optional[int]:
     """The pid of the process on this host that claimed `folder` and is gone; None if it lives, if it ran on another
     host (it cannot be seen from here), or if nobody claimed the folder."""
+    owner = _owner(folder)
+    return owner if owner is not None and not alive(owner) else None
+
+
+def held_by(folder: Path) -> Optional[int]:
+    """The pid of another live process on this host that claimed `folder`; None if there is none."""
+    owner = _owner(folder)
+    return owner if owner is not None and owner != os.getpid() and alive(owner) else None
+
+
+def _owner(folder: Path) -> Optional[int]:
+    """The pid that claimed `folder` on this host; None if it was claimed elsewhere, or not at all."""
     try:
         owner = json.loads((folder / OWNER).read_text())
         pid, host = int(owner["pid"]), str(owner["host"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if host != socket.gethostname() or alive(pid):
-        return None
-    return pid
+    return pid if host == socket.gethostname() else None

@@ -382,9 +382,18 @@ def test_a_killed_coordinator_leaves_nothing_the_next_run_does_not_clean_and_res
     coordinator = subprocess.Popen([sys.executable, "-m", "dni", "run", str(job_file), "--data-root", str(data_root),
                                     "--results", str(results), "--no-progress"], env=environment,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    when_checkpointed(results, coordinator.kill).join()
+    second: list[subprocess.CompletedProcess] = []
+
+    def resume_while_it_runs_then_kill_it() -> None:
+        second.append(subprocess.run([sys.executable, "-m", "dni", "run", "--resume", str(next(results.iterdir())),
+                                      "--no-progress"], env=environment, capture_output=True, text=True))
+        coordinator.kill()
+
+    when_checkpointed(results, resume_while_it_runs_then_kill_it).join()
     coordinator.wait()
     run = next(results.iterdir())
+    assert second[0].returncode == 2 and f"{run} is being run by another coordinator (pid {coordinator.pid})" in \
+        second[0].stderr, second[0].stderr[-2000:]
     assert len(list(sockets.glob("dni-*"))) == 1, "the killed one's socket folder"
     assert not (run / "summary.json").exists()
 

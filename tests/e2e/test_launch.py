@@ -329,3 +329,28 @@ def test_sigterm_to_torchrun_checkpoints_and_stops_everything(tmp_path):
     summary = json.loads((the_run(results) / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["resume_from_step"] > 100, "a last checkpoint on the way out"
     assert not group.left_behind()
+
+
+def test_a_frozen_rank_is_lost_the_group_restarted_and_the_run_resumes(tmp_path):
+    """SIGSTOP, never continued: torchrun sees no death, so the coordinator must. It gives up on the silent rank
+    after the heartbeat timeout and --rejoin-seconds, the failure restarts the group (torchrun kills the frozen
+    rank with it), and the new group resumes from the last checkpoint."""
+    results = tmp_path / "runs"
+    group = Group([standalone(results, "--max-restarts", "1", job_flags=("--rejoin-seconds", "2"))], tmp_path / "logs")
+    frozen: list[int] = []
+
+    def freeze_rank_1() -> None:
+        frozen.append(rank_pid(group.roots, 1))
+        os.kill(frozen[0], signal.SIGSTOP)
+
+    watcher = when_checkpointed(results, freeze_rank_1, running=group.running, timeout=RUN_SECONDS)
+    codes = group.wait()
+    watcher.join()
+    output = group.output()
+    assert frozen, output[-4000:]
+    assert codes == [0], output[-6000:]
+    assert "stage 1" in output and "sent nothing for" in output and "did not come back within 2s" in output
+    summary = json.loads((the_run(results) / "summary.json").read_text())
+    assert summary["status"] == "complete" and summary["resumed_from_step"] >= 100 and summary["attempts"] == 2
+    assert [segment["status"] for segment in summary["segments"]] == ["failed", "complete"]
+    assert not alive(frozen[0]) and not group.left_behind()

@@ -5,7 +5,7 @@ import json
 import os
 import socket
 
-from dni.lifetime import OWNER, abandoned_by, claim, release
+from dni.lifetime import OWNER, abandoned_by, claim, held_by, release
 
 GONE = 2 ** 22 + 1  # above the kernel's largest pid (pid_max is at most 2^22): no process has it
 
@@ -28,3 +28,10 @@ def test_a_folder_of_another_host_or_with_a_mangled_mark_is_left_alone(tmp_path)
     assert abandoned_by(tmp_path) is None
     (tmp_path / OWNER).write_text("{")
     assert abandoned_by(tmp_path) is None
+
+
+def test_a_folder_held_by_another_live_process_is_told_apart_from_ones_own(tmp_path):
+    (tmp_path / OWNER).write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname()}))
+    assert held_by(tmp_path) == os.getppid() and abandoned_by(tmp_path) is None
+    claim(tmp_path)
+    assert held_by(tmp_path) is None, "this process's own"

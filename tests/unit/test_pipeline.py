@@ -34,16 +34,22 @@ class FakeWorker:
         send_message(self.report, Message(Kind.HEARTBEAT, JOB, -1, meta["steps"], self.stage, meta))
 
 
-@pytest.fixture
-def pipeline():
+def pipeline_of_fakes(heartbeat_timeout: float = 10.0):
+    """A pipeline whose three workers the test plays."""
     context = zmq.Context()
     workers = [FakeWorker(context, stage) for stage in range(3)]
-    pipeline = Pipeline(JOB, RemoteWorkers([worker.endpoints for worker in workers], 0, "tcp://127.0.0.1:*"))
+    pipeline = Pipeline(JOB, RemoteWorkers([worker.endpoints for worker in workers], 0, "tcp://127.0.0.1:*"),
+                        heartbeat_timeout=heartbeat_timeout)
     for worker in workers:
         worker.connect_report(context, pipeline.inbox_address)
     yield pipeline, workers
     pipeline.close()
     context.destroy(linger=0)
+
+
+@pytest.fixture
+def pipeline():
+    yield from pipeline_of_fakes()
 
 
 def test_a_failure_in_a_heartbeat_ends_the_wait_naming_the_stage(pipeline):
@@ -139,16 +145,8 @@ def test_a_request_whose_worker_is_replaced_at_once_ends_as_a_lost_worker(pipeli
 
 @pytest.fixture
 def quick_pipeline():
-    """Three fake workers behind a pipeline that gives up on a silent one after half a second."""
-    context = zmq.Context()
-    workers = [FakeWorker(context, stage) for stage in range(3)]
-    pipeline = Pipeline(JOB, RemoteWorkers([worker.endpoints for worker in workers], 0, "tcp://127.0.0.1:*"),
-                        heartbeat_timeout=0.5)
-    for worker in workers:
-        worker.connect_report(context, pipeline.inbox_address)
-    yield pipeline, workers
-    pipeline.close()
-    context.destroy(linger=0)
+    """One that gives up on a silent worker after half a second."""
+    yield from pipeline_of_fakes(heartbeat_timeout=0.5)
 
 
 def test_a_request_ends_once_a_stage_serving_the_job_falls_silent_naming_it(quick_pipeline):

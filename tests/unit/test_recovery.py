@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dni.coordinator.pipeline import WorkerLost
-from dni.coordinator.recovery import BACKOFF_LIMIT, RecoveryBudget, RecoveryLimit, backoff, recover
+from dni.coordinator.recovery import BACKOFF_LIMIT, RecoveryBudget, RecoveryLimit, backoff, recover, recovering
 
 
 def budget(limit: int, window: float) -> tuple[RecoveryBudget, list[float]]:
@@ -72,3 +72,22 @@ def test_retries_that_keep_failing_end_at_the_limit():
 
     with pytest.raises(RecoveryLimit, match="4 workers lost .* the last: try 2 lost"):
         recover(spent, WorkerLost(1, "first"), attempt, lambda seconds: None)
+
+
+def test_a_run_goes_on_from_the_step_each_recovery_gives_whether_the_loss_came_at_the_start_or_in_training():
+    spent, _ = budget(limit=10, window=60)
+    losses = iter([WorkerLost(0, "lost while configuring"), WorkerLost(1, "lost at step 7"), WorkerLost(2, "at step 9")])
+    trained: list[int] = []
+
+    def start() -> int:
+        raise next(losses)
+
+    def train(step: int) -> str:
+        trained.append(step)
+        if len(trained) < 3:
+            raise next(losses)
+        return f"finished after starting at {step}"
+
+    recovered_at = iter([0, 5, 8])
+    result = recovering(spent, lambda loss, retry: next(recovered_at), lambda seconds: None, start, train)
+    assert (result, trained, len(spent.recent)) == ("finished after starting at 8", [0, 5, 8], 3)
