@@ -38,8 +38,8 @@ OVERRIDES = {  # flag -> (job setting, type, help)
     "--checkpoint-every": ("checkpoint_every", int, "steps between checkpoints of every stage (0: only at the end)"),
     "--rejoin-seconds": ("rejoin_seconds", int, "remote workers: seconds a lost worker has to come back at its address "
                          "(restarted by compose or Swarm) before the run fails (default 60; 0: fail at once)"),
-    "--max-recoveries": ("max_recoveries", int, "lost workers replaced within any --recovery-window; one more ends the run "
-                         "(default 20; 0: the first loss ends it)"),
+    "--max-recoveries": ("max_recoveries", int, "lost workers replaced within any --recovery-window, or in a row that resume "
+                         "from the same checkpoint; one more ends the run (default 30; 0: the first loss ends it)"),
     "--recovery-window": ("recovery_window", int, "seconds over which --max-recoveries counts (default 300)"),
     "--batch-size": ("batch_size", int, "examples per training batch"),
     "--lr": ("lr", float, "learning rate of every optimiser"),

@@ -66,7 +66,8 @@ class Job:
     keys: str = ""  # CURVE key directory made by `dni keys DIR`; required when an address reaches beyond loopback
     insecure: bool = False  # run without keys even if `keys` is set; allowed only on loopback and ipc:// addresses
     rejoin_seconds: int = 60  # remote workers: how long a lost one has to come back (restarted by compose, Swarm) before the run fails
-    max_recoveries: int = 20  # lost workers replaced within any recovery_window seconds; one more ends the run (0: none)
+    max_recoveries: int = 30  # lost workers replaced within any recovery_window seconds, or in a row from one checkpoint;
+    # one more ends the run (0: none)
     recovery_window: int = 300
     tensorboard: str = ""  # folder for TensorBoard event files, one subfolder per run ("": none); needs dni[tensorboard]
     loss: str = "cross_entropy"  # the last stage's per-example loss: a built-in name or package.module:function

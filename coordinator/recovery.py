@@ -3,8 +3,10 @@
 A long run meets faults at some rate, not a fixed number of them, so the limit
 is a rate: at most `max_recoveries` replacements within any `recovery_window`
 seconds. A soak that kills a worker every 15 s never reaches the defaults
-(20 within 300 s); a stage that dies again as soon as it is replaced does, within
-minutes, and the run ends saying which limit it hit and how to raise it.
+(30 within 300 s); a stage that dies again as soon as it is replaced does, within
+minutes, and the run ends saying which limit it hit and how to raise it. So does
+a run that makes no progress between faults: `max_recoveries` recoveries in a
+row that all resume from the same checkpoint end it too.
 
 A recovery may itself be hit: the replacement dies before it answers, another
 worker dies while the stages are restored, a worker freezes during the restore.
@@ -34,17 +36,31 @@ Attempt = TypeVar("Attempt")
 
 
 class RecoveryLimit(StageFailed):
-    """More workers were lost within the window than the job allows: the run gives up."""
+    """More workers were lost than the job allows, within the window or without progress: the run gives up."""
 
 
 class RecoveryBudget:
-    """At most `limit` recoveries within any `window` seconds (`limit` 0: none at all)."""
+    """At most `limit` recoveries within any `window` seconds (`limit` 0: none at all), and at most `limit` in a row
+    that resume from the same checkpoint: a worker that dies at the same step every time, or faults that come
+    faster than checkpoints, would otherwise roll the run back forever at any rate."""
 
     def __init__(self, limit: int, window: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.limit = limit
         self.window = window
         self.clock = clock
         self.recent: deque[float] = deque()  # when each recovery inside the window began
+        self.resumed_from = -1  # the checkpoint step the latest recoveries resumed from
+        self.in_a_row = 0  # how many of them did, one after the other
+
+    def resuming_from(self, step: int, loss: WorkerLost) -> None:
+        """A recovery resumes from the checkpoint at `step`; raise RecoveryLimit if `limit` before it did too."""
+        self.in_a_row = self.in_a_row + 1 if step == self.resumed_from else 1
+        self.resumed_from = step
+        if self.in_a_row > self.limit:
+            raise RecoveryLimit(loss.stage, f"{self.in_a_row} workers lost in a row without the run getting past its "
+                                            f"checkpoint at step {step}: giving up (max_recoveries = {self.limit}; "
+                                            f"checkpoint more often, checkpoint_every, if faults come faster than "
+                                            f"checkpoints); the last: {loss}")
 
     def spend(self, loss: WorkerLost) -> None:
         """Count one recovery for `loss`; raise RecoveryLimit, naming the limit and the loss, if none is left."""

@@ -309,6 +309,7 @@ class SequenceTrainer:
     def _recover(self, loss: WorkerLost, retry: int) -> int:
         """A new worker for the lost stage, every stage back to the last checkpoint, training on from there."""
         position = self.checkpoints.position()
+        self.budget.resuming_from(position.step, loss)
         checkpointed = int(position.tally.get("chunks", 0))
         log.warning("%s; replacing its worker%s and resuming every stage from batch %d (%d chunks re-sent)", loss,
                     f" (try {retry + 1} of this recovery)" if retry else "", position.step, self.sent - checkpointed)

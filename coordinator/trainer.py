@@ -226,6 +226,7 @@ class Trainer:
     def _recover(self, loss: WorkerLost, retry: int) -> int:
         """A new worker for the lost stage, every stage rolled back to the last checkpoint, and what was lost re-sent."""
         position = self.checkpoints.position()
+        self.budget.resuming_from(position.step, loss)
         lost = self.sent - position.step
         log.warning("%s; replacing its worker%s and resuming every stage from step %d (%d batches re-sent)", loss,
                     f" (try {retry + 1} of this recovery)" if retry else "", position.step, lost)

@@ -142,7 +142,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--job", default="mnist")
     parser.add_argument("--mode", default="sg")
-    parser.add_argument("--iterations", type=int, default=2000)
+    parser.add_argument("--iterations", type=int, default=6000)
     parser.add_argument("--checkpoint-every", type=int, default=100)
     parser.add_argument("--data-root", default=str(REPO.parent / "shared" / "datasets"))
     parser.add_argument("--seed", type=int, default=0, help="seed of the fault plans (the job keeps its own)")
@@ -150,8 +150,8 @@ def main() -> None:
     parser.add_argument("--stops", type=int, default=8, help="workers SIGSTOPped for good")
     parser.add_argument("--replacement-kills", type=int, default=2, help="replacement workers SIGKILLed as they start")
     parser.add_argument("--checkpoint-stops", type=int, default=2, help="workers SIGSTOPped during a checkpoint")
-    parser.add_argument("--interval", type=float, nargs=2, default=[5.0, 8.0], metavar=("LOW", "HIGH"),
-                        help="seconds from the coordinator's answer to one worker fault to the next (default 5 8)")
+    parser.add_argument("--interval", type=float, nargs=2, default=[10.0, 15.0], metavar=("LOW", "HIGH"),
+                        help="seconds from the coordinator's answer to one worker fault to the next (default 10 15)")
     parser.add_argument("--coordinator-kills", type=int, default=10)
     parser.add_argument("--coordinator-interval", type=float, nargs=2, default=[10.0, 20.0], metavar=("LOW", "HIGH"),
                         help="seconds from a coordinator's start to its kill (default 10 20)")

@@ -91,3 +91,14 @@ def test_a_run_goes_on_from_the_step_each_recovery_gives_whether_the_loss_came_a
     recovered_at = iter([0, 5, 8])
     result = recovering(spent, lambda loss, retry: next(recovered_at), lambda seconds: None, start, train)
     assert (result, trained, len(spent.recent)) == ("finished after starting at 8", [0, 5, 8], 3)
+
+
+def test_recoveries_in_a_row_from_one_checkpoint_end_the_run_at_any_rate():
+    spent, _ = budget(limit=3, window=60)
+    for step in (100, 200, 200, 200):  # progress, then three recoveries that all go back to step 200
+        spent.resuming_from(step, WorkerLost(1, "x"))
+    with pytest.raises(RecoveryLimit, match=r"^4 workers lost in a row without the run getting past its checkpoint at "
+                                            r"step 200: giving up \(max_recoveries = 3; checkpoint more often"):
+        spent.resuming_from(200, WorkerLost(1, "stage 1 gone"))
+    spent.resuming_from(300, WorkerLost(1, "x"))  # past it: counted afresh
+    assert spent.in_a_row == 1
