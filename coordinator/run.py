@@ -67,8 +67,6 @@ def run_job(job: Job, bind: Optional[str] = None, advertise: Optional[str] = Non
             check_sequence_stages(job, task)
         elif data is not None:
             check_stages(job, data.input_shape, data.num_classes)
-    if resume is not None and (owner := held_by(resume.path)) is not None:
-        raise ConfigError(f"{resume.path} is being run by another coordinator (pid {owner}): stop it, or let it finish")
     mark_abandoned_runs(resume.path.parent if resume else Path(job.results))
     folder = resume or RunFolder.create(job)
     job_id = f"{folder.path.name}-{secrets.token_hex(4)}"
@@ -121,6 +119,8 @@ def resume_job(path: Path, **options: Any) -> tuple[RunFolder, dict[str, Any]]:
     """Continue a stopped run from its last checkpoint, with the job it was started with."""
     folder = RunFolder.open(path)
     folder.refuse_if_complete()
+    if (owner := held_by(folder.path)) is not None:
+        raise ConfigError(f"{folder.path} is being run by another coordinator (pid {owner}): stop it, or let it finish")
     return run_job(folder.stored_job(), resume=folder, **options)
 
 

@@ -378,7 +378,7 @@ def test_a_killed_coordinator_leaves_nothing_the_next_run_does_not_clean_and_res
     sockets, results = tmp_path / "tmp", tmp_path / "runs"
     sockets.mkdir()
     environment = {**os.environ, "TMPDIR": str(sockets)}
-    job_file = smoke_job_file(tmp_path, iterations=400, checkpoint_every=100)
+    job_file = smoke_job_file(tmp_path, iterations=800, checkpoint_every=100)
     coordinator = subprocess.Popen([sys.executable, "-m", "dni", "run", str(job_file), "--data-root", str(data_root),
                                     "--results", str(results), "--no-progress"], env=environment,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
