@@ -222,15 +222,3 @@ def test_svhn_without_scipy_says_what_to_install(tmp_path, monkeypatch):
     with pytest.raises(DataError) as error:
         load_dataset("svhn", tmp_path, download=False, verify=False)
     assert str(error.value) == "svhn needs scipy to read its .mat files, and scipy is not installed: pip install scipy"
-
-
-def test_a_subset_larger_than_the_dataset_is_refused_naming_both():
-    from dni.errors import ConfigError
-
-    data = Dataset("mnist", torch.zeros(10, 1, 2, 2, dtype=torch.uint8), torch.zeros(10, dtype=torch.int64),
-                   torch.zeros(4, 1, 2, 2, dtype=torch.uint8), torch.zeros(4, dtype=torch.int64))
-    assert len(data.subset(10, 4).train_y) == 10
-    with pytest.raises(ConfigError, match="^train_subset = 11, but the dataset has only 10 training examples$"):
-        data.subset(11, 0)
-    with pytest.raises(ConfigError, match="^test_subset = 5, but the dataset has only 4 test examples$"):
-        data.subset(0, 5)
