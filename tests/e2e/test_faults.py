@@ -3,7 +3,6 @@ resumes; a hung worker and a dead coordinator are noticed within seconds; a slow
 others back instead of letting memory grow."""
 from __future__ import annotations
 
-import _thread
 import json
 import os
 import signal
@@ -23,22 +22,21 @@ from dni.coordinator.results import RunComplete
 from dni.errors import PipelineError
 from tests.conftest import LEARNED, small_job
 from dni.lifetime import alive, children
-from tests.e2e.processes import run_cli, when_checkpointed
+from tests.e2e.processes import at_first_checkpoint, interrupt, run_cli, when_checkpointed
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.mark.parametrize("transport", ["ipc", "tcp"])
-def test_killed_worker_is_restarted_and_the_run_finishes(transport, data_root, tmp_path):
+def test_killed_worker_is_restarted_and_the_run_finishes(transport, data_root, tmp_path, monkeypatch):
     job = small_job(data_root, tmp_path, mode="sg", iterations=300, checkpoint_every=100)
 
     def kill_stage1() -> None:
         victim = next(pid for pid, command in children(os.getpid()).items() if "stage1" in command)
         os.kill(victim, signal.SIGKILL)
 
-    watcher = when_checkpointed(tmp_path, kill_stage1)
+    at_first_checkpoint(monkeypatch, kill_stage1)
     folder, summary = run_job(job, transport=transport, show_progress=False)
-    watcher.join()
     assert summary["recoveries"] == 1
     assert summary["resent_batches"] > 0, "the batches after the checkpoint were sent again"
     assert summary["test_accuracy"] > LEARNED
@@ -46,12 +44,12 @@ def test_killed_worker_is_restarted_and_the_run_finishes(transport, data_root, t
     assert not any(alive(worker["pid"]) for worker in summary["workers"])
 
 
-def test_stopped_run_resumes_from_its_checkpoint(data_root, tmp_path):
+def test_stopped_run_resumes_from_its_checkpoint(data_root, tmp_path, monkeypatch):
     job = small_job(data_root, tmp_path, mode="cdni", iterations=300, checkpoint_every=100)
-    watcher = when_checkpointed(tmp_path, _thread.interrupt_main)
-    with pytest.raises(KeyboardInterrupt):
-        run_job(job, show_progress=False)
-    watcher.join()
+    with monkeypatch.context() as patch:
+        at_first_checkpoint(patch, interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            run_job(job, show_progress=False)
     run = next(tmp_path.iterdir())
     checkpointed = json.loads((run / "checkpoints" / "coordinator.json").read_text())["step"]
     assert 0 < checkpointed < 300
@@ -326,7 +324,7 @@ def fill(disk: Path, leave: int) -> Path:
 
 def test_a_full_disk_ends_the_run_naming_the_file_and_resume_continues_once_space_is_freed(small_disk, data_root, tmp_path):
     results = small_disk / "runs"
-    job_file = smoke_job_file(tmp_path, iterations=600, checkpoint_every=100)
+    job_file = smoke_job_file(tmp_path, iterations=3000, checkpoint_every=100)  # outlasts the filling on a fast machine
     filler: list[Path] = []
     when_checkpointed(results, lambda: filler.append(fill(small_disk, leave=12 * 1024)))
     result, workers, _ = run_cli(str(job_file), "--data-root", str(data_root), "--results", str(results))
@@ -385,6 +383,7 @@ def test_a_killed_coordinator_leaves_nothing_the_next_run_does_not_clean_and_res
     second: list[subprocess.CompletedProcess] = []
 
     def resume_while_it_runs_then_kill_it() -> None:
+        coordinator.send_signal(signal.SIGSTOP)  # alive, holding its run, however fast it would have finished
         second.append(subprocess.run([sys.executable, "-m", "dni", "run", "--resume", str(next(results.iterdir())),
                                       "--no-progress"], env=environment, capture_output=True, text=True))
         coordinator.kill()

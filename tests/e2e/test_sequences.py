@@ -3,7 +3,6 @@ arithmetic as one process in backprop, a failing recurrent stage named, a lost o
 stream resumed with its kept state."""
 from __future__ import annotations
 
-import _thread
 import json
 import logging
 import math
@@ -18,7 +17,7 @@ from dni.coordinator.job import load_job
 from dni.coordinator.results import RunComplete
 from dni.coordinator.sequences import train_sequences
 from dni.lifetime import alive, children
-from tests.e2e.processes import run_cli, when_checkpointed
+from tests.e2e.processes import at_first_checkpoint, interrupt, run_cli
 
 pytestmark = pytest.mark.e2e
 
@@ -126,29 +125,28 @@ def test_a_failing_recurrent_stage_ends_the_run_within_seconds_naming_it(fault, 
     assert summary["status"] == "failed" and summary["failed_stage"] == stage
 
 
-def test_a_lost_recurrent_worker_is_replaced_and_the_run_finishes(tmp_path):
+def test_a_lost_recurrent_worker_is_replaced_and_the_run_finishes(tmp_path, monkeypatch):
     job = load_job("copy", {"iterations": 60, "checkpoint_every": 20, "threads": 1, "results": str(tmp_path)})
 
     def kill_the_lstm() -> None:
         victim = next(pid for pid, command in children(os.getpid()).items() if "stage0" in command)
         os.kill(victim, signal.SIGKILL)
 
-    watcher = when_checkpointed(tmp_path, kill_the_lstm)
+    at_first_checkpoint(monkeypatch, kill_the_lstm)
     _, summary = run_job(job, show_progress=False)
-    watcher.join()
     assert summary["recoveries"] == 1
     assert [point["batch"] for point in summary["curve"]] == list(range(60)), "batches after the checkpoint ran again"
 
 
-def test_a_character_stream_resumes_with_the_state_its_stages_kept(tmp_path, caplog):
+def test_a_character_stream_resumes_with_the_state_its_stages_kept(tmp_path, caplog, monkeypatch):
     text = tmp_path / "book.txt"
     text.write_text("the quick brown fox jumps over the lazy dog. " * 400)
     job = load_job("chars", {"text": str(text), "iterations": 30, "checkpoint_every": 10, "text_window": 20,
                              "truncation": 5, "threads": 1, "results": str(tmp_path / "runs")})
-    watcher = when_checkpointed(tmp_path / "runs", _thread.interrupt_main)
-    with pytest.raises(KeyboardInterrupt):
-        run_job(job, show_progress=False)
-    watcher.join()
+    with monkeypatch.context() as patch:
+        at_first_checkpoint(patch, interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            run_job(job, show_progress=False)
     run = next((tmp_path / "runs").iterdir())
     checkpointed = json.loads((run / "checkpoints" / "coordinator.json").read_text())["step"]
     assert 0 < checkpointed < 30
