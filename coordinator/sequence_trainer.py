@@ -31,14 +31,13 @@ from dni.coordinator.progress import Progress
 from dni.coordinator.recovery import RecoveryBudget, Replacements, recovering
 from dni.coordinator.results import RunFolder
 from dni.coordinator.segments import Segments
-from dni.coordinator.tasks import CharText, Curriculum, SequenceBatch, SequenceTask
+from dni.coordinator.tasks import CharText, Curriculum, SequenceBatch, SequenceTask, bits_per_step
 from dni.coordinator.trainer import REQUEST_TIMEOUT, STALL_SECONDS, checkpoint_stages, state_of
 from dni.errors import ConfigError
 from dni.protocol import Endpoints, Kind, Message
 from dni.schedule import FeedSchedule
 from dni.spec import StageAssignment
-from dni.workers.sequence_stage import build_sequence_stage
-from dni.workers.timing import Timeline
+from dni.workers.build import build_stages
 
 if TYPE_CHECKING:
     from dni.coordinator.pools import WorkerPool
@@ -71,7 +70,7 @@ class BatchTally:
 
     @property
     def bits_per_step(self) -> float:
-        return self.bits / max(1, self.scored)
+        return bits_per_step(self.bits, self.scored)
 
 
 def batch_for(job: Job, task: SequenceTask, index: int, level: int) -> SequenceBatch:
@@ -125,18 +124,11 @@ def with_readout_width(job: Job, task: SequenceTask) -> Job:
 def check_sequence_stages(job: Job, task: SequenceTask) -> None:
     """Build every stage once on the CPU, each for the previous one's output; ConfigError names a stage that does
     not fit, or a readout whose output is not the task's."""
-    shapes: list[tuple[int, ...]] = [(task.input_size,)]
-    for index in range(len(job.stages)):
-        config = sequence_assignments(job, task, "check", STAND_IN.control, [STAND_IN] * len(job.stages), shapes, None)[index]
-        try:
-            _, shape = build_sequence_stage(config, "cpu", Timeline())
-        except (TypeError, ValueError, RuntimeError) as error:
-            raise ConfigError(f"stage {index} ({config.spec.kind} {config.spec.params}) does not fit its per-step "
-                              f"input of shape {list(shapes[-1])}: {error}") from error
-        shapes.append(shape)
-    if shapes[-1] != (task.output_size,):
-        raise ConfigError(f"the readout ({job.stages[-1].kind}) outputs {list(shapes[-1])} per step, but {task.name} "
-                          f"needs {task.output_size}")
+    built = build_stages(job.stages, input_shape=(task.input_size,), mode=job.mode, num_classes=task.output_size,
+                         seed=job.seed, over_steps=True, optimizer=job.optimizer, discount=job.discount)
+    if built[-1].output_shape != (task.output_size,):
+        raise ConfigError(f"the readout ({job.stages[-1].kind}) outputs {list(built[-1].output_shape)} per step, but "
+                          f"{task.name} needs {task.output_size}")
 
 
 @dataclass
@@ -334,7 +326,7 @@ class SequenceTrainer:
             message = self._receive()
             if message.kind is Kind.EVAL_RESULT:
                 bits, scored = bits + float(message.meta["loss_sum"]), scored + int(message.meta["count"])
-        return bits / max(1, scored)
+        return bits_per_step(bits, scored)
 
     def _finish(self) -> dict[str, Any]:
         wall = time.monotonic() - self.started

@@ -1,6 +1,6 @@
 """A sequence job in one process: the network in one piece, the paper's own setting (Jaderberg et al. 2017, 3.1).
 
-The stages are built as the workers build them (`build_sequence_stage`, the same seeds) and see the same batches
+The stages are built as the workers build them (`build_stages`, the same seeds) and see the same batches
 and chunks (`batch_for`, `chunks_of`), but nothing stands between them: the readout's true gradient goes straight
 back through every recurrent core, so truncated BPTT of T steps reaches through the whole network, and in `sg`
 only the synthesizer over time bridges each truncation (no synthesizer between stages). In `backprop` this is
@@ -18,12 +18,12 @@ import numpy as np
 import torch
 
 from dni.coordinator.job import Job
-from dni.coordinator.sequence_trainer import (STAND_IN, batch_for, chunks_of, sequence_assignments, sequence_summary,
-                                              with_readout_width)
-from dni.coordinator.tasks import CharText, Curriculum, SequenceTask, open_task
-from dni.workers.recurrent import RecurrentCompute
-from dni.workers.sequence_stage import ReadoutStage, RecurrentStage, build_sequence_stage
-from dni.workers.timing import Timeline
+from dni.coordinator.sequence_trainer import batch_for, chunks_of, sequence_summary, with_readout_width
+from dni.coordinator.tasks import CharText, Curriculum, SequenceTask, bits_per_step, open_task
+from dni.spec import Mode
+from dni.workers.blocks import Block, Span
+from dni.workers.build import build_stages
+from dni.workers.compute import StageCompute
 
 __all__ = ["SequenceModel", "train_sequences"]
 
@@ -32,39 +32,37 @@ class SequenceModel:
     """A sequence job's recurrent cores and readout, stepped chunk by chunk in this process."""
 
     def __init__(self, job: Job, task: SequenceTask) -> None:
-        shapes: list[tuple[int, ...]] = [(task.input_size,)]
-        stages = []
-        for index in range(len(job.stages)):
-            config = sequence_assignments(job, task, "local", STAND_IN.control, [STAND_IN] * len(job.stages), shapes, None)[index]
-            stage, shape = build_sequence_stage(config, "cpu", Timeline())
-            stages.append(stage)
-            shapes.append(shape)
-        self.cores: list[RecurrentCompute] = [cast(RecurrentStage, stage).recurrent for stage in stages[:-1]]
-        self.readout = cast(ReadoutStage, stages[-1])
+        built = build_stages(job.stages, input_shape=(task.input_size,), mode=job.mode, num_classes=task.output_size,
+                             seed=job.seed, over_steps=True, optimizer=job.optimizer, discount=job.discount)
+        between = Mode.BACKPROP if job.mode.hidden_stages_learn else Mode.NO_BPROP  # true gradients between stages
+        self.cores = [StageCompute(cast(Block, modules.block), mode=between, optimizer=job.optimizer, first=index == 0,
+                                   name=f"stage {index}") for index, modules in enumerate(built[:-1])]
+        self.readout = StageCompute(cast(Block, built[-1].block), mode=job.mode, optimizer=job.optimizer,
+                                    first=len(built) == 1, loss=task.loss, name="readout")
 
     def train_chunk(self, tensors: dict[str, np.ndarray], flags: dict[str, bool]) -> torch.Tensor:
-        """One chunk forward through every core and the readout, and back; (bits, steps right, steps scored)."""
-        x = torch.from_numpy(tensors["x"])
+        """One chunk forward through every core and the readout, and back; (loss, steps right, steps scored)."""
+        span, x = Span(flags["start"], flags["last"]), torch.from_numpy(tensors["x"])
         for core in self.cores:
-            x = core.forward(x, start=flags["start"])
-        result = self.readout.last_step(x, torch.from_numpy(tensors["labels"]), torch.from_numpy(tensors["mask"]))
-        self.readout.apply_update()
+            x = core.forward(0, x, None, span)
+        result = self.readout.train_last(x, torch.from_numpy(tensors["labels"]), torch.from_numpy(tensors["mask"]), span)
         gradient: Optional[torch.Tensor] = result.upstream
         for core in reversed(self.cores):
-            gradient = core.backward(gradient, last=flags["last"])
+            if gradient is None:
+                break
+            gradient = core.receive_target(0, gradient)
         return result.score
 
-    @torch.no_grad()
     def evaluate(self, text: CharText, limit: int, rows: int, truncation: int) -> float:
         """Bits per character over (at most `limit` characters of) the held-out tail, in `rows` streams."""
-        states: list[Any] = [None] * len(self.cores)
         total = torch.zeros(3, dtype=torch.float64)
-        for tensors, _ in chunks_of(text.evaluation_batch(limit, rows), truncation):
-            x = torch.from_numpy(tensors["x"])
-            for index, core in enumerate(self.cores):
-                x, states[index] = core.evaluate(x, states[index])
-            total += self.readout.evaluate_last(x, torch.from_numpy(tensors["labels"]), torch.from_numpy(tensors["mask"])).score
-        return float(total[0] / total[2])
+        for tensors, flags in chunks_of(text.evaluation_batch(limit, rows), truncation):
+            span, x = Span(flags["start"], flags["last"]), torch.from_numpy(tensors["x"])
+            for core in self.cores:
+                x = core.evaluate(x, None, span)
+            total += self.readout.evaluate_last(x, torch.from_numpy(tensors["labels"]), torch.from_numpy(tensors["mask"]),
+                                                span).score
+        return bits_per_step(float(total[0]), float(total[2]))
 
 
 def train_sequences(job: Job, task: Optional[SequenceTask] = None) -> dict[str, Any]:
@@ -80,7 +78,7 @@ def train_sequences(job: Job, task: Optional[SequenceTask] = None) -> dict[str, 
         total = sum((model.train_chunk(tensors, flags) for tensors, flags in chunks_of(batch_for(job, task, index, level),
                                                                                       job.truncation)),
                     torch.zeros(3, dtype=torch.float64))
-        error = float(total[0] / max(1.0, float(total[2])))
+        error = bits_per_step(float(total[0]), float(total[2]))
         curve.append({"batch": index, "length": level, "bits_per_step": error})
         if text is None:
             curriculum.record(error)

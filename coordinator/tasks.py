@@ -7,12 +7,13 @@
   held-out tail for bits per character.
 
 A batch is one sequence length for every row, so all rows cross each chunk boundary together. Every task names
-the per-step loss its readout scores in bits (`loss`, one of `dni.workers.step_losses`): summed over a copy step's
-bits, a character's cross entropy; `mask` says which steps count (a copy task scores only the reproduction). The curriculum raises the length by one once the error,
+the per-step loss its readout scores (`loss`, one of `dni.workers.losses`, in nats, reported here in bits by
+`bits_per_step`): summed over a copy step's bits, a character's cross entropy; `mask` says which steps count (a copy task scores only the reproduction). The curriculum raises the length by one once the error,
 averaged over the last `window` batches, falls below 0.15 bits per scored time step, as in the paper.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -22,7 +23,13 @@ import torch.nn.functional as F
 
 from dni.errors import DataError
 
-__all__ = ["CharText", "CopyTask", "Curriculum", "RepeatCopyTask", "SOLVED_BITS", "SequenceBatch", "SequenceTask", "open_task"]
+__all__ = ["CharText", "CopyTask", "Curriculum", "RepeatCopyTask", "SOLVED_BITS", "SequenceBatch", "SequenceTask", "bits_per_step",
+           "open_task"]
+
+
+def bits_per_step(loss_sum: float, steps: float) -> float:
+    """A readout's summed loss over its scored steps, in nats, as bits per scored step."""
+    return loss_sum / math.log(2) / max(1.0, steps)
 
 SOLVED_BITS = 0.15  # the paper's threshold: error below this many bits per time step solves a length
 
@@ -40,7 +47,7 @@ class SequenceTask(Protocol):
     name: str
     input_size: int
     output_size: int
-    loss: str  # the per-step loss its readout is scored with (dni.workers.step_losses)
+    loss: str  # the per-step loss its readout is scored with (dni.workers.losses)
 
     def batch(self, length: int, batch_size: int, generator: torch.Generator) -> SequenceBatch: ...
 

@@ -37,7 +37,7 @@ from dni.errors import ConfigError
 
 __all__ = [
     "COORDINATOR_TIMEOUT", "DEVICE_PATTERN", "EXIT_COORDINATOR_SILENT", "EXIT_STOPPED", "LOSS_NAMES",
-    "MAX_LINK_DELAY_MS", "MODE_NAMES", "NONFINITE_POLICIES", "OPTIMIZERS", "STEP_LOSS_NAMES", "Mode", "OptimizerSpec", "StageAssignment",
+    "MAX_LINK_DELAY_MS", "MODE_NAMES", "NONFINITE_POLICIES", "OPTIMIZERS", "Mode", "OptimizerSpec", "StageAssignment",
     "StageSpec", "SynthesizerSpec", "check_device", "check_discount", "check_link_delay", "check_loss", "check_mode", "check_nonfinite",
     "check_optimizer", "check_positive", "check_type",
 ]
@@ -48,8 +48,7 @@ EXIT_STOPPED = 0  # a --once worker whose job was stopped by its coordinator
 EXIT_COORDINATOR_SILENT = 3  # a --once worker that ended its job because the coordinator fell silent
 NONFINITE_POLICIES = ("reject", "count")  # a tensor with NaN/Inf: refuse the message, or count it and go on
 DEVICE_PATTERN = re.compile(r"^(cpu|auto|cuda(:\d+)?)$")
-LOSS_NAMES = ("cross_entropy", "multi_margin")  # the built-in losses (dni.workers.losses); else package.module:function
-STEP_LOSS_NAMES = ("bits", "cross_entropy")  # a sequence job's per-step losses (dni.workers.step_losses), in bits
+LOSS_NAMES = ("cross_entropy", "multi_margin", "bits")  # the built-in losses (dni.workers.losses); else package.module:function
 IMPORT_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
 
 
@@ -186,7 +185,7 @@ class StageAssignment:
                 record_spans=bool(wire.get("record_spans", False)),
                 nonfinite=check_nonfinite(wire.get("nonfinite", "reject")),
                 restore=wire.get("restore"),
-                loss=check_loss(wire.get("loss", "cross_entropy"), sequence=bool(wire.get("truncation", 0))),
+                loss=check_loss(wire.get("loss", "cross_entropy")),
                 link_delay_ms=check_link_delay(wire.get("link_delay_ms", 0.0)),
                 profile=check_type("profile", wire.get("profile", False), bool),
                 cuda_graphs=check_type("cuda_graphs", wire.get("cuda_graphs", True), bool),
@@ -266,13 +265,8 @@ def check_nonfinite(value: Any) -> str:
     return value
 
 
-def check_loss(value: Any, sequence: bool = False) -> str:
-    """A built-in loss name or an import path; whether the path imports is known only where it is resolved.
-    A sequence job's loss is one of its per-step losses (`STEP_LOSS_NAMES`)."""
-    if sequence:
-        if value not in STEP_LOSS_NAMES:
-            raise ConfigError(f"a sequence job's loss {value!r:.60} is not one of {', '.join(STEP_LOSS_NAMES)}")
-        return value
+def check_loss(value: Any) -> str:
+    """A built-in loss name or an import path; whether the path imports is known only where it is resolved."""
     if not (isinstance(value, str) and (value in LOSS_NAMES or IMPORT_PATH.match(value))):
         raise ConfigError(f"loss {value!r:.60} is not one of {', '.join(LOSS_NAMES)} nor an import path package.module:function")
     return value

@@ -1,35 +1,47 @@
-"""What one data message does to a configured stage: checked, computed, and its results put into outboxes.
+"""What one data message does to a configured stage: checked, then the actions of its step carried out.
 
-The forward socket brings training batches (FORWARD) and evaluation batches
-(EVAL); the backward socket brings targets (BACKWARD). A hidden stage sends
-its activation downstream and, in the unlocked modes, updates at once; the
-last stage computes the job's loss and reports to the coordinator. Whatever
-must travel upstream (an input gradient, a synthetic loss target) goes to the
-stage above.
+The forward socket brings training batches (FORWARD) and evaluation batches (EVAL); the backward socket brings
+targets (BACKWARD). Each is checked (`dni.workers.validation`), then the stage carries out the row of actions
+that its role, mode and the message call for (`dni.workers.actions.step_order`), the same for feed-forward and
+recurrent stages.
 
-Each handler is a generator: it yields whenever it has put a message that a
-neighbour is waiting for, and the worker's loop writes the outboxes before it
-resumes the handler. So an activation leaves before the stage's synthetic
-update, and an input gradient before the optimiser step, without any handler
-touching a socket. Refusals (`Rejected`) and the stage's own failures propagate
-to the worker, which counts the one and reports the other as fatal.
+A handler is a generator: it yields after every action that put a message a neighbour waits for, and the
+worker's loop writes the outboxes before it resumes the handler, so no handler touches a socket. Refusals
+(`Rejected`) and the stage's own failures propagate to the worker, which counts the one and reports the other
+as fatal.
 """
 from __future__ import annotations
 
-from typing import Iterator, Optional, Protocol, cast
+from dataclasses import dataclass
+from typing import Callable, Iterator, Optional
 
 import torch
 
 from dni.protocol import Kind, Message, decode
-from dni.workers.compute import EvalResult, StageCompute, score_meta
+from dni.workers.actions import SENDS, Action, Event, Role, step_order
+from dni.workers.blocks import Span
+from dni.workers.compute import EvalResult, LastStageResult, score_meta
 from dni.workers.devices import arrays_on_host, to_device
-from dni.workers.interface import Shape
 from dni.workers.session import Session
-from dni.workers.validation import check_fresh, check_inputs, check_kind, check_origin, check_target
+from dni.workers.validation import check_batch, check_fresh, check_kind, check_origin, check_target
 
-__all__ = ["AwaitsTargets", "Steps", "count_nonfinite", "on_backward", "on_forward", "receive", "send_upstream"]
+__all__ = ["Steps", "StepState", "count_nonfinite", "on_backward", "on_forward", "receive"]
 
 Steps = Iterator[None]  # a handler: each yield lets the loop write what it has put so far
+
+
+@dataclass
+class StepState:
+    """One message's step as its actions carry it out: what came in, and what each action leaves for the next."""
+    message: Message
+    x: Optional[torch.Tensor] = None
+    labels: Optional[torch.Tensor] = None
+    mask: Optional[torch.Tensor] = None
+    span: Span = Span()
+    target: Optional[torch.Tensor] = None
+    output: Optional[torch.Tensor] = None
+    upstream: Optional[torch.Tensor] = None
+    result: Optional[EvalResult] = None
 
 
 def receive(session: Session, frames: list) -> Message:
@@ -42,86 +54,105 @@ def receive(session: Session, frames: list) -> Message:
     return message
 
 
-class AwaitsTargets(Protocol):
-    """A stage that keeps batches until their targets come back: a feed-forward or a recurrent stage."""
-
-    def awaits_target(self, batch: int) -> bool: ...
-
-    def expected_target_shape(self, batch: int) -> Shape: ...
-
-    def take_target(self, batch: int, target: torch.Tensor) -> Optional[torch.Tensor]: ...
-
-    def apply_update(self) -> None: ...
-
-
 def on_forward(session: Session, frames: list) -> Steps:
     """A training or evaluation batch from upstream (or the coordinator, for the first stage)."""
     message = receive(session, frames)
     check_kind(message, "forward")
-    compute, config = cast(StageCompute, session.compute), session.config
-    check_fresh(message, compute.awaits_target(message.batch))
-    inputs = check_inputs(message, config.input_shape, config.num_classes, config.nonfinite)
-    count_nonfinite(session, inputs.nonfinite)
+    check_fresh(message, session.compute.awaits_target(message.batch))
+    batch = check_batch(message, session.config)
+    count_nonfinite(session, batch.nonfinite)
     session.timeline.lap("checks")
-    x, labels = to_device(inputs.x, session.device), to_device(inputs.labels, session.device)
+    mask = None if batch.mask is None else to_device(batch.mask, session.labels_device)
+    state = StepState(message, to_device(batch.x, session.device), to_device(batch.labels, session.labels_device),
+                      mask, batch.span)
     session.timeline.lap("to_device")
-    if message.kind is Kind.EVAL:
-        _evaluate(session, message, x, labels)
-        return
-    if config.is_last:
-        result = compute.last_step(x, labels)
-        send_upstream(session, message.batch, result.upstream)
-        yield  # the target first: the stage above waits for it, the coordinator only counts the result
-        _report(session, Kind.TRAIN_RESULT, message.batch, {}, result)
-        yield
-        compute.apply_update()
-        return
-    h = compute.forward(message.batch, x, labels)
-    assert session.downstream is not None  # every stage but the last has one
-    session.send(session.downstream, Kind.FORWARD, message.batch, message.meta, {"x": h, "labels": labels})
-    yield
-    send_upstream(session, message.batch, compute.follow_synthesizer(message.batch))
-    yield
-    compute.apply_update()
-
-
-def _evaluate(session: Session, message: Message, x: torch.Tensor, labels: torch.Tensor) -> None:
-    compute = cast(StageCompute, session.compute)
-    if not session.config.is_last:
-        output = compute.evaluate(x, labels)
-        assert session.downstream is not None
-        session.send(session.downstream, Kind.EVAL, message.batch, message.meta, {"x": output, "labels": labels})
-        return
-    _report(session, Kind.EVAL_RESULT, message.batch, message.meta, compute.evaluate_last(x, labels))
-
-
-def _report(session: Session, kind: Kind, batch: int, meta: dict, result: EvalResult) -> None:
-    """The last stage's score of a batch, to the coordinator."""
-    score = arrays_on_host({"score": result.score})["score"]
-    session.timeline.lap("to_host")
-    session.check_finite_output("loss", score, batch)
-    session.send(session.report, kind, batch, {**meta, **score_meta(score, result.count)})
+    yield from _run(session, state, Event.EVALUATION if message.kind is Kind.EVAL else Event.BATCH)
 
 
 def on_backward(session: Session, frames: list) -> Steps:
     """A batch's target from downstream."""
     message = receive(session, frames)
     check_kind(message, "backward")
-    compute = cast(AwaitsTargets, session.compute)
+    compute = session.compute
     expected = compute.expected_target_shape(message.batch) if compute.awaits_target(message.batch) else None
     checked = check_target(message, expected, session.config.nonfinite)
     count_nonfinite(session, checked.nonfinite)
     session.timeline.lap("checks")
-    target = to_device(checked.target, session.device)
+    state = StepState(message, target=to_device(checked.target, session.device))
     session.timeline.lap("to_device")
-    send_upstream(session, message.batch, compute.take_target(message.batch, target))
-    yield
-    compute.apply_update()
+    yield from _run(session, state, Event.TARGET)
 
 
-def send_upstream(session: Session, batch: int, target: Optional[torch.Tensor]) -> None:
-    if target is not None and session.upstream is not None:
-        session.send(session.upstream, Kind.BACKWARD, batch, {}, {"target": target})
+def _run(session: Session, state: StepState, event: Event) -> Steps:
+    for action in step_order(session.role, session.config.mode, event):
+        _ACTIONS[action](session, state)
+        if action in SENDS:
+            yield
+
+
+def _forward(session: Session, state: StepState) -> None:
+    state.output = session.compute.forward(state.message.batch, _x(state), state.labels, state.span)
+
+
+def _evaluate(session: Session, state: StepState) -> None:
+    compute, x = session.compute, _x(state)
+    if session.role is Role.LAST:
+        state.result = compute.evaluate_last(x, _labels(state), state.mask, state.span)
+    else:
+        state.output = compute.evaluate(x, state.labels, state.span)
+
+
+def _send_activation(session: Session, state: StepState) -> None:
+    assert session.downstream is not None and state.output is not None  # every stage but the last has one
+    onward = {"x": state.output, "labels": _labels(state)}
+    if state.mask is not None:
+        onward["mask"] = state.mask
+    message = state.message
+    session.send(session.downstream, message.kind, message.batch, message.meta, onward)
+
+
+def _follow_synthesizer(session: Session, state: StepState) -> None:
+    state.upstream = session.compute.follow_synthesizer(state.message.batch)
+
+
+def _loss(session: Session, state: StepState) -> None:
+    result: LastStageResult = session.compute.last_step(_x(state), _labels(state), state.mask, state.span)
+    state.result, state.upstream = result, result.upstream
+
+
+def _take_target(session: Session, state: StepState) -> None:
+    assert state.target is not None
+    state.upstream = session.compute.take_target(state.message.batch, state.target)
+
+
+def _send_input_gradient(session: Session, state: StepState) -> None:
+    if state.upstream is not None and session.upstream is not None:
+        session.send(session.upstream, Kind.BACKWARD, state.message.batch, {}, {"target": state.upstream})
+
+
+def _report(session: Session, state: StepState) -> None:
+    """The last stage's score of a batch, to the coordinator, with the batch's metadata echoed."""
+    assert state.result is not None
+    message, result = state.message, state.result
+    score = arrays_on_host({"score": result.score})["score"]
+    session.timeline.lap("to_host")
+    session.check_finite_output("loss", score, message.batch)
+    kind = Kind.EVAL_RESULT if message.kind is Kind.EVAL else Kind.TRAIN_RESULT
+    session.send(session.report, kind, message.batch, {**message.meta, **score_meta(score, result.count)})
+
+
+def _step(session: Session, state: StepState) -> None:
+    session.compute.apply_update()
+
+
+def _x(state: StepState) -> torch.Tensor:
+    assert state.x is not None
+    return state.x
+
+
+def _labels(state: StepState) -> torch.Tensor:
+    assert state.labels is not None
+    return state.labels
 
 
 def count_nonfinite(session: Session, accepted: int) -> None:
@@ -129,4 +160,9 @@ def count_nonfinite(session: Session, accepted: int) -> None:
         session.messages["nonfinite_accepted"] += accepted
 
 
+_ACTIONS: dict[Action, Callable[[Session, StepState], None]] = {
+    Action.FORWARD: _forward, Action.SEND_ACTIVATION: _send_activation, Action.FOLLOW_SYNTHESIZER: _follow_synthesizer,
+    Action.LOSS: _loss, Action.TAKE_TARGET: _take_target, Action.SEND_INPUT_GRADIENT: _send_input_gradient,
+    Action.REPORT: _report, Action.STEP: _step, Action.EVALUATE: _evaluate,
+}
 _RECEIVED = {kind: f"received_{kind.name.lower()}" for kind in Kind}

@@ -11,13 +11,14 @@ state exists, calls the same multi-tensor kernel directly: the arithmetic of
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable, Optional, cast
+from typing import Any, Callable, Iterable, Optional, cast
 
 import torch
+from torch import nn
 
 from dni.spec import OptimizerSpec
 
-__all__ = ["Stepper", "make_optimizer"]
+__all__ = ["Stepper", "Trained", "make_optimizer"]
 
 
 def make_optimizer(spec: OptimizerSpec, parameters: Iterable[torch.Tensor]) -> torch.optim.Optimizer:
@@ -82,3 +83,21 @@ class Stepper:
             counter.add_(1)
             torch._fused_adam_(parameters, grads, averages, squares, [], steps, **settings)
         return adam
+
+
+class Trained:
+    """A module with its optimiser: what a stage, a synthesizer or a synthesizer over time trains, and saves under
+    its own name (`name`, `name_optimizer`), so a checkpoint's keys follow from the objects a stage holds."""
+
+    def __init__(self, module: nn.Module, spec: OptimizerSpec) -> None:
+        self.module = module
+        self.optimizer = make_optimizer(spec, module.parameters())
+        self.stepper = Stepper(self.optimizer)
+
+    def checkpoint_state(self, name: str) -> dict[str, Any]:
+        return {name: self.module.state_dict(), f"{name}_optimizer": self.optimizer.state_dict()}
+
+    def restore_checkpoint(self, name: str, state: dict[str, Any]) -> None:
+        self.module.load_state_dict(state[name])
+        self.optimizer.load_state_dict(state[f"{name}_optimizer"])
+        self.stepper.refresh()

@@ -1,17 +1,19 @@
-"""A recurrent stage's arithmetic: a core that keeps its state across chunks, trained by truncated BPTT whose
-truncation is bridged by a synthetic gradient (Jaderberg et al. 2017, section 3.1); no sockets here.
+"""A recurrent block: a core that keeps its state across chunks, trained by truncated BPTT whose truncation is
+bridged by a synthetic gradient (Jaderberg et al. 2017, section 3.1); no sockets here.
 
-A sequence arrives in chunks of T time steps. `RecurrentCompute.forward` runs the core over one chunk from the
-state it kept after the previous chunk (a zero state at a sequence's start) and keeps the graph; `backward`
-takes dL_chunk/d(outputs), the gradient of the chunk's own loss w.r.t. its per-step outputs (from the readout
-downstream), updates the core, and keeps the chunk's final state, detached, for the next chunk.
+A sequence arrives in chunks of T time steps. `Recurrent.forward` runs the core over one chunk from the state it
+kept after the previous chunk (a zero state at a sequence's start), keeps the graph and the chunk's final state,
+detached, for the next chunk; `backward` takes dL/d(outputs), the gradient w.r.t. the chunk's per-step outputs
+(true, from the stage below, or synthetic, from the stage's own synthesizer), and puts the core's gradients in
+place; the stage that owns the block (`dni.workers.compute.StageCompute`) steps the core's optimiser, as it
+steps any module's.
 
 The paper's terms in code:
 
 - core unrolled for T steps, truncated BPTT: `forward` starts from the kept state detached, so no gradient
   crosses a chunk boundary; `backprop` is exactly this (the paper's baseline).
 - synthetic gradient at the truncation boundary, delta_hat(s) ~ dL_future/ds: `synthesizer(state_vector(s))`,
-  predicted from the chunk's final state s in `backward` (`sg`).
+  predicted from the chunk's final state s in `backward` (`sg`) by `OverTime`.
 - the update with it: one backward pass of L_chunk + discount * <s, delta_hat(s)> (prediction held constant), so
   the future's gradient reaches every step of the chunk through s.
 - bootstrapped target of delta_hat for the chunk's initial state: the gradient that reaches that state in the
@@ -28,7 +30,7 @@ A core is any `builder(input_shape, **params)` whose module has `initial_state(b
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Protocol, cast
+from typing import Any, Callable, Optional, Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -37,11 +39,12 @@ from torch.func import functional_call
 
 from dni.spec import Mode, OptimizerSpec
 from dni.workers.interface import Shape
-from dni.workers.optimizers import Stepper, make_optimizer
+from dni.workers.blocks import Span
+from dni.workers.optimizers import Trained
 from dni.workers.registry import UnknownBuilderError, import_callable
 from dni.workers.synthesizers import MLPSynthesizer
 
-__all__ = ["BUILTIN_CORES", "RECURRENT_MODES", "GRUCore", "LSTMCore", "RecurrentCompute", "RecurrentCore", "State",
+__all__ = ["BUILTIN_CORES", "RECURRENT_MODES", "GRUCore", "LSTMCore", "OverTime", "Recurrent", "RecurrentCore", "State",
            "bootstrapped_target", "gru", "linear_synthesizer", "lstm", "resolve_core", "state_vector"]
 
 State = tuple[torch.Tensor, ...]
@@ -49,7 +52,7 @@ RECURRENT_MODES = (Mode.BACKPROP, Mode.SG, Mode.NO_BPROP)  # cdni's label and sl
 
 
 class RecurrentCore(Protocol):
-    """What `RecurrentCompute` needs of a core (see the module docstring)."""
+    """What `Recurrent` needs of a core (see the module docstring)."""
     state_size: int
 
     def initial_state(self, batch: int, device: torch.device) -> State: ...
@@ -126,110 +129,114 @@ def state_vector(state: State) -> torch.Tensor:
     return torch.cat([part.flatten(1) for part in state], dim=1)
 
 
-class RecurrentCompute:
-    """One recurrent stage over consecutive chunks: its core, its synthesizer over time and their optimisers.
+class OverTime:
+    """The synthesizer over time of a recurrent block: the DNI interface at each truncation boundary.
 
-    `first` spares the gradient w.r.t. the data (a stage further down returns dL/d(its input) from `backward`);
-    `discount` scales the synthetic gradient at the chunk's end, in the update and in the bootstrapped target.
+    It predicts delta_hat(s) from a chunk's final state s with a snapshot of its weights (the live ones take a
+    step on the previous prediction before this one learns), and learns when the next chunk's backward pass
+    gives the bootstrapped target of that prediction.
     """
 
-    def __init__(self, core: nn.Module, synthesizer: Optional[nn.Module] = None, *, mode: Mode,
-                 optimizer: Optional[OptimizerSpec] = None, first: bool = True, discount: float = 1.0,
-                 name: str = "recurrent stage") -> None:
-        if mode not in RECURRENT_MODES:
-            raise ValueError(f"{name}: a recurrent stage trains in {', '.join(m.value for m in RECURRENT_MODES)}, "
-                             f"not {mode.value}")
-        if mode.uses_synthesizer and synthesizer is None:
-            raise ValueError(f"{name}: {mode.value} needs a synthesizer over time")
-        optimizer = optimizer or OptimizerSpec()
-        self.name, self.mode, self.discount = name, mode, discount
-        self.core = core
-        self.initial_state = cast(RecurrentCore, core).initial_state
-        self.synthesizer = synthesizer if mode.uses_synthesizer else None
-        self.learns = mode.hidden_stages_learn
-        self.needs_input_grad = not first and mode.input_gradient
-        self.core_optimizer = make_optimizer(optimizer, core.parameters())
-        self.core_step = Stepper(self.core_optimizer)
-        self.synthesizer_optimizer = make_optimizer(optimizer, self.synthesizer.parameters()) if self.synthesizer else None
-        self.synthesizer_step = Stepper(self.synthesizer_optimizer) if self.synthesizer_optimizer else None
-        self.state: Optional[State] = None  # the last chunk's final state, detached: where the next chunk starts
-        self.prediction: Optional[torch.Tensor] = None  # delta_hat(state), its graph kept until its target comes
-        self._weights: list[torch.Tensor] = []  # the synthesizer parameters that made it (they move before it learns)
-        self.steps = 0
+    def __init__(self, synthesizer: nn.Module, optimizer: OptimizerSpec) -> None:
+        self.trained = Trained(synthesizer, optimizer)
+        self.synthesizer = synthesizer
+        self._names = [name for name, _ in synthesizer.named_parameters()]
         self._synthesizer_loss: Optional[torch.Tensor] = None
-        self._chunk: Optional[tuple[Optional[torch.Tensor], State, torch.Tensor, State]] = None  # x, initial, outputs, final
 
-    def forward(self, x: torch.Tensor, *, start: bool) -> torch.Tensor:
-        """Run the core over one chunk (B, T, ...) from the kept state, or a zero state when `start`; the outputs."""
-        self.steps += 1
-        if start or self.state is None:
-            self.state, self.prediction, self._weights = self.initial_state(x.shape[0], x.device), None, []
-        if not self.learns:
-            with torch.no_grad():
-                outputs, self.state = self.core(x, self.state)
-            return outputs
-        x.requires_grad_(self.needs_input_grad)
-        initial = tuple(part.detach().requires_grad_(self.prediction is not None) for part in self.state)
-        outputs, final = self.core(x, initial)
-        self._chunk = (x, initial, outputs, final)
-        return outputs.detach()
-
-    def backward(self, output_grad: Optional[torch.Tensor], *, last: bool) -> Optional[torch.Tensor]:
-        """dL_chunk/d(outputs) came back: update the core (with the synthetic gradient at the chunk's end unless
-        `last`), train the previous chunk's prediction on the bootstrapped target, keep the final state.
-        Returns dL/d(input) when this stage sends one upstream."""
-        if not self.learns:
-            return None
-        assert self._chunk is not None, "backward follows forward"
-        x, initial, outputs, final = self._chunk
-        self._chunk = None
-        tensors, grads = [outputs], [output_grad if output_grad is not None else torch.zeros_like(outputs)]
-        upcoming: Optional[torch.Tensor] = None
-        weights: list[torch.Tensor] = []
-        if self.synthesizer is not None and not last:
-            upcoming, weights = self._predict(state_vector(final).detach())
-            tensors += list(final)
-            grads += list((self.discount * upcoming.detach()).split([part.shape[1] for part in final], dim=1))
-        self.core_step.zero_grad()
-        torch.autograd.backward(tensors, grads)
-        if self.prediction is not None:
-            self._train_synthesizer(self.prediction, bootstrapped_target(initial))
-        self.core_step.step()
-        self.state, self.prediction, self._weights = tuple(part.detach() for part in final), upcoming, weights
-        return x.grad if self.needs_input_grad and x is not None else None
-
-    def _predict(self, features: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """delta_hat for a state, made by a snapshot of the synthesizer's weights: the live ones take one step
-        (on the previous prediction) before this one learns."""
-        assert self.synthesizer is not None
-        names = [name for name, _ in self.synthesizer.named_parameters()]
+    def predict(self, features: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         weights = [parameter.detach().clone().requires_grad_() for parameter in self.synthesizer.parameters()]
-        return functional_call(self.synthesizer, dict(zip(names, weights)), (features, None)), weights
+        return functional_call(self.synthesizer, dict(zip(self._names, weights)), (features, None)), weights
 
-    def _train_synthesizer(self, prediction: torch.Tensor, target: torch.Tensor) -> None:
-        """The synthesizer's regression of its prediction onto the bootstrapped target, one optimiser step."""
-        assert self.synthesizer is not None and self.synthesizer_step is not None
+    def learn(self, prediction: torch.Tensor, weights: list[torch.Tensor], target: torch.Tensor) -> None:
+        """The regression of a prediction onto its bootstrapped target, one optimiser step."""
         loss = F.mse_loss(prediction, target)
-        for parameter, grad in zip(self.synthesizer.parameters(), torch.autograd.grad(loss, self._weights)):
+        for parameter, grad in zip(self.synthesizer.parameters(), torch.autograd.grad(loss, weights)):
             parameter.grad = grad
-        self.synthesizer_step.step()
+        self.trained.stepper.step()
         self._synthesizer_loss = loss.detach()
 
-    @property
-    def synthesizer_loss(self) -> float:
-        """The latest synthesizer loss (read from the device only when asked)."""
-        return float(self._synthesizer_loss) if self._synthesizer_loss is not None else 0.0
 
-    @torch.no_grad()
-    def evaluate(self, x: torch.Tensor, state: Optional[State]) -> tuple[torch.Tensor, State]:
-        """The core over a chunk from `state` (None: a zero state), in eval mode; leaves the kept training state alone."""
-        if state is None:
-            state = self.initial_state(x.shape[0], x.device)
-        self.core.eval()
+class Recurrent:
+    """A recurrent core over consecutive chunks, with its synthesizer over time (`sg`) or none (see the module
+    docstring); a block of `dni.workers.blocks`, whose stage trains the core.
+
+    `discount` scales the synthetic gradient at the chunk's end, in the update and in the bootstrapped target.
+    """
+    over_steps = True
+
+    def __init__(self, core: nn.Module, synthesizer: Optional[nn.Module] = None, *, optimizer: OptimizerSpec,
+                 discount: float = 1.0) -> None:
+        self.module = core
+        self.initial_state = cast(RecurrentCore, core).initial_state
+        self.over_time = OverTime(synthesizer, optimizer) if synthesizer is not None else None
+        self.discount = discount
+        self.state: Optional[State] = None  # the last chunk's final state, detached: where the next chunk starts
+        self.prediction: Optional[torch.Tensor] = None  # delta_hat(state), its graph kept until its target comes
+        self._weights: list[torch.Tensor] = []  # the synthesizer parameters that made it
+        self._chunk: Optional[tuple[State, State]] = None  # the chunk in flight: its initial and final states
+        self._eval_state: Optional[State] = None
+
+    def forward(self, x: torch.Tensor, labels: Optional[torch.Tensor], span: Span) -> torch.Tensor:
+        """The core over one chunk (B, T, ...) from the kept state, or a zero state at a sequence's start."""
+        if span.start or self.state is None:
+            self.state, self.prediction, self._weights = self.initial_state(x.shape[0], x.device), None, []
+        learning = torch.is_grad_enabled()
+        initial = tuple(part.detach().requires_grad_(learning and self.prediction is not None) for part in self.state)
+        outputs, final = self.module(x, initial)
+        self.state = tuple(part.detach() for part in final)
+        self._chunk = (initial, final) if learning else None
+        return outputs
+
+    def backward(self, output: torch.Tensor, gradient: torch.Tensor, span: Span) -> None:
+        """dL_chunk/d(outputs): the core's gradients, with the synthetic gradient at the chunk's end unless it ends
+        the sequence; the previous chunk's prediction learns its bootstrapped target."""
+        assert self._chunk is not None, "backward follows forward"
+        initial, final = self._chunk
+        self._chunk = None
+        tensors, grads = [output], [gradient]
+        upcoming: Optional[torch.Tensor] = None
+        weights: list[torch.Tensor] = []
+        if self.over_time is not None and not span.last:
+            upcoming, weights = self.over_time.predict(state_vector(final).detach())
+            tensors += list(final)
+            grads += list((self.discount * upcoming.detach()).split([part.shape[1] for part in final], dim=1))
+        torch.autograd.backward(tensors, grads)
+        if self.over_time is not None and self.prediction is not None:
+            self.over_time.learn(self.prediction, self._weights, bootstrapped_target(initial))
+        self.prediction, self._weights = upcoming, weights
+
+    def evaluate(self, x: torch.Tensor, labels: Optional[torch.Tensor], span: Span) -> torch.Tensor:
+        """The core over an evaluation chunk from the evaluation stream's own state (the training state stays)."""
+        state = self.initial_state(x.shape[0], x.device) if span.start or self._eval_state is None else self._eval_state
+        self.module.eval()
         try:
-            return self.core(x, state)
+            outputs, self._eval_state = self.module(x, state)
         finally:
-            self.core.train()
+            self.module.train()
+        return outputs
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """The kept state across chunks and the synthesizer over time (its pending prediction's graph cannot be
+        saved: the first chunk after a resume trains no synthesizer over time)."""
+        state: dict[str, Any] = {"kept_state": list(self.state or ())}
+        if self.over_time is not None:
+            state.update(self.over_time.trained.checkpoint_state("time_synthesizer"))
+        return state
+
+    def restore_checkpoint(self, state: dict[str, Any]) -> None:
+        if self.over_time is not None:
+            self.over_time.trained.restore_checkpoint("time_synthesizer", state)
+        self.state = tuple(state["kept_state"]) or None
+        self.prediction, self._weights, self._eval_state = None, [], None
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        if self.over_time is None:
+            return {}
+        return {f"time_synthesizer.{k}": v for k, v in self.over_time.synthesizer.state_dict().items()}
+
+    @property
+    def synthesizer_loss(self) -> Optional[torch.Tensor]:
+        return self.over_time._synthesizer_loss if self.over_time is not None else None
 
 
 def bootstrapped_target(initial: State) -> torch.Tensor:

@@ -18,6 +18,7 @@ import logging
 import resource
 import time
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
@@ -27,14 +28,14 @@ from dni.errors import ConfigError, DniError
 from dni.protocol import Kind, Limits, Message, Outbox, Outboxes, open_socket, resolved, send_message
 from dni.protocol.refusals import RefusalLog
 from dni.spec import StageAssignment
-from dni.workers.build import build_stage
+from dni.workers.actions import Role
+from dni.workers.build import assigned_stage
 from dni.workers.checkpoint import load_checkpoint
 from dni.workers.compute import StageCompute
 from dni.workers.devices import arrays_on_host, resolve_device
 from dni.workers.heartbeat import Heartbeat
 from dni.workers.interface import Shape
 from dni.workers.profiling import StageProfile
-from dni.workers.sequence_stage import SequenceStage, build_sequence_stage
 from dni.workers.timing import DeviceClock, Timeline
 from dni.workers.validation import all_finite
 
@@ -47,74 +48,76 @@ class NonFiniteOutput(DniError):
     """This stage produced NaN or Inf: its own failure, not its input's."""
 
 
-class Session:
-    """One configured job on this worker: its stage, its outboxes, its counters."""
+@dataclass
+class Links:
+    """A session's outgoing sockets as outboxes, written in this order: neighbours first, the coordinator only
+    counts results. `report_socket` also carries notifications, sent at once or dropped."""
+    outboxes: Outboxes
+    upstream: Optional[Outbox]
+    downstream: Optional[Outbox]
+    report: Outbox
+    report_socket: Any
 
-    def __init__(self, context: zmq.Context, config: StageAssignment, limits: Limits, refusals: RefusalLog) -> None:
-        self.config = config
-        self.limits = limits
-        self.refusals = refusals
-        # beating while the stage builds and restores, so a worker that freezes there is noticed as soon as anywhere
-        self.heartbeat = Heartbeat(context, config.coordinator, limits, config.job, config.index, _configuring)
-        self.heartbeat.start()
-        try:
-            self.compute, self.output_shape = self._build_and_restore(config)
-        except BaseException:
-            self.heartbeat.stop()
-            raise
-        delay = config.link_delay_ms / 1000
-        self.outboxes = Outboxes()  # written in this order: neighbours first, the coordinator only counts results
-        self.upstream = self._outbox(context, config.upstream, delay, "upstream")
-        self.downstream = self._outbox(context, config.downstream, delay, "downstream")
-        self.report_socket = self._connect(context, config.coordinator, limits)
-        self.report = self.outboxes.add(Outbox(self.report_socket, delay, name="coordinator"))
+    @classmethod
+    def connect(cls, context: zmq.Context, config: StageAssignment, limits: Limits) -> "Links":
+        delay, outboxes = config.link_delay_ms / 1000, Outboxes()
+
+        def outbox(address: Optional[str], name: str) -> Optional[Outbox]:
+            return outboxes.add(Outbox(_connect(context, address, limits), delay, name=name)) if address else None
+        upstream, downstream = outbox(config.upstream, "upstream"), outbox(config.downstream, "downstream")
+        report_socket = _connect(context, config.coordinator, limits)
+        return cls(outboxes, upstream, downstream, outboxes.add(Outbox(report_socket, delay, name="coordinator")),
+                   report_socket)
+
+
+class Session:
+    """One configured job on this worker: its stage, its outboxes, its counters.
+
+    `open` builds the stage (restoring its checkpoint), connects its sockets and starts its heartbeat; the
+    constructor takes them ready, so a test drives the datapath with a stage and outboxes of its own.
+    """
+
+    def __init__(self, config: StageAssignment, compute: StageCompute, output_shape: Shape, links: Links, *,
+                 device: str, timeline: Timeline, limits: Limits, refusals: RefusalLog,
+                 heartbeat: Optional[Heartbeat] = None) -> None:
+        self.config, self.compute, self.output_shape = config, compute, output_shape
+        self.device, self.timeline, self.limits, self.refusals = device, timeline, limits, refusals
+        self.role = Role.LAST if config.is_last else Role.HIDDEN
+        uses_labels = config.is_last or config.mode.conditioned or getattr(compute.module, "wants_labels", False)
+        self.labels_device = device if uses_labels else "cpu"  # labels only passed on stay on the host
+        self.schedule = compute.schedule
+        self.outboxes, self.upstream, self.downstream = links.outboxes, links.upstream, links.downstream
+        self.report, self.report_socket = links.report, links.report_socket
         self.messages: Counter[str] = Counter()
         self.flush_waiters: list[bytes] = []  # control identities owed a reply once no batch awaits its target
         self.failure: Optional[str] = None
         self.handled = 0  # data messages taken in: progress the coordinator can see even while no result comes out
         self.tick = self.last_heard = time.monotonic()
-        self.heartbeat.status = self.status
+        self.heartbeat = heartbeat
+        if heartbeat is not None:
+            heartbeat.status = self.status
         self.profile = StageProfile() if config.profile else None
         self.setup_seconds = self.timeline.restart()  # the wall clock of the job starts when the stage is ready
         self.cpu_started = time.process_time()
 
-    def _build_and_restore(self, config: StageAssignment) -> tuple[StageCompute | SequenceStage, Shape]:
-        """The stage on its device, with the checkpoint's state when it resumes one."""
-        self.device = resolve_device(config.spec.device, config.index)
-        clock = DeviceClock(self.device) if self.device.startswith("cuda") else None
-        self.timeline = Timeline(config.record_spans, clock)
-        torch.set_num_threads(config.threads)
-        compute, output_shape = self._build(config)
-        self.schedule = compute.schedule
-        if config.restore:
-            try:
-                load_checkpoint(config.restore, compute)
-            except (OSError, RuntimeError, KeyError, ValueError) as error:
-                raise ConfigError(f"cannot restore stage {config.index} from {config.restore}: {error}") from error
-        return compute, output_shape
-
-    def _build(self, config: StageAssignment) -> tuple[StageCompute | SequenceStage, Shape]:
-        """The stage's arithmetic: a sequence job's recurrent core or readout, else a feed-forward stage."""
-        if config.truncation:
-            return build_sequence_stage(config, self.device, self.timeline)
-        modules = build_stage(config.spec, index=config.index, input_shape=config.input_shape, mode=config.mode,
-                              num_classes=config.num_classes, seed=config.seed, is_last=config.is_last, device=self.device)
-        return StageCompute.assigned(config, modules, self.timeline), modules.output_shape
-
-    @staticmethod
-    def _connect(context: zmq.Context, address: str, limits: Limits) -> zmq.Socket:
-        socket = open_socket(context, zmq.PUSH, limits)
-        socket.connect(resolved(address))
-        return socket
-
-    def _outbox(self, context: zmq.Context, address: Optional[str], delay: float, name: str) -> Optional[Outbox]:
-        if not address:
-            return None
-        return self.outboxes.add(Outbox(self._connect(context, address, self.limits), delay, name=name))
-
-    def silence(self) -> float:
-        """Seconds since the coordinator was last heard; past COORDINATOR_TIMEOUT the job ends."""
-        return time.monotonic() - self.last_heard
+    @classmethod
+    def open(cls, context: zmq.Context, config: StageAssignment, limits: Limits, refusals: RefusalLog) -> "Session":
+        """The session of `config`: beating while the stage builds and restores, so a worker that freezes there
+        is noticed as soon as anywhere."""
+        heartbeat = Heartbeat(context, config.coordinator, limits, config.job, config.index, _configuring)
+        heartbeat.start()
+        try:
+            device = resolve_device(config.spec.device, config.index)
+            timeline = Timeline(config.record_spans, DeviceClock(device) if device.startswith("cuda") else None)
+            torch.set_num_threads(config.threads)
+            compute, output_shape = assigned_stage(config, device, timeline)
+            _restore(config, compute)
+            links = Links.connect(context, config, limits)
+        except BaseException:
+            heartbeat.stop()
+            raise
+        return cls(config, compute, output_shape, links, device=device, timeline=timeline, limits=limits,
+                   refusals=refusals, heartbeat=heartbeat)
 
     def status(self) -> dict[str, Any]:
         """What each heartbeat tells the coordinator (read from the heartbeat thread: plain values only)."""
@@ -185,9 +188,25 @@ class Session:
             log.info("stage %d dropped %d message(s) its peers had not taken", self.config.index, dropped)
         if self.profile is not None:
             self.profile.stop()
-        self.heartbeat.stop()
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
         for outbox in self.outboxes.all:
             outbox.socket.close()
+
+
+def _connect(context: zmq.Context, address: str, limits: Limits) -> zmq.Socket:
+    socket = open_socket(context, zmq.PUSH, limits)
+    socket.connect(resolved(address))
+    return socket
+
+
+def _restore(config: StageAssignment, compute: StageCompute) -> None:
+    """The stage's state from the checkpoint it resumes, if any."""
+    if config.restore:
+        try:
+            load_checkpoint(config.restore, compute)
+        except (OSError, RuntimeError, KeyError, ValueError) as error:
+            raise ConfigError(f"cannot restore stage {config.index} from {config.restore}: {error}") from error
 
 
 _SENT = {kind: f"sent_{kind.name.lower()}" for kind in Kind}

@@ -19,9 +19,11 @@ import numpy as np
 
 from dni.errors import DniError
 from dni.protocol import Kind, Message
+from dni.spec import StageAssignment
+from dni.workers.blocks import WHOLE, Span
 from dni.workers.interface import Shape
 
-__all__ = ["Chunk", "Inputs", "Rejected", "Target", "all_finite", "check_chunk", "check_fresh", "check_inputs", "check_kind", "check_origin", "check_target"]
+__all__ = ["Batch", "Rejected", "Target", "all_finite", "check_batch", "check_fresh", "check_kind", "check_origin", "check_target"]
 
 DATA_KINDS = {"forward": (Kind.FORWARD, Kind.EVAL), "backward": (Kind.BACKWARD,)}  # what each data socket accepts
 
@@ -39,20 +41,13 @@ class Rejected(DniError):
         self.lost = lost
 
 
-class Inputs(NamedTuple):
-    """A batch's checked arrays, and how many of them held NaN/Inf accepted under `nonfinite = "count"`."""
+class Batch(NamedTuple):
+    """A checked batch (or a sequence's chunk): its arrays, where it lies in its sequence, and how many of its arrays
+    held NaN/Inf accepted under `nonfinite = "count"`."""
     x: np.ndarray
     labels: np.ndarray
-    nonfinite: int
-
-
-class Chunk(NamedTuple):
-    """A sequence job's checked chunk: its steps, per-step targets and mask, and where it lies in its sequence."""
-    x: np.ndarray
-    labels: np.ndarray
-    mask: np.ndarray
-    start: bool
-    last: bool
+    mask: Optional[np.ndarray]
+    span: Span
     nonfinite: int
 
 
@@ -81,43 +76,45 @@ def check_fresh(message: Message, in_flight: bool) -> None:
         raise Rejected(f"batch {message.batch} is already in flight (duplicate or replayed)")
 
 
-def check_inputs(message: Message, input_shape: Shape, num_classes: int, nonfinite: str) -> Inputs:
-    """The batch's `x` (float32, B x input_shape) and `labels` (int64 in range); a refusal here loses the batch."""
-    x, labels = message.tensors.get("x"), message.tensors.get("labels")
-    if x is None or labels is None:
-        raise Rejected(f"{message.kind.name} needs tensors 'x' and 'labels', got {sorted(message.tensors)}", message)
-    if x.dtype != np.float32 or tuple(x.shape[1:]) != tuple(input_shape) or x.shape[0] == 0:
-        raise Rejected(f"x must be float32 (B, {', '.join(map(str, input_shape))}), got {x.dtype} {list(x.shape)}", message)
-    if labels.dtype != np.int64 or labels.shape != (x.shape[0],):
-        raise Rejected(f"labels must be int64 ({x.shape[0]},), got {labels.dtype} {list(labels.shape)}", message)
-    if labels.size and not 0 <= labels.min() <= labels.max() < num_classes:
-        raise Rejected(f"labels must lie in 0..{num_classes - 1}", message)
-    return Inputs(x, labels, _nonfinite("x", x, message, nonfinite))
+def check_batch(message: Message, config: StageAssignment) -> Batch:
+    """A training or evaluation batch as the stage agreed to take it; a refusal here loses the batch.
 
-
-def check_chunk(message: Message, input_shape: Shape, truncation: int, loss: str, num_classes: int,
-                nonfinite: str) -> Chunk:
-    """A sequence job's chunk: `x` float32 (B, T, *input_shape) with 1 <= T <= truncation, `labels` the per-step
-    targets (float32 (B, T, num_classes) of 0s and 1s for the `bits` loss, else int64 (B, T) classes in range),
-    `mask` float32 (B, T) of 0s and 1s, and bools `start` and `last` in the metadata; a refusal loses the chunk."""
+    `x` is float32 (B, *input_shape), or (B, T, *input_shape) with 1 <= T <= truncation where messages carry
+    chunks of sequences; `labels` are the job's loss's: int64 classes in range, or float32 vectors of
+    `num_classes` bits (the `bits` loss), one per example (per step of a chunk); a chunk also carries `mask`,
+    float32 (B, T) of 0s and 1s, and bools `start` and `last` in its metadata.
+    """
+    chunked = config.truncation > 0
+    names = ("x", "labels", "mask") if chunked else ("x", "labels")
     x, labels, mask = (message.tensors.get(name) for name in ("x", "labels", "mask"))
-    if x is None or labels is None or mask is None:
-        raise Rejected(f"{message.kind.name} chunk needs tensors 'x', 'labels' and 'mask', got {sorted(message.tensors)}", message)
-    if x.dtype != np.float32 or x.ndim != 2 + len(input_shape) or tuple(x.shape[2:]) != tuple(input_shape) \
-            or x.shape[0] == 0 or not 1 <= x.shape[1] <= truncation:
-        raise Rejected(f"x must be float32 (B, T <= {truncation}, {', '.join(map(str, input_shape))}), "
-                       f"got {x.dtype} {list(x.shape)}", message)
-    steps = tuple(x.shape[:2])
-    if mask.dtype != np.float32 or mask.shape != steps or not np.isin(mask, (0.0, 1.0)).all():
-        raise Rejected(f"mask must be float32 {list(steps)} of 0s and 1s, got {mask.dtype} {list(mask.shape)}", message)
-    _check_step_targets(message, labels, steps, loss, num_classes)
+    if x is None or labels is None or (chunked and mask is None):
+        raise Rejected(f"{message.kind.name}{' chunk' if chunked else ''} needs tensors {_listed(names)}, "
+                       f"got {sorted(message.tensors)}", message)
+    steps = _check_x(message, x, tuple(config.input_shape), config.truncation)
+    _check_labels(message, labels, steps, config.loss, config.num_classes)
+    if not chunked:
+        return Batch(x, labels, None, WHOLE, _nonfinite("x", x, message, config.nonfinite))
+    if mask is None or mask.dtype != np.float32 or mask.shape != steps or not np.isin(mask, (0.0, 1.0)).all():
+        got = "nothing" if mask is None else f"{mask.dtype} {list(mask.shape)}"
+        raise Rejected(f"mask must be float32 {list(steps)} of 0s and 1s, got {got}", message)
     start, last = message.meta.get("start"), message.meta.get("last")
     if not (isinstance(start, bool) and isinstance(last, bool)):
         raise Rejected(f"a chunk's meta needs bools 'start' and 'last', got {start!r:.20} and {last!r:.20}", message)
-    return Chunk(x, labels, mask, start, last, _nonfinite("x", x, message, nonfinite))
+    return Batch(x, labels, mask, Span(start, last), _nonfinite("x", x, message, config.nonfinite))
 
 
-def _check_step_targets(message: Message, labels: np.ndarray, steps: tuple[int, ...], loss: str, num_classes: int) -> None:
+def _check_x(message: Message, x: np.ndarray, input_shape: Shape, truncation: int) -> tuple[int, ...]:
+    """The examples' leading dimensions: (B,), or (B, T) for a chunk of T <= truncation steps."""
+    lead = 2 if truncation else 1
+    fits = x.dtype == np.float32 and x.ndim == lead + len(input_shape) and tuple(x.shape[lead:]) == input_shape \
+        and x.shape[0] > 0 and (not truncation or 1 <= x.shape[1] <= truncation)
+    if not fits:
+        dims = ", ".join(["B", *([f"T <= {truncation}"] if truncation else []), *map(str, input_shape)])
+        raise Rejected(f"x must be float32 ({dims}), got {x.dtype} {list(x.shape)}", message)
+    return tuple(x.shape[:lead])
+
+
+def _check_labels(message: Message, labels: np.ndarray, steps: tuple[int, ...], loss: str, num_classes: int) -> None:
     if loss == "bits":
         if labels.dtype != np.float32 or labels.shape != (*steps, num_classes) or not np.isin(labels, (0.0, 1.0)).all():
             raise Rejected(f"labels must be float32 {[*steps, num_classes]} of 0s and 1s, got {labels.dtype} "
@@ -127,6 +124,11 @@ def _check_step_targets(message: Message, labels: np.ndarray, steps: tuple[int, 
         raise Rejected(f"labels must be int64 {list(steps)}, got {labels.dtype} {list(labels.shape)}", message)
     if labels.size and not 0 <= labels.min() <= labels.max() < num_classes:
         raise Rejected(f"labels must lie in 0..{num_classes - 1}", message)
+
+
+def _listed(names: tuple[str, ...]) -> str:
+    quoted = [f"'{name}'" for name in names]
+    return f"{', '.join(quoted[:-1])} and {quoted[-1]}"
 
 
 def check_target(message: Message, expected: Optional[Shape], nonfinite: str) -> Target:

@@ -32,7 +32,7 @@ from dni.protocol.linkdelay import poll_within
 from dni.protocol.refusals import RefusalLog
 from dni.protocol.security import Keys, check_plaintext_allowed, make_server, secure_context
 from dni.spec import StageAssignment
-from dni.workers import chunk_datapath, datapath
+from dni.workers import datapath
 from dni.workers.commands import answer
 from dni.spec import COORDINATOR_TIMEOUT, EXIT_COORDINATOR_SILENT, EXIT_STOPPED
 from dni.workers.session import Session
@@ -95,7 +95,6 @@ class Worker:
         self.backward_in = self._bind(zmq.PULL, endpoints.backward)
         self.endpoints = Endpoints(*(_bound_address(socket) for socket in (self.control, self.forward_in, self.backward_in)))
         self.session: Optional[Session] = None
-        self._on_forward: Callable[[Session, list], datapath.Steps] = datapath.on_forward
         self.refusals = RefusalLog(log, "refused a message")
         self.running = True
         self.exit_code = EXIT_STOPPED
@@ -170,7 +169,7 @@ class Worker:
         if self.backward_in in events:
             self._take(session, self.backward_in, datapath.on_backward)
         if self.forward_in in events:
-            self._take(session, self.forward_in, self._on_forward)
+            self._take(session, self.forward_in, datapath.on_forward)
         session.write()
         if session.flush_waiters and not session.compute.in_flight:
             self._release_flush_waiters(session)
@@ -262,8 +261,7 @@ class Worker:
     def start_session(self, config: StageAssignment) -> Session:
         if self.session is not None:
             self.end_session(f"reconfigured for job {config.job}", EXIT_STOPPED, keep_serving=True)
-        self.session = Session(self.context, config, self.limits, self.refusals)
-        self._on_forward = chunk_datapath.on_forward if config.truncation else datapath.on_forward
+        self.session = Session.open(self.context, config, self.limits, self.refusals)
         log.info("stage %d of job %s: %s, output %s", config.index, config.job, config.spec.kind, self.session.output_shape)
         return self.session
 
