@@ -1,7 +1,7 @@
 """One stage's training arithmetic in every mode; no sockets here.
 
 `StageCompute` is built from a module, a synthesizer and a mode, so a plain
-training loop can step stages one after another (README.md shows one); a
+training loop can step stages one after another (docs/api.md shows one); a
 worker builds it from its assignment (`StageCompute.assigned`).
 
 The worker calls `forward` when a batch arrives, sends the activation
