@@ -77,7 +77,7 @@ def package_version() -> str:
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `dni run`; `python -m dni.launch` takes the same ones."""
     parser.add_argument("job", nargs="?", help="mnist, cifar10, copy, repeat-copy, chars, or a path to a job file "
-                        "(see README: job files)")
+                        "(see docs/jobs.md)")
     parser.add_argument("--resume", type=Path, metavar="RUN", help="continue a stopped run folder from its last checkpoint")
     for flag, (_, kind, text) in OVERRIDES.items():
         parser.add_argument(flag, type=kind, help=text, choices=MODE_NAMES if flag == "--mode" else None)

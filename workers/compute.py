@@ -1,7 +1,7 @@
 """One stage's training arithmetic in every mode; no sockets here.
 
 `StageCompute` is built from a module (or a block: `dni.workers.blocks`), a synthesizer and a mode, so a plain
-training loop can step stages one after another (README.md shows one); a worker builds it from its assignment
+training loop can step stages one after another (docs/api.md shows one); a worker builds it from its assignment
 (`dni.workers.build.build_stage`). Feed-forward layers, a sequence job's recurrent cores and its per-step
 readout are all this one stage around a different block.
 

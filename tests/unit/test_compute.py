@@ -437,19 +437,19 @@ def test_a_stage_refuses_settings_its_mode_cannot_run_with():
         StageCompute(modules.module, mode=Mode.SG)
 
 
-# -- the README's single-process loop ---------------------------------------------------------------------------
+# -- the library page's single-process loop (docs/api.md) -------------------------------------------------------
 
 
-def readme_loop() -> str:
-    """The README's Python block that builds StageComputes and trains them."""
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", readme, re.DOTALL)
+def documented_loop() -> str:
+    """docs/api.md's Python block that builds StageComputes and trains them (it was the README's)."""
+    page = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", page, re.DOTALL)
     return next(block for block in blocks if "dni.StageCompute(" in block)
 
 
-def test_the_readme_loop_steps_every_stage_and_every_synthesizer_learns():
+def test_the_documented_loop_steps_every_stage_and_every_synthesizer_learns():
     namespace: dict = {}
-    exec(compile(readme_loop(), "README.md", "exec"), namespace)
+    exec(compile(documented_loop(), "docs/api.md", "exec"), namespace)
     stages, steps = namespace["stages"], len(namespace["batches"])
     assert len(stages) == 3 and [stage.synthesizer is None for stage in stages] == [False, False, True]
     for stage in stages:
