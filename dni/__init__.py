@@ -17,20 +17,40 @@ stage and its neighbours) and `dni.coordinator` (the job).
 """
 from __future__ import annotations
 
+import importlib.abc
+import sys
 from importlib import import_module
+from importlib.machinery import ModuleSpec
+from importlib.util import spec_from_file_location
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 __all__ = [
     "Job", "MLPSynthesizer", "Mode", "OptimizerSpec", "StageBuilder", "StageCompute", "SynthesizerBuilder", "load_job",
     "resume_job", "run_job", "split",
 ]
 
+SUBPACKAGES = ("protocol", "workers", "coordinator")  # the folders beside this one that install as dni.X
+
+
+class _CheckoutFinder(importlib.abc.MetaPathFinder):
+    """A source checkout imports as dni without installation, as on a machine that only receives the working tree:
+    exactly the three named folders beside this one, as dni.protocol, dni.workers and dni.coordinator (any other
+    folder stays what it is); an installed dni finds its own subpackages first."""
+
+    def __init__(self, checkout: Path) -> None:
+        self.folders = {f"dni.{name}": checkout / name for name in SUBPACKAGES}
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Optional[ModuleSpec]:
+        folder = self.folders.get(fullname)
+        if folder is None:
+            return None
+        return spec_from_file_location(fullname, folder / "__init__.py", submodule_search_locations=[str(folder)])
+
+
 _CHECKOUT = Path(__file__).resolve().parent.parent
-if all((_CHECKOUT / folder / "__init__.py").is_file() for folder in ("protocol", "workers", "coordinator")):
-    # A source checkout (the folders beside this one) imports as dni without installation, as on a
-    # machine that only receives the working tree; an installed dni finds its own subpackages first.
-    __path__.append(str(_CHECKOUT))
+if all((_CHECKOUT / folder / "__init__.py").is_file() for folder in SUBPACKAGES):
+    sys.meta_path.append(_CheckoutFinder(_CHECKOUT))
 
 _HOMES = {
     "Job": "dni.coordinator.job", "load_job": "dni.coordinator.job",

@@ -10,10 +10,9 @@ from typing import Callable, TypeVar
 
 from torch import nn
 
-from dni.workers.emulation import EmulatedDelay
 from dni.workers.interface import Shape
 
-__all__ = ["BUILTIN_STAGES", "balanced", "conv_bn_relu", "glorot_", "linear", "linear_bn_relu"]
+__all__ = ["BUILTIN_STAGES", "conv_bn_relu", "glorot_", "linear", "linear_bn_relu"]
 
 _ModuleT = TypeVar("_ModuleT", bound=nn.Module)
 
@@ -54,21 +53,4 @@ def conv_bn_relu(input_shape: Shape, channels: int, kernel: int = 5, pool: str =
     return glorot_(nn.Sequential(*layers))
 
 
-def balanced(input_shape: Shape, features: int = 784, layers: int = 2, classes: int = 0, delay_ms: float = 0.0) -> nn.Module:
-    """`layers` Linear+BN+ReLU of equal width (+ logits when `classes`), + optional emulated device time.
-
-    Stages of equal cost, for measuring what update-unlocking buys; with
-    `delay_ms` each stage also sleeps as if its work ran on its own accelerator.
-    """
-    blocks: list[nn.Module] = [nn.Flatten()]
-    width = math.prod(input_shape)
-    for _ in range(layers):
-        blocks += [nn.Linear(width, features), nn.BatchNorm1d(features), nn.ReLU()]
-        width = features
-    if classes:
-        blocks.append(nn.Linear(width, classes))
-    blocks.append(EmulatedDelay(delay_ms))
-    return glorot_(nn.Sequential(*blocks))
-
-
-BUILTIN_STAGES: dict[str, Callable[..., nn.Module]] = {"linear_bn_relu": linear_bn_relu, "linear": linear, "conv_bn_relu": conv_bn_relu, "balanced": balanced}
+BUILTIN_STAGES: dict[str, Callable[..., nn.Module]] = {"linear_bn_relu": linear_bn_relu, "linear": linear, "conv_bn_relu": conv_bn_relu}

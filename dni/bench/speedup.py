@@ -30,7 +30,7 @@ EMULATED_FORWARD_MS = 20.0
 
 def balanced_job(stages: int, emulated: bool, iterations: int, data_root: Optional[str]) -> Job:
     """L stages of equal cost with cheap synthesizers; emulated ones sleep instead of computing."""
-    stage = {"kind": "balanced", "features": 64 if emulated else 784, "layers": 1 if emulated else 2,
+    stage = {"kind": "dni.bench.stages:balanced", "features": 64 if emulated else 784, "layers": 1 if emulated else 2,
              "delay_ms": EMULATED_FORWARD_MS if emulated else 0.0,
              "synthesizer": {"kind": "mlp", "hidden": 16, "layers": 1}}
     return job_from_table({

@@ -15,10 +15,13 @@ import sys
 sys.meta_path[:] = [finder for finder in sys.meta_path if "editable" not in getattr(finder, "__module__", "")]
 import dni.coordinator.run, dni.protocol.codec, dni.workers.worker
 print(dni.protocol.codec.__file__, dni.workers.worker.__file__, dni.coordinator.run.__file__)
+import importlib.util
+print(importlib.util.find_spec("dni.tests"), importlib.util.find_spec("dni.docker"))
 """
 
 
 def test_the_three_folders_import_under_dni_from_a_checkout_on_the_python_path(tmp_path):
     imported = subprocess.run([sys.executable, "-c", WITHOUT_INSTALLATION], cwd=tmp_path, env={"PYTHONPATH": str(REPO)},
                               capture_output=True, text=True, timeout=120, check=True).stdout.split()
-    assert imported == [str(REPO / "protocol" / "codec.py"), str(REPO / "workers" / "worker.py"), str(REPO / "coordinator" / "run.py")]
+    assert imported == [str(REPO / "protocol" / "codec.py"), str(REPO / "workers" / "worker.py"), str(REPO / "coordinator" / "run.py"),
+                        "None", "None"], "only the three named folders import as dni.X"

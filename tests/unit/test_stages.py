@@ -7,8 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from dni.workers.emulation import EmulatedDelay
-from dni.workers.stages import BUILTIN_STAGES, balanced, conv_bn_relu, glorot_, linear, linear_bn_relu
+from dni.workers.stages import BUILTIN_STAGES, conv_bn_relu, glorot_, linear, linear_bn_relu
 
 
 def test_linear_bn_relu_flattens_and_outputs_non_negative_features():
@@ -46,13 +45,5 @@ def test_conv_refuses_flat_input_and_unknown_pools():
         conv_bn_relu((3, 8, 8), 8, pool="min")
 
 
-def test_balanced_stacks_equal_layers_with_optional_logits_and_delay():
-    module = balanced((1, 4, 4), features=5, layers=3, classes=10, delay_ms=2.0)
-    linears = [layer for layer in module if isinstance(layer, nn.Linear)]
-    assert [(layer.in_features, layer.out_features) for layer in linears] == [(16, 5), (5, 5), (5, 5), (5, 10)]
-    assert isinstance(module[-1], EmulatedDelay) and module[-1].seconds == 0.002
-    assert module(torch.randn(3, 1, 4, 4)).shape == (3, 10)
-
-
 def test_the_built_in_names():
-    assert BUILTIN_STAGES == {"linear_bn_relu": linear_bn_relu, "linear": linear, "conv_bn_relu": conv_bn_relu, "balanced": balanced}
+    assert BUILTIN_STAGES == {"linear_bn_relu": linear_bn_relu, "linear": linear, "conv_bn_relu": conv_bn_relu}
