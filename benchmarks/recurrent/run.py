@@ -34,9 +34,6 @@ from dni.coordinator.sequences import train_sequences
 
 CURVE_EVERY = 100
 SETTLED = 500  # batches at the end whose mean error is reported, as "length solved (error on the next length)"
-# Jaderberg et al. 2017, Table 1, as remembered (not checked against the paper here): max length solved, LSTM.
-PAPER = {("copy", "backprop"): {2: 7, 3: 8, 5: 8}, ("copy", "sg"): {2: 16, 3: 14, 5: 18},
-         ("repeat-copy", "backprop"): {2: 7, 3: 5, 5: 23}, ("repeat-copy", "sg"): {2: 39, 3: 33, 5: 59}}
 COLUMNS = [("backprop", "one process"), ("sg", "one process"), ("sg", "workers")]
 
 
@@ -82,16 +79,15 @@ def _kept(summary: dict[str, Any]) -> dict[str, Any]:
 
 def render(runs: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
     """One row per task and T: the longest length solved in each column, with the mean error in bits per step of
-    the last SETTLED batches (on the next length) in brackets, next to the paper's figures."""
-    header = "| task | T | " + " | ".join(f"{mode} ({where})" for mode, where in columns) + \
-        " | BPTT (paper*) | DNI (paper*) |"
-    lines = [header, "|" + "---|" * (4 + len(columns))]
+    the last SETTLED batches (on the next length) in brackets. The paper's figures are not quoted: they could not be
+    checked against the paper from here."""
+    header = "| task | T | " + " | ".join(f"{mode} ({where})" for mode, where in columns) + " |"
+    lines = [header, "|" + "---|" * (2 + len(columns))]
     for task in dict.fromkeys(run["task"] for run in runs):
         for truncation in dict.fromkeys(run["truncation"] for run in runs if run["task"] == task):
             cells = [_cell(next(r for r in runs
                                 if (r["task"], r["truncation"], r["mode"], r["where"]) == (task, truncation, mode, where)))
                      for mode, where in columns]
-            cells += [str(PAPER.get((task, mode), {}).get(truncation, "-")) for mode in ("backprop", "sg")]
             lines.append(f"| {task} | {truncation} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
