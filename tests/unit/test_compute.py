@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dni.workers.build import StageModules, build_stage
-from dni.workers.compute import StageCompute
+from dni.workers.compute import StageCompute, score_meta
 from dni.spec import Mode, OptimizerSpec, StageSpec, SynthesizerSpec
 
 LR = 0.1
@@ -74,6 +74,11 @@ def assert_same_weights(actual: nn.Module, expected: nn.Module) -> None:
     reference = expected.state_dict()
     for name, value in actual.state_dict().items():
         torch.testing.assert_close(value, reference[name], rtol=0, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def can_take_batch(compute: StageCompute) -> bool:
+    """Whether the stage's schedule lets it take another batch (its window has room)."""
+    return compute.schedule.turn(compute.in_flight, False).batches
 
 
 def snapshot(module: nn.Module) -> list[torch.Tensor]:
@@ -222,7 +227,7 @@ def test_backprop_stage_waits_for_the_true_gradient_before_it_updates():
     initial = snapshot(compute.module)
     h = compute.forward(0, x.clone(), labels)
     assert compute.update_after_forward(0) is None
-    assert unchanged(initial, compute.module) and not compute.can_take_batch()
+    assert unchanged(initial, compute.module) and not can_take_batch(compute)
 
     gradient = target_like(h)
     upstream = compute.receive_target(0, gradient)
@@ -231,7 +236,7 @@ def test_backprop_stage_waits_for_the_true_gradient_before_it_updates():
     sgd(reference.module)
     assert_same_weights(compute.module, reference.module)
     assert_same(upstream, x_ref.grad)
-    assert compute.can_take_batch() and compute.staleness == {}, "no staleness in the locked mode"
+    assert can_take_batch(compute) and compute.staleness == {}, "no staleness in the locked mode"
 
 
 def test_backprop_first_stage_sends_nothing_upstream():
@@ -247,11 +252,11 @@ def test_no_bprop_hidden_stage_never_learns_and_keeps_nothing():
     initial = snapshot(compute.module)
     h = compute.forward(0, x.clone(), labels)
     assert compute.update_after_forward(0) is None
-    assert not compute.pending and compute.can_take_batch()
+    assert not compute.pending and can_take_batch(compute)
     assert not h.requires_grad
     assert unchanged(initial, compute.module)
     assert_same(h, reference.module(x).detach())
-    assert compute.synthesizer is None and compute.synthesizer_optimizer is None
+    assert compute.synthesizer is None and compute.interface is None
 
 
 # -- the last stage ---------------------------------------------------------------------------------------------
@@ -275,8 +280,8 @@ def test_last_stage_trains_on_the_summed_loss_and_returns_the_true_gradient():
         losses, logits, gradient = last_stage_reference(reference, x, labels)
         assert_same_weights(compute.module, reference.module)
         assert_same(result.upstream, gradient)
-        assert result.loss_sum == float(losses.sum())
-        assert (result.correct, result.count) == (int((logits.argmax(1) == labels).sum()), BATCH)
+        assert score_meta(result.score.numpy(), result.count) == {
+            "loss_sum": float(losses.sum()), "correct": int((logits.argmax(1) == labels).sum()), "count": BATCH}
 
 
 def test_last_stage_in_sl_returns_the_per_example_losses():
@@ -353,14 +358,14 @@ def test_a_window_bounds_the_batches_in_flight_and_backprop_holds_one():
     unlocked, _ = stage(Mode.SG, window=2)
     locked, _ = stage(Mode.BACKPROP, window=2)
     for compute in (unlocked, locked):
-        assert compute.can_take_batch()
+        assert can_take_batch(compute)
         x, labels = batch()
         compute.forward(0, x, labels)
         compute.update_after_forward(0)
-    assert unlocked.can_take_batch() and not locked.can_take_batch()
+    assert can_take_batch(unlocked) and not can_take_batch(locked)
     unlocked.forward(1, *batch(1))
     unlocked.update_after_forward(1)
-    assert not unlocked.can_take_batch()
+    assert not can_take_batch(unlocked)
 
 
 def test_staleness_counts_the_steps_taken_between_a_prediction_and_its_target():
@@ -454,7 +459,7 @@ def test_the_documented_loop_steps_every_stage_and_every_synthesizer_learns():
     assert len(stages) == 3 and [stage.synthesizer is None for stage in stages] == [False, False, True]
     for stage in stages:
         assert stage.steps == steps and not stage.pending
-        for optimizer in [stage.module_optimizer] + ([stage.synthesizer_optimizer] if stage.synthesizer else []):
+        for optimizer in [stage.module_optimizer] + ([stage.interface.trained.optimizer] if stage.synthesizer else []):
             parameters = optimizer.param_groups[0]["params"]
             assert [float(optimizer.state[p]["step"]) for p in parameters] == [steps] * len(parameters)
         if stage.synthesizer is not None:

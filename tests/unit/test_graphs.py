@@ -37,7 +37,7 @@ def train(compute: StageCompute, device: str, steps: int, batch: int = 32) -> li
 
 def test_a_cpu_stage_is_never_graphed():
     compute = stage(Mode.SG, "cpu", graphs=True)
-    assert compute.graphed_module is None and compute.graphed_synthesizer is None
+    assert compute.block.graphed is None and compute.interface.graphed is None
 
 
 @needs_cuda
@@ -46,8 +46,8 @@ def test_a_cpu_stage_is_never_graphed():
 def test_graphed_steps_train_as_eager_steps_do(mode):
     eager, graphed = stage(mode, "cuda", graphs=False), stage(mode, "cuda", graphs=True)
     expected, got = train(eager, "cuda", 6), train(graphed, "cuda", 6)
-    assert graphed.graphed_module is not None and not graphed.graphed_module.failed
-    assert (graphed.graphed_synthesizer is not None) is mode.uses_synthesizer
+    assert graphed.block.graphed is not None and not graphed.block.graphed.failed
+    assert (graphed.interface is not None and graphed.interface.graphed is not None) is mode.uses_synthesizer
     for a, b in zip(expected, got):
         if a is not None:
             torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
@@ -59,4 +59,4 @@ def test_graphed_steps_train_as_eager_steps_do(mode):
 @pytest.mark.gpu
 def test_a_window_wider_than_one_graphs_the_module_only():
     compute = stage(Mode.SG, "cuda", graphs=True, window=4)
-    assert compute.graphed_module is not None and compute.graphed_synthesizer is None
+    assert compute.block.graphed is not None and compute.interface.graphed is None

@@ -1,4 +1,5 @@
-"""workers/losses.py and the job's `loss` setting: the registry, the check, and the last stage's results by hand."""
+"""workers/losses.py and the job's `loss` setting: the registry, the check, the losses in nats and when a prediction is
+right, and the last stage's results by hand."""
 from __future__ import annotations
 
 import math
@@ -13,9 +14,9 @@ from dni.coordinator.cli import OVERRIDES
 from dni.coordinator.job import JOB_KEYS, job_as_table, job_from_table
 from dni.errors import ConfigError
 from dni.spec import LOSS_NAMES, Mode, OptimizerSpec, StageAssignment, StageSpec, check_loss
-from dni.workers.build import StageModules
-from dni.workers.compute import EvalResult, StageCompute
-from dni.workers.losses import BUILTIN_LOSSES, per_example_losses, resolve_loss
+from dni.workers.build import assigned_stage
+from dni.workers.compute import EvalResult, StageCompute, score_meta
+from dni.workers.losses import BUILTIN_LOSSES, Loss, binary_bits, bits_right, class_right, per_example_losses, resolve_loss
 from dni.workers.registry import UnknownBuilderError
 from dni.workers.timing import Timeline
 
@@ -53,15 +54,17 @@ def test_the_built_in_losses_are_the_names_a_job_file_may_use():
 
 @pytest.mark.parametrize("name, expected", [("cross_entropy", CROSS_ENTROPY), ("multi_margin", MULTI_MARGIN)])
 def test_each_built_in_loss_gives_the_hand_computed_loss_per_example(name, expected):
-    assert torch.allclose(resolve_loss(name)(LOGITS, LABELS), torch.tensor(expected))
+    assert torch.allclose(resolve_loss(name).per_example(LOGITS, LABELS), torch.tensor(expected))
 
 
 def test_an_import_path_names_a_plugin_loss(plugin):
-    assert resolve_loss("my_losses:squared") is plugin.squared
+    loss = resolve_loss("my_losses:squared")
+    assert loss.name == "my_losses:squared" and loss.per_example is plugin.squared
+    assert loss.right is class_right, "a plug-in is right where the arg-max class is"
 
 
 @pytest.mark.parametrize("name, text", [
-    ("hinge", "unknown loss 'hinge'; known: cross_entropy, multi_margin"),
+    ("hinge", "unknown loss 'hinge'; known: cross_entropy, multi_margin, bits"),
     ("no_such_module:f", "loss 'no_such_module:f' cannot be imported"),
 ])
 def test_an_unknown_loss_is_a_config_error_naming_it(name, text):
@@ -71,17 +74,17 @@ def test_an_unknown_loss_is_a_config_error_naming_it(name, text):
 
 def test_a_loss_that_does_not_give_one_value_per_example_fails_naming_itself(plugin):
     with pytest.raises(ValueError, match=r"loss 'my_losses:total' must return one float per example, shape \[2\], got torch.float32 \[\]"):
-        per_example_losses(plugin.total, "my_losses:total", LOGITS, LABELS)
+        per_example_losses(Loss("my_losses:total", plugin.total), LOGITS, LABELS)
 
 
-@pytest.mark.parametrize("value", ["cross_entropy", "multi_margin", "my_losses:squared", "pkg.sub.module:fn_2"])
+@pytest.mark.parametrize("value", ["cross_entropy", "multi_margin", "bits", "my_losses:squared", "pkg.sub.module:fn_2"])
 def test_check_loss_accepts_built_in_names_and_import_paths(value):
     assert check_loss(value) == value
 
 
 @pytest.mark.parametrize("value", ["hinge", "", "a:b:c", "pkg.:f", ":f", "pkg:", 5, None])
 def test_check_loss_refuses_anything_else(value):
-    with pytest.raises(ConfigError, match="is not one of cross_entropy, multi_margin nor an import path"):
+    with pytest.raises(ConfigError, match="is not one of cross_entropy, multi_margin, bits nor an import path"):
         check_loss(value)
 
 
@@ -103,10 +106,12 @@ def test_the_loss_travels_in_the_assignment_and_may_be_missing_on_the_wire(plugi
 
 def test_evaluate_last_matches_the_hand_computation():
     result = last_stage().evaluate_last(LOGITS.clone(), LABELS)
-    assert isinstance(result, EvalResult) and result.correct == 1 and result.count == 2  # argmax [0, 2] against [0, 1]
-    assert result.loss_sum == pytest.approx(sum(CROSS_ENTROPY), rel=1e-6)
-    assert last_stage("multi_margin").evaluate_last(LOGITS.clone(), LABELS).loss_sum == pytest.approx(sum(MULTI_MARGIN))
-    assert result.as_meta() == {"loss_sum": result.loss_sum, "correct": 1, "count": 2}
+    meta = score_meta(result.score.numpy(), result.count)
+    assert isinstance(result, EvalResult) and meta["correct"] == 1 and meta["count"] == 2  # argmax [0, 2] against [0, 1]
+    assert meta["loss_sum"] == pytest.approx(sum(CROSS_ENTROPY), rel=1e-6)
+    margin = last_stage("multi_margin").evaluate_last(LOGITS.clone(), LABELS)
+    assert float(margin.score[0]) == pytest.approx(sum(MULTI_MARGIN))
+    assert meta == {"loss_sum": float(result.score[0]), "correct": 1, "count": 2}
 
 
 def test_training_uses_the_jobs_loss_and_sends_it_upstream_in_synthetic_loss_mode(plugin):
@@ -114,7 +119,7 @@ def test_training_uses_the_jobs_loss_and_sends_it_upstream_in_synthetic_loss_mod
     result = stage.train_last(LOGITS.clone(), LABELS)
     per_example = plugin.squared(LOGITS, LABELS)  # [(2-1)^2 + 1 + 0, 0 + 1 + 9] = [2, 10]
     assert torch.equal(per_example, torch.tensor([2.0, 10.0]))
-    assert result.loss_sum == pytest.approx(12.0) and result.correct == 1 and result.count == 2
+    assert score_meta(result.score.numpy(), result.count) == {"loss_sum": pytest.approx(12.0), "correct": 1, "count": 2}
     assert torch.allclose(result.upstream, per_example[:, None])
 
 
@@ -127,7 +132,7 @@ def test_only_the_last_stage_resolves_the_loss():
     config = StageAssignment(job="unit", index=0, num_stages=2, spec=StageSpec("linear", {"features": 3}), mode=Mode.BACKPROP,
                              input_shape=(3,), num_classes=3, optimizer=OptimizerSpec("sgd", 0.1), seed=0, window=1,
                              threads=1, coordinator="inproc://c", downstream="inproc://d", loss="not_installed:loss")
-    assert StageCompute.assigned(config, StageModules(nn.Linear(3, 3), None, (3,)), Timeline()).loss is None
+    assert assigned_stage(config, "cpu", Timeline())[0].loss is None
     with pytest.raises(UnknownBuilderError, match="cannot be imported"):
         last_stage("not_installed:loss")
 
@@ -140,3 +145,33 @@ def test_a_job_names_its_loss_in_the_file_or_by_flag():
     assert job.loss == "my_losses:squared" and job_as_table(job)["loss"] == "my_losses:squared"
     with pytest.raises(ConfigError, match="job: loss 'hinge' is not one of"):
         job_from_table({**table, "loss": "hinge"})
+
+
+# -- the bits of the copy tasks and a sequence's characters, in nats -------------------------------------------
+
+
+def test_the_bits_loss_sums_the_binary_cross_entropy_of_an_examples_bits_in_nats():
+    logits, targets = torch.zeros(2, 8), torch.ones(2, 8)
+    torch.testing.assert_close(binary_bits(logits, targets), torch.full((2,), 8 * math.log(2)))  # a coin per bit: ln 2 each
+    assert resolve_loss("bits").per_example is binary_bits
+    sure = torch.tensor([[30.0, -30.0]])
+    assert binary_bits(sure, torch.tensor([[1.0, 0.0]])).item() < 1e-6
+    assert math.isclose(binary_bits(sure, torch.tensor([[0.0, 0.0]])).item(), 30.0, rel_tol=1e-4)
+
+
+def test_a_characters_cross_entropy_is_in_nats():
+    logits, targets = torch.zeros(6, 4), torch.tensor([0, 1, 2, 3, 3, 3])
+    torch.testing.assert_close(resolve_loss("cross_entropy").per_example(logits, targets), torch.full((6,), math.log(4)))
+    sure = torch.full((1, 4), -30.0)
+    sure[0, 1] = 30.0
+    assert resolve_loss("cross_entropy").per_example(sure, torch.tensor([1])).item() < 1e-6
+    assert math.isclose(resolve_loss("cross_entropy").per_example(sure, torch.tensor([0])).item(), 60.0, rel_tol=1e-4)
+
+
+def test_an_example_is_right_when_every_bit_or_the_class_is():
+    logits = torch.tensor([[2.0, -1.0], [2.0, 1.0]])
+    targets = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    assert bits_right(logits, targets).tolist() == [True, False]
+    assert class_right(logits, torch.tensor([0, 1])).tolist() == [True, False]
+    assert BUILTIN_LOSSES["bits"].right is bits_right
+    assert BUILTIN_LOSSES["cross_entropy"].right is class_right and BUILTIN_LOSSES["multi_margin"].right is class_right

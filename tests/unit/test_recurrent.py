@@ -1,18 +1,29 @@
 """workers/recurrent.py: the kept state, truncated BPTT, and the synthetic gradient over time against hand-written torch.
 
-Tiny cores (3 inputs, 4 units), a batch of two, chunks of three steps, plain SGD so every update is exact.
+A recurrent core is a block (`Recurrent`) inside the one stage class (`StageCompute`): the stage's `forward` then
+`receive_target` is one chunk's forward and backward pass, the stage steps the core's optimiser. A locked
+(`backprop`) stage whose block has a synthesizer over time takes true gradients from below and bridges each
+truncation with its synthesizer's prediction. Tiny cores (3 inputs, 4 units), a batch of two, chunks of three
+steps, plain SGD so every update is exact.
 """
 from __future__ import annotations
+
+import re
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dni.spec import Mode, OptimizerSpec
-from dni.workers.recurrent import RecurrentCompute, gru, linear_synthesizer, lstm, state_vector
+from dni.errors import ConfigError
+from dni.spec import Mode, OptimizerSpec, StageSpec
+from dni.workers.blocks import Span
+from dni.workers.build import build_stage
+from dni.workers.compute import StageCompute
+from dni.workers.recurrent import Recurrent, gru, linear_synthesizer, lstm, state_vector
 
 LR = 0.1
+SGD = OptimizerSpec("sgd", LR)
 BATCH, STEPS, FEATURES, HIDDEN = 2, 3, 3, 4
 
 
@@ -29,8 +40,22 @@ def output_grad(seed: int) -> torch.Tensor:
     return torch.randn(BATCH, STEPS, HIDDEN, generator=torch.Generator().manual_seed(200 + seed))
 
 
-def compute(mode: Mode, module: nn.Module, synthesizer: nn.Module | None = None, discount: float = 1.0) -> RecurrentCompute:
-    return RecurrentCompute(module, synthesizer, mode=mode, optimizer=OptimizerSpec("sgd", LR), discount=discount)
+def compute(mode: Mode, module: nn.Module, synthesizer: nn.Module | None = None, discount: float = 1.0,
+            first: bool = True) -> StageCompute:
+    """A core stage: the core (with its synthesizer over time) as the block of a stage without an edge synthesizer."""
+    return StageCompute(Recurrent(module, synthesizer, optimizer=SGD, discount=discount), mode=mode, optimizer=SGD,
+                        first=first)
+
+
+def block(stage: StageCompute) -> Recurrent:
+    assert isinstance(stage.block, Recurrent)
+    return stage.block
+
+
+def step(stage: StageCompute, number: int, *, start: bool, last: bool) -> torch.Tensor | None:
+    """One chunk through the stage: its forward pass, then its true output gradient back; dL/dx when it sends one."""
+    stage.forward(number, chunk(number), None, Span(start, last))
+    return stage.receive_target(number, output_grad(number))
 
 
 def random_synthesizer(state_size: int) -> nn.Module:
@@ -63,46 +88,44 @@ def test_state_carries_across_chunks_and_restarts_with_a_sequence(kind):
     stage = compute(Mode.NO_BPROP, core(kind))
     reference = core(kind)
     first, second = chunk(0), chunk(1)
-    outputs = [stage.forward(first, start=True), stage.forward(second, start=False)]
+    outputs = [stage.forward(0, first, None, Span(True, False)), stage.forward(1, second, None, Span(False, True))]
     whole, _ = reference(torch.cat([first, second], dim=1), reference.initial_state(BATCH, torch.device("cpu")))
     torch.testing.assert_close(torch.cat(outputs, dim=1), whole)
     fresh, _ = reference(second, reference.initial_state(BATCH, torch.device("cpu")))
-    torch.testing.assert_close(stage.forward(second, start=True), fresh)
+    torch.testing.assert_close(stage.forward(2, second, None, Span(True, True)), fresh)
+    assert not stage.in_flight, "a stage that never learns keeps no chunk"
 
 
 def test_backprop_is_truncated_bptt_with_the_state_detached_at_each_boundary():
     stage, reference = compute(Mode.BACKPROP, core()), core()
     state = reference.initial_state(BATCH, torch.device("cpu"))
     for index in range(3):
-        outputs = stage.forward(chunk(index), start=index == 0)
-        stage.backward(output_grad(index), last=index == 2)
+        outputs = stage.forward(index, chunk(index), None, Span(index == 0, index == 2))
+        assert stage.receive_target(index, output_grad(index)) is None  # the first stage sends nothing upstream
         expected, final = reference(chunk(index), tuple(part.detach() for part in state))
         torch.testing.assert_close(outputs, expected.detach())
         expected.backward(output_grad(index))
         sgd_step(reference)
         state = final
-    for mine, theirs in zip(stage.core.parameters(), reference.parameters()):
+    for mine, theirs in zip(stage.module.parameters(), reference.parameters()):
         torch.testing.assert_close(mine, theirs)
 
 
-def test_sg_with_a_synthesizer_that_predicts_zero_is_truncated_bptt_exactly():
-    sg, bptt = compute(Mode.SG, core(), ZeroSynthesizer()), compute(Mode.BACKPROP, core())
+def test_a_synthesizer_over_time_that_predicts_zero_is_truncated_bptt_exactly():
+    over_time, bptt = compute(Mode.BACKPROP, core(), ZeroSynthesizer()), compute(Mode.BACKPROP, core())
     for index in range(4):
-        for stage in (sg, bptt):
-            stage.forward(chunk(index), start=index == 0)
-            stage.backward(output_grad(index), last=index == 3)
-    for mine, theirs in zip(sg.core.parameters(), bptt.core.parameters()):
+        for stage in (over_time, bptt):
+            step(stage, index, start=index == 0, last=index == 3)
+    for mine, theirs in zip(over_time.module.parameters(), bptt.module.parameters()):
         assert torch.equal(mine, theirs)
 
 
 @pytest.mark.parametrize("discount", [1.0, 0.5])
-def test_sg_adds_the_prediction_at_the_chunk_end_and_learns_the_bootstrapped_target(discount):
+def test_the_prediction_is_added_at_the_chunk_end_and_learns_the_bootstrapped_target(discount):
     reference_core, reference_synthesizer = core(), random_synthesizer(2 * HIDDEN)
-    stage = compute(Mode.SG, core(), random_synthesizer(2 * HIDDEN), discount)
-    stage.forward(chunk(0), start=True)
-    stage.backward(output_grad(0), last=False)
-    stage.forward(chunk(1), start=False)
-    stage.backward(output_grad(1), last=False)
+    stage = compute(Mode.BACKPROP, core(), random_synthesizer(2 * HIDDEN), discount)
+    step(stage, 0, start=True, last=False)
+    step(stage, 1, start=False, last=False)
 
     # chunk 0 by hand: loss plus discount * <s1, delta_hat(s1)>, delta_hat held constant
     zero = reference_core.initial_state(BATCH, torch.device("cpu"))
@@ -125,27 +148,28 @@ def test_sg_adds_the_prediction_at_the_chunk_end_and_learns_the_bootstrapped_tar
     assert stage.synthesizer_loss == pytest.approx(float(loss.detach()), rel=1e-6)
     sgd_step(reference_core)
     sgd_step(reference_synthesizer)
-    for mine, theirs in zip(stage.core.parameters(), reference_core.parameters()):
+    for mine, theirs in zip(stage.module.parameters(), reference_core.parameters()):
         torch.testing.assert_close(mine, theirs)
-    torch.testing.assert_close(stage.synthesizer.output.weight, reference_synthesizer.output.weight)
-    torch.testing.assert_close(stage.prediction, predicted_s2)
+    over_time = block(stage).over_time
+    assert over_time is not None
+    torch.testing.assert_close(over_time.synthesizer.output.weight, reference_synthesizer.output.weight)
+    torch.testing.assert_close(block(stage).prediction, predicted_s2)
 
 
 def test_the_last_chunk_of_a_sequence_adds_and_predicts_nothing():
-    sg, bptt = compute(Mode.SG, core(), random_synthesizer(2 * HIDDEN)), compute(Mode.BACKPROP, core())
-    for stage in (sg, bptt):
-        stage.forward(chunk(0), start=True)
-        stage.backward(output_grad(0), last=True)
-    assert sg.prediction is None
-    for mine, theirs in zip(sg.core.parameters(), bptt.core.parameters()):
+    over_time, bptt = compute(Mode.BACKPROP, core(), random_synthesizer(2 * HIDDEN)), compute(Mode.BACKPROP, core())
+    for stage in (over_time, bptt):
+        step(stage, 0, start=True, last=True)
+    assert block(over_time).prediction is None
+    for mine, theirs in zip(over_time.module.parameters(), bptt.module.parameters()):
         assert torch.equal(mine, theirs)
 
 
 def test_a_stage_below_another_returns_the_gradient_of_its_input():
-    stage = RecurrentCompute(core(), mode=Mode.BACKPROP, optimizer=OptimizerSpec("sgd", LR), first=False)
+    stage = compute(Mode.BACKPROP, core(), first=False)
     x, reference = chunk(0), core()
-    stage.forward(x.clone(), start=True)
-    returned = stage.backward(output_grad(0), last=True)
+    stage.forward(0, x.clone(), None, Span(True, True))
+    returned = stage.receive_target(0, output_grad(0))
     x.requires_grad_()
     outputs, _ = reference(x, reference.initial_state(BATCH, torch.device("cpu")))
     outputs.backward(output_grad(0))
@@ -154,17 +178,18 @@ def test_a_stage_below_another_returns_the_gradient_of_its_input():
 
 @pytest.mark.parametrize("mode", [Mode.CDNI, Mode.SL])
 def test_modes_without_a_per_step_meaning_are_refused(mode):
-    with pytest.raises(ValueError, match="recurrent stage trains in backprop, sg, no_bprop"):
-        compute(mode, core(), random_synthesizer(2 * HIDDEN))
+    with pytest.raises(ConfigError, match=re.escape(f"stage 0 (lstm): a recurrent stage trains in backprop, sg, no_bprop, "
+                                                    f"not {mode.value}")):
+        build_stage(StageSpec("lstm", {"hidden": HIDDEN}), index=0, input_shape=(FEATURES,), mode=mode, num_classes=2,
+                    seed=0, is_last=False, over_steps=True)
 
 
 def test_evaluation_leaves_the_training_state_alone():
     stage = compute(Mode.BACKPROP, core())
-    stage.forward(chunk(0), start=True)
-    stage.backward(output_grad(0), last=False)
-    kept = stage.state
-    outputs, _ = stage.evaluate(chunk(1), None)
-    assert stage.state is kept and outputs.shape == (BATCH, STEPS, HIDDEN)
+    step(stage, 0, start=True, last=False)
+    kept = block(stage).state
+    outputs = stage.evaluate(chunk(1), None, Span(True, True))
+    assert block(stage).state is kept and outputs.shape == (BATCH, STEPS, HIDDEN)
 
 
 def test_an_lstm_starts_its_forget_gates_at_the_bias_asked_for():

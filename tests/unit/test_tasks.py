@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from dni.coordinator.tasks import CharText, CopyTask, Curriculum, RepeatCopyTask, open_task
-from dni.workers.step_losses import STEP_LOSSES
+from dni.coordinator.tasks import CharText, CopyTask, Curriculum, RepeatCopyTask, bits_per_step, open_task
+from dni.workers.losses import resolve_loss
 from dni.errors import DataError
 
 
@@ -57,8 +57,9 @@ def test_text_bits_are_the_cross_entropy_in_bits(tmp_path):
     path = tmp_path / "text.txt"
     path.write_text("abcd" * 20)
     text = CharText(path)
-    bits = STEP_LOSSES[text.loss](torch.zeros(1, 3, 4), torch.tensor([[0, 1, 2]]))
-    torch.testing.assert_close(bits, torch.full((1, 3), math.log2(4)))
+    losses = resolve_loss(text.loss).per_example(torch.zeros(3, 4), torch.tensor([0, 1, 2]))  # nats per step
+    torch.testing.assert_close(losses, torch.full((3,), math.log(4)))
+    assert bits_per_step(float(losses.sum()), 3) == pytest.approx(math.log2(4))
 
 
 def test_a_text_too_short_is_refused(tmp_path):

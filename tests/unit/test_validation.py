@@ -5,11 +5,24 @@ import numpy as np
 import pytest
 
 from dni.protocol import Kind, Message
-from dni.workers.validation import Rejected, check_chunk, check_fresh, check_inputs, check_kind, check_origin, check_target
+from dni.spec import Mode, OptimizerSpec, StageAssignment, StageSpec
+from dni.workers.blocks import WHOLE, Span
+from dni.workers.validation import Rejected, check_batch, check_fresh, check_kind, check_origin, check_target
 
 JOB = "unit-job"
 SHAPE = (1, 2, 2)
 CLASSES = 10
+
+
+def assignment(input_shape=SHAPE, num_classes=CLASSES, loss="cross_entropy", truncation=0, nonfinite="reject") -> StageAssignment:
+    """What the stage agreed to take: the fields `check_batch` reads, the rest a first stage's."""
+    return StageAssignment(job=JOB, index=0, num_stages=2, spec=StageSpec("linear", {"features": 2}), mode=Mode.SG,
+                           input_shape=input_shape, num_classes=num_classes, optimizer=OptimizerSpec(), seed=0, window=1,
+                           threads=1, coordinator="inproc://c", downstream="inproc://d", nonfinite=nonfinite, loss=loss,
+                           truncation=truncation)
+
+
+FEEDFORWARD = assignment()
 
 
 def batch_message(x=None, labels=None, kind=Kind.FORWARD, job=JOB, batch=3, **tensors) -> Message:
@@ -62,29 +75,30 @@ def test_a_training_batch_already_in_flight_is_a_duplicate_that_loses_nothing():
     (batch_message(x=np.zeros((4, 4), np.float32)), "x must be float32 (B, 1, 2, 2), got float32 [4, 4]"),
     (batch_message(x=np.zeros((0, *SHAPE), np.float32), labels=np.zeros(0, np.int64)),
      "x must be float32 (B, 1, 2, 2), got float32 [0, 1, 2, 2]"),
-    (batch_message(labels=np.arange(4, dtype=np.int32)), "labels must be int64 (4,), got int32 [4]"),
-    (batch_message(labels=np.arange(3, dtype=np.int64)), "labels must be int64 (4,), got int64 [3]"),
+    (batch_message(labels=np.arange(4, dtype=np.int32)), "labels must be int64 [4], got int32 [4]"),
+    (batch_message(labels=np.arange(3, dtype=np.int64)), "labels must be int64 [4], got int64 [3]"),
     (batch_message(labels=np.array([0, 1, 2, 10])), "labels must lie in 0..9"),
     (batch_message(labels=np.array([0, -1, 2, 3])), "labels must lie in 0..9"),
     (batch_message(x=np.full((4, *SHAPE), np.nan, np.float32)), "x holds NaN or Inf values (policy: reject)"),
     (batch_message(kind=Kind.EVAL, x=np.full((4, *SHAPE), np.inf, np.float32)), "x holds NaN or Inf values (policy: reject)"),
 ])
 def test_unusable_inputs_are_refused_and_lose_their_batch(message, text):
-    error = refusal(check_inputs, message, SHAPE, CLASSES, "reject")
+    error = refusal(check_batch, message, FEEDFORWARD)
     assert str(error) == text
     assert error.lost is message, "the coordinator must hear which batch is gone"
 
 
 def test_good_inputs_come_back_with_no_nonfinite_count():
     message = batch_message()
-    inputs = check_inputs(message, SHAPE, CLASSES, "reject")
+    inputs = check_batch(message, FEEDFORWARD)
     assert inputs.x is message.tensors["x"] and inputs.labels is message.tensors["labels"] and inputs.nonfinite == 0
+    assert inputs.mask is None and inputs.span == WHOLE, "a feed-forward batch is a whole sequence of one step"
 
 
 def test_nonfinite_inputs_are_counted_not_refused_under_the_count_policy():
     x = np.zeros((4, *SHAPE), np.float32)
     x[1, 0, 0, 0] = np.nan
-    assert check_inputs(batch_message(x=x), SHAPE, CLASSES, "count").nonfinite == 1
+    assert check_batch(batch_message(x=x), assignment(nonfinite="count")).nonfinite == 1
 
 
 def target_message(target=None, batch=3) -> Message:
@@ -130,11 +144,16 @@ def chunk_message(x=None, labels=None, mask=None, meta=None, loss="bits") -> Mes
                    {"x": x, "labels": labels, "mask": mask})
 
 
+def sequence(loss: str) -> StageAssignment:
+    """A sequence job's stage: chunks of at most 3 steps of 4 features, 2 outputs (bits or classes) per step."""
+    return assignment(input_shape=(4,), num_classes=2, loss=loss, truncation=3)
+
+
 def test_a_good_chunk_comes_back_with_its_place_in_the_sequence():
-    chunk = check_chunk(chunk_message(), (4,), 3, "bits", 2, "reject")
-    assert (chunk.start, chunk.last, chunk.nonfinite, chunk.x.shape) == (True, False, 0, (2, 3, 4))
-    shorter = check_chunk(chunk_message(np.zeros((2, 1, 4), np.float32), np.zeros((2, 1), np.int64),
-                                        np.zeros((2, 1), np.float32), loss="cross_entropy"), (4,), 3, "cross_entropy", 2, "reject")
+    chunk = check_batch(chunk_message(), sequence("bits"))
+    assert (chunk.span, chunk.nonfinite, chunk.x.shape, chunk.mask.shape) == (Span(True, False), 0, (2, 3, 4), (2, 3))
+    shorter = check_batch(chunk_message(np.zeros((2, 1, 4), np.float32), np.zeros((2, 1), np.int64),
+                                        np.zeros((2, 1), np.float32), loss="cross_entropy"), sequence("cross_entropy"))
     assert shorter.x.shape == (2, 1, 4), "a sequence's last chunk may be shorter than T"
 
 
@@ -153,7 +172,7 @@ def test_a_good_chunk_comes_back_with_its_place_in_the_sequence():
     (chunk_message(x=np.full((2, 3, 4), np.nan, np.float32)), "bits", "x holds NaN or Inf values (policy: reject)"),
 ])
 def test_an_unusable_chunk_is_refused_and_loses_its_batch(message, loss, text):
-    error = refusal(check_chunk, message, (4,), 3, loss, 2, "reject")
+    error = refusal(check_batch, message, sequence(loss))
     assert str(error) == text
     assert error.lost is message
 
@@ -161,5 +180,14 @@ def test_an_unusable_chunk_is_refused_and_loses_its_batch(message, loss, text):
 def test_a_chunk_without_its_mask_is_refused():
     message = chunk_message()
     del message.tensors["mask"]
-    assert str(refusal(check_chunk, message, (4,), 3, "bits", 2, "reject")) == \
+    assert str(refusal(check_batch, message, sequence("bits"))) == \
         "FORWARD chunk needs tensors 'x', 'labels' and 'mask', got ['labels', 'x']"
+
+
+def test_a_feed_forward_batch_of_the_bits_loss_takes_a_vector_of_bits_per_example():
+    bits = assignment(num_classes=3, loss="bits")
+    good = check_batch(batch_message(labels=np.eye(4, 3, dtype=np.float32)), bits)
+    assert good.labels.shape == (4, 3) and good.mask is None and good.span == WHOLE
+    message = batch_message(labels=np.arange(4, dtype=np.int64))
+    error = refusal(check_batch, message, bits)
+    assert str(error) == "labels must be float32 [4, 3] of 0s and 1s, got int64 [4]" and error.lost is message
