@@ -47,16 +47,20 @@ class Event(str, enum.Enum):
 
 SENDS = frozenset({Action.SEND_ACTIVATION, Action.SEND_INPUT_GRADIENT, Action.REPORT})
 
-A = Action
-Row = dict[Event, tuple[Action, ...]]
-_LOCKED: Row = {Event.BATCH: (A.FORWARD, A.SEND_ACTIVATION),
-           Event.TARGET: (A.TAKE_TARGET, A.SEND_INPUT_GRADIENT, A.STEP)}
-_UNLOCKED: Row = {Event.BATCH: (A.FORWARD, A.SEND_ACTIVATION, A.FOLLOW_SYNTHESIZER, A.SEND_INPUT_GRADIENT, A.STEP),
-             Event.TARGET: (A.TAKE_TARGET,)}
-_FROZEN: Row = {Event.BATCH: (A.FORWARD, A.SEND_ACTIVATION)}
-_HIDDEN: dict[Mode, Row] = {Mode.BACKPROP: _LOCKED, Mode.SG: _UNLOCKED, Mode.CDNI: _UNLOCKED, Mode.SL: _UNLOCKED, Mode.NO_BPROP: _FROZEN}
-_LAST: Row = {Event.BATCH: (A.LOSS, A.SEND_INPUT_GRADIENT, A.REPORT, A.STEP)}
-_EVALUATION = {Role.HIDDEN: (A.EVALUATE, A.SEND_ACTIVATION), Role.LAST: (A.EVALUATE, A.REPORT)}
+_Row = dict[Event, tuple[Action, ...]]
+_LOCKED: _Row = {
+    Event.BATCH: (Action.FORWARD, Action.SEND_ACTIVATION),
+    Event.TARGET: (Action.TAKE_TARGET, Action.SEND_INPUT_GRADIENT, Action.STEP),
+}
+_UNLOCKED: _Row = {
+    Event.BATCH: (Action.FORWARD, Action.SEND_ACTIVATION, Action.FOLLOW_SYNTHESIZER, Action.SEND_INPUT_GRADIENT, Action.STEP),
+    Event.TARGET: (Action.TAKE_TARGET,),
+}
+_FROZEN: _Row = {Event.BATCH: (Action.FORWARD, Action.SEND_ACTIVATION)}
+_HIDDEN: dict[Mode, _Row] = {Mode.BACKPROP: _LOCKED, Mode.SG: _UNLOCKED, Mode.CDNI: _UNLOCKED, Mode.SL: _UNLOCKED,
+                             Mode.NO_BPROP: _FROZEN}
+_LAST: _Row = {Event.BATCH: (Action.LOSS, Action.SEND_INPUT_GRADIENT, Action.REPORT, Action.STEP)}
+_EVALUATION = {Role.HIDDEN: (Action.EVALUATE, Action.SEND_ACTIVATION), Role.LAST: (Action.EVALUATE, Action.REPORT)}
 
 
 def step_order(role: Role, mode: Mode, event: Event) -> tuple[Action, ...]:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from dni.workers.registry import UnknownBuilderError, import_callable
 
-__all__ = ["BUILTIN_LOSSES", "Loss", "LossFunction", "binary_bits", "class_right", "cross_entropy", "multi_margin",
+__all__ = ["BUILTIN_LOSSES", "Loss", "LossFunction", "binary_bits", "bits_right", "class_right", "cross_entropy", "multi_margin",
            "per_example_losses", "resolve_loss"]
 
 LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

@@ -39,7 +39,7 @@ from dni.workers.profiling import StageProfile
 from dni.workers.timing import DeviceClock, Timeline
 from dni.workers.validation import all_finite
 
-__all__ = ["NonFiniteOutput", "Session"]
+__all__ = ["Links", "NonFiniteOutput", "Session"]
 
 log = logging.getLogger("dni.worker")
 

@@ -2,6 +2,8 @@
 flags, its batches from (seed, index), its tallies, its stages' assignments and their check, its checkpointed state."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -32,9 +34,9 @@ def test_a_batch_comes_from_the_seed_and_its_index_alone():
 
 def test_a_batch_tally_is_complete_once_every_chunk_is_back():
     tally = BatchTally(index=4, length=2, chunks=2)
-    tally.add({"loss_sum": 3.0, "count": 0, "correct": 0})
+    tally.add({"loss_sum": 3.0 * math.log(2), "count": 0, "correct": 0})  # a readout's loss comes in nats
     assert not tally.complete
-    tally.add({"loss_sum": 1.0, "count": 8, "correct": 2})
+    tally.add({"loss_sum": 1.0 * math.log(2), "count": 8, "correct": 2})
     assert tally.complete and tally.bits_per_step == 0.5
 
 

@@ -21,7 +21,7 @@ def test_a_batch_runs_one_chunk_per_truncation_and_predicts_nothing_past_the_seq
     batch = batch_for(job, task, 0, 3)  # 7 steps: chunks of 2, 2, 2, 1
     scores = [model.train_chunk(tensors, flags) for tensors, flags in chunks_of(batch, 2)]
     core = model.cores[0]
-    assert core.steps == 4 and core.prediction is None  # the sequence ended: nothing is predicted beyond it
+    assert core.steps == 4 and core.block.prediction is None  # the sequence ended: nothing is predicted beyond it
     assert [int(score[2]) for score in scores] == [0, 0, 8, 4]  # the reproduction's steps are scored, 4 rows each
     assert model.readout.steps == 4
 

@@ -33,5 +33,5 @@ def test_last_stage_must_produce_one_logit_per_class(tmp_path):
 def test_an_unknown_stage_kind_names_the_stage_and_the_known_kinds(tmp_path):
     stages = mlp_stages()
     stages[1] = {"kind": "transformer_block", "features": 4}
-    with pytest.raises(ConfigError, match="^stage 1: unknown stage kind 'transformer_block'; known: balanced, conv_bn_relu, linear, linear_bn_relu"):
+    with pytest.raises(ConfigError, match="^stage 1: unknown stage kind 'transformer_block'; known: conv_bn_relu, linear, linear_bn_relu"):
         check_stages(small_job(tmp_path, tmp_path, stages=stages), (1, 28, 28), 10)
