@@ -10,11 +10,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
-from dni.coordinator.data import BUILTIN_DATASETS
 from dni.coordinator.interrupts import INTERRUPTS
-from dni.coordinator.job import SHORTCUTS, Job, load_job, with_addresses
+from dni.coordinator.job import SETTINGS, SHORTCUTS, Job, load_job, with_addresses
 from dni.coordinator.plots import check_runs, default_output, plot_runs
 from dni.errors import ConfigError, DniError
+from dni.settings import Setting
 from dni.spec import MODE_NAMES
 from dni.workers import cli as worker_cli
 
@@ -23,44 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = ["COMMANDS", "OVERRIDES", "add_run_arguments", "build_parser", "job_from_args", "main", "package_version", "report_run"]
 
-OVERRIDES = {  # flag -> (job setting, type, help)
-    "--mode": ("mode", str, f"training mode: {', '.join(MODE_NAMES)}"),
-    "--dataset": ("dataset", str, f"the dataset: {', '.join(BUILTIN_DATASETS)}, a plug-in's import path "
-                  "package.module:function, or a plug-in installed under the dni.datasets entry point"),
-    "--iterations": ("iterations", int, "training steps (batches)"),
-    "--epochs": ("epochs", int, "train for this many epochs instead of --iterations"),
-    "--time-limit": ("time_limit", int, "stop training after this many seconds, evaluate and finish normally (0: no limit)"),
-    "--stop-at-accuracy": ("stop_at_accuracy", float, "stop training once a test evaluation reaches this accuracy (e.g. 0.95), "
-                           "evaluate and finish normally (0: never)"),
-    "--link-delay-ms": ("link_delay_ms", float, "emulated link delay: every data message (activations, targets, batches "
-                        "from and results to the coordinator) leaves its sender this many ms late; control is not delayed "
-                        "(held in each sender's queue)"),
-    "--checkpoint-every": ("checkpoint_every", int, "steps between checkpoints of every stage (0: only at the end)"),
-    "--rejoin-seconds": ("rejoin_seconds", int, "remote workers: seconds a lost worker has to come back at its address "
-                         "(restarted by compose or Swarm) before the run fails (default 60; 0: fail at once)"),
-    "--max-recoveries": ("max_recoveries", int, "lost workers replaced within any --recovery-window, or in a row that resume "
-                         "from the same checkpoint; one more ends the run (default 30; 0: the first loss ends it)"),
-    "--recovery-window": ("recovery_window", int, "seconds over which --max-recoveries counts (default 300)"),
-    "--batch-size": ("batch_size", int, "examples per training batch"),
-    "--lr": ("lr", float, "learning rate of every optimiser"),
-    "--seed": ("seed", int, "seed for weights and data order"),
-    "--eval-every": ("eval_every", int, "steps between test evaluations (0: once per epoch)"),
-    "--window": ("window", int, "batches a stage may run ahead of its true gradients (unlocked modes)"),
-    "--threads": ("threads", int, "torch threads per worker (0: share this machine's cores)"),
-    "--data-root": ("data_root", str, "dataset folder (else $DNI_DATA_ROOT, else ./data)"),
-    "--results": ("results", str, "folder for run folders (default ./runs)"),
-    "--name": ("name", str, "run name (default: the job file's name)"),
-    "--train-subset": ("train_subset", int, "use only the first N training examples"),
-    "--test-subset": ("test_subset", int, "use only the first N test examples"),
-    "--loss": ("loss", str, "the last stage's loss: cross_entropy (default), multi_margin, or package.module:function "
-               "taking (logits, labels) and returning per-example losses"),
-    "--truncation": ("truncation", int, "sequence jobs (copy, repeat-copy, chars): T, the time steps per chunk, where "
-                     "truncated BPTT cuts and the synthesizer over time bridges"),
-    "--text": ("text", str, "the chars job's text file (the last tenth is held out); `dni run --text FILE` runs it"),
-    "--discount": ("discount", float, "sequence jobs: the weight of the synthetic gradient at each chunk's end (0..1, default 1)"),
-    "--tensorboard": ("tensorboard", str, "write each evaluation's curves, worker activity and staleness for TensorBoard "
-                      "into this folder, one subfolder per run (needs pip install 'dni[tensorboard]')"),
-}
+OVERRIDES = {row.flag_name: row for row in SETTINGS if row.flag}  # flag -> the job setting it overrides
 
 
 def package_version() -> str:
@@ -79,13 +42,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("job", nargs="?", help="mnist, cifar10, copy, repeat-copy, chars, or a path to a job file "
                         "(see docs/jobs.md)")
     parser.add_argument("--resume", type=Path, metavar="RUN", help="continue a stopped run folder from its last checkpoint")
-    for flag, (_, kind, text) in OVERRIDES.items():
-        parser.add_argument(flag, type=kind, help=text, choices=MODE_NAMES if flag == "--mode" else None)
-    parser.add_argument("--no-verify-data", action="store_true", help="skip dataset checksums (for rebuilt local copies)")
-    parser.add_argument("--no-download", action="store_true", help="never download datasets")
-    parser.add_argument("--record-spans", action="store_true", help="record per-worker activity spans (spans.json)")
-    parser.add_argument("--profile", action="store_true", help="run every worker under cProfile: summary.json's worker_metrics "
-                        "list each one's hottest functions in microseconds per step (slows the run)")
+    for flag, row in OVERRIDES.items():
+        _add_override(parser, flag, row)
     parser.add_argument("--workers", help="comma-separated addresses of running workers (tcp://host:port,...), one per stage")
     parser.add_argument("--bind", help="address of the coordinator's inbox (default: ipc for local workers, tcp://0.0.0.0:5550 for remote; "
                         "tcp://127.0.0.1:5550 with --insecure)")
@@ -99,6 +57,15 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="the coordinator's log detail (default INFO; local workers log WARNING and up)")
+
+
+def _add_override(parser: argparse.ArgumentParser, flag: str, row: Setting) -> None:
+    """A setting's flag; given, its value lands in args.<setting>, else None (the job file's stands). A switch
+    flips the setting's default (--record-spans, --no-download)."""
+    if row.kind is bool:
+        parser.add_argument(flag, dest=row.name, action="store_const", const=not row.default, help=row.help)
+    else:
+        parser.add_argument(flag, dest=row.name, type=row.kind, choices=row.choices or None, help=row.help)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -274,12 +241,17 @@ def job_from_args(args: argparse.Namespace) -> Job:
     """The job named on the command line, with the flags of `add_run_arguments` applied on top."""
     if args.job is None and not args.text:
         raise ConfigError("name a job (mnist, cifar10, copy, repeat-copy, chars or a job file), --text FILE or --resume RUN")
-    overrides = {setting: getattr(args, flag[2:].replace("-", "_")) for flag, (setting, _, _) in OVERRIDES.items()}
-    overrides.update(verify_data=False if args.no_verify_data else None, download=False if args.no_download else None,
-                     record_spans=True if args.record_spans else None, profile=True if args.profile else None)
+    overrides = {row.name: _checked(row, flag, getattr(args, row.name)) for flag, row in OVERRIDES.items()}
     if args.keys or args.insecure:  # either flag overrides the job file's keys and insecure settings
         overrides.update(keys=args.keys or "", insecure=args.insecure)
     return load_job(args.job or "chars", overrides)
+
+
+def _checked(row: Setting, flag: str, value: Any) -> Any:
+    """A flag's value, checked here so that a bad one is refused naming the flag, not the job file it overrides."""
+    if value is not None:
+        row.read(value, flag)
+    return value
 
 
 def report_run(train: Callable[[], tuple[RunFolder, dict[str, Any]]]) -> int:

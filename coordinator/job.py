@@ -3,19 +3,21 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, field, replace
+from dataclasses import MISSING, dataclass, replace
 from pathlib import Path
 from typing import Any, Optional
 
 from dni.coordinator.cuts import MODEL_KEYS, model_table
-from dni.coordinator.data import resolve_data_root
+from dni.coordinator.data import BUILTIN_DATASETS, resolve_data_root
 from dni.coordinator.datasets import check_dataset
 from dni.coordinator.normalize import AUTO, Normalization, check_normalize
 from dni.errors import ConfigError
-from dni.spec import (Mode, OptimizerSpec, StageSpec, SynthesizerSpec, check_device, check_discount, check_link_delay, check_loss,
-                      check_mode, check_nonfinite, check_optimizer, check_positive, check_type)
+from dni.settings import Setting, check_type, setting, settings_of
+from dni.spec import (Mode, OptimizerSpec, StageSpec, SynthesizerSpec, WorkerSettings, check_at_least_one, check_device, check_loss,
+                      check_lr, check_not_negative)
 
-__all__ = ["Job", "SEQUENCE_MODES", "SHORTCUTS", "TASKS", "job_as_table", "job_from_table", "load_job", "with_addresses"]
+__all__ = ["JOB_KEYS", "Job", "LR", "SEQUENCE_MODES", "SETTINGS", "SHORTCUTS", "TASKS", "job_as_table", "job_from_table", "load_job",
+           "with_addresses"]
 
 JOBS_DIR = Path(__file__).parent / "jobs"
 SHORTCUTS = {"mnist": JOBS_DIR / "mnist_fcn.toml", "mnist-smoke": JOBS_DIR / "mnist_smoke.toml", "cifar10": JOBS_DIR / "cifar10_cnn.toml",
@@ -23,67 +25,95 @@ SHORTCUTS = {"mnist": JOBS_DIR / "mnist_fcn.toml", "mnist-smoke": JOBS_DIR / "mn
 TASKS = ("copy", "repeat-copy", "chars")  # a sequence job's task (dni.coordinator.tasks)
 SEQUENCE_MODES = (Mode.BACKPROP, Mode.SG, Mode.NO_BPROP)  # cdni's label and sl's scalar have no per-step meaning
 STAGE_KEYS = ("kind", "device", "address", "synthesizer")
-JOB_KEYS = {
-    "name": str, "dataset": str, "mode": str, "batch_size": int, "iterations": int, "epochs": int,
-    "seed": int, "eval_every": int, "eval_batch_size": int, "window": int, "threads": int,
-    "data_root": str, "results": str, "train_subset": int, "test_subset": int, "verify_data": bool,
-    "download": bool, "record_spans": bool, "nonfinite": str, "checkpoint_every": int, "optimizer": dict, "stages": list,
-    "keys": str, "insecure": bool, "time_limit": int, "tensorboard": str, "loss": str, "rejoin_seconds": int,
-    "max_recoveries": int, "recovery_window": int,
-    "link_delay_ms": float, "stop_at_accuracy": float, "profile": bool, "cuda_graphs": bool,
-    "normalize": object, "num_classes": int,  # normalize: a name, [[mean...], [std...]] or a table (check_normalize)
-    "task": str, "text": str, "truncation": int, "discount": float, "text_window": int, "eval_characters": int,
-}
 
 
-@dataclass(frozen=True)
-class Job:
-    name: str
-    dataset: str
+def _dataset(value: str, name: str) -> str:
+    """A built-in dataset or a plug-in that resolves (a typo fails now); "" for a sequence job, which has none."""
+    if value:
+        check_dataset(value)
+    return value
+
+
+def _normalize(value: Any, name: str) -> Normalization:
+    return check_normalize(value)
+
+
+def _num_classes(value: Any, name: str) -> int:
+    if check_type(name, value, int) < 0:
+        raise ConfigError(f"{name} must not be negative (0: the dataset's own count), got {value}")
+    return value
+
+
+def _fraction(value: Any, name: str) -> float:
+    if not 0 <= check_type(name, value, float) <= 1:
+        raise ConfigError(f"{name} must be a fraction from 0 to 1 (0: never stop early), got {value}")
+    return value
+
+
+def _loss(value: Any, name: str) -> str:
+    return check_loss(value, name=name)
+
+
+def _normalization(value: Normalization) -> Any:
+    return value.setting()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Job(WorkerSettings):
+    """A job: its stages and its settings. Each setting is one `setting()` field (the worker's are inherited from
+    `WorkerSettings`): the job file's key, its check, its `dni run` flag and help all come from that one row."""
     stages: tuple[StageSpec, ...]
-    mode: Mode = Mode.SG
-    batch_size: int = 256
-    iterations: int = 25_000
-    epochs: int = 0  # when set, overrides iterations
-    time_limit: int = 0  # seconds of training after which the run stops early, evaluates and finishes (0: none)
-    stop_at_accuracy: float = 0.0  # a test evaluation at least this accurate ends training as time_limit does (0: never)
-    seed: int = 0
-    eval_every: int = 0  # steps between evaluations; 0 means once per epoch
-    eval_batch_size: int = 1000
-    window: int = 4
-    threads: int = 0  # torch threads per worker; 0 shares this machine's cores among the workers
-    data_root: str = ""
-    results: str = "runs"
-    train_subset: int = 0  # use only the first N training examples (0: all)
-    test_subset: int = 0
-    verify_data: bool = True  # checksum datasets as torchvision does; off for rebuilt local copies
-    download: bool = True
-    record_spans: bool = False
-    profile: bool = False  # each worker runs under cProfile; summary.json's worker_metrics carry its hottest functions
-    cuda_graphs: bool = True  # CUDA stages replay their training passes as CUDA graphs (a last partial batch runs eagerly)
-    nonfinite: str = "reject"  # a tensor with NaN/Inf arriving at a worker: reject the message, or count it
-    checkpoint_every: int = 1000  # steps between checkpoints of every stage (0: only at the end)
-    keys: str = ""  # CURVE key directory made by `dni keys DIR`; required when an address reaches beyond loopback
-    insecure: bool = False  # run without keys even if `keys` is set; allowed only on loopback and ipc:// addresses
-    rejoin_seconds: int = 60  # remote workers: how long a lost one has to come back (restarted by compose, Swarm) before the run fails
-    max_recoveries: int = 30  # lost workers replaced within any recovery_window seconds, or in a row from one checkpoint;
-    # one more ends the run (0: none)
-    recovery_window: int = 300
-    tensorboard: str = ""  # folder for TensorBoard event files, one subfolder per run ("": none); needs dni[tensorboard]
-    loss: str = "cross_entropy"  # the last stage's per-example loss: a built-in name or package.module:function
-    link_delay_ms: float = 0.0  # emulated delay of every data hop, coordinator's included, held in its sender's queue; 0: none
-    optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
+    name: str = setting(MISSING, "run name (default: the job file's name)", kind=str, flag=True)
+    dataset: str = setting("", f"the dataset: {', '.join(BUILTIN_DATASETS)}, a plug-in's import path package.module:function, "
+                           "or a plug-in installed under the dni.datasets entry point", check=_dataset, flag=True)
+    batch_size: int = setting(256, "examples per training batch", check=check_at_least_one, flag=True)
+    iterations: int = setting(25_000, "training steps (batches)", check=check_not_negative, flag=True)
+    epochs: int = setting(0, "train for this many epochs instead of --iterations", check=check_not_negative, flag=True)
+    time_limit: int = setting(0, "stop training after this many seconds, evaluate and finish normally (0: no limit)",
+                              check=check_not_negative, flag=True)
+    stop_at_accuracy: float = setting(0.0, "stop training once a test evaluation reaches this accuracy (e.g. 0.95), "
+                                      "evaluate and finish normally (0: never)", check=_fraction, flag=True)
+    eval_every: int = setting(0, "steps between test evaluations (0: once per epoch)", check=check_not_negative, flag=True)
+    eval_batch_size: int = setting(1000, "examples per evaluation batch", check=check_at_least_one)
+    threads: int = setting(0, "torch threads per worker (0: share this machine's cores)", check=check_not_negative, flag=True)
+    data_root: str = setting("", "dataset folder (else $DNI_DATA_ROOT, else ./data)", flag=True)
+    results: str = setting("runs", "folder for run folders (default ./runs)", flag=True)
+    train_subset: int = setting(0, "use only the first N training examples (0: all)", check=check_not_negative, flag=True)
+    test_subset: int = setting(0, "use only the first N test examples (0: all)", check=check_not_negative, flag=True)
+    verify_data: bool = setting(True, "checksum datasets as torchvision does (--no-verify-data skips it, for rebuilt local "
+                                "copies)", flag=True)
+    download: bool = setting(True, "download missing datasets (--no-download never does)", flag=True)
+    checkpoint_every: int = setting(1000, "steps between checkpoints of every stage (0: only at the end)",
+                                    check=check_not_negative, flag=True)
+    keys: str = setting("", "CURVE key directory made by `dni keys DIR`; required when an address reaches beyond loopback")
+    insecure: bool = setting(False, "run without keys even if `keys` is set; allowed only on loopback and ipc:// addresses")
+    rejoin_seconds: int = setting(60, "remote workers: seconds a lost worker has to come back at its address (restarted "
+                                  "by compose or Swarm) before the run fails (default 60; 0: fail at once)",
+                                  check=check_not_negative, flag=True)
+    max_recoveries: int = setting(30, "lost workers replaced within any --recovery-window, or in a row that resume from "
+                                  "the same checkpoint; one more ends the run (default 30; 0: the first loss ends it)",
+                                  check=check_not_negative, flag=True)
+    recovery_window: int = setting(300, "seconds over which --max-recoveries counts (default 300)", check=check_at_least_one,
+                                   flag=True)
+    tensorboard: str = setting("", "write each evaluation's curves, worker activity and staleness for TensorBoard into "
+                               "this folder, one subfolder per run (needs pip install 'dni[tensorboard]')", flag=True)
+    loss: str = setting("cross_entropy", "the last stage's loss: cross_entropy (default), multi_margin, or "
+                        "package.module:function taking (logits, labels) and returning per-example losses",
+                        check=_loss, flag=True)
+    normalize: Normalization = setting(AUTO, "how examples become floats, once per dataset: a name, [[mean...], [std...]] "
+                                       "or {mean = [...], std = [...]} (see coordinator/normalize.py)", kind=object,
+                                       check=_normalize, dump=_normalization)
+    num_classes: int = setting(0, "classes of the dataset (0: the dataset's; a plug-in's: its largest label + 1)",
+                               check=_num_classes)
+    task: str = setting("", f"a sequence job's task ({', '.join(TASKS)}; \"\": a dataset job); iterations then counts "
+                        "batches of sequences")
+    text: str = setting("", "the chars job's text file (the last tenth is held out); `dni run --text FILE` runs it", flag=True)
+    text_window: int = setting(100, "the chars task: steps of each stream per batch", check=check_at_least_one)
+    eval_characters: int = setting(20_000, "the chars task: at most this much of the held-out tail is scored at the end",
+                                   check=check_at_least_one)
     model: str = ""  # package.module:function whose children the stages are slices of ("": stages of their own)
     split: tuple[int, ...] = ()  # the model's cut points between children
     balance: int = 0  # stages = N: the cuts are still to be measured for the input shape (`dni.coordinator.split`)
-    normalize: Normalization = AUTO  # how examples become floats, once per dataset (see coordinator/normalize.py)
-    num_classes: int = 0  # 0: the dataset's (a plug-in's: its largest label + 1)
-    task: str = ""  # a sequence job's task (TASKS; "": a dataset job); iterations then counts batches of sequences
-    text: str = ""  # the chars task's text file
-    truncation: int = 0  # a sequence job's T: steps per chunk, the truncation of BPTT
-    discount: float = 1.0  # a sequence job: the weight of the synthetic gradient at each chunk's end
-    text_window: int = 100  # the chars task: steps of each stream per batch
-    eval_characters: int = 20_000  # the chars task: at most this much of the held-out tail is scored at the end
 
     @property
     def is_sequence(self) -> bool:
@@ -112,8 +142,15 @@ class Job:
         return self.threads or max(1, (os.cpu_count() or 1) // len(self.stages))
 
 
+LR = Setting("lr", float, OptimizerSpec.lr, "learning rate of every optimiser", check=check_lr, flag=True,
+             section="optimizer")  # the one key of a table that has a flag
+SETTINGS = (*settings_of(Job), LR)
+_TOP = {row.name: row for row in SETTINGS if not row.section}  # the rows of a job file's top-level keys
+JOB_KEYS = frozenset({*_TOP, "stages"})
+
+
 def load_job(target: str, overrides: Optional[dict[str, Any]] = None) -> Job:
-    """A job from a shortcut name or a TOML file, with command-line overrides applied on top."""
+    """A job from a shortcut name or a TOML file, with overrides (setting -> value; None: as the file says) on top."""
     path = SHORTCUTS.get(target, Path(target))
     if not path.is_file():
         raise ConfigError(f"job {target!r} is neither a shortcut ({', '.join(SHORTCUTS)}) nor a TOML file")
@@ -122,10 +159,12 @@ def load_job(target: str, overrides: Optional[dict[str, Any]] = None) -> Job:
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: not valid TOML: {error}") from error
     table.setdefault("name", path.stem)
-    overrides = {key: value for key, value in (overrides or {}).items() if value is not None}
-    if "lr" in overrides:
-        table["optimizer"] = {**table.get("optimizer", {}), "lr": overrides.pop("lr")}
-    table.update(overrides)
+    sections = {row.name: row.section for row in SETTINGS if row.section}
+    for key, value in (overrides or {}).items():
+        if value is not None and key in sections:
+            table[sections[key]] = {**table.get(sections[key], {}), key: value}
+        elif value is not None:
+            table[key] = value
     return job_from_table(table, str(path))
 
 
@@ -139,23 +178,19 @@ def job_from_table(table: dict[str, Any], origin: str = "job") -> Job:
 
 def _job(table: dict[str, Any]) -> Job:
     table, model = _model_fields(table)
-    for key, value in table.items():
-        if key not in JOB_KEYS:
-            raise ConfigError(f"unknown setting {key!r}; known: {', '.join(sorted(JOB_KEYS))}")
-        check_type(key, value, JOB_KEYS[key])
+    unknown = [key for key in table if key not in JOB_KEYS]
+    if unknown:
+        raise ConfigError(f"unknown setting {unknown[0]!r}; known: {', '.join(sorted(JOB_KEYS))}")
     if "stages" not in table or not ("dataset" in table or "task" in table):
         raise ConfigError("a job needs 'dataset' (or a sequence 'task') and at least two [[stages]]")
-    optimizer = table.get("optimizer", {})
-    job = Job(
-        name=table["name"],
-        dataset=table.get("dataset", ""),
-        stages=tuple(_stage(entry, index) for index, entry in enumerate(table["stages"])),
-        mode=check_mode(table.get("mode", "sg")),
-        optimizer=check_optimizer(optimizer.get("name", "adam"), optimizer.get("lr", OptimizerSpec.lr), set(optimizer)),
-        **model,
-        normalize=check_normalize(table.get("normalize", "auto")),
-        **{key: value for key, value in table.items() if key not in ("name", "dataset", "stages", "mode", "optimizer", "normalize")},
-    )
+    stages = tuple(_stage(entry, index) for index, entry in enumerate(check_type("stages", table["stages"], list)))
+    if len(stages) < 2:
+        raise ConfigError(f"a pipeline needs at least two stages, got {len(stages)}")
+    settings = {key: _TOP[key].read(value) for key, value in table.items() if key != "stages"}
+    missing = [row.name for row in SETTINGS if row.default is MISSING and row.name not in settings]
+    if missing:
+        raise ConfigError(f"a job needs {missing[0]!r}")
+    job = Job(stages=stages, **model, **settings)
     _validate(job)
     return job
 
@@ -199,24 +234,11 @@ def _stage(entry: Any, index: int) -> StageSpec:
 
 
 def _validate(job: Job) -> None:
+    """What no one setting's check can see: how settings go together."""
     if job.is_sequence:
         _validate_sequence(job)
     else:
         _validate_data(job)
-    if len(job.stages) < 2:
-        raise ConfigError(f"a pipeline needs at least two stages, got {len(job.stages)}")
-    for name in ("batch_size", "eval_batch_size", "window"):
-        check_positive(name, getattr(job, name))
-    check_nonfinite(job.nonfinite)
-    check_loss(job.loss)
-    check_link_delay(job.link_delay_ms)
-    if not 0 <= job.stop_at_accuracy <= 1:
-        raise ConfigError(f"stop_at_accuracy must be a fraction from 0 to 1 (0: never stop early), got {job.stop_at_accuracy}")
-    check_positive("recovery_window", job.recovery_window)
-    for name in ("iterations", "epochs", "eval_every", "threads", "train_subset", "test_subset", "checkpoint_every", "time_limit",
-                 "rejoin_seconds", "max_recoveries"):
-        if getattr(job, name) < 0:
-            raise ConfigError(f"{name} must not be negative, got {getattr(job, name)}")
     if not (job.iterations or job.epochs):
         raise ConfigError("set iterations or epochs")
     remote = [stage.address is not None for stage in job.stages]
@@ -224,9 +246,8 @@ def _validate(job: Job) -> None:
         raise ConfigError("either every stage has an address (remote workers) or none does")
 
 
-_DEFAULTS = Job(name="", dataset="", stages=())
 _DATASET_ONLY = ("eval_every", "eval_batch_size", "train_subset", "test_subset", "num_classes", "normalize", "loss",
-                "stop_at_accuracy")  # settings of a dataset job that a sequence job refuses unless left as they are
+                 "stop_at_accuracy")  # settings of a dataset job that a sequence job refuses unless left as they are
 
 
 def _validate_sequence(job: Job) -> None:
@@ -241,31 +262,22 @@ def _validate_sequence(job: Job) -> None:
         raise ConfigError(f"a sequence job needs truncation = T, its chunk length, of at least 1, got {job.truncation}")
     if job.mode not in SEQUENCE_MODES:
         raise ConfigError(f"a sequence job trains in {', '.join(mode.value for mode in SEQUENCE_MODES)}, not {job.mode.value}")
-    check_discount(job.discount)
     if job.epochs:
         raise ConfigError("a sequence job has no epochs: iterations counts its batches of sequences")
-    for name in ("text_window", "eval_characters"):
-        check_positive(name, getattr(job, name))
-    meaningless = [name for name in _DATASET_ONLY if getattr(job, name) != getattr(_DEFAULTS, name)]
+    meaningless = [name for name in _DATASET_ONLY if getattr(job, name) != _TOP[name].default]
     if meaningless:
         raise ConfigError(f"{', '.join(meaningless)}: no meaning in a sequence job (its task sets its data and loss)")
 
 
 def _validate_data(job: Job) -> None:
-    """The dataset resolves (a plug-in imports, so a typo fails now) and num_classes, when set, is positive."""
+    """A dataset job has a dataset (checked by its setting) and no sequence settings."""
     if job.truncation or job.text:
         raise ConfigError("truncation and text belong to a sequence job (task = copy, repeat-copy or chars)")
-    check_dataset(job.dataset)
-    if job.num_classes < 0:
-        raise ConfigError(f"num_classes must not be negative (0: the dataset's own count), got {job.num_classes}")
 
 
 def job_as_table(job: Job) -> dict[str, Any]:
     """The job in job-file form (what job_from_table reads back), for a run folder and --resume."""
-    table = {key: getattr(job, key) for key in JOB_KEYS if key not in ("stages", "optimizer", "mode")}
-    table["mode"] = job.mode.value
-    table["normalize"] = job.normalize.setting()
-    table["optimizer"] = {"name": job.optimizer.name, "lr": job.optimizer.lr}
+    table = {name: row.dump(getattr(job, name)) for name, row in _TOP.items()}
     if job.model:
         return {**table, **_model_as_table(job)}
     table["stages"] = [

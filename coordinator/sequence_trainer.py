@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Optional
 import numpy as np
 import torch
 
+from dni.coordinator.assignments import stage_assignment
 from dni.coordinator.checkpoints import Checkpoints, Position
 from dni.coordinator.interrupts import INTERRUPTS
 from dni.coordinator.job import Job
@@ -93,16 +94,10 @@ def chunks_of(batch: SequenceBatch, truncation: int) -> Iterator[tuple[dict[str,
 def sequence_assignments(job: Job, task: SequenceTask, job_id: str, coordinator: str, endpoints: list[Any],
                          shapes: list[tuple[int, ...]], restore: Optional[Checkpoints]) -> list[StageAssignment]:
     """What each stage of a sequence job is told; `shapes[i]` is stage i's per-step input shape."""
-    return [StageAssignment(
-        job=job_id, index=index, num_stages=len(job.stages), spec=spec, mode=job.mode, input_shape=shapes[index],
-        num_classes=task.output_size, optimizer=job.optimizer, seed=job.seed, window=job.window,
-        threads=job.threads_per_worker(), coordinator=coordinator,
-        upstream=endpoints[index - 1].backward if index > 0 else None,
-        downstream=endpoints[index + 1].forward if index + 1 < len(job.stages) else None,
-        record_spans=job.record_spans, nonfinite=job.nonfinite, loss=task.loss, link_delay_ms=float(job.link_delay_ms),
-        profile=job.profile, cuda_graphs=job.cuda_graphs, truncation=job.truncation, discount=job.discount,
-        restore=str(restore.stage(index)) if restore is not None else None,
-    ) for index, spec in enumerate(job.stages[:len(shapes)])]
+    return [stage_assignment(job, index, endpoints, shapes[index], coordinator,
+                             str(restore.stage(index)) if restore is not None else None, job_id,
+                             num_classes=task.output_size, loss=task.loss)
+            for index in range(min(len(shapes), len(job.stages)))]
 
 
 def sequence_summary(job: Job, task: SequenceTask, batches: int, curve: list[dict[str, Any]], wall: float) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 
+from dni.coordinator.assignments import stage_assignment
 from dni.coordinator.checkpoints import Checkpoints, Position
 from dni.coordinator.interrupts import INTERRUPTS
 from dni.coordinator.data import Dataset, test_batches, train_batches
@@ -23,7 +24,6 @@ from dni.coordinator.tensorboard import TensorBoardLog
 from dni.protocol import Kind, Message
 from dni.protocol.linkdelay import describe
 from dni.schedule import FeedSchedule
-from dni.spec import StageAssignment
 from dni.workers.timing import spans_from_arrays
 
 if TYPE_CHECKING:
@@ -110,19 +110,10 @@ class Trainer:
         shape = self.data.input_shape
         endpoints = self.pipeline.endpoints
         self.workers = []
-        for index, spec in enumerate(self.job.stages):
-            config = StageAssignment(
-                job=self.job_id, index=index, num_stages=len(endpoints), spec=spec, mode=self.job.mode,
-                input_shape=tuple(shape), num_classes=self.data.num_classes, optimizer=self.job.optimizer,
-                seed=self.job.seed, window=self.job.window, threads=self.job.threads_per_worker(),
-                coordinator=self.coordinator_address,
-                upstream=endpoints[index - 1].backward if index > 0 else None,
-                downstream=endpoints[index + 1].forward if index + 1 < len(endpoints) else None,
-                record_spans=self.job.record_spans, nonfinite=self.job.nonfinite, loss=self.job.loss,
-                link_delay_ms=float(self.job.link_delay_ms), profile=self.job.profile,
-                cuda_graphs=self.job.cuda_graphs,
-                restore=str(self.checkpoints.stage(index)) if restore else None,
-            )
+        for index in range(len(self.job.stages)):
+            config = stage_assignment(self.job, index, endpoints, shape, self.coordinator_address,
+                                      str(self.checkpoints.stage(index)) if restore else None, self.job_id,
+                                      num_classes=self.data.num_classes, loss=self.job.loss)
             reply = self.pipeline.request(index, "configure", {"config": config.to_wire()}, timeout=120)
             self.workers.append({"stage": index, "address": endpoints[index].control, **{k: v for k, v in reply.meta.items() if k != "ok"}})
             shape = tuple(reply.meta["output_shape"])

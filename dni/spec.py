@@ -34,12 +34,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
 from dni.errors import ConfigError
+from dni.settings import check_type, setting, settings_of
 
 __all__ = [
     "COORDINATOR_TIMEOUT", "DEVICE_PATTERN", "EXIT_COORDINATOR_SILENT", "EXIT_STOPPED", "LOSS_NAMES",
-    "MAX_LINK_DELAY_MS", "MODE_NAMES", "NONFINITE_POLICIES", "OPTIMIZERS", "Mode", "OptimizerSpec", "StageAssignment",
-    "StageSpec", "SynthesizerSpec", "check_device", "check_discount", "check_link_delay", "check_loss", "check_mode", "check_nonfinite",
-    "check_optimizer", "check_positive", "check_type",
+    "MAX_LINK_DELAY_MS", "MODE_NAMES", "NONFINITE_POLICIES", "OPTIMIZERS", "WORKER_SETTINGS", "Mode",
+    "OptimizerSpec", "StageAssignment", "StageSpec", "SynthesizerSpec", "WorkerSettings", "check_at_least_one", "check_device",
+    "check_discount", "check_link_delay", "check_loss", "check_lr", "check_mode", "check_nonfinite", "check_not_negative",
+    "check_optimizer", "check_positive", "check_truncation", "read_optimizer",
 ]
 
 OPTIMIZERS = ("adam", "sgd")
@@ -114,32 +116,155 @@ class OptimizerSpec:
     lr: float = 3e-5
 
 
+# -- one check per concept, for job files and configure requests alike ---------------------
+# A setting's check takes (value, name): the name is the one its reader shows, a job file's key or a flag.
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_link_delay(value: Any, name: str = "link_delay_ms") -> float:
+    """The emulated link delay in milliseconds: a finite, non-negative number (a job file's 5 means 5.0), at most
+    MAX_LINK_DELAY_MS: a held message counts as in flight, so the coordinator's stall check waits for it."""
+    if not (_is_number(value) and math.isfinite(value) and value >= 0):
+        raise ConfigError(f"{name} must be a finite number of milliseconds, 0 or more, got {value!r:.60}")
+    if value > MAX_LINK_DELAY_MS:
+        raise ConfigError(f"{name} must be at most {MAX_LINK_DELAY_MS} (an emulated hop, not a pause), got {value:g}")
+    return float(value)
+
+
+def check_positive(name: str, value: int) -> int:
+    if value < 1:
+        raise ConfigError(f"{name} must be at least 1, got {value}")
+    return value
+
+
+def check_at_least_one(value: Any, name: str) -> int:
+    """A count that cannot be zero: an int of at least 1."""
+    return check_positive(name, check_type(name, value, int))
+
+
+def check_not_negative(value: Any, name: str) -> int:
+    """A count whose 0 means none (or, where its help says so, a default): an int of at least 0."""
+    if check_type(name, value, int) < 0:
+        raise ConfigError(f"{name} must not be negative, got {value}")
+    return value
+
+
+def check_mode(value: Any, name: str = "mode") -> Mode:
+    if value not in MODE_NAMES:
+        raise ConfigError(f"{name} {value!r:.40} is not one of {', '.join(MODE_NAMES)}")
+    return Mode(value)
+
+
+def check_lr(value: Any, name: str) -> float:
+    if not (_is_number(value) and math.isfinite(value) and value > 0):
+        raise ConfigError(f"{name} must be a positive number, got {value!r}")
+    return value
+
+
+def check_optimizer(name: Any, lr: Any, keys: set[str]) -> OptimizerSpec:
+    unknown = keys - {"name", "lr"}
+    if unknown:
+        raise ConfigError(f"optimizer has unknown settings {sorted(unknown)}; known: name, lr")
+    if name not in OPTIMIZERS:
+        raise ConfigError(f"optimizer.name {name!r} is not one of {', '.join(OPTIMIZERS)}")
+    return OptimizerSpec(name, check_lr(lr, "optimizer.lr"))
+
+
+def read_optimizer(value: Any, name: str = "optimizer") -> OptimizerSpec:
+    """The `[optimizer]` table (name, lr), each key defaulting to `OptimizerSpec`'s."""
+    table = check_type(name, value, dict)
+    return check_optimizer(table.get("name", OptimizerSpec.name), table.get("lr", OptimizerSpec.lr), set(table))
+
+
+def check_nonfinite(value: Any, name: str = "nonfinite") -> str:
+    if value not in NONFINITE_POLICIES:
+        raise ConfigError(f"{name} {value!r:.40} is not one of {', '.join(NONFINITE_POLICIES)}")
+    return value
+
+
+def check_loss(value: Any, name: str = "loss") -> str:
+    """A built-in loss name or an import path; whether the path imports is known only where it is resolved."""
+    if not (isinstance(value, str) and (value in LOSS_NAMES or IMPORT_PATH.match(value))):
+        raise ConfigError(f"{name} {value!r:.60} is not one of {', '.join(LOSS_NAMES)} nor an import path package.module:function")
+    return value
+
+
+def check_truncation(value: Any, name: str) -> int:
+    """A chunk length T, 0 for a feed-forward job (a sequence job also needs T >= 1: `coordinator/job.py`)."""
+    if check_type(name, value, int) < 0:
+        raise ConfigError(f"{name} must not be negative (0: a feed-forward job), got {value}")
+    return value
+
+
+def check_discount(value: Any, name: str = "discount") -> float:
+    """The synthetic gradient's weight at a chunk's end: from 0 (truncated BPTT) to 1 (the paper's)."""
+    if not (_is_number(value) and math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise ConfigError(f"{name} must lie in 0..1, got {value!r:.60}")
+    return float(value)
+
+
+def check_device(value: str) -> str:
+    """cpu, auto, cuda or cuda:N; whether that device exists is known only on the worker that uses it."""
+    if not DEVICE_PATTERN.match(value):
+        raise ConfigError(f"device {value!r} is not one of cpu, cuda, cuda:N, auto")
+    return value
+
+
+def _mode_name(mode: Mode) -> str:
+    return mode.value
+
+
+# -- the settings a worker is told ----------------------------------------------------------
+
 @dataclass(frozen=True)
-class StageAssignment:
-    """Everything one worker is told, in `configure`, to serve one stage of one job."""
+class WorkerSettings:
+    """The job's settings every worker is told as they are: a `Job` has them and so has a `StageAssignment` (both
+    derive from this class), so the trainers copy them and `from_wire` reads them row by row (`WORKER_SETTINGS`).
+    Settings the coordinator resolves first (threads, num_classes, loss) are the assignment's own fields."""
+    mode: Mode = setting(Mode.SG, f"training mode: {', '.join(MODE_NAMES)}", kind=str, check=check_mode, dump=_mode_name,
+                         flag=True, choices=MODE_NAMES, wire_required=True)
+    optimizer: OptimizerSpec = setting(OptimizerSpec(), "every stage's optimiser: a table of name (adam, sgd) and lr",
+                                       kind=dict, check=read_optimizer, dump=asdict, wire_required=True)
+    seed: int = setting(0, "seed for weights and data order", flag=True, wire_required=True)
+    window: int = setting(4, "batches a stage may run ahead of its true gradients (unlocked modes)", check=check_at_least_one,
+                          flag=True, wire_required=True)
+    record_spans: bool = setting(False, "record per-worker activity spans (spans.json)", flag=True)
+    nonfinite: str = setting("reject", "a tensor with NaN/Inf arriving at a worker: reject the message, or count it",
+                             check=check_nonfinite)
+    link_delay_ms: float = setting(0.0, "emulated link delay: every data message (activations, targets, batches from and "
+                                   "results to the coordinator) leaves its sender this many ms late, held in its queue; "
+                                   "control is not delayed", check=check_link_delay, flag=True)
+    profile: bool = setting(False, "run every worker under cProfile: summary.json's worker_metrics list each one's hottest "
+                            "functions in microseconds per step (slows the run)", flag=True)
+    cuda_graphs: bool = setting(True, "CUDA stages replay their training passes as CUDA graphs (a last partial batch runs "
+                                "eagerly)")
+    truncation: int = setting(0, "sequence jobs (copy, repeat-copy, chars): T, the time steps per chunk, where truncated "
+                              "BPTT cuts and the synthesizer over time bridges", check=check_truncation, flag=True)
+    discount: float = setting(1.0, "sequence jobs: the weight of the synthetic gradient at each chunk's end (0..1, "
+                              "default 1)", check=check_discount, flag=True)
+
+
+WORKER_SETTINGS = settings_of(WorkerSettings)
+
+
+@dataclass(frozen=True, kw_only=True)
+class StageAssignment(WorkerSettings):
+    """Everything one worker is told, in `configure`, to serve one stage of one job: the job's `WorkerSettings` and
+    what the coordinator resolved for this stage."""
     job: str
     index: int
     num_stages: int
     spec: StageSpec
-    mode: Mode
     input_shape: tuple[int, ...]
     num_classes: int
-    optimizer: OptimizerSpec
-    seed: int
-    window: int
     threads: int
     coordinator: str
     upstream: Optional[str] = None  # the upstream worker's backward socket, where input gradients go
     downstream: Optional[str] = None  # the downstream worker's forward socket, where activations go
-    record_spans: bool = False
-    nonfinite: str = "reject"
     restore: Optional[str] = None  # a checkpoint file to start from
     loss: str = "cross_entropy"  # the last stage's per-example loss (missing on the wire: the default)
-    link_delay_ms: float = 0.0  # emulated link delay: every data message this stage sends leaves this late (missing: 0)
-    profile: bool = False  # run the stage under cProfile; its `metrics` reply then carries the hottest functions
-    cuda_graphs: bool = True  # on a CUDA device, replay the training passes as CUDA graphs (see workers/graphs.py)
-    truncation: int = 0  # a sequence job's chunk length T (messages carry chunks of at most T steps); 0: feed-forward
-    discount: float = 1.0  # a sequence job: the weight of the synthetic gradient at each chunk's end
 
     @property
     def is_first(self) -> bool:
@@ -152,7 +277,7 @@ class StageAssignment:
     def to_wire(self) -> dict[str, Any]:
         wire = asdict(self)
         del wire["spec"]["address"]  # where the worker lives is the coordinator's business, not the worker's
-        wire["mode"] = self.mode.value
+        wire.update({row.name: row.dump(getattr(self, row.name)) for row in WORKER_SETTINGS})
         wire["input_shape"] = list(self.input_shape)
         return wire
 
@@ -161,36 +286,20 @@ class StageAssignment:
         if not isinstance(wire, dict):
             raise ConfigError("stage config must be a map")
         try:
-            spec, optimizer = wire["spec"], wire["optimizer"]
             assignment = cls(
                 job=check_type("job", wire["job"], str),
                 index=check_type("index", wire["index"], int),
                 num_stages=check_type("num_stages", wire["num_stages"], int),
-                spec=StageSpec(
-                    kind=check_type("kind", spec["kind"], str),
-                    params=check_type("params", spec["params"], dict),
-                    synthesizer=SynthesizerSpec(**spec["synthesizer"]),
-                    device=check_device(check_type("device", spec["device"], str)),
-                ),
-                mode=check_mode(wire["mode"]),
+                spec=_spec_from_wire(wire["spec"]),
                 input_shape=tuple(check_type("input_shape", wire["input_shape"], list)),
                 num_classes=check_type("num_classes", wire["num_classes"], int),
-                optimizer=check_optimizer(optimizer.get("name"), optimizer.get("lr"), set(optimizer)),
-                seed=check_type("seed", wire["seed"], int),
-                window=check_type("window", wire["window"], int),
                 threads=check_type("threads", wire["threads"], int),
                 coordinator=check_type("coordinator", wire["coordinator"], str),
                 upstream=wire.get("upstream"),
                 downstream=wire.get("downstream"),
-                record_spans=bool(wire.get("record_spans", False)),
-                nonfinite=check_nonfinite(wire.get("nonfinite", "reject")),
                 restore=wire.get("restore"),
-                loss=check_loss(wire.get("loss", "cross_entropy")),
-                link_delay_ms=check_link_delay(wire.get("link_delay_ms", 0.0)),
-                profile=check_type("profile", wire.get("profile", False), bool),
-                cuda_graphs=check_type("cuda_graphs", wire.get("cuda_graphs", True), bool),
-                truncation=check_type("truncation", wire.get("truncation", 0), int),
-                discount=float(check_type("discount", wire.get("discount", 1.0), float)),
+                loss=wire.get("loss", "cross_entropy"),
+                **_settings_from_wire(wire),
             )
         except (KeyError, TypeError, AttributeError) as error:
             raise ConfigError(f"stage config is incomplete or malformed: {error}") from error
@@ -198,89 +307,30 @@ class StageAssignment:
         return assignment
 
     def validate(self) -> None:
+        """What the settings' own checks cannot see: the stage's place, its resolved threads and shape, a loss that
+        suits the job's kind."""
         if not 0 <= self.index < self.num_stages:
             raise ConfigError(f"index {self.index} is outside 0..{self.num_stages - 1}")
-        for name in ("window", "threads"):
-            check_positive(name, getattr(self, name))
+        check_positive("threads", self.threads)
         if not all(isinstance(size, int) and size > 0 for size in self.input_shape):
             raise ConfigError(f"input_shape must be positive integers, got {list(self.input_shape)}")
-        check_link_delay(self.link_delay_ms)
-        if self.truncation < 0:
-            raise ConfigError(f"truncation must not be negative (0: a feed-forward job), got {self.truncation}")
-        check_discount(self.discount)
+        check_loss(self.loss)
         if self.restore is not None and not isinstance(self.restore, str):
             raise ConfigError("restore must be a checkpoint path")
         if (self.upstream is None) != self.is_first or (self.downstream is None) != self.is_last:
             raise ConfigError("upstream/downstream addresses do not match the stage's position")
 
 
-# -- one check per concept, for job files and configure requests alike ---------------------
-
-def check_type(name: str, value: Any, kind: type) -> Any:
-    """`value` if it is a `kind` (a bool is no number: TOML and msgpack keep them apart, so must we; an int is a
-    float, as a job file's `5` for 5.0)."""
-    number = kind is float and isinstance(value, int)
-    if not (isinstance(value, kind) or number) or (kind in (int, float) and isinstance(value, bool)):
-        raise ConfigError(f"{name} must be {kind.__name__}, got {value!r:.60}")
-    return value
+def _spec_from_wire(spec: dict[str, Any]) -> StageSpec:
+    return StageSpec(
+        kind=check_type("kind", spec["kind"], str),
+        params=check_type("params", spec["params"], dict),
+        synthesizer=SynthesizerSpec(**spec["synthesizer"]),
+        device=check_device(check_type("device", spec["device"], str)),
+    )
 
 
-def check_link_delay(value: Any) -> float:
-    """The emulated link delay in milliseconds: a finite, non-negative number (a job file's 5 means 5.0), at most
-    MAX_LINK_DELAY_MS: a held message counts as in flight, so the coordinator's stall check waits for it."""
-    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0):
-        raise ConfigError(f"link_delay_ms must be a finite number of milliseconds, 0 or more, got {value!r:.60}")
-    if value > MAX_LINK_DELAY_MS:
-        raise ConfigError(f"link_delay_ms must be at most {MAX_LINK_DELAY_MS} (an emulated hop, not a pause), "
-                          f"got {value:g}")
-    return float(value)
-
-
-def check_positive(name: str, value: int) -> int:
-    if value < 1:
-        raise ConfigError(f"{name} must be at least 1, got {value}")
-    return value
-
-
-def check_mode(value: Any) -> Mode:
-    if value not in MODE_NAMES:
-        raise ConfigError(f"mode {value!r:.40} is not one of {', '.join(MODE_NAMES)}")
-    return Mode(value)
-
-
-def check_optimizer(name: Any, lr: Any, keys: set[str]) -> OptimizerSpec:
-    unknown = keys - {"name", "lr"}
-    if unknown:
-        raise ConfigError(f"optimizer has unknown settings {sorted(unknown)}; known: name, lr")
-    if name not in OPTIMIZERS:
-        raise ConfigError(f"optimizer.name {name!r} is not one of {', '.join(OPTIMIZERS)}")
-    if not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and math.isfinite(lr) and lr > 0):
-        raise ConfigError(f"optimizer.lr must be a positive number, got {lr!r}")
-    return OptimizerSpec(name, lr)
-
-
-def check_nonfinite(value: Any) -> str:
-    if value not in NONFINITE_POLICIES:
-        raise ConfigError(f"nonfinite {value!r:.40} is not one of {', '.join(NONFINITE_POLICIES)}")
-    return value
-
-
-def check_loss(value: Any) -> str:
-    """A built-in loss name or an import path; whether the path imports is known only where it is resolved."""
-    if not (isinstance(value, str) and (value in LOSS_NAMES or IMPORT_PATH.match(value))):
-        raise ConfigError(f"loss {value!r:.60} is not one of {', '.join(LOSS_NAMES)} nor an import path package.module:function")
-    return value
-
-
-def check_discount(value: float) -> float:
-    """The synthetic gradient's weight at a chunk's end: from 0 (truncated BPTT) to 1 (the paper's)."""
-    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
-        raise ConfigError(f"discount must lie in 0..1, got {value!r:.60}")
-    return value
-
-
-def check_device(value: str) -> str:
-    """cpu, auto, cuda or cuda:N; whether that device exists is known only on the worker that uses it."""
-    if not DEVICE_PATTERN.match(value):
-        raise ConfigError(f"device {value!r} is not one of cpu, cuda, cuda:N, auto")
-    return value
+def _settings_from_wire(wire: dict[str, Any]) -> dict[str, Any]:
+    """Every worker setting, checked; one a newer coordinator added may be missing from an older one's: its default."""
+    return {row.name: row.receive(wire[row.name] if row.wire_required else wire.get(row.name, row.default))
+            for row in WORKER_SETTINGS}

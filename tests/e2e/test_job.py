@@ -32,6 +32,12 @@ def test_cli_reports_a_bad_job_file_and_exits_2(tmp_path):
     assert result.returncode == 2 and "invalid choice: 'nope'" in result.stderr
 
 
+def test_a_bad_flag_is_named_as_the_flag_not_as_the_job_file_it_overrides():
+    result = subprocess.run([sys.executable, "-m", "dni", "run", "mnist", "--iterations", "-5"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "--iterations must not be negative, got -5" in result.stderr and "mnist_fcn.toml" not in result.stderr
+
+
 def test_dni_run_says_which_parameter_has_the_wrong_type_and_exits_2(tmp_path, data_root):
     job_file = tmp_path / "strings.toml"
     job_file.write_text('dataset = "mnist"\nmode = "sg"\n[[stages]]\nkind = "linear_bn_relu"\nfeatures = "128"\n'

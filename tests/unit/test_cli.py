@@ -12,9 +12,10 @@ import pytest
 
 import dni.coordinator.cli
 import dni.coordinator.plots
-from dni.coordinator.cli import build_parser, job_from_args, main, package_version
+from dni.coordinator.cli import OVERRIDES, build_parser, job_from_args, main, package_version
 from dni import load_job
 from dni.coordinator.plots import run_label
+from dni.errors import ConfigError
 from tests.conftest import REPO
 
 
@@ -123,3 +124,24 @@ def test_bench_jobs_default_to_the_packaged_shortcut(tmp_path, monkeypatch):
 
 def test_dataset_flag_overrides_the_job_files_dataset():
     assert job_from_args(build_parser().parse_args(["run", "mnist", "--dataset", "kmnist"])).dataset == "kmnist"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--iterations", "-5"], "^--iterations must not be negative, got -5$"),
+    (["--batch-size", "0"], "^--batch-size must be at least 1, got 0$"),
+    (["--lr", "-1"], "^--lr must be a positive number, got -1.0$"),
+    (["--link-delay-ms", "9000"], r"^--link-delay-ms must be at most 5000 \(an emulated hop, not a pause\), got 9000$"),
+    (["--stop-at-accuracy", "2"], r"^--stop-at-accuracy must be a fraction from 0 to 1 \(0: never stop early\), got 2.0$"),
+    (["--loss", "hinge"], "^--loss 'hinge' is not one of cross_entropy, multi_margin, bits nor an import path"),
+])
+def test_a_bad_flag_value_is_refused_naming_the_flag_not_the_job_file(flags, message):
+    with pytest.raises(ConfigError, match=message):
+        job_from_args(build_parser().parse_args(["run", "mnist", *flags]))
+
+
+def test_every_flag_of_a_setting_sets_it_and_switches_flip_its_default():
+    args = build_parser().parse_args(["run", "mnist", "--no-download", "--record-spans", "--lr", "0.001", "--window", "2"])
+    job = job_from_args(args)
+    assert (job.download, job.record_spans, job.optimizer.lr, job.window, job.verify_data) == (False, True, 0.001, 2, True)
+    assert set(OVERRIDES) >= {"--iterations", "--lr", "--no-verify-data", "--profile", "--mode", "--text"}
+    assert all(row.flag and row.help for row in OVERRIDES.values())

@@ -139,7 +139,7 @@ def test_only_the_last_stage_resolves_the_loss():
 
 def test_a_job_names_its_loss_in_the_file_or_by_flag():
     table = {"name": "t", "dataset": "mnist", "stages": [{"kind": "linear_bn_relu", "features": 8}, {"kind": "linear", "features": 10}]}
-    assert "loss" in JOB_KEYS and OVERRIDES["--loss"][0] == "loss"
+    assert "loss" in JOB_KEYS and OVERRIDES["--loss"].name == "loss"
     assert job_from_table(table).loss == "cross_entropy"
     job = job_from_table({**table, "loss": "my_losses:squared"})
     assert job.loss == "my_losses:squared" and job_as_table(job)["loss"] == "my_losses:squared"
