@@ -69,6 +69,9 @@ def run_job(job: Job, bind: Optional[str] = None, advertise: Optional[str] = Non
             check_stages(job, data.input_shape, data.num_classes)
     mark_abandoned_runs(resume.path.parent if resume else Path(job.results))
     folder = resume or RunFolder.create(job)
+    # The run's one name for its user is its folder. The job id is the wire's: every message carries it, and a
+    # worker refuses those of another id, so each start of the folder (a --resume) gets a fresh suffix and a stale
+    # message of an earlier start, still queued at a worker that serves them all, is refused.
     job_id = f"{folder.path.name}-{secrets.token_hex(4)}"
     unit = "batch" if task is not None else "step"
     pipeline = None
@@ -83,7 +86,8 @@ def run_job(job: Job, bind: Optional[str] = None, advertise: Optional[str] = Non
         pipeline = Pipeline(job_id, workers, len(job.stages), keys=keys, link_delay_ms=job.link_delay_ms)
         reachable = advertise or connectable(pipeline.inbox_address, workers.host)
         pipeline.wait_for_workers(timeout=workers.start_seconds)
-        log.info("job %s: %d stages; results in %s", job_id, pipeline.stages, folder.path)
+        log.info("%d stages; results in %s", pipeline.stages, folder.path)
+        log.debug("job id on the wire: %s", job_id)
         if job.link_delay_ms:
             log.info("%s: every data message, the coordinator's included, leaves its sender that late", describe(job.link_delay_ms))
         for stage, at in enumerate(pipeline.endpoints):

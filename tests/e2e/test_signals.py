@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -58,6 +59,8 @@ def test_a_signal_to_the_whole_group_ends_the_run_with_its_interrupt_checkpoint(
         "the checkpoint was written at the signal, with every worker still there"
     log = (tmp_path / "stderr").read_text()
     assert " ERROR " not in log and " dni WARNING interrupted; workers stopped" in log, log[-3000:]
+    assert f"3 stages; results in {run}\n" in log and not re.search(rf"{run.name}-[0-9a-f]{{8}}", log), \
+        "the log names the run by its folder alone; the job id with its suffix is the wire's"
     assert (tmp_path / "stdout").read_text().splitlines()[-1] == \
         f"stopped at step {step}; results in {run}; continue with: dni run --resume {run}"
     deadline = time.monotonic() + 10
