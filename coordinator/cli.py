@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 import tomllib
 from importlib import metadata
@@ -13,7 +14,8 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 from dni.coordinator.interrupts import INTERRUPTS
 from dni.coordinator.job import SETTINGS, SHORTCUTS, Job, load_job, with_addresses
 from dni.coordinator.plots import check_runs, default_output, plot_runs
-from dni.errors import ConfigError, DniError
+from dni.coordinator.progress import Progress, end_bar_line_before_logs
+from dni.errors import ConfigError, DniError, RunInterrupted
 from dni.settings import Setting
 from dni.spec import MODE_NAMES
 from dni.workers import cli as worker_cli
@@ -223,6 +225,7 @@ def _run(args: argparse.Namespace) -> int:
     from dni.coordinator.run import resume_job, run_job
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    end_bar_line_before_logs()
     INTERRUPTS.install()  # SIGINT and SIGTERM alike end training with a checkpoint
 
     def train():
@@ -254,8 +257,13 @@ def _checked(row: Setting, flag: str, value: Any) -> Any:
     return value
 
 
-def report_run(train: Callable[[], tuple[RunFolder, dict[str, Any]]]) -> int:
-    """Run `train` and say how it went as `dni run` does: the result and the folder, or the error; the exit code."""
+def report_run(train: Callable[[], tuple[RunFolder, dict[str, Any]]], again: str = "dni run --resume {folder}") -> int:
+    """Run `train` and say how it went as `dni run` does: the result and the folder, or the error; the exit code.
+
+    An interrupt is the user's own doing, not an error: it is logged as a warning, and what they need next is
+    printed: the step --resume starts from, the folder, and `again`, the command that continues the run (`{folder}`
+    in it becomes the folder, quoted for the shell).
+    """
     log = logging.getLogger("dni")
     try:
         folder, summary = train()
@@ -265,8 +273,12 @@ def report_run(train: Callable[[], tuple[RunFolder, dict[str, Any]]]) -> int:
         else:
             log.error("%s%s", "run failed: " if error.exit_code == 1 else "", error)
         return error.exit_code
-    except KeyboardInterrupt:
-        log.error("interrupted; workers stopped")
+    except KeyboardInterrupt as interrupt:
+        log.warning("interrupted; workers stopped")
+        if isinstance(interrupt, RunInterrupted):
+            Progress.end_open_line()
+            print(f"stopped at {interrupt.unit} {interrupt.resume_from}; results in {interrupt.folder}; "
+                  f"continue with: {again.format(folder=shlex.quote(str(interrupt.folder)))}")
         return 130
     except OSError as error:  # one the coordinator did not expect (a file it reads, a socket folder): no traceback
         where = f": {error.filename}" if error.filename else ""

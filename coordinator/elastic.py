@@ -93,7 +93,7 @@ def coordinate_main(argv: Sequence[str]) -> int:
     die_with_parent(args.parent)
     configure_logging("coordinator", args.log_level)
     INTERRUPTS.install()
-    return report_run(lambda: coordinate(args))
+    return report_run(lambda: coordinate(args), again="the same torchrun command, with the same --rdzv-id")
 
 
 def tell_torchrun(error: BaseException) -> None:

@@ -23,7 +23,7 @@ from dni.coordinator.tensorboard import require_tensorboard
 from dni.coordinator.sequence_trainer import SequenceTrainer, check_sequence_stages, with_readout_width
 from dni.coordinator.tasks import open_task
 from dni.coordinator.trainer import Trainer
-from dni.errors import ConfigError
+from dni.errors import ConfigError, RunInterrupted
 from dni.lifetime import claim, held_by, release
 from dni.protocol import ProtocolError, connectable
 from dni.protocol.linkdelay import describe
@@ -69,10 +69,16 @@ def run_job(job: Job, bind: Optional[str] = None, advertise: Optional[str] = Non
             check_stages(job, data.input_shape, data.num_classes)
     mark_abandoned_runs(resume.path.parent if resume else Path(job.results))
     folder = resume or RunFolder.create(job)
+    # The run's one name for its user is its folder. The job id is the wire's: every message carries it, and a
+    # worker refuses those of another id, so each start of the folder (a --resume) gets a fresh suffix and a stale
+    # message of an earlier start, still queued at a worker that serves them all, is refused.
     job_id = f"{folder.path.name}-{secrets.token_hex(4)}"
+    unit = "batch" if task is not None else "step"
     pipeline = None
     try:
         claim(folder.path)
+        if resume is not None:
+            _say_resuming(folder, unit)
         if owned:
             workers.start()
         if len(workers.endpoints) < len(job.stages):
@@ -80,7 +86,8 @@ def run_job(job: Job, bind: Optional[str] = None, advertise: Optional[str] = Non
         pipeline = Pipeline(job_id, workers, len(job.stages), keys=keys, link_delay_ms=job.link_delay_ms)
         reachable = advertise or connectable(pipeline.inbox_address, workers.host)
         pipeline.wait_for_workers(timeout=workers.start_seconds)
-        log.info("job %s: %d stages; results in %s", job_id, pipeline.stages, folder.path)
+        log.info("%d stages; results in %s", pipeline.stages, folder.path)
+        log.debug("job id on the wire: %s", job_id)
         if job.link_delay_ms:
             log.info("%s: every data message, the coordinator's included, leaves its sender that late", describe(job.link_delay_ms))
         for stage, at in enumerate(pipeline.endpoints):
@@ -98,7 +105,9 @@ def run_job(job: Job, bind: Optional[str] = None, advertise: Optional[str] = Non
             plot_accuracy([folder.path], folder.plot_path, f"{job.name}: {job.mode.value}")
         return folder, summary
     except BaseException as error:
-        _record_stop(folder, job, error, annotations)
+        resume_from = _record_stop(folder, job, error, annotations)
+        if isinstance(error, KeyboardInterrupt) and not isinstance(error, RunInterrupted) and resume_from is not None:
+            raise RunInterrupted(folder.path, resume_from, unit) from error
         raise
     finally:
         if pipeline is not None:
@@ -124,23 +133,39 @@ def resume_job(path: Path, **options: Any) -> tuple[RunFolder, dict[str, Any]]:
     return run_job(folder.stored_job(), resume=folder, **options)
 
 
-def _record_stop(folder: RunFolder, job: Job, error: BaseException, annotations: Optional[dict[str, Any]] = None) -> None:
+def _say_resuming(folder: RunFolder, unit: str) -> None:
+    """A resumed run says so first, and from where: the steps before its checkpoint are not trained again, and the
+    elapsed time and results count its earlier starts. A folder nothing has run in yet (a torchrun group's first
+    attempt, which passes its new folder as `resume`) says nothing."""
+    step = folder.checkpoints.position().step
+    if step:
+        log.info("resuming %s from %s %d (checkpoint)", folder.path, unit, step)
+    elif Segments(folder.path).all:
+        log.info("resuming %s from the start: it stopped before its first checkpoint", folder.path)
+
+
+def _record_stop(folder: RunFolder, job: Job, error: BaseException,
+                 annotations: Optional[dict[str, Any]] = None) -> Optional[int]:
     """What a stopped run leaves: a summary saying why, where --resume starts and what every segment cost, then its
-    plot so far; each written if it can be (on a full disk the small summary may fit where the plot does not)."""
+    plot so far; each written if it can be (on a full disk the small summary may fit where the plot does not).
+    Returns the step --resume starts from, for the user; None if even that could not be read."""
     interrupted = isinstance(error, KeyboardInterrupt)
     status = "interrupted" if interrupted else "failed"
     if not interrupted:
         log.error("stopping the run: %s", error)
+    resume_from = None
     try:
+        resume_from = folder.checkpoints.position().step
         folder.write_json("summary.json", {
             "status": status, "error": status if interrupted else str(error), "failed_stage": getattr(error, "stage", None),
-            "job": job.name, "mode": job.mode.value, "resume_from_step": folder.checkpoints.position().step,
+            "job": job.name, "mode": job.mode.value, "resume_from_step": resume_from,
             **Segments(folder.path).totals(), **(annotations or {}),
         })
         if folder.metrics_path.is_file() and read_metrics(folder.path):
             plot_accuracy([folder.path], folder.plot_path, f"{job.name}: {job.mode.value} ({status})")
     except OSError as failure:  # the run's own error is what matters; this one only goes to the log
         log.error("could not record the stop in %s: %s", folder.path, failure)
+    return resume_from
 
 
 def _run_keys(job: Job, keys: Optional[Keys], addresses: list[Optional[str]]) -> Optional[Keys]:

@@ -188,6 +188,7 @@ class SequenceTrainer:
     def run(self) -> dict[str, Any]:
         position = self.checkpoints.position()
         self.first_batch = self.progress.start = position.step
+        self.progress.earlier_seconds = self.segments.totals()["total_wall_seconds"]
         with INTERRUPTS.deferring(), self.segments.recording(position.step):  # a signal ends training at the loop's next turn
             self.started = self.progress.started = time.monotonic()
             summary = self._train_recovering(position)

@@ -123,9 +123,9 @@ class Trainer:
         position = self.checkpoints.position()
         self.first_step = start = position.step
         self.progress.start = start
+        self.progress.earlier_seconds = self.segments.totals()["total_wall_seconds"]
         self.records = read_metrics(self.folder.path)[:position.evaluations] if position.evaluations else []
         if position.step:  # a resumed run: lines written after its checkpoint are rolled back over
-            log.info("resuming from step %d, the last checkpoint (%d evaluations kept)", position.step, position.evaluations)
             self.folder.rewrite_metrics(self.records)
         with INTERRUPTS.deferring(), self.segments.recording(start):  # a signal ends training at the loop's next turn
             self.started = self.progress.started = time.monotonic()

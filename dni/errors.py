@@ -2,11 +2,14 @@
 
 Callers catch one base; `dni`'s CLI turns any of them into its message and
 `exit_code` (2: the input was unusable, nothing ran; 1: the run failed; 0: there
-was nothing to do).
+was nothing to do). The one exception is `RunInterrupted`: a signal is no error,
+so it stays a KeyboardInterrupt (exit code 130).
 """
 from __future__ import annotations
 
-__all__ = ["ConfigError", "DataError", "DniError", "PipelineError", "WriteFailed"]
+from pathlib import Path
+
+__all__ = ["ConfigError", "DataError", "DniError", "PipelineError", "RunInterrupted", "WriteFailed"]
 
 
 class DniError(Exception):
@@ -37,3 +40,15 @@ class WriteFailed(DniError, OSError):
         reason = (error.strerror or str(error)).lower() if isinstance(error, OSError) else str(error)
         super().__init__(f"{reason} writing {target}")
         self.errno = error.errno
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """A run stopped by SIGINT or SIGTERM once its folder existed, saying what its user needs next: the folder and
+    where --resume starts (`unit` is "step", or "batch" for a sequence job). A KeyboardInterrupt still, not a
+    DniError: an interrupt is the user's own doing, and code that catches KeyboardInterrupt keeps catching it."""
+
+    def __init__(self, folder: Path, resume_from: int, unit: str = "step") -> None:
+        super().__init__(f"interrupted; --resume {folder} continues from {unit} {resume_from}")
+        self.folder = folder
+        self.resume_from = resume_from
+        self.unit = unit

@@ -4,6 +4,7 @@ others back instead of letting memory grow."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -19,7 +20,7 @@ from dni.coordinator.results import read_metrics
 from dni.protocol import free_port_block
 from dni import resume_job, run_job
 from dni.coordinator.results import RunComplete
-from dni.errors import PipelineError
+from dni.errors import PipelineError, RunInterrupted
 from tests.conftest import LEARNED, small_job
 from dni.lifetime import alive, children
 from tests.e2e.processes import at_first_checkpoint, interrupt, run_cli, when_checkpointed
@@ -44,18 +45,21 @@ def test_killed_worker_is_restarted_and_the_run_finishes(transport, data_root, t
     assert not any(alive(worker["pid"]) for worker in summary["workers"])
 
 
-def test_stopped_run_resumes_from_its_checkpoint(data_root, tmp_path, monkeypatch):
+def test_stopped_run_resumes_from_its_checkpoint(data_root, tmp_path, monkeypatch, caplog):
     job = small_job(data_root, tmp_path, mode="cdni", iterations=300, checkpoint_every=100)
     with monkeypatch.context() as patch:
         at_first_checkpoint(patch, interrupt)
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(RunInterrupted) as stop:  # a KeyboardInterrupt, naming the folder and its step
             run_job(job, show_progress=False)
     run = next(tmp_path.iterdir())
     checkpointed = json.loads((run / "checkpoints" / "coordinator.json").read_text())["step"]
     assert 0 < checkpointed < 300
+    assert (stop.value.folder, stop.value.resume_from, stop.value.unit) == (run, checkpointed, "step")
     stopped = json.loads((run / "summary.json").read_text())
     assert stopped["status"] == "interrupted" and stopped["resume_from_step"] == checkpointed
+    caplog.set_level(logging.INFO, logger="dni")
     folder, summary = resume_job(run, show_progress=False)
+    assert f"resuming {run} from step {checkpointed} (checkpoint)" in caplog.messages
     assert folder.path == run
     assert summary["resumed_from_step"] == checkpointed
     assert [record["step"] for record in read_metrics(run)] == [100, 200, 300]
@@ -342,7 +346,7 @@ def test_a_full_disk_ends_the_run_naming_the_file_and_resume_continues_once_spac
     filler[0].unlink()
     result, _, _ = run_cli("--resume", str(run))
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f"resuming from step {summary['resume_from_step']}" in result.stderr
+    assert f"resuming {run} from step {summary['resume_from_step']} (checkpoint)" in result.stderr
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "complete" and summary["test_accuracy"] > LEARNED
     assert [segment["status"] for segment in summary["segments"]] == ["failed", "complete"]

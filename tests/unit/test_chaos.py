@@ -63,7 +63,7 @@ def test_coordinator_kills_come_at_seeded_times_in_range():
 
 
 LOG = """\
-2026-12-07 06:50:10,000 dni.run INFO job test-sg: 3 stages; results in runs/test-sg
+2026-12-07 06:50:10,000 dni.run INFO 3 stages; results in runs/test-sg
 2026-12-07 06:50:25,123 dni.trainer WARNING the worker of stage 2 (pid 5514) was killed by signal 9; replacing its worker and resuming every stage from step 750 (18 batches re-sent)
 2026-12-07 06:50:28,700 dni.launcher WARNING restarted the worker of stage 2 as pid 5566
 2026-12-07 06:50:29,655 dni.worker[5513] WARNING refused a message (Rejected #1): message for job 'a', this worker serves 'b'

@@ -1,8 +1,10 @@
-"""coordinator/cli.py: the `dni` command line as a new user meets it: plot, help texts, version, bench defaults."""
+"""coordinator/cli.py: the `dni` command line as a new user meets it: plot, help texts, version, bench defaults, and
+what a run stopped by Ctrl-C says."""
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import tomllib
 import types
 from importlib import metadata
@@ -12,10 +14,10 @@ import pytest
 
 import dni.coordinator.cli
 import dni.coordinator.plots
-from dni.coordinator.cli import OVERRIDES, build_parser, job_from_args, main, package_version
+from dni.coordinator.cli import OVERRIDES, build_parser, job_from_args, main, package_version, report_run
 from dni import load_job
 from dni.coordinator.plots import run_label
-from dni.errors import ConfigError
+from dni.errors import ConfigError, RunInterrupted
 from tests.conftest import REPO
 
 
@@ -145,3 +147,29 @@ def test_every_flag_of_a_setting_sets_it_and_switches_flip_its_default():
     assert (job.download, job.record_spans, job.optimizer.lr, job.window, job.verify_data) == (False, True, 0.001, 2, True)
     assert set(OVERRIDES) >= {"--iterations", "--lr", "--no-verify-data", "--profile", "--mode", "--text"}
     assert all(row.flag and row.help for row in OVERRIDES.values())
+
+
+def interrupted(error: KeyboardInterrupt):
+    def train():
+        raise error
+    return train
+
+
+def test_an_interrupted_run_is_no_error_and_says_where_its_results_are_and_how_to_continue(capsys, caplog):
+    caplog.set_level(logging.INFO)
+    code = report_run(interrupted(RunInterrupted(Path("runs/mnist sg"), 2474)))
+    assert code == 130
+    assert [(record.levelname, record.getMessage()) for record in caplog.records] == [("WARNING", "interrupted; workers stopped")]
+    assert capsys.readouterr().out == ("stopped at step 2474; results in runs/mnist sg; "
+                                       "continue with: dni run --resume 'runs/mnist sg'\n")
+
+
+def test_an_interrupted_sequence_job_counts_batches_and_a_launcher_names_its_own_way_to_continue(capsys):
+    code = report_run(interrupted(RunInterrupted(Path("runs/copy"), 96, "batch")), again="the same torchrun command")
+    assert code == 130
+    assert capsys.readouterr().out == "stopped at batch 96; results in runs/copy; continue with: the same torchrun command\n"
+
+
+def test_an_interrupt_before_the_run_folder_exists_has_no_folder_to_name(capsys, caplog):
+    assert report_run(interrupted(KeyboardInterrupt())) == 130
+    assert [record.levelname for record in caplog.records] == ["WARNING"] and capsys.readouterr().out == ""
