@@ -1,5 +1,5 @@
 """`python -m dni ...` is the `dni` command."""
-from dni.coordinator.cli import main
+from dni.cli import main
 
 __all__: list[str] = []
 

@@ -42,7 +42,7 @@ def test_missing_package_fails_before_anything_starts_and_names_the_extra(tmp_pa
             run_job(job, show_progress=False)
     assert not results.exists() and not (tmp_path / "tb").exists(), "no run folder, no workers, no event file"
 
-    script = ("import sys; sys.modules['torch.utils.tensorboard'] = None; from dni.coordinator.cli import main; "
+    script = ("import sys; sys.modules['torch.utils.tensorboard'] = None; from dni.cli import main; "
               "main(sys.argv[1:])")
     result = subprocess.run([sys.executable, "-c", script, "run", "mnist-smoke", "--no-progress",
                              "--tensorboard", str(tmp_path / "tb"), "--results", str(results)],

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-import dni.coordinator.cli
+import dni.cli
 import dni.coordinator.plots
-from dni.coordinator.cli import OVERRIDES, build_parser, job_from_args, main, package_version, report_run
+from dni.cli import build_parser, main, package_version
+from dni.coordinator.cli import OVERRIDES, job_from_args, report_run
 from dni import load_job
 from dni.coordinator.plots import run_label
 from dni.errors import ConfigError, RunInterrupted
@@ -112,7 +113,7 @@ def test_version_comes_from_the_package_metadata_else_pyproject(capsys, monkeypa
     def not_installed(name):
         raise metadata.PackageNotFoundError(name)
 
-    monkeypatch.setattr(dni.coordinator.cli.metadata, "version", not_installed)
+    monkeypatch.setattr(dni.cli.metadata, "version", not_installed)
     assert package_version() == tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
 
 
