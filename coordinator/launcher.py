@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from dni.coordinator.pipeline import WorkerLost
+from dni.errors import WorkerLost
 from dni.lifetime import abandoned_by, claim, die_with_parent
 from dni.protocol import Endpoints, worker_endpoints
 from dni.spec import COORDINATOR_TIMEOUT, EXIT_COORDINATOR_SILENT, EXIT_STOPPED

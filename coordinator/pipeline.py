@@ -28,7 +28,7 @@ import torch
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from dni.errors import ConfigError, DniError, PipelineError
+from dni.errors import ConfigError, DniError, PipelineError, StageFailed, WorkerLost
 from dni.coordinator.interrupts import INTERRUPTS, Interrupts
 from dni.protocol import (DEFAULT_LIMITS, Endpoints, Kind, Limits, Message, Outbox, Outboxes, ProtocolError, decode, open_socket,
                           receive_message, resolvable, resolved, send_message)
@@ -39,24 +39,11 @@ from dni.protocol.security import Keys, check_plaintext_allowed, make_server, se
 if TYPE_CHECKING:
     from dni.coordinator.pools import WorkerPool
 
-__all__ = ["CHECK_SECONDS", "DISCONNECT_GRACE", "Pipeline", "StageFailed", "WorkerLost"]
+__all__ = ["CHECK_SECONDS", "DISCONNECT_GRACE", "Pipeline"]
 
 log = logging.getLogger("dni.pipeline")
 DISCONNECT_GRACE = 3.0  # a worker whose connection dropped and did not come back this long is gone
 CHECK_SECONDS = 0.1  # how often a busy loop looks at the workers' processes, connections and beats
-
-
-class StageFailed(PipelineError):
-    """A stage's own code failed, produced NaN/Inf, or lost a batch: the run cannot go on."""
-
-    def __init__(self, stage: int, text: str) -> None:
-        super().__init__(text)
-        self.stage = stage
-
-
-class WorkerLost(StageFailed):
-    """A stage's worker is gone (its process died, its connection dropped, it fell silent): a new worker
-    for the stage can take over from the last checkpoint."""
 
 
 class Pipeline:

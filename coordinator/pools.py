@@ -12,7 +12,7 @@ from typing import Callable, Optional, Protocol
 
 from dni.coordinator.job import Job
 from dni.coordinator.launcher import LocalWorkers
-from dni.coordinator.pipeline import WorkerLost
+from dni.errors import WorkerLost
 from dni.protocol import Endpoints, worker_endpoints
 from dni.protocol.security import Keys
 

@@ -21,7 +21,8 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Callable, TypeVar
 
-from dni.coordinator.pipeline import Pipeline, StageFailed, WorkerLost
+from dni.coordinator.pipeline import Pipeline
+from dni.errors import StageFailed, WorkerLost
 
 if TYPE_CHECKING:
     from dni.coordinator.pools import WorkerPool

@@ -27,7 +27,8 @@ from dni.coordinator.assignments import stage_assignment
 from dni.coordinator.checkpoints import Checkpoints, Position
 from dni.coordinator.interrupts import INTERRUPTS
 from dni.coordinator.job import Job
-from dni.coordinator.pipeline import Pipeline, StageFailed, WorkerLost
+from dni.coordinator.pipeline import Pipeline
+from dni.errors import StageFailed, WorkerLost
 from dni.coordinator.progress import Progress
 from dni.coordinator.recovery import RecoveryBudget, Replacements, recovering
 from dni.coordinator.results import RunFolder

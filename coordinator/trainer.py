@@ -14,7 +14,8 @@ from dni.coordinator.checkpoints import Checkpoints, Position
 from dni.coordinator.interrupts import INTERRUPTS
 from dni.coordinator.data import Dataset, test_batches, train_batches
 from dni.coordinator.job import Job
-from dni.coordinator.pipeline import Pipeline, PipelineError, StageFailed, WorkerLost
+from dni.coordinator.pipeline import Pipeline
+from dni.errors import PipelineError, StageFailed, WorkerLost
 from dni.coordinator.progress import Progress
 from dni.coordinator.recovery import RecoveryBudget, Replacements, recovering
 from dni.coordinator.results import RunFolder, read_metrics

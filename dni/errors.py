@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["ConfigError", "DataError", "DniError", "PipelineError", "RunInterrupted", "WriteFailed"]
+__all__ = ["ConfigError", "DataError", "DniError", "PipelineError", "RunInterrupted", "StageFailed", "WorkerLost", "WriteFailed"]
 
 
 class DniError(Exception):
@@ -30,6 +30,19 @@ class DataError(DniError, RuntimeError):
 
 class PipelineError(DniError, RuntimeError):
     """A worker refused a request, stopped answering, failed or died: the run cannot go on."""
+
+
+class StageFailed(PipelineError):
+    """A stage's own code failed, produced NaN/Inf, or lost a batch: the run cannot go on."""
+
+    def __init__(self, stage: int, text: str) -> None:
+        super().__init__(text)
+        self.stage = stage
+
+
+class WorkerLost(StageFailed):
+    """A stage's worker is gone (its process died, its connection dropped, it fell silent): a new worker
+    for the stage can take over from the last checkpoint."""
 
 
 class WriteFailed(DniError, OSError):

@@ -8,7 +8,8 @@ import time
 import pytest
 import zmq
 
-from dni.coordinator.pipeline import Pipeline, StageFailed, WorkerLost
+from dni.coordinator.pipeline import Pipeline
+from dni.errors import StageFailed, WorkerLost
 from dni.coordinator.pools import RemoteWorkers
 from dni.protocol import Endpoints, Kind, Message, send_message
 

@@ -6,7 +6,7 @@ import pytest
 from dni import load_job
 from dni.coordinator.job import with_addresses
 from dni.coordinator.launcher import LocalWorkers
-from dni.coordinator.pipeline import WorkerLost
+from dni.errors import WorkerLost
 from dni.coordinator.pools import RemoteWorkers, pool_for
 from dni.protocol import Endpoints
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dni.coordinator.pipeline import WorkerLost
+from dni.errors import WorkerLost
 from dni.coordinator.recovery import BACKOFF_LIMIT, RecoveryBudget, RecoveryLimit, backoff, recover, recovering
 
 

@@ -21,7 +21,8 @@ import torch
 import dni.coordinator.trainer as trainer_module
 from dni.coordinator.data import Dataset, train_batches
 from dni.coordinator.data import test_batches as evaluation_batches  # not collected as a test
-from dni.coordinator.pipeline import Pipeline, StageFailed, WorkerLost
+from dni.coordinator.pipeline import Pipeline
+from dni.errors import StageFailed, WorkerLost
 from dni.coordinator.results import RunFolder, read_metrics
 from dni.coordinator.recovery import RecoveryLimit
 from dni.coordinator.segments import SEGMENTS
