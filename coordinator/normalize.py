@@ -15,6 +15,7 @@ from typing import Any, Optional
 import torch
 
 from dni.errors import ConfigError, DataError
+from dni.spec import PixelScaling
 
 __all__ = ["AUTO", "NORMALIZE_NAMES", "Normalization", "check_normalize"]
 
@@ -57,6 +58,13 @@ class Normalization:
             return self._scaled(x, copy=False)
         mean, std = statistics
         return self._scaled(x, copy=True).sub_(mean).div_(std)
+
+    def pixels(self, statistics: Statistics) -> PixelScaling:
+        """What `apply` does to uint8 examples, for the first stage to do to the uint8 batches it is sent instead
+        (`dni.pixels.scale`); statistics travel as Python floats, which hold float32 values exactly."""
+        mean, std = ((), ()) if statistics is None else (tuple(statistics[0].flatten().tolist()),
+                                                          tuple(statistics[1].flatten().tolist()))
+        return PixelScaling(divide=self.kind != "none", mean=mean, std=std)
 
     def _scaled(self, x: torch.Tensor, copy: bool) -> torch.Tensor:
         """float32; uint8 scaled to [0, 1] unless `none`. Never `x` itself when `copy`, so in-place steps leave it alone."""

@@ -80,7 +80,7 @@ class Trainer:
         self.total = job.total_steps(len(data.train_y))
         self.per_epoch = job.steps_per_epoch(len(data.train_y))
         self.eval_every = job.eval_every or self.per_epoch
-        self.eval_sets = test_batches(data, job.eval_batch_size)
+        self.eval_sets = test_batches(data, job.eval_batch_size, raw=True)
         self.schedule = FeedSchedule(credit=job.window + len(job.stages))
         self.progress = Progress(self.total, f"{job.name}/{job.mode.value}", show_progress)
         self.sent = 0
@@ -120,7 +120,7 @@ class Trainer:
                 downstream=endpoints[index + 1].forward if index + 1 < len(endpoints) else None,
                 record_spans=self.job.record_spans, nonfinite=self.job.nonfinite, loss=self.job.loss,
                 link_delay_ms=float(self.job.link_delay_ms), profile=self.job.profile,
-                cuda_graphs=self.job.cuda_graphs,
+                cuda_graphs=self.job.cuda_graphs, pixels=self.data.pixels if index == 0 else None,
                 restore=str(self.checkpoints.stage(index)) if restore else None,
             )
             reply = self.pipeline.request(index, "configure", {"config": config.to_wire()}, timeout=120)
@@ -158,7 +158,7 @@ class Trainer:
             raise
 
     def _train(self, start: int) -> None:
-        batches = train_batches(self.data, self.job.batch_size, self.job.seed, self.total, start)
+        batches = train_batches(self.data, self.job.batch_size, self.job.seed, self.total, start, raw=True)
         for step, (_, x, labels) in enumerate(batches, start=start):
             reason = self._reason_to_stop() if self.sent > start else None
             if reason:

@@ -37,9 +37,9 @@ from dni.errors import ConfigError
 
 __all__ = [
     "COORDINATOR_TIMEOUT", "DEVICE_PATTERN", "EXIT_COORDINATOR_SILENT", "EXIT_STOPPED", "LOSS_NAMES",
-    "MAX_LINK_DELAY_MS", "MODE_NAMES", "NONFINITE_POLICIES", "OPTIMIZERS", "STEP_LOSS_NAMES", "Mode", "OptimizerSpec", "StageAssignment",
-    "StageSpec", "SynthesizerSpec", "check_device", "check_discount", "check_link_delay", "check_loss", "check_mode", "check_nonfinite",
-    "check_optimizer", "check_positive", "check_type",
+    "MAX_LINK_DELAY_MS", "MODE_NAMES", "NONFINITE_POLICIES", "OPTIMIZERS", "STEP_LOSS_NAMES", "Mode", "OptimizerSpec", "PixelScaling",
+    "StageAssignment", "StageSpec", "SynthesizerSpec", "check_device", "check_discount", "check_link_delay", "check_loss", "check_mode",
+    "check_nonfinite", "check_optimizer", "check_pixels", "check_positive", "check_type",
 ]
 
 OPTIMIZERS = ("adam", "sgd")
@@ -116,6 +116,20 @@ class OptimizerSpec:
 
 
 @dataclass(frozen=True)
+class PixelScaling:
+    """How the first stage makes the float32 batch from the uint8 pixels it is sent (`dni.pixels`).
+
+    Pixels cross the wire as bytes, a quarter of their float32 size; the stage then
+    applies the coordinator's own normalisation (coordinator/normalize.py): divided by
+    255 unless `divide` is false (normalize = "none"), then, per channel, less `mean`
+    and over `std` where they are given (standardize, or explicit statistics).
+    """
+    divide: bool = True
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
 class StageAssignment:
     """Everything one worker is told, in `configure`, to serve one stage of one job."""
     job: str
@@ -141,6 +155,7 @@ class StageAssignment:
     cuda_graphs: bool = True  # on a CUDA device, replay the training passes as CUDA graphs (see workers/graphs.py)
     truncation: int = 0  # a sequence job's chunk length T (messages carry chunks of at most T steps); 0: feed-forward
     discount: float = 1.0  # a sequence job: the weight of the synthetic gradient at each chunk's end
+    pixels: Optional[PixelScaling] = None  # the first stage of a uint8 dataset: its batches come as pixels (missing: floats)
 
     @property
     def is_first(self) -> bool:
@@ -155,6 +170,8 @@ class StageAssignment:
         del wire["spec"]["address"]  # where the worker lives is the coordinator's business, not the worker's
         wire["mode"] = self.mode.value
         wire["input_shape"] = list(self.input_shape)
+        if self.pixels is not None:  # lists, as msgpack gives them back
+            wire["pixels"] = {"divide": self.pixels.divide, "mean": list(self.pixels.mean), "std": list(self.pixels.std)}
         return wire
 
     @classmethod
@@ -192,6 +209,7 @@ class StageAssignment:
                 cuda_graphs=check_type("cuda_graphs", wire.get("cuda_graphs", True), bool),
                 truncation=check_type("truncation", wire.get("truncation", 0), int),
                 discount=float(check_type("discount", wire.get("discount", 1.0), float)),
+                pixels=check_pixels(wire.get("pixels")),
             )
         except (KeyError, TypeError, AttributeError) as error:
             raise ConfigError(f"stage config is incomplete or malformed: {error}") from error
@@ -213,6 +231,11 @@ class StageAssignment:
             raise ConfigError("restore must be a checkpoint path")
         if (self.upstream is None) != self.is_first or (self.downstream is None) != self.is_last:
             raise ConfigError("upstream/downstream addresses do not match the stage's position")
+        if self.pixels is not None and (not self.is_first or self.truncation):
+            raise ConfigError("pixels: only the first stage of a feed-forward job is sent uint8 pixels")
+        if self.pixels is not None and self.pixels.mean and len(self.pixels.mean) != self.input_shape[0]:
+            raise ConfigError(f"pixels: {len(self.pixels.mean)} means and stds for examples of {self.input_shape[0]} "
+                              f"channels (shape {list(self.input_shape)})")
 
 
 # -- one check per concept, for job files and configure requests alike ---------------------
@@ -283,6 +306,22 @@ def check_discount(value: float) -> float:
     if not (math.isfinite(value) and 0.0 <= value <= 1.0):
         raise ConfigError(f"discount must lie in 0..1, got {value!r:.60}")
     return value
+
+
+def check_pixels(value: Any) -> Optional[PixelScaling]:
+    """A configure request's `pixels`: absent (float batches), or how to scale uint8 ones; finite means and positive
+    stds, one of each per channel, so a peer cannot make the stage divide by zero."""
+    if value is None:
+        return None
+    if not (isinstance(value, dict) and set(value) == {"divide", "mean", "std"}):
+        raise ConfigError(f"pixels must be a map of divide, mean and std, got {value!r:.60}")
+    mean, std = (check_type(name, value[name], list) for name in ("mean", "std"))
+    numbers = all(isinstance(number, (int, float)) and not isinstance(number, bool) and math.isfinite(number)
+                  for number in mean + std)
+    if not numbers or len(mean) != len(std) or not all(deviation > 0 for deviation in std):
+        raise ConfigError(f"pixels: mean and std must be lists of finite numbers of one length, every std above 0, "
+                          f"got {mean!r:.40} and {std!r:.40}")
+    return PixelScaling(check_type("divide", value["divide"], bool), tuple(map(float, mean)), tuple(map(float, std)))
 
 
 def check_device(value: str) -> str:

@@ -20,12 +20,13 @@ from typing import Iterator, Optional, Protocol, cast
 
 import torch
 
+from dni.pixels import checked_inputs
 from dni.protocol import Kind, Message, decode
 from dni.workers.compute import EvalResult, StageCompute, score_meta
 from dni.workers.devices import arrays_on_host, to_device
 from dni.workers.interface import Shape
 from dni.workers.session import Session
-from dni.workers.validation import check_fresh, check_inputs, check_kind, check_origin, check_target
+from dni.workers.validation import check_fresh, check_kind, check_origin, check_target
 
 __all__ = ["AwaitsTargets", "Steps", "count_nonfinite", "on_backward", "on_forward", "receive", "send_upstream"]
 
@@ -60,7 +61,7 @@ def on_forward(session: Session, frames: list) -> Steps:
     check_kind(message, "forward")
     compute, config = cast(StageCompute, session.compute), session.config
     check_fresh(message, compute.awaits_target(message.batch))
-    inputs = check_inputs(message, config.input_shape, config.num_classes, config.nonfinite)
+    inputs = checked_inputs(message, config)
     count_nonfinite(session, inputs.nonfinite)
     session.timeline.lap("checks")
     x, labels = to_device(inputs.x, session.device), to_device(inputs.labels, session.device)
