@@ -4,7 +4,8 @@
 experiment's preprocessing); `standardize` also centres and scales each channel by the
 training set's mean and std; `none` keeps the raw values; explicit means and stds are
 applied after the [0, 1] scaling of uint8 data, as torchvision's `Normalize` is. The
-channel is the first dimension of an example.
+channel is the first dimension of an example. uint8 examples travel as they are, and the
+first stage applies the same operations to each batch (`Normalization.pixels`, `dni.pixels`).
 """
 from __future__ import annotations
 
