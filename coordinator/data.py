@@ -13,12 +13,13 @@ import os
 import pickle
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 
 from dni.coordinator.normalize import AUTO, Normalization, Statistics
 from dni.errors import DataError
+from dni.spec import PixelScaling
 
 __all__ = [
     "BUILTIN_DATASETS", "CHECKED_ON_READ", "DATA_ROOT_ENV", "DEFAULT_DATA_ROOT", "Dataset", "EXPECTED_FILES",
@@ -57,6 +58,12 @@ class Dataset:
     def test_float(self) -> torch.Tensor:
         """The test examples normalised with the training examples' statistics, converted once."""
         return self.normalization.apply(self.test_x, self.statistics)
+
+    @functools.cached_property
+    def pixels(self) -> Optional[PixelScaling]:
+        """How the first stage scales this dataset's uint8 examples, which then travel as they are
+        (`train_batches(raw=True)`); None for floating examples, which travel normalised."""
+        return self.normalization.pixels(self.statistics) if self.train_x.dtype == torch.uint8 else None
 
     def subset(self, train: int, test: int) -> "Dataset":
         return replace(self, train_x=self.train_x[:train or None], train_y=self.train_y[:train or None],
@@ -230,11 +237,15 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
     return images.float().div_(255.0)
 
 
-def train_batches(data: Dataset, batch_size: int, seed: int, steps: int, start: int = 0) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+def train_batches(data: Dataset, batch_size: int, seed: int, steps: int, start: int = 0,
+                  raw: bool = False) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
     """(epoch, images, labels) for batches start..steps-1; reshuffled each epoch, the last partial batch dropped.
 
     The order depends only on the seed, so a run resumed at `start` sees the batches it would have seen.
+    `raw`: images as they travel to the first stage, uint8 where the dataset has `pixels` (a quarter of the
+    bytes, scaled there), else normalised floats as without it.
     """
+    examples = _examples(data, "train", raw)
     generator = torch.Generator().manual_seed(seed)
     per_epoch = max(1, len(data.train_y) // batch_size)
     step = 0
@@ -246,11 +257,20 @@ def train_batches(data: Dataset, batch_size: int, seed: int, steps: int, start: 
                 return
             if step >= start:
                 index = order[offset:offset + batch_size]  # index_select: a tenth of the time of x[index]
-                yield epoch, data.train_float.index_select(0, index), data.train_y.index_select(0, index)
+                yield epoch, examples.index_select(0, index), data.train_y.index_select(0, index)
             step += 1
         epoch += 1
 
 
-def test_batches(data: Dataset, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return [(data.test_float[start:start + batch_size], data.test_y[start:start + batch_size])
+def test_batches(data: Dataset, batch_size: int, raw: bool = False) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The test set in order, the last batch short; `raw` as for `train_batches`."""
+    examples = _examples(data, "test", raw)
+    return [(examples[start:start + batch_size], data.test_y[start:start + batch_size])
             for start in range(0, len(data.test_y), batch_size)]
+
+
+def _examples(data: Dataset, split: str, raw: bool) -> torch.Tensor:
+    """A split's examples as they are sent: uint8 when `raw` and the first stage scales them, else normalised."""
+    if raw and data.pixels is not None:
+        return data.train_x if split == "train" else data.test_x
+    return data.train_float if split == "train" else data.test_float

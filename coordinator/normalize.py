@@ -4,7 +4,8 @@
 experiment's preprocessing); `standardize` also centres and scales each channel by the
 training set's mean and std; `none` keeps the raw values; explicit means and stds are
 applied after the [0, 1] scaling of uint8 data, as torchvision's `Normalize` is. The
-channel is the first dimension of an example.
+channel is the first dimension of an example. uint8 examples travel as they are, and the
+first stage applies the same operations to each batch (`Normalization.pixels`, `dni.workers.pixels`).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any, Optional
 import torch
 
 from dni.errors import ConfigError, DataError
+from dni.spec import PixelScaling
 
 __all__ = ["AUTO", "NORMALIZE_NAMES", "Normalization", "check_normalize"]
 
@@ -57,6 +59,13 @@ class Normalization:
             return self._scaled(x, copy=False)
         mean, std = statistics
         return self._scaled(x, copy=True).sub_(mean).div_(std)
+
+    def pixels(self, statistics: Statistics) -> PixelScaling:
+        """What `apply` does to uint8 examples, for the first stage to do to the uint8 batches it is sent instead
+        (`dni.workers.pixels.scale`); statistics travel as Python floats, which hold float32 values exactly."""
+        mean, std = ((), ()) if statistics is None else (tuple(statistics[0].flatten().tolist()),
+                                                          tuple(statistics[1].flatten().tolist()))
+        return PixelScaling(divide=self.kind != "none", mean=mean, std=std)
 
     def _scaled(self, x: torch.Tensor, copy: bool) -> torch.Tensor:
         """float32; uint8 scaled to [0, 1] unless `none`. Never `x` itself when `copy`, so in-place steps leave it alone."""

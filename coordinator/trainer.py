@@ -81,7 +81,7 @@ class Trainer:
         self.total = job.total_steps(len(data.train_y))
         self.per_epoch = job.steps_per_epoch(len(data.train_y))
         self.eval_every = job.eval_every or self.per_epoch
-        self.eval_sets = test_batches(data, job.eval_batch_size)
+        self.eval_sets = test_batches(data, job.eval_batch_size, raw=True)
         self.schedule = FeedSchedule(credit=job.window + len(job.stages))
         self.progress = Progress(self.total, f"{job.name}/{job.mode.value}", show_progress)
         self.sent = 0
@@ -114,7 +114,8 @@ class Trainer:
         for index in range(len(self.job.stages)):
             config = stage_assignment(self.job, index, endpoints, shape, self.coordinator_address,
                                       str(self.checkpoints.stage(index)) if restore else None, self.job_id,
-                                      num_classes=self.data.num_classes, loss=self.job.loss)
+                                      num_classes=self.data.num_classes, loss=self.job.loss,
+                                      pixels=self.data.pixels)
             reply = self.pipeline.request(index, "configure", {"config": config.to_wire()}, timeout=120)
             self.workers.append({"stage": index, "address": endpoints[index].control, **{k: v for k, v in reply.meta.items() if k != "ok"}})
             shape = tuple(reply.meta["output_shape"])
@@ -150,7 +151,7 @@ class Trainer:
             raise
 
     def _train(self, start: int) -> None:
-        batches = train_batches(self.data, self.job.batch_size, self.job.seed, self.total, start)
+        batches = train_batches(self.data, self.job.batch_size, self.job.seed, self.total, start, raw=True)
         for step, (_, x, labels) in enumerate(batches, start=start):
             reason = self._reason_to_stop() if self.sent > start else None
             if reason:

@@ -39,9 +39,9 @@ from dni.settings import check_type, setting, settings_of
 __all__ = [
     "COORDINATOR_TIMEOUT", "DEVICE_PATTERN", "EXIT_COORDINATOR_SILENT", "EXIT_STOPPED", "LOSS_NAMES",
     "MAX_LINK_DELAY_MS", "MODE_NAMES", "NONFINITE_POLICIES", "OPTIMIZERS", "WORKER_SETTINGS", "Mode",
-    "OptimizerSpec", "StageAssignment", "StageSpec", "SynthesizerSpec", "WorkerSettings", "check_at_least_one", "check_device",
+    "OptimizerSpec", "PixelScaling", "StageAssignment", "StageSpec", "SynthesizerSpec", "WorkerSettings", "check_at_least_one", "check_device",
     "check_discount", "check_link_delay", "check_loss", "check_lr", "check_mode", "check_nonfinite", "check_not_negative",
-    "check_optimizer", "check_positive", "check_truncation", "read_optimizer",
+    "check_optimizer", "check_pixels", "check_positive", "check_truncation", "read_optimizer",
 ]
 
 OPTIMIZERS = ("adam", "sgd")
@@ -219,6 +219,20 @@ def _mode_name(mode: Mode) -> str:
 # -- the settings a worker is told ----------------------------------------------------------
 
 @dataclass(frozen=True)
+class PixelScaling:
+    """How the first stage makes the float32 batch from the uint8 pixels it is sent (`dni.workers.pixels`).
+
+    Pixels cross the wire as bytes, a quarter of their float32 size; the stage then
+    applies the coordinator's own normalisation (coordinator/normalize.py): divided by
+    255 unless `divide` is false (normalize = "none"), then, per channel, less `mean`
+    and over `std` where they are given (standardize, or explicit statistics).
+    """
+    divide: bool = True
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
 class WorkerSettings:
     """The job's settings every worker is told as they are: a `Job` has them and so has a `StageAssignment` (both
     derive from this class), so the trainers copy them and `from_wire` reads them row by row (`WORKER_SETTINGS`).
@@ -265,6 +279,7 @@ class StageAssignment(WorkerSettings):
     downstream: Optional[str] = None  # the downstream worker's forward socket, where activations go
     restore: Optional[str] = None  # a checkpoint file to start from
     loss: str = "cross_entropy"  # the last stage's per-example loss (missing on the wire: the default)
+    pixels: Optional[PixelScaling] = None  # the first stage of a uint8 dataset: its batches come as pixels (missing: floats)
 
     @property
     def is_first(self) -> bool:
@@ -279,6 +294,8 @@ class StageAssignment(WorkerSettings):
         del wire["spec"]["address"]  # where the worker lives is the coordinator's business, not the worker's
         wire.update({row.name: row.dump(getattr(self, row.name)) for row in WORKER_SETTINGS})
         wire["input_shape"] = list(self.input_shape)
+        if self.pixels is not None:  # lists, as msgpack gives them back
+            wire["pixels"] = {"divide": self.pixels.divide, "mean": list(self.pixels.mean), "std": list(self.pixels.std)}
         return wire
 
     @classmethod
@@ -300,6 +317,7 @@ class StageAssignment(WorkerSettings):
                 restore=wire.get("restore"),
                 loss=wire.get("loss", "cross_entropy"),
                 **_settings_from_wire(wire),
+                pixels=check_pixels(wire.get("pixels")),
             )
         except (KeyError, TypeError, AttributeError) as error:
             raise ConfigError(f"stage config is incomplete or malformed: {error}") from error
@@ -319,6 +337,11 @@ class StageAssignment(WorkerSettings):
             raise ConfigError("restore must be a checkpoint path")
         if (self.upstream is None) != self.is_first or (self.downstream is None) != self.is_last:
             raise ConfigError("upstream/downstream addresses do not match the stage's position")
+        if self.pixels is not None and (not self.is_first or self.truncation):
+            raise ConfigError("pixels: only the first stage of a feed-forward job is sent uint8 pixels")
+        if self.pixels is not None and self.pixels.mean and len(self.pixels.mean) != self.input_shape[0]:
+            raise ConfigError(f"pixels: {len(self.pixels.mean)} means and stds for examples of {self.input_shape[0]} "
+                              f"channels (shape {list(self.input_shape)})")
 
 
 def _spec_from_wire(spec: dict[str, Any]) -> StageSpec:
@@ -334,3 +357,19 @@ def _settings_from_wire(wire: dict[str, Any]) -> dict[str, Any]:
     """Every worker setting, checked; one a newer coordinator added may be missing from an older one's: its default."""
     return {row.name: row.receive(wire[row.name] if row.wire_required else wire.get(row.name, row.default))
             for row in WORKER_SETTINGS}
+
+
+def check_pixels(value: Any) -> Optional[PixelScaling]:
+    """A configure request's `pixels`: absent (float batches), or how to scale uint8 ones; finite means and positive
+    stds, one of each per channel, so a peer cannot make the stage divide by zero."""
+    if value is None:
+        return None
+    if not (isinstance(value, dict) and set(value) == {"divide", "mean", "std"}):
+        raise ConfigError(f"pixels must be a map of divide, mean and std, got {value!r:.60}")
+    mean, std = (check_type(name, value[name], list) for name in ("mean", "std"))
+    numbers = all(isinstance(number, (int, float)) and not isinstance(number, bool) and math.isfinite(number)
+                  for number in mean + std)
+    if not numbers or len(mean) != len(std) or not all(deviation > 0 for deviation in std):
+        raise ConfigError(f"pixels: mean and std must be lists of finite numbers of one length, every std above 0, "
+                          f"got {mean!r:.40} and {std!r:.40}")
+    return PixelScaling(check_type("divide", value["divide"], bool), tuple(map(float, mean)), tuple(map(float, std)))

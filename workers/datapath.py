@@ -22,6 +22,7 @@ from dni.workers.actions import SENDS, Action, Event, Role, step_order
 from dni.workers.blocks import Span
 from dni.workers.compute import EvalResult, LastStageResult, score_meta
 from dni.workers.devices import arrays_on_host, to_device
+from dni.workers.pixels import as_floats
 from dni.workers.session import Session
 from dni.workers.validation import check_batch, check_fresh, check_kind, check_origin, check_target
 
@@ -59,7 +60,7 @@ def on_forward(session: Session, frames: list) -> Steps:
     message = receive(session, frames)
     check_kind(message, "forward")
     check_fresh(message, session.compute.awaits_target(message.batch))
-    batch = check_batch(message, session.config)
+    batch = check_batch(as_floats(message, session.config), session.config)
     count_nonfinite(session, batch.nonfinite)
     session.timeline.lap("checks")
     mask = None if batch.mask is None else to_device(batch.mask, session.labels_device)

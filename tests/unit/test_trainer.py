@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import types
 from collections import deque
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -126,7 +127,7 @@ class FakePipeline:
     # -- data ----------------------------------------------------------------------------------------------
 
     def send_batch(self, kind: Kind, batch: int, x: torch.Tensor, labels: torch.Tensor, meta: Optional[dict[str, Any]] = None) -> None:
-        assert x.dtype == torch.float32 and labels.dtype == torch.int64
+        assert x.dtype == (torch.uint8 if self.configs[0]["pixels"] else torch.float32) and labels.dtype == torch.int64
         self.sends += 1
         if kind is Kind.FORWARD:
             self.log.append(("forward", batch))
@@ -239,6 +240,18 @@ def test_every_stage_is_configured_in_order_with_its_neighbours_and_the_previous
     assert {(c["job"], c["coordinator"], c["window"], c["restore"]) for c in pipeline.configs} == {
         (JOB_ID, "ipc:///fake/coordinator", 1, None)}
     assert [worker["pid"] for worker in trainer.workers] == [1000, 1001, 1002]
+    assert [config["pixels"] for config in pipeline.configs] == [{"divide": True, "mean": [], "std": []}, None, None]
+
+
+def test_uint8_examples_travel_as_pixels_and_float_examples_as_floats(tmp_path):
+    pixels = FakePipeline()
+    run(tmp_path / "pixels", pixels, iterations=4, eval_every=4)  # the fake checks each batch's dtype against stage 0's config
+    floats = FakePipeline()
+    data = tiny_data()
+    run(tmp_path / "floats", floats, None, replace(data, train_x=data.train_x.float(), test_x=data.test_x.float()),
+        iterations=4, eval_every=4)
+    assert pixels.configs[0]["pixels"] is not None and floats.configs[0]["pixels"] is None
+    assert pixels.sends == floats.sends > 4, "training and evaluation batches were sent"
 
 
 # -- the credit window -------------------------------------------------------------------------------------------
