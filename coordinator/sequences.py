@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from dni.coordinator.job import Job
-from dni.coordinator.sequence_trainer import (STAND_IN, batch_for, chunks_of, sequence_assignments, sequence_summary,
-                                              with_readout_width)
+from dni.coordinator.chunk_feed import (STAND_IN, batch_for, chunks_of, sequence_assignments, sequence_summary,
+                                        with_readout_width)
 from dni.coordinator.tasks import CharText, Curriculum, SequenceTask, open_task
 from dni.workers.recurrent import RecurrentCompute
 from dni.workers.sequence_stage import ReadoutStage, RecurrentStage, build_sequence_stage

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 import dni.coordinator.trainer as trainer_module
+from dni.coordinator.batch_feed import BatchFeed
 from dni.coordinator.data import Dataset, train_batches
 from dni.coordinator.data import test_batches as evaluation_batches  # not collected as a test
 from dni.coordinator.pipeline import Pipeline, StageFailed, WorkerLost
@@ -124,8 +125,9 @@ class FakePipeline:
 
     # -- data ----------------------------------------------------------------------------------------------
 
-    def send_batch(self, kind: Kind, batch: int, x: torch.Tensor, labels: torch.Tensor, meta: Optional[dict[str, Any]] = None) -> None:
-        assert x.dtype == torch.float32 and labels.dtype == torch.int64
+    def send_tensors(self, kind: Kind, batch: int, tensors: dict[str, np.ndarray], meta: Optional[dict[str, Any]] = None) -> None:
+        assert tensors["x"].dtype == np.float32 and tensors["labels"].dtype == np.int64
+        labels = torch.from_numpy(tensors["labels"])
         self.sends += 1
         if kind is Kind.FORWARD:
             self.log.append(("forward", batch))
@@ -209,7 +211,7 @@ def make_trainer(tmp_path: Path, pipeline: FakePipeline, pool: Optional[Restarts
     table = {"batch_size": BATCH, "eval_batch_size": EVAL_BATCH, "iterations": 10, "eval_every": 5, "window": 1,
              "checkpoint_every": 0, **settings}
     job = small_job(tmp_path / "no-data", tmp_path / "runs", **table)
-    return Trainer(job, JOB_ID, data or tiny_data(), pipeline, RunFolder.create(job), "ipc:///fake/coordinator",
+    return Trainer(job, JOB_ID, BatchFeed(job, data or tiny_data()), pipeline, RunFolder.create(job), "ipc:///fake/coordinator",
                    show_progress=False, pool=pool or Irreplaceable())
 
 
@@ -416,7 +418,7 @@ def test_the_summary_counts_every_segment_of_a_resumed_run(tmp_path):
     (first.folder.path / "checkpoints" / "coordinator.json").write_text(json.dumps(position))
     second = FakePipeline()
     second.die_at = [2, 3]
-    trainer = Trainer(first.job, JOB_ID, tiny_data(), second, first.folder, "ipc:///fake/coordinator", show_progress=False,
+    trainer = Trainer(first.job, JOB_ID, BatchFeed(first.job, tiny_data()), second, first.folder, "ipc:///fake/coordinator", show_progress=False,
                       pool=Restarts())
     summary = trainer.run()
     assert [(s["from_step"], s["recoveries"], s["status"]) for s in summary["segments"]] == [(0, 1, "complete"),

@@ -1,4 +1,4 @@
-"""coordinator/sequence_trainer.py: what a sequence job sends and keeps, without workers: its chunks and their
+"""coordinator/chunk_feed.py: what a sequence job sends and keeps, without workers: its chunks and their
 flags, its batches from (seed, index), its tallies, its stages' assignments and their check, its checkpointed state."""
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from dni.coordinator.job import job_from_table, load_job
-from dni.coordinator.sequence_trainer import (STAND_IN, BatchTally, SequenceState, batch_for, check_sequence_stages, chunks_of,
-                                              sequence_assignments, with_readout_width)
+from dni.coordinator.chunk_feed import (STAND_IN, BatchTally, SequenceState, batch_for, check_sequence_stages, chunks_of,
+                                        sequence_assignments, with_readout_width)
 from dni.coordinator.tasks import CopyTask, Curriculum, SequenceBatch
 from dni.errors import ConfigError
 
