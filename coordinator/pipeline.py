@@ -24,7 +24,6 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import numpy as np
-import torch
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
@@ -203,13 +202,8 @@ class Pipeline:
 
     # -- data ----------------------------------------------------------------------
 
-    def send_batch(self, kind: Kind, batch: int, x: torch.Tensor, labels: torch.Tensor, meta: Optional[dict[str, Any]] = None) -> None:
-        """Put a batch into the feed's outbox and write what stage 0 takes now."""
-        self.send_tensors(kind, batch, {"x": np.ascontiguousarray(x.numpy()), "labels": np.ascontiguousarray(labels.numpy())},
-                          meta)
-
     def send_tensors(self, kind: Kind, batch: int, tensors: dict[str, np.ndarray], meta: Optional[dict[str, Any]] = None) -> None:
-        """Put a message of these arrays into the feed's outbox (a sequence job's chunk) and write what stage 0 takes now."""
+        """Put a message of these arrays (a batch, a sequence job's chunk) into the feed's outbox and write what stage 0 takes now."""
         self.feed.put(Message(kind, self.job_id, batch, batch, -1, meta or {}, tensors))
         self.feed.write()
 

@@ -4,23 +4,24 @@ from __future__ import annotations
 import logging
 import secrets
 from pathlib import Path
-from typing import Any, Optional, cast
+from typing import Any, Optional
 
 import torch
 
+from dni.coordinator.batch_feed import BatchFeed
+from dni.coordinator.chunk_feed import ChunkFeed, with_readout_width
 from dni.coordinator.data import Dataset
 from dni.coordinator.datasets import open_dataset, with_classes
+from dni.coordinator.feeds import Feed
 from dni.coordinator.job import Job
 from dni.coordinator.interrupts import INTERRUPTS
 from dni.coordinator.pipeline import Pipeline
-from dni.coordinator.plots import plot_accuracy, plot_curves
+from dni.coordinator.plots import plot_accuracy
 from dni.coordinator.pools import WorkerPool, pool_for
 from dni.coordinator.results import RunFolder, mark_abandoned_runs, read_metrics
 from dni.coordinator.segments import Segments
-from dni.coordinator.shapes import check_stages
 from dni.coordinator.split import balance_job
 from dni.coordinator.tensorboard import require_tensorboard
-from dni.coordinator.sequence_trainer import SequenceTrainer, check_sequence_stages, with_readout_width
 from dni.coordinator.tasks import open_task
 from dni.coordinator.trainer import Trainer
 from dni.errors import ConfigError, RunInterrupted
@@ -29,7 +30,7 @@ from dni.protocol import ProtocolError, connectable
 from dni.protocol.linkdelay import describe
 from dni.protocol.security import FIX, Keys, check_plaintext_allowed, load_keys
 
-__all__ = ["job_data", "resume_job", "run_job"]
+__all__ = ["feed_for", "job_data", "resume_job", "run_job"]
 
 log = logging.getLogger("dni.run")
 # The coordinator's only tensor work is slicing and scaling batches. More intra-op threads
@@ -52,28 +53,19 @@ def run_job(job: Job, bind: Optional[str] = None, advertise: Optional[str] = Non
     keys = _run_keys(job, keys, [bind, advertise])
     require_tensorboard(job)
     torch.set_num_threads(COORDINATOR_THREADS)
-    task = open_task(job.task, job.text) if job.is_sequence else None
-    if task is not None:
-        job = with_readout_width(job, task)
-    else:
-        data = data if data is not None else job_data(job)
-        job.check_fits(len(data.train_y))
-        job, cut = balance_job(job, data.input_shape)
-        annotations = {**(annotations or {}), **({"model_split": cut} if cut else {})}
+    job, feed, split = feed_for(job, data)
+    annotations = {**(annotations or {}), **split}
     owned = pool is None
     workers = pool or pool_for(job, keys, bind, transport, worker_log_level)
     if workers.builds_here:
-        if task is not None:
-            check_sequence_stages(job, task)
-        elif data is not None:
-            check_stages(job, data.input_shape, data.num_classes)
+        feed.check_stages()
     mark_abandoned_runs(resume.path.parent if resume else Path(job.results))
     folder = resume or RunFolder.create(job)
     # The run's one name for its user is its folder. The job id is the wire's: every message carries it, and a
     # worker refuses those of another id, so each start of the folder (a --resume) gets a fresh suffix and a stale
     # message of an earlier start, still queued at a worker that serves them all, is refused.
     job_id = f"{folder.path.name}-{secrets.token_hex(4)}"
-    unit = "batch" if task is not None else "step"
+    unit = feed.step_name
     pipeline = None
     try:
         claim(folder.path)
@@ -92,17 +84,11 @@ def run_job(job: Job, bind: Optional[str] = None, advertise: Optional[str] = Non
             log.info("%s: every data message, the coordinator's included, leaves its sender that late", describe(job.link_delay_ms))
         for stage, at in enumerate(pipeline.endpoints):
             log.info("stage %d listens at control %s, forward %s, backward %s", stage, at.control, at.forward, at.backward)
-        trainer = SequenceTrainer(job, job_id, task, pipeline, folder, reachable, show_progress, pool=workers) \
-            if task is not None else Trainer(job, job_id, cast(Dataset, data), pipeline, folder, reachable, show_progress, pool=workers)
-        summary = trainer.run()
+        summary = Trainer(job, job_id, feed, pipeline, folder, reachable, show_progress, pool=workers).run()
         INTERRUPTS.finish()
-        summary.update(annotations or {})
+        summary.update(annotations)
         folder.write_json("summary.json", {"status": "complete", **summary})
-        if task is not None:
-            plot_curves({f"{job.mode.value}, T = {job.truncation}": summary["curve"]}, folder.path / "curve.png",
-                        f"{job.name}: {task.name}")
-        else:
-            plot_accuracy([folder.path], folder.plot_path, f"{job.name}: {job.mode.value}")
+        feed.plot(folder, summary)
         return folder, summary
     except BaseException as error:
         resume_from = _record_stop(folder, job, error, annotations)
@@ -116,6 +102,20 @@ def run_job(job: Job, bind: Optional[str] = None, advertise: Optional[str] = Non
         if owned:
             workers.stop()
         release(folder.path)
+
+
+def feed_for(job: Job, data: Optional[Dataset] = None) -> tuple[Job, Feed, dict[str, Any]]:
+    """The job's feed, the one place a dataset job and a sequence job part: a sequence job's task and its readout
+    as wide as the task's output; a dataset job's data (`data` if loaded already), checked to fit, and its model
+    split between the stages (the split, as an annotation for the summary)."""
+    if job.is_sequence:
+        task = open_task(job.task, job.text)
+        job = with_readout_width(job, task)
+        return job, ChunkFeed(job, task), {}
+    data = data if data is not None else job_data(job)
+    job.check_fits(len(data.train_y))
+    job, cut = balance_job(job, data.input_shape)
+    return job, BatchFeed(job, data), ({"model_split": cut} if cut else {})
 
 
 def job_data(job: Job) -> Dataset:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from dni.coordinator.job import Job
-from dni.coordinator.sequence_trainer import batch_for, chunks_of, sequence_summary, with_readout_width
+from dni.coordinator.chunk_feed import batch_for, chunks_of, sequence_summary, with_readout_width
 from dni.coordinator.tasks import CharText, Curriculum, SequenceTask, bits_per_step, open_task
 from dni.spec import Mode
 from dni.workers.blocks import Block, Span

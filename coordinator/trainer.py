@@ -1,103 +1,80 @@
-"""The job's main loop: configure every stage, feed training batches within a credit window,
-slip evaluation batches into the same stream, and record what comes back."""
+"""The job's main loop, whatever the job feeds: configure every stage, feed training steps within a credit window,
+slip evaluations into the same stream, and take in what comes back; checkpoint, recover, and summarise.
+
+What differs between a dataset job and a sequence job is its `Feed` (`dni.coordinator.feeds`): the messages of
+each step (a dataset's batch; a batch of sequences as chunks of T steps), how results are tallied, whether the
+next step waits for every result, and its own part of a checkpoint and of the summary. Steps are what `total`
+and a checkpoint count; messages are what go out for them and what the credit window bounds.
+
+A checkpoint is a consistent cut between steps: no message in flight anywhere, every stage saved after the same
+one. A lost worker is replaced and every stage goes back to the last checkpoint (`recovering`). An interrupt
+writes a checkpoint at the step it came in, unless it came in the middle of a step (a batch of sequences half
+sent: a cut there would split its sequences), when the last checkpoint stays the one --resume uses.
+"""
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 import torch
 
-from dni.coordinator.assignments import stage_assignment
 from dni.coordinator.checkpoints import Checkpoints, Position
+from dni.coordinator.assignments import stage_assignment
+from dni.coordinator.feeds import EvalMessage, Feed, Shown, Tensors, Timing
 from dni.coordinator.interrupts import INTERRUPTS
-from dni.coordinator.data import Dataset, test_batches, train_batches
 from dni.coordinator.job import Job
 from dni.coordinator.pipeline import Pipeline
-from dni.errors import PipelineError, StageFailed, WorkerLost
 from dni.coordinator.progress import Progress
 from dni.coordinator.recovery import RecoveryBudget, Replacements, recovering
 from dni.coordinator.results import RunFolder, read_metrics
 from dni.coordinator.segments import Segments
-from dni.coordinator.shapes import check_last_shape
 from dni.coordinator.tensorboard import TensorBoardLog
+from dni.errors import PipelineError, StageFailed, WorkerLost
 from dni.protocol import Kind, Message
 from dni.protocol.linkdelay import describe
 from dni.schedule import FeedSchedule
+from dni.spec import StageAssignment
 from dni.workers.timing import spans_from_arrays
 
 if TYPE_CHECKING:
     from dni.coordinator.pools import WorkerPool
 
-__all__ = ["REQUEST_TIMEOUT", "STALL_SECONDS", "Evaluation", "Tally", "Trainer", "checkpoint_stages", "state_of"]
+__all__ = ["REQUEST_TIMEOUT", "STALL_SECONDS", "Trainer", "checkpoint_stages", "plural", "state_of"]
 
 log = logging.getLogger("dni.trainer")
 REQUEST_TIMEOUT = 600.0  # a checkpoint or flush of a stage that keeps working
 STALL_SECONDS = 10.0  # results outstanding, every stage idle this long: something was lost
 
 
-@dataclass
-class Tally:
-    """Sums of per-batch results over a stretch of batches."""
-    loss_sum: float = 0.0
-    correct: int = 0
-    count: int = 0
-
-    def add(self, meta: dict[str, Any]) -> None:
-        self.loss_sum += float(meta["loss_sum"])
-        self.correct += int(meta["correct"])
-        self.count += int(meta["count"])
-
-    @property
-    def accuracy(self) -> float:
-        return self.correct / self.count if self.count else 0.0
-
-    @property
-    def loss(self) -> float:
-        return self.loss_sum / self.count if self.count else 0.0
-
-
-@dataclass
-class Evaluation:
-    index: int
-    step: int
-    epoch: float
-    batches: int
-    train: Tally
-    test: Tally = field(default_factory=Tally)
-    received: int = 0
-
-
 class Trainer:
-    def __init__(self, job: Job, job_id: str, data: Dataset, pipeline: Pipeline, folder: RunFolder,
+    """Runs a job on its pipeline (see the module docstring); `feed` is what the job feeds. It is the `Run` its
+    feed asks for metrics lines."""
+
+    def __init__(self, job: Job, job_id: str, feed: Feed, pipeline: Pipeline, folder: RunFolder,
                  coordinator_address: str, show_progress: bool = True, *, pool: WorkerPool) -> None:
         self.job = job
         self.job_id = job_id
-        self.data = data
+        self.feed = feed
         self.pipeline = pipeline
         self.folder = folder
         self.coordinator_address = coordinator_address
-        self.total = job.total_steps(len(data.train_y))
-        self.per_epoch = job.steps_per_epoch(len(data.train_y))
-        self.eval_every = job.eval_every or self.per_epoch
-        self.eval_sets = test_batches(data, job.eval_batch_size, raw=True)
+        self.total = feed.total
         self.schedule = FeedSchedule(credit=job.window + len(job.stages))
         self.progress = Progress(self.total, f"{job.name}/{job.mode.value}", show_progress)
-        self.sent = 0
-        self.done = 0
-        self.train_tally = Tally()
-        self.evaluations: dict[int, Evaluation] = {}
+        self.step = 0  # steps fed whole
+        self.sent = 0  # training messages
+        self.done = 0  # training results
+        self.fed_of_step = 0  # messages of the step being fed that went out: a cut now would split the step
         self.checkpoints = Checkpoints(folder.path / "checkpoints")
-        self.records: list[dict[str, Any]] = []
         self.workers: list[dict[str, Any]] = []
         self.base_job_id = job_id
         self.budget = RecoveryBudget(job.max_recoveries, job.recovery_window)
         self.replacements = Replacements(pool, pipeline)
         self.segments = Segments(folder.path)
         self.recoveries = 0  # this segment's: every try of a replacement
-        self.resent = 0  # this segment's: batches sent again after a recovery
-        self.trained_samples = 0  # examples in the training results received, re-sent batches' included
+        self.resent = 0  # this segment's: messages sent again after a recovery
+        self.trained_samples = 0  # examples in the training results received, re-sent ones' included
         self.first_step = 0
         self.started = 0.0
         self.cpu_started = 0.0
@@ -107,29 +84,28 @@ class Trainer:
         self.tensorboard = TensorBoardLog(job, folder.path)
 
     def configure(self, restore: bool) -> None:
-        """Send every stage its configuration, in order: each stage's output shape is the next one's input."""
-        shape = self.data.input_shape
+        """Send every stage its assignment, in order: each stage's output shape is the next one's input."""
         endpoints = self.pipeline.endpoints
+        shape = self.feed.input_shape
         self.workers = []
         for index in range(len(self.job.stages)):
-            config = stage_assignment(self.job, index, endpoints, shape, self.coordinator_address,
-                                      str(self.checkpoints.stage(index)) if restore else None, self.job_id,
-                                      num_classes=self.data.num_classes, loss=self.job.loss,
-                                      pixels=self.data.pixels)
+            config = self._assignment(index, shape, restore)
             reply = self.pipeline.request(index, "configure", {"config": config.to_wire()}, timeout=120)
-            self.workers.append({"stage": index, "address": endpoints[index].control, **{k: v for k, v in reply.meta.items() if k != "ok"}})
+            self.workers.append({"stage": index, "address": endpoints[index].control,
+                                 **{k: v for k, v in reply.meta.items() if k != "ok"}})
             shape = tuple(reply.meta["output_shape"])
-        check_last_shape(self.job, shape, self.data.num_classes)
+        self.feed.check_output(shape)
+
+    def _assignment(self, index: int, shape: tuple[int, ...], restore: bool) -> StageAssignment:
+        return stage_assignment(self.job, index, self.pipeline.endpoints, shape, self.coordinator_address,
+                                str(self.checkpoints.stage(index)) if restore else None, self.job_id,
+                                num_classes=self.feed.num_classes, loss=self.feed.loss, pixels=self.feed.pixels)
 
     def run(self) -> dict[str, Any]:
         position = self.checkpoints.position()
-        self.first_step = start = position.step
-        self.progress.start = start
+        self.first_step = self.progress.start = position.step
         self.progress.earlier_seconds = self.segments.totals()["total_wall_seconds"]
-        self.records = read_metrics(self.folder.path)[:position.evaluations] if position.evaluations else []
-        if position.step:  # a resumed run: lines written after its checkpoint are rolled back over
-            self.folder.rewrite_metrics(self.records)
-        with INTERRUPTS.deferring(), self.segments.recording(start):  # a signal ends training at the loop's next turn
+        with INTERRUPTS.deferring(), self.segments.recording(position.step):  # a signal ends training at the loop's next turn
             self.started = self.progress.started = time.monotonic()
             self.cpu_started = time.process_time()
             summary = self._train_recovering(position)
@@ -145,101 +121,126 @@ class Trainer:
         try:
             self._train(start)
             self._checkpoint()
+            self._send_evaluations(self.feed.final_evaluations())
+            self._drain()
             return self._finish()
-        except KeyboardInterrupt:  # with a checkpoint, written first
+        except KeyboardInterrupt:  # with a checkpoint, written first, where one can be
             self._checkpoint_on_interrupt()
             raise
 
     def _train(self, start: int) -> None:
-        batches = train_batches(self.data, self.job.batch_size, self.job.seed, self.total, start, raw=True)
-        for step, (_, x, labels) in enumerate(batches, start=start):
-            reason = self._reason_to_stop() if self.sent > start else None
+        steps = self.feed.steps(start)
+        while self.step < self.total:
+            reason = self._reason_to_stop() if self.step > start else None
             if reason:
                 self._stop_early(reason)
                 break
-            while not self.schedule.may_feed(self.sent, self.done, self.pipeline.feed_over_bound()):
-                self._absorb(self._receive())
-            self.pipeline.send_batch(Kind.FORWARD, step, x, labels)
-            self.sent += 1
-            if self.sent % self.eval_every == 0 or self.sent == self.total:
-                self._start_evaluation()
-            if self.job.checkpoint_every and self.sent % self.job.checkpoint_every == 0 and self.sent < self.total:
+            self._feed_step(steps)
+            self._send_evaluations(self.feed.evaluations(self.step, self.total))
+            if self.feed.waits_for_results:
+                self._drain()
+            if self.job.checkpoint_every and self.step % self.job.checkpoint_every == 0 and self.step < self.total:
                 self._checkpoint()
             self._absorb_ready()
         self._drain()
+
+    def _feed_step(self, steps: Iterator[list[Tensors]]) -> None:
+        """The next step's training messages, each as the credit window allows. The step is made only once its first
+        message may go: one made and never sent would have moved the feed on (a text's position) past a checkpoint."""
+        self._wait_for_credit()
+        for tensors, meta in next(steps):
+            self._wait_for_credit()
+            self.pipeline.send_tensors(Kind.FORWARD, self.sent, tensors, meta)
+            self.sent += 1
+            self.fed_of_step += 1
+        self.step += 1
+        self.fed_of_step = 0
+
+    def _wait_for_credit(self) -> None:
+        while not self.schedule.may_feed(self.sent, self.done, self.pipeline.feed_over_bound()):
+            self._absorb(self._receive())
+
+    def _send_evaluations(self, evaluations: list[EvalMessage]) -> None:
+        for evaluation in evaluations:
+            self.pipeline.send_tensors(Kind.EVAL, evaluation.number, evaluation.tensors, evaluation.meta)
 
     def _reason_to_stop(self) -> Optional[str]:
         """Why training should end before its last step: the time limit is up, or an evaluation was accurate enough."""
         if self.job.time_limit and time.monotonic() - self.started >= self.job.time_limit:
             return "time_limit"
-        if self.job.stop_at_accuracy and self.records and self.records[-1]["test_accuracy"] >= self.job.stop_at_accuracy:
+        if self.feed.accurate_enough():
             return "accuracy"
         return None
 
     def _stop_early(self, reason: str) -> None:
-        """Training ends here: what was sent is the whole run, and it ends with an evaluation."""
+        """Training ends here: what was sent is the whole run, and it ends with the evaluation due at its end."""
         why = f"time limit of {self.job.time_limit}s reached" if reason == "time_limit" else \
             f"test accuracy reached stop_at_accuracy = {self.job.stop_at_accuracy:g}"
-        log.info("%s: stopping after %d of %d steps", why, self.sent, self.total)
+        log.info("%s: stopping after %d of %d %ss", why, self.step, self.total, self.feed.step_name)
         self.stopped_early = reason
-        self.total = self.sent
-        if self.sent % self.eval_every:
-            self._start_evaluation()
+        self.total = self.step
+        self._send_evaluations(self.feed.evaluations(self.step, self.total))
 
     def _drain(self) -> None:
-        while self.done < self.sent or self.evaluations:
+        while self.done < self.sent or self.feed.awaited() is not None:
             self._absorb(self._receive())
 
     def _checkpoint(self) -> None:
-        """A consistent cut: no batch in flight anywhere, every stage saved at the same step."""
+        """A consistent cut between steps: no message in flight anywhere, every stage saved after the same one."""
         self._drain()
         self.pipeline.request_all("flush", timeout=REQUEST_TIMEOUT, stall_timeout=STALL_SECONDS)
-        checkpoint_stages(self.pipeline, self.checkpoints, Position(self.sent, len(self.records), vars(self.train_tally)))
+        checkpoint_stages(self.pipeline, self.checkpoints, self.feed.position(self.step, self.sent))
         self._save_segment()
 
     def _save_segment(self, status: str = "running") -> None:
         segment = self.segments.current
-        segment.to_step, segment.recoveries, segment.resent_batches = self.sent, self.recoveries, self.resent
+        segment.to_step, segment.recoveries, segment.resent_batches = self.step, self.recoveries, self.resent
         self.segments.save(status)
 
     def _checkpoint_on_interrupt(self) -> None:
-        """A last checkpoint if the pipeline can still give one; else the last periodic one stays what --resume uses."""
+        """A last checkpoint if the pipeline can still give one and the interrupt came between steps; else the last
+        periodic one stays what --resume uses."""
         resume_from = self.checkpoints.position().step
+        name = self.feed.step_name
+        if self.fed_of_step:
+            log.warning("interrupted in the middle of %s %d, which a checkpoint would split; --resume continues from "
+                        "%s %d, the last checkpoint", name, self.step, name, resume_from)
+            return
         gone = self.pipeline.gone(grace=0.0)
         if gone is not None:
-            log.error("interrupted; no checkpoint written: stage %d has lost its connection; --resume continues from step %d",
-                      gone, resume_from)
+            log.error("interrupted; no checkpoint written: stage %d has lost its connection; --resume continues from %s %d",
+                      gone, name, resume_from)
             return
-        log.warning("interrupted: writing a checkpoint at step %d first (interrupt again to skip it)", self.sent)
+        log.warning("interrupted: writing a checkpoint at %s %d first (interrupt again to skip it)", name, self.step)
         try:
             self._checkpoint()
         except PipelineError as error:
-            log.error("no checkpoint written (%s); --resume continues from step %d", error, resume_from)
+            log.error("no checkpoint written (%s); --resume continues from %s %d", error, name, resume_from)
 
     def _recover(self, loss: WorkerLost, retry: int) -> int:
         """A new worker for the lost stage, every stage rolled back to the last checkpoint, and what was lost re-sent."""
         position = self.checkpoints.position()
         self.budget.resuming_from(position.step, loss)
-        lost = self.sent - position.step
-        log.warning("%s; replacing its worker%s and resuming every stage from step %d (%d batches re-sent)", loss,
-                    f" (try {retry + 1} of this recovery)" if retry else "", position.step, lost)
+        checkpointed = self.feed.sent_by(position)
+        log.warning("%s; replacing its worker%s and resuming every stage from %s %d (%d %s re-sent)", loss,
+                    f" (try {retry + 1} of this recovery)" if retry else "", self.feed.step_name, position.step,
+                    self.sent - checkpointed, plural(self.feed.message_name))
         self.recoveries += 1
-        self.resent += lost
-        self.sent = self.done = position.step  # counted once, whichever try succeeds
-        self.evaluations.clear()
+        self.resent += self.sent - checkpointed
+        self.sent = self.done = checkpointed  # counted once, whichever try succeeds
         self.replacements.bring_back(loss)
         self.job_id = self.pipeline.job_id = f"{self.base_job_id}-r{self.recoveries}"  # stale messages no longer match
         self.pipeline.forget_silence()
-        self.records = self.records[:position.evaluations]
-        self.folder.rewrite_metrics(self.records)
-        self._rewind(position)
+        start = self._rewind(position)
         self._save_segment()
-        return position.step
+        return start
 
     def _rewind(self, position: Position) -> int:
-        """Counters and every stage back to a checkpoint (or to the start of the run); the step to go on from."""
-        self.sent = self.done = position.step
-        self.train_tally = Tally(**position.tally)
+        """Counters, the feed and every stage back to a checkpoint (or to the start of the run); the step to go on from."""
+        self.step = position.step
+        self.sent = self.done = self.feed.sent_by(position)
+        self.fed_of_step = 0
+        self.feed.restore(position, self)
         self.configure(restore=position.step > 0)
         return position.step
 
@@ -252,11 +253,10 @@ class Trainer:
         idle = f"every stage has been idle for {self.pipeline.idle_for():.0f}s"
         if self.done < self.sent:
             stage = next((index for index, done in enumerate(steps) if done < self.sent), len(steps) - 1)
-            return StageFailed(stage, f"batch {self.done} never came back and {idle}: stage {stage} trained on "
-                                      f"{steps[stage]} of the {self.sent} batches sent, so it was lost at stage {stage}")
-        evaluation = next(iter(self.evaluations.values()))
-        return StageFailed(len(steps) - 1, f"evaluation {evaluation.index} got {evaluation.received} of {evaluation.batches} "
-                                           f"batch results and {idle}: the rest were lost")
+            name = self.feed.message_name
+            return StageFailed(stage, f"{name} {self.done} never came back and {idle}: stage {stage} trained on "
+                                      f"{steps[stage]} of the {self.sent} {plural(name)} sent, so it was lost at stage {stage}")
+        return StageFailed(len(steps) - 1, f"{self.feed.awaited()} and {idle}: the rest were lost")
 
     def _absorb_ready(self) -> None:
         while (message := self.pipeline.receive(0)) is not None:
@@ -268,72 +268,53 @@ class Trainer:
             self.trained_samples += int(message.meta["count"])
             self.last_result = time.monotonic()
             self.first_result = self.first_result or self.last_result
-            self.train_tally.add(message.meta)
-            latest = self.records[-1]["test_accuracy"] if self.records else None
-            self.progress.update(self.done, self.done * self.job.batch_size, latest)
+            self._show(self.feed.trained(message))
         elif message.kind is Kind.EVAL_RESULT:
-            evaluation = self.evaluations.get(message.meta.get("eval", -1))
-            if evaluation is None:
-                log.warning("ignored a result for evaluation %r, which is not running", message.meta.get("eval"))
-                return
-            evaluation.test.add(message.meta)
-            evaluation.received += 1
-            if evaluation.received == evaluation.batches:
-                self._record(self.evaluations.pop(evaluation.index))
+            self._show(self.feed.evaluated(message, self))
         else:
             log.warning("unexpected %s from stage %d", message.kind.name, message.sender)
 
-    def _start_evaluation(self) -> None:
-        index = len(self.records) + len(self.evaluations)
-        evaluation = Evaluation(index, self.sent, self.sent / self.per_epoch, len(self.eval_sets), self.train_tally)
-        self.train_tally = Tally()
-        self.evaluations[index] = evaluation
-        for offset, (x, labels) in enumerate(self.eval_sets):
-            self.pipeline.send_batch(Kind.EVAL, index * len(self.eval_sets) + offset, x, labels, {"eval": index})
+    def _show(self, shown: Optional[Shown]) -> None:
+        if shown is not None:
+            self.progress.update(shown.steps, shown.steps * self.job.batch_size, shown.accuracy, shown.note)
 
-    def _record(self, evaluation: Evaluation) -> None:
-        """One metrics line; the training tally may still lack a few in-flight batches, which go to the next line."""
+    def record(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """`fields` with the time, the throughput and every stage's metrics, as one metrics line (and TensorBoard)."""
         worker_metrics = [reply.meta["metrics"] for reply in self.pipeline.request_all("metrics")]
         elapsed = time.monotonic() - self.started
-        record = {
-            "eval": evaluation.index, "step": evaluation.step, "epoch": round(evaluation.epoch, 4),
-            "train_accuracy": evaluation.train.accuracy, "train_loss": evaluation.train.loss,
-            "test_accuracy": evaluation.test.accuracy, "test_loss": evaluation.test.loss,
-            "elapsed": elapsed, "samples_per_second": self.trained_samples / elapsed,
-            "workers": worker_metrics, "worker_errors": self.pipeline.refused_by_stage,
-        }
-        self.records.append(record)
+        record = {**fields, "elapsed": elapsed, "samples_per_second": self.trained_samples / elapsed,
+                  "workers": worker_metrics, "worker_errors": self.pipeline.refused_by_stage}
         self.folder.append_metrics(record)
         self.tensorboard.write(record)
-        self.progress.update(self.done, self.done * self.job.batch_size, evaluation.test.accuracy)
+        return record
+
+    def metrics_until(self, evaluations: int) -> list[dict[str, Any]]:
+        """The first `evaluations` metrics lines; those written after them (after a checkpoint) are rolled back."""
+        records = read_metrics(self.folder.path)[:evaluations] if evaluations else []
+        if self.folder.metrics_path.is_file():
+            self.folder.rewrite_metrics(records)
+        return records
 
     def _finish(self) -> dict[str, Any]:
         wall = time.monotonic() - self.started
         cpu = time.process_time() - self.cpu_started
-        trained = self.total - self.first_step
         self._save_segment("complete")
         replies = self.pipeline.request_all("metrics", {"spans": self.job.record_spans, "profile": self.job.profile})
         final = [reply.meta["metrics"] for reply in replies]
         self.folder.save_state([state_of(reply) for reply in self.pipeline.request_all("state")])
         if self.job.record_spans:
             self.folder.write_json("spans.json", [spans_from_arrays(reply.tensors) for reply in replies])
-        last = self.records[-1]
+        timing = Timing(self.total, self.first_step, wall, self.trained_samples, self.first_result, self.last_result)
         return {
-            "job": self.job.name, "job_id": self.job_id, "mode": self.job.mode.value, "dataset": self.job.dataset,
-            "steps": self.total, "epochs": round(self.total / self.per_epoch, 3), "batch_size": self.job.batch_size,
+            "job": self.job.name, "job_id": self.job_id, "mode": self.job.mode.value, "batch_size": self.job.batch_size,
             "stopped_at_time_limit": self.stopped_early == "time_limit", "stopped_at_accuracy": self.stopped_early == "accuracy",
             "link_delay_ms": self.job.link_delay_ms, "link": describe(self.job.link_delay_ms),
-            "feed_link": self.pipeline.link.stats(),
-            "test_accuracy": last["test_accuracy"], "best_test_accuracy": max(r["test_accuracy"] for r in self.records),
-            "train_accuracy": last["train_accuracy"], "wall_seconds": wall,
-            "samples_per_second": self.trained_samples / wall,
-            "steady_samples_per_second": (trained - 1) * self.job.batch_size / (self.last_result - self.first_result)
-            if self.first_result and self.last_result > self.first_result else 0.0,
-            "resumed_from_step": self.first_step, **self.segments.totals(),
+            "feed_link": self.pipeline.link.stats(), "wall_seconds": wall, **self.segments.totals(),
             "seconds_to_first_result": (self.first_result or time.monotonic()) - self.started,
             "first_result_at": time.time() - (time.monotonic() - (self.first_result or time.monotonic())),
             "coordinator_cpu_fraction": cpu / wall,
             "workers": self.workers, "worker_metrics": final, "worker_errors": [sum(m["errors"].values()) for m in final],
+            **self.feed.summary(timing),
         }
 
 
@@ -353,3 +334,8 @@ def checkpoint_stages(pipeline: Pipeline, checkpoints: Checkpoints, position: Po
 def state_of(reply: Message) -> dict[str, torch.Tensor]:
     """A stage's weights from its `state` reply."""
     return {name: torch.from_numpy(array.copy()) for name, array in reply.tensors.items()}
+
+
+def plural(noun: str) -> str:
+    """"batches", "chunks", "steps"."""
+    return noun + ("es" if noun.endswith("ch") else "s")

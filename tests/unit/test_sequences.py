@@ -5,7 +5,7 @@ import math
 
 from dni.coordinator.job import load_job
 from dni.coordinator.sequences import SequenceModel, train_sequences
-from dni.coordinator.sequence_trainer import batch_for, chunks_of, with_readout_width
+from dni.coordinator.chunk_feed import batch_for, chunks_of, with_readout_width
 from dni.coordinator.tasks import CharText, CopyTask
 
 

@@ -13,14 +13,16 @@ import types
 from collections import deque
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import pytest
 import torch
 
 import dni.coordinator.trainer as trainer_module
+from dni.coordinator.batch_feed import BatchFeed
 from dni.coordinator.data import Dataset, train_batches
+from dni.coordinator.feeds import Tensors
 from dni.coordinator.data import test_batches as evaluation_batches  # not collected as a test
 from dni.coordinator.pipeline import Pipeline
 from dni.errors import StageFailed, WorkerLost
@@ -126,8 +128,9 @@ class FakePipeline:
 
     # -- data ----------------------------------------------------------------------------------------------
 
-    def send_batch(self, kind: Kind, batch: int, x: torch.Tensor, labels: torch.Tensor, meta: Optional[dict[str, Any]] = None) -> None:
-        assert x.dtype == (torch.uint8 if self.configs[0]["pixels"] else torch.float32) and labels.dtype == torch.int64
+    def send_tensors(self, kind: Kind, batch: int, tensors: dict[str, np.ndarray], meta: Optional[dict[str, Any]] = None) -> None:
+        assert tensors["x"].dtype == (np.uint8 if self.configs[0]["pixels"] else np.float32) and tensors["labels"].dtype == np.int64
+        labels = torch.from_numpy(tensors["labels"])
         self.sends += 1
         if kind is Kind.FORWARD:
             self.log.append(("forward", batch))
@@ -211,7 +214,7 @@ def make_trainer(tmp_path: Path, pipeline: FakePipeline, pool: Optional[Restarts
     table = {"batch_size": BATCH, "eval_batch_size": EVAL_BATCH, "iterations": 10, "eval_every": 5, "window": 1,
              "checkpoint_every": 0, **settings}
     job = small_job(tmp_path / "no-data", tmp_path / "runs", **table)
-    return Trainer(job, JOB_ID, data or tiny_data(), pipeline, RunFolder.create(job), "ipc:///fake/coordinator",
+    return Trainer(job, JOB_ID, BatchFeed(job, data or tiny_data()), pipeline, RunFolder.create(job), "ipc:///fake/coordinator",
                    show_progress=False, pool=pool or Irreplaceable())
 
 
@@ -430,7 +433,7 @@ def test_the_summary_counts_every_segment_of_a_resumed_run(tmp_path):
     (first.folder.path / "checkpoints" / "coordinator.json").write_text(json.dumps(position))
     second = FakePipeline()
     second.die_at = [2, 3]
-    trainer = Trainer(first.job, JOB_ID, tiny_data(), second, first.folder, "ipc:///fake/coordinator", show_progress=False,
+    trainer = Trainer(first.job, JOB_ID, BatchFeed(first.job, tiny_data()), second, first.folder, "ipc:///fake/coordinator", show_progress=False,
                       pool=Restarts())
     summary = trainer.run()
     assert [(s["from_step"], s["recoveries"], s["status"]) for s in summary["segments"]] == [(0, 1, "complete"),
@@ -517,6 +520,43 @@ def test_an_interrupt_with_a_stage_gone_keeps_the_last_periodic_checkpoint(tmp_p
         trainer.run()
     assert json.loads((trainer.folder.path / "checkpoints" / "coordinator.json").read_text())["step"] == 4
     assert [entry[3] for entry in pipeline.log if entry[:1] == ("request",) and entry[2] == "flush"] == [4] * 3
+
+
+class HalvedFeed(BatchFeed):
+    """Each batch sent as two messages, as a sequence job sends a batch of sequences as its chunks."""
+
+    def steps(self, start: int) -> Iterator[list[Tensors]]:
+        for [(tensors, meta)] in super().steps(start):
+            yield [({name: array[:BATCH // 2] for name, array in tensors.items()}, meta),
+                   ({name: array[BATCH // 2:] for name, array in tensors.items()}, meta)]
+
+
+def halved_trainer(tmp_path: Path, pipeline: FakePipeline) -> Trainer:
+    job = small_job(tmp_path / "no-data", tmp_path / "runs", batch_size=BATCH, eval_batch_size=EVAL_BATCH, iterations=10,
+                    eval_every=5, window=1, checkpoint_every=0)
+    return Trainer(job, JOB_ID, HalvedFeed(job, tiny_data()), pipeline, RunFolder.create(job), "ipc:///fake/coordinator",
+                   show_progress=False, pool=Irreplaceable())
+
+
+def test_an_interrupt_between_steps_of_several_messages_writes_a_checkpoint_there(tmp_path):
+    pipeline = FakePipeline(depth=1000)
+    pipeline.interrupt_at = 4  # once the second step is out whole
+    trainer = halved_trainer(tmp_path, pipeline)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.run()
+    assert json.loads((trainer.folder.path / "checkpoints" / "coordinator.json").read_text())["step"] == 2
+
+
+def test_an_interrupt_in_the_middle_of_a_step_keeps_the_last_checkpoint(tmp_path, caplog):
+    pipeline = FakePipeline(depth=1000)
+    pipeline.interrupt_at = 5  # the third step's first message out, its second waiting for credit
+    trainer = halved_trainer(tmp_path, pipeline)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.run()
+    assert not (trainer.folder.path / "checkpoints" / "coordinator.json").exists()
+    assert [entry for entry in pipeline.log if entry[:1] == ("request",) and entry[2] == "flush"] == []
+    assert ("interrupted in the middle of step 2, which a checkpoint would split; --resume continues from step 0, "
+            "the last checkpoint") in caplog.text
 
 
 # -- the summary -------------------------------------------------------------------------------------------------
