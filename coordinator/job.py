@@ -5,7 +5,7 @@ import os
 import tomllib
 from dataclasses import MISSING, dataclass, replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from dni.coordinator.cuts import MODEL_KEYS, model_table
 from dni.coordinator.data import BUILTIN_DATASETS, resolve_data_root
@@ -116,8 +116,10 @@ class Job(WorkerSettings):
     balance: int = 0  # stages = N: the cuts are still to be measured for the input shape (`dni.coordinator.split`)
 
     @property
-    def is_sequence(self) -> bool:
-        return bool(self.task)
+    def source(self) -> str:
+        """Where the job's examples come from, which picks its checks here and its feed (`run.FEEDS`): "task" (a
+        sequence task's generated batches) or "dataset"."""
+        return "task" if self.task else "dataset"
 
     def resolved_data_root(self) -> Path:
         """data_root, else $DNI_DATA_ROOT, else ./data; raises DataError for a named root that does not exist."""
@@ -235,10 +237,7 @@ def _stage(entry: Any, index: int) -> StageSpec:
 
 def _validate(job: Job) -> None:
     """What no one setting's check can see: how settings go together."""
-    if job.is_sequence:
-        _validate_sequence(job)
-    else:
-        _validate_data(job)
+    _VALIDATE_BY_SOURCE[job.source](job)
     if not (job.iterations or job.epochs):
         raise ConfigError("set iterations or epochs")
     remote = [stage.address is not None for stage in job.stages]
@@ -273,6 +272,9 @@ def _validate_data(job: Job) -> None:
     """A dataset job has a dataset (checked by its setting) and no sequence settings."""
     if job.truncation or job.text:
         raise ConfigError("truncation and text belong to a sequence job (task = copy, repeat-copy or chars)")
+
+
+_VALIDATE_BY_SOURCE: dict[str, Callable[[Job], None]] = {"task": _validate_sequence, "dataset": _validate_data}
 
 
 def job_as_table(job: Job) -> dict[str, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import secrets
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -105,17 +105,29 @@ def run_job(job: Job, bind: Optional[str] = None, advertise: Optional[str] = Non
 
 
 def feed_for(job: Job, data: Optional[Dataset] = None) -> tuple[Job, Feed, dict[str, Any]]:
-    """The job's feed, the one place a dataset job and a sequence job part: a sequence job's task and its readout
-    as wide as the task's output; a dataset job's data (`data` if loaded already), checked to fit, and its model
-    split between the stages (the split, as an annotation for the summary)."""
-    if job.is_sequence:
-        task = open_task(job.task, job.text)
-        job = with_readout_width(job, task)
-        return job, ChunkFeed(job, task), {}
+    """The job's feed, the one place a dataset job and a sequence job part (by `Job.source`): the job as it runs,
+    its feed, and what the summary should add."""
+    return FEEDS[job.source](job, data)
+
+
+def _chunk_feed(job: Job, data: Optional[Dataset]) -> tuple[Job, Feed, dict[str, Any]]:
+    """A sequence task's feed, its readout as wide as the task's output."""
+    task = open_task(job.task, job.text)
+    job = with_readout_width(job, task)
+    return job, ChunkFeed(job, task), {}
+
+
+def _batch_feed(job: Job, data: Optional[Dataset]) -> tuple[Job, Feed, dict[str, Any]]:
+    """A dataset's feed: its data (`data` if loaded already), checked to fit, and the model split between the stages
+    (the split, as an annotation for the summary)."""
     data = data if data is not None else job_data(job)
     job.check_fits(len(data.train_y))
     job, cut = balance_job(job, data.input_shape)
     return job, BatchFeed(job, data), ({"model_split": cut} if cut else {})
+
+
+FEEDS: dict[str, Callable[[Job, Optional[Dataset]], tuple[Job, Feed, dict[str, Any]]]] = {
+    "task": _chunk_feed, "dataset": _batch_feed}
 
 
 def job_data(job: Job) -> Dataset:

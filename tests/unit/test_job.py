@@ -60,9 +60,9 @@ def sequence_table(**change):
 
 def test_a_sequence_job_has_a_task_and_a_truncation_and_no_dataset():
     job = job_from_table(sequence_table(discount=0.5))
-    assert (job.is_sequence, job.task, job.truncation, job.discount, job.dataset) == (True, "copy", 3, 0.5, "")
+    assert (job.source, job.task, job.truncation, job.discount, job.dataset) == ("task", "copy", 3, 0.5, "")
     assert job_from_table(job_as_table(job)) == job, "a run folder's job.json reads back as the same job"
-    assert not load_job("mnist").is_sequence
+    assert load_job("mnist").source == "dataset"
 
 
 @pytest.mark.parametrize("change, message", [
