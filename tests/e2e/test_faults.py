@@ -117,7 +117,7 @@ def test_workers_exit_when_the_coordinator_dies(data_root, tmp_path):
 
 
 def test_a_slow_stage_holds_the_pipeline_back_with_bounded_memory(data_root, tmp_path):
-    stage = {"kind": "balanced", "features": 64, "layers": 1, "synthesizer": {"kind": "mlp", "hidden": 16, "layers": 1}}
+    stage = {"kind": "dni.bench.stages:balanced", "features": 64, "layers": 1, "synthesizer": {"kind": "mlp", "hidden": 16, "layers": 1}}
     stages = [dict(stage), dict(stage), {**stage, "classes": 10, "delay_ms": 15.0}]
     job = small_job(data_root, tmp_path, mode="sg", iterations=240, eval_every=40, window=2, stages=stages)
     folder, summary = run_job(job, show_progress=False)

@@ -17,7 +17,7 @@ def test_unknown_stage_kind_fails_before_any_worker_starts(tmp_path, data_root):
     stages = mlp_stages()
     stages[1] = {"kind": "transformer_block", "features": 4}
     job = small_job(data_root, tmp_path, stages=stages)
-    with pytest.raises(ConfigError, match="stage 1: unknown stage kind 'transformer_block'; known: balanced, conv_bn_relu"):
+    with pytest.raises(ConfigError, match="stage 1: unknown stage kind 'transformer_block'; known: conv_bn_relu"):
         run_job(job, show_progress=False)
     assert not list(tmp_path.iterdir()), "no run folder, no workers"
 
