@@ -9,16 +9,16 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from dni.coordinator.interrupts import INTERRUPTS
-from dni.coordinator.job import SETTINGS, SHORTCUTS, Job, load_job, with_addresses
-from dni.coordinator.plots import check_runs, default_output, plot_runs
-from dni.coordinator.progress import Progress, end_bar_line_before_logs
+from dni.coordinator.train.interrupts import INTERRUPTS
+from dni.coordinator.jobs.job import SETTINGS, SHORTCUTS, Job, load_job, with_addresses
+from dni.coordinator.results.plots import check_runs, default_output, plot_runs
+from dni.coordinator.train.progress import Progress, end_bar_line_before_logs
 from dni.errors import ConfigError, DniError, RunInterrupted
 from dni.settings import Setting
 from dni.workers import cli as worker_cli
 
 if TYPE_CHECKING:
-    from dni.coordinator.results import RunFolder
+    from dni.coordinator.results.folder import RunFolder
 
 __all__ = ["COMMANDS", "OVERRIDES", "add_commands", "add_run_arguments", "job_from_args", "report_run"]
 
@@ -103,7 +103,7 @@ def _keys(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from dni.coordinator.run import resume_job, run_job
+    from dni.coordinator.train.run import resume_job, run_job
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     end_bar_line_before_logs()

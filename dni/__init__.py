@@ -53,11 +53,11 @@ if all((_CHECKOUT / folder / "__init__.py").is_file() for folder in SUBPACKAGES)
     sys.meta_path.append(_CheckoutFinder(_CHECKOUT))
 
 _HOMES = {
-    "Job": "dni.coordinator.job", "load_job": "dni.coordinator.job",
-    "run_job": "dni.coordinator.run", "resume_job": "dni.coordinator.run", "split": "dni.coordinator.split",
+    "Job": "dni.coordinator.jobs.job", "load_job": "dni.coordinator.jobs.job",
+    "run_job": "dni.coordinator.train.run", "resume_job": "dni.coordinator.train.run", "split": "dni.coordinator.jobs.split",
     "Mode": "dni.spec", "OptimizerSpec": "dni.spec",
-    "StageBuilder": "dni.workers.interface", "SynthesizerBuilder": "dni.workers.interface",
-    "StageCompute": "dni.workers.compute", "MLPSynthesizer": "dni.workers.synthesizers",
+    "StageBuilder": "dni.workers.build.contracts", "SynthesizerBuilder": "dni.workers.build.contracts",
+    "StageCompute": "dni.workers.stage.compute", "MLPSynthesizer": "dni.workers.interfaces.synthesizers",
 }
 
 

@@ -4,8 +4,8 @@ torchrun starts one process per rank, on one host or many, and restarts them all
 when one dies (`--max-restarts`). Rank r serves stage r: it binds a worker on
 ports of its own choosing, on this host's address towards the group's store
 (loopback when the group has one node), and publishes them in the store
-(coordinator/rendezvous.py). Rank 0 also starts the coordinator
-(`python -m dni.coordinator.elastic`), in a process of its own so that it shares
+(coordinator/pools/rendezvous.py). Rank 0 also starts the coordinator
+(`python -m dni.coordinator.pools.elastic`), in a process of its own so that it shares
 no interpreter lock with stage 0.
 
 Signals: torchrun stops a rank with SIGINT or SIGTERM (then SIGKILL 30 s later).
@@ -28,9 +28,9 @@ from typing import Any, Optional, Sequence
 
 import zmq
 
-from dni.coordinator.elastic import build_parser, configure_logging, group_host, launched_job, tell_torchrun
-from dni.coordinator.job import Job
-from dni.coordinator.rendezvous import Launch, Rendezvous, WorkerRecord, new_nonce
+from dni.coordinator.pools.elastic import build_parser, configure_logging, group_host, launched_job, tell_torchrun
+from dni.coordinator.jobs.job import Job
+from dni.coordinator.pools.rendezvous import Launch, Rendezvous, WorkerRecord, new_nonce
 from dni.errors import DniError, PipelineError
 from dni.lifetime import exit_now
 from dni.protocol import tcp_address
@@ -93,7 +93,7 @@ class Rank:
                 attempt = rendezvous.begin()
                 self.coordinator = self._start_coordinator(attempt)
             from dni.workers.cli import import_lazy_modules
-            from dni.workers.worker import Worker
+            from dni.workers.loop.worker import Worker
 
             import_lazy_modules()
             self.worker = Worker(tcp_address(host, "0"), once=True, keys=keys)
@@ -131,7 +131,7 @@ class Rank:
 
     def _start_coordinator(self, attempt: str) -> subprocess.Popen:
         """The coordinator's process, started from the main thread (PR_SET_PDEATHSIG fires when the thread that started the child ends)."""
-        command = [sys.executable, "-m", "dni.coordinator.elastic", "--attempt", attempt, "--parent", str(os.getpid()), *self.argv]
+        command = [sys.executable, "-m", "dni.coordinator.pools.elastic", "--attempt", attempt, "--parent", str(os.getpid()), *self.argv]
         # a session of its own: a signal to this rank's process group (torchrun's way) reaches it once, through us
         return subprocess.Popen(command, stdin=subprocess.DEVNULL, start_new_session=True)
 

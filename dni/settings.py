@@ -5,7 +5,7 @@ A setting is a dataclass field made with `setting()`: its name, type and default
 that refuses a bad value (naming it as the reader shows it: `iterations` in a job file, `--iterations` on the
 command line), the help text, how the value is written back (`dump`), and whether `dni run` has a flag for it.
 The worker's settings are the fields of `dni.spec.WorkerSettings`, the job's are those of
-`dni.coordinator.job.Job`: `settings_of` lists either's rows, and every reader walks them rather than naming
+`dni.coordinator.jobs.job.Job`: `settings_of` lists either's rows, and every reader walks them rather than naming
 fields one by one, so a new setting is one field.
 """
 from __future__ import annotations

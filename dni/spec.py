@@ -50,7 +50,7 @@ EXIT_STOPPED = 0  # a --once worker whose job was stopped by its coordinator
 EXIT_COORDINATOR_SILENT = 3  # a --once worker that ended its job because the coordinator fell silent
 NONFINITE_POLICIES = ("reject", "count")  # a tensor with NaN/Inf: refuse the message, or count it and go on
 DEVICE_PATTERN = re.compile(r"^(cpu|auto|cuda(:\d+)?)$")
-LOSS_NAMES = ("cross_entropy", "multi_margin", "bits")  # the built-in losses (dni.workers.losses); else package.module:function
+LOSS_NAMES = ("cross_entropy", "multi_margin", "bits")  # the built-in losses (dni.workers.stage.losses); else package.module:function
 IMPORT_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
 
 
@@ -192,7 +192,7 @@ def check_loss(value: Any, name: str = "loss") -> str:
 
 
 def check_truncation(value: Any, name: str) -> int:
-    """A chunk length T, 0 for a feed-forward job (a sequence job also needs T >= 1: `coordinator/job.py`)."""
+    """A chunk length T, 0 for a feed-forward job (a sequence job also needs T >= 1: `coordinator/jobs/job.py`)."""
     if check_type(name, value, int) < 0:
         raise ConfigError(f"{name} must not be negative (0: a feed-forward job), got {value}")
     return value
@@ -220,10 +220,10 @@ def _mode_name(mode: Mode) -> str:
 
 @dataclass(frozen=True)
 class PixelScaling:
-    """How the first stage makes the float32 batch from the uint8 pixels it is sent (`dni.workers.pixels`).
+    """How the first stage makes the float32 batch from the uint8 pixels it is sent (`dni.workers.loop.pixels`).
 
     Pixels cross the wire as bytes, a quarter of their float32 size; the stage then
-    applies the coordinator's own normalisation (coordinator/normalize.py): divided by
+    applies the coordinator's own normalisation (coordinator/data/normalize.py): divided by
     255 unless `divide` is false (normalize = "none"), then, per channel, less `mean`
     and over `std` where they are given (standardize, or explicit statistics).
     """

@@ -7,7 +7,7 @@ from typing import Any, NoReturn
 
 import pytest
 
-from dni.coordinator.job import Job, job_from_table
+from dni.coordinator.jobs.job import Job, job_from_table
 
 REPO = Path(__file__).resolve().parent.parent
 DATA_ROOT = Path(os.environ.get("DNI_DATA_ROOT", REPO.parent / "shared" / "datasets"))

@@ -9,7 +9,7 @@ from typing import NoReturn, Optional, Sequence
 from dni.lifetime import exit_now
 from dni.protocol import ProtocolError
 from dni.protocol.security import load_keys
-from dni.workers.worker import Worker
+from dni.workers.loop.worker import Worker
 
 __all__ = ["add_arguments", "import_lazy_modules", "main", "run"]
 

@@ -24,13 +24,13 @@ import numpy as np
 import torch
 import zmq
 
-from dni.coordinator.job import Job
-from dni.coordinator.shapes import check_stages
+from dni.coordinator.jobs.job import Job
+from dni.coordinator.jobs.shapes import check_stages
 from dni.protocol import Kind, Message, decode, open_socket, receive_frames, send_message
 from dni.spec import Mode
-from dni.workers.build import build_stage
-from dni.workers.compute import StageCompute
-from dni.workers.devices import synchronizer, to_device, to_host
+from dni.workers.build.builder import build_stage
+from dni.workers.stage.compute import StageCompute
+from dni.workers.loop.devices import synchronizer, to_device, to_host
 
 __all__ = ["profile_stage", "DATA_SHAPES"]
 

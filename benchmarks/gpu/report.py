@@ -6,7 +6,7 @@ from typing import Any, Iterator
 
 import matplotlib.pyplot as plt
 
-from dni.coordinator.plots import save_figure
+from dni.coordinator.results.plots import save_figure
 
 __all__ = ["missing_fields", "print_summary", "plot_report"]
 

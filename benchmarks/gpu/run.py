@@ -38,7 +38,7 @@ import torch  # noqa: E402
 from budget import Budget, OutOfTime  # noqa: E402
 from dni.bench.speedup import balanced_job, measure, time_to_accuracy  # noqa: E402
 from dni import Job, load_job, run_job  # noqa: E402
-from dni.coordinator.results import read_metrics  # noqa: E402
+from dni.coordinator.results.folder import read_metrics  # noqa: E402
 from dni.files import write_text_atomically  # noqa: E402
 from datapath import profile_stage  # noqa: E402
 from prepare import CIFAR_TEST_IMAGES, CIFAR_TRAIN_IMAGES, prepare, unpack  # noqa: E402

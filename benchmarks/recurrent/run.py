@@ -10,8 +10,8 @@ more once 10 batches average under 0.15 bits per output step), with `--truncatio
 - backprop: truncated BPTT of T steps. In one process and on workers it is the same computation, step for step
   (tests/e2e/test_sequences.py), so it runs once, in one process.
 - sg, one process: the paper's setting; a synthesizer over time bridges each truncation, the readout's true
-  gradient reaches the LSTM (`dni.coordinator.sequences`).
-- sg, workers: the LSTM and the readout on worker processes of their own (`dni.coordinator.run.run_job`), the
+  gradient reaches the LSTM (`dni.coordinator.train.sequences`).
+- sg, workers: the LSTM and the readout on worker processes of their own (`dni.coordinator.train.run.run_job`), the
   LSTM also decoupled from the readout by a synthesizer of dL/d(outputs) between them.
 
 Writes `results.json` (every run's summary, its curve every CURVE_EVERY-th batch) and `table.md` into --results,
@@ -28,9 +28,9 @@ from typing import Any
 
 import torch
 
-from dni.coordinator.job import load_job
-from dni.coordinator.run import run_job
-from dni.coordinator.sequences import train_sequences
+from dni.coordinator.jobs.job import load_job
+from dni.coordinator.train.run import run_job
+from dni.coordinator.train.sequences import train_sequences
 
 CURVE_EVERY = 100
 SETTLED = 500  # batches at the end whose mean error is reported, as "length solved (error on the next length)"

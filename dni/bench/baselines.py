@@ -16,11 +16,11 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
-from dni.coordinator.data import Dataset, test_batches, train_batches
-from dni.coordinator.job import Job
+from dni.coordinator.data.dataset import Dataset, test_batches, train_batches
+from dni.coordinator.jobs.job import Job
 from dni.spec import Mode
-from dni.workers.build import build_stages
-from dni.workers.compute import StageCompute
+from dni.workers.build.builder import build_stages
+from dni.workers.stage.compute import StageCompute
 
 __all__ = ["run_baseline", "single_process_step", "stage_computes"]
 

@@ -34,11 +34,11 @@ from typing import Any, Mapping, Optional, Sequence
 
 from dni.bench.linkdelay_report import plot_link_delay, print_link_delay, verdicts
 from dni.bench.speedup import balanced_job, parse_lists, time_to_accuracy
-from dni.coordinator.data import Dataset
-from dni.coordinator.job import Job, load_job
-from dni.coordinator.launcher import LocalWorkers
-from dni.coordinator.results import read_metrics
-from dni.coordinator.run import job_data, run_job
+from dni.coordinator.data.dataset import Dataset
+from dni.coordinator.jobs.job import Job, load_job
+from dni.coordinator.pools.launcher import LocalWorkers
+from dni.coordinator.results.folder import read_metrics
+from dni.coordinator.train.run import job_data, run_job
 from dni.errors import ConfigError, DniError
 from dni.files import write_text_atomically
 from dni.protocol.linkdelay import describe

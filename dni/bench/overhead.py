@@ -32,10 +32,10 @@ import torch
 
 from dni.bench.baselines import single_process_step, stage_computes
 from dni.bench.overhead_plot import plot_overhead
-from dni.coordinator.data import Dataset, train_batches
-from dni.coordinator.job import Job, job_from_table
-from dni.coordinator.launcher import LocalWorkers
-from dni.coordinator.run import job_data, run_job
+from dni.coordinator.data.dataset import Dataset, train_batches
+from dni.coordinator.jobs.job import Job, job_from_table
+from dni.coordinator.pools.launcher import LocalWorkers
+from dni.coordinator.train.run import job_data, run_job
 from dni.errors import ConfigError
 from dni.spec import MODE_NAMES
 

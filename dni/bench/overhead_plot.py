@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from dni.coordinator.plots import save_figure  # first: it selects the Agg backend
+from dni.coordinator.results.plots import save_figure  # first: it selects the Agg backend
 
 import matplotlib.pyplot as plt  # noqa: E402
 

@@ -16,12 +16,12 @@ from typing import Any, Optional, Sequence
 from dni.bench.baselines import run_baseline
 from dni.bench.timeline import plot_scaling, plot_timelines
 from dni.bench.torch_pipelining import check_schedule, run_torch_pipeline
-from dni.coordinator.job import Job, job_from_table, load_job
-from dni.coordinator.results import read_metrics
-from dni.coordinator.run import job_data, run_job
+from dni.coordinator.jobs.job import Job, job_from_table, load_job
+from dni.coordinator.results.folder import read_metrics
+from dni.coordinator.train.run import job_data, run_job
 from dni.errors import ConfigError
 from dni.spec import MODE_NAMES, Mode
-from dni.workers.timing import ACTIVITIES, grouped
+from dni.workers.stage.timing import ACTIVITIES, grouped
 
 __all__ = ["EMULATED_FORWARD_MS", "balanced_job", "measure", "parse_lists", "print_report", "run_speedup", "time_to_accuracy"]
 

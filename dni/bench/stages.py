@@ -13,8 +13,8 @@ import time
 import torch
 from torch import nn
 
-from dni.workers.interface import Shape
-from dni.workers.stages import glorot_
+from dni.workers.build.contracts import Shape
+from dni.workers.build.stages import glorot_
 
 __all__ = ["EmulatedDelay", "balanced"]
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from dni.coordinator.plots import save_figure  # first: it selects the Agg backend
+from dni.coordinator.results.plots import save_figure  # first: it selects the Agg backend
 
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from dni.workers.timing import TRANSPORT  # noqa: E402
+from dni.workers.stage.timing import TRANSPORT  # noqa: E402
 
 __all__ = ["COLOURS", "plot_scaling", "plot_timelines", "window_of"]
 

@@ -23,14 +23,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
 
-from dni.coordinator.data import Dataset, test_batches, train_batches
-from dni.coordinator.job import Job
-from dni.coordinator.run import job_data
+from dni.coordinator.data.dataset import Dataset, test_batches, train_batches
+from dni.coordinator.jobs.job import Job
+from dni.coordinator.train.run import job_data
 from dni.errors import ConfigError
 from dni.protocol import free_port_block
 from dni.spec import Mode
-from dni.workers.build import build_stages
-from dni.workers.optimizers import make_optimizer
+from dni.workers.build.builder import build_stages
+from dni.workers.stage.optimizers import make_optimizer
 
 __all__ = ["RANK_TIMEOUT", "SCHEDULES", "SCHEDULE_NAMES", "UnsupportedPipeline", "check_schedule", "run_torch_pipeline"]
 

@@ -19,8 +19,8 @@ import numpy as np
 import zmq
 
 from dni.bench.latency import delivery_row, one_way_latencies
-from dni.coordinator.job import load_job
-from dni.coordinator.shapes import check_stages
+from dni.coordinator.jobs.job import load_job
+from dni.coordinator.jobs.shapes import check_stages
 from dni.protocol import free_port_block
 from dni.protocol import Kind, Message, receive_message, send_message
 from dni.protocol.linkdelay import describe

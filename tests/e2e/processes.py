@@ -34,7 +34,7 @@ def at_first_checkpoint(monkeypatch, action: Callable[[], None]) -> None:
     """Run `action` in this process the moment a run's first periodic checkpoint is committed (a Ctrl-C, a killed
     worker). Called from the commit itself rather than from a watching thread: a small job runs 300 steps in half a
     second on an idle machine, faster than a thread that polls for the file can be sure to act within the run."""
-    from dni.coordinator.checkpoints import Checkpoints
+    from dni.coordinator.train.checkpoints import Checkpoints
 
     commit = Checkpoints.record
     done: list[bool] = []

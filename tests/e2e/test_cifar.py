@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from dni.coordinator.data import DataError, load_dataset
+from dni.coordinator.data.dataset import DataError, load_dataset
 from dni import run_job
 from tests.conftest import small_job
 

@@ -13,10 +13,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dni.coordinator.data import load_dataset, train_batches
+from dni.coordinator.data.dataset import load_dataset, train_batches
 from dni import run_job
 from tests.conftest import small_job
-from dni.workers.build import build_stages
+from dni.workers.build.builder import build_stages
 
 pytestmark = pytest.mark.e2e
 

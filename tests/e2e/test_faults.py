@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from dni.coordinator.job import SHORTCUTS
-from dni.coordinator.results import read_metrics
+from dni.coordinator.jobs.job import SHORTCUTS
+from dni.coordinator.results.folder import read_metrics
 from dni.protocol import free_port_block
 from dni import resume_job, run_job
-from dni.coordinator.results import RunComplete
+from dni.coordinator.results.folder import RunComplete
 from dni.errors import PipelineError, RunInterrupted
 from tests.conftest import LEARNED, small_job
 from dni.lifetime import alive, children
@@ -69,7 +69,7 @@ def test_stopped_run_resumes_from_its_checkpoint(data_root, tmp_path, monkeypatc
 
 
 def test_a_hung_worker_is_noticed_within_seconds(data_root, tmp_path):
-    from dni.coordinator.job import with_addresses
+    from dni.coordinator.jobs.job import with_addresses
 
     addresses = [f"tcp://127.0.0.1:{free_port_block()}" for _ in range(3)]
     workers = [subprocess.Popen([sys.executable, "-m", "dni.workers", "--bind", a, "--once", "--log-level", "ERROR"]) for a in addresses]
@@ -231,7 +231,7 @@ def test_a_raising_stage_ends_the_run_naming_it_and_resume_continues_once_fixed(
     ("shrink", "backprop", "stage 2 refused batch 39 from stage 1 and so lost it: x must be float32 (B, 64), got float32 [64, 32]"),
 ])
 def test_a_stage_output_that_cannot_go_on_ends_the_run_naming_the_stage(fault, mode, names, broken_stages, data_root, tmp_path):
-    from dni.coordinator.job import load_job
+    from dni.coordinator.jobs.job import load_job
 
     job = load_job(str(faulty_job_file(tmp_path, data_root, fault)), {"results": str(tmp_path / "runs"), "mode": mode})
     started = time.monotonic()
@@ -243,7 +243,7 @@ def test_a_stage_output_that_cannot_go_on_ends_the_run_naming_the_stage(fault, m
 
 
 def test_a_stage_producing_nan_is_counted_when_the_policy_says_count(broken_stages, data_root, tmp_path):
-    from dni.coordinator.job import load_job
+    from dni.coordinator.jobs.job import load_job
 
     job = load_job(str(faulty_job_file(tmp_path, data_root, "nan")), {"results": str(tmp_path / "runs"), "iterations": 60,
                                                                       "nonfinite": "count"})
@@ -261,7 +261,7 @@ def remote_workers(addresses: list[str]) -> list[subprocess.Popen]:
 def test_a_killed_remote_worker_is_named_within_seconds_and_rejoins_if_restarted(comes_back, data_root, tmp_path):
     """A worker the coordinator did not start: its dropped connection names it at once; if something restarts
     it at the same address (compose, Swarm), the run recovers from its last checkpoint and finishes."""
-    from dni.coordinator.job import with_addresses
+    from dni.coordinator.jobs.job import with_addresses
 
     addresses = [f"tcp://127.0.0.1:{free_port_block()}" for _ in range(3)]
     workers = remote_workers(addresses)

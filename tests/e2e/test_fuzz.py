@@ -14,7 +14,7 @@ import pytest
 import zmq
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from dni.coordinator.data import load_dataset, train_batches
+from dni.coordinator.data.dataset import load_dataset, train_batches
 from dni.protocol import Kind, Message, ProtocolError, decode, receive_message
 from dni.testing import flood, hostile_messages, valid_header, wait_for_endpoints
 from tests.conftest import LEARNED

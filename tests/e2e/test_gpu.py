@@ -26,7 +26,7 @@ def test_stages_on_gpus_learn(mode, data_root, tmp_path):
 
 
 def test_auto_falls_back_to_cpu_without_gpus():
-    from dni.workers.devices import resolve_device
+    from dni.workers.loop.devices import resolve_device
     from dni.errors import ConfigError
 
     expected = "cuda:1" if torch.cuda.device_count() > 1 else ("cuda:0" if torch.cuda.is_available() else "cpu")

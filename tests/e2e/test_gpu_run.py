@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from dni.coordinator.data import load_dataset
+from dni.coordinator.data.dataset import load_dataset
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.e2e

@@ -23,7 +23,7 @@ from typing import Optional
 
 import pytest
 
-from dni.coordinator.results import read_metrics
+from dni.coordinator.results.folder import read_metrics
 from dni.lifetime import alive, descendants
 from dni.protocol import free_port_block
 from tests.conftest import LEARNED, REPO

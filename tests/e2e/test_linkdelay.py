@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from dni.coordinator.results import read_metrics
+from dni.coordinator.results.folder import read_metrics
 
 pytestmark = pytest.mark.e2e
 

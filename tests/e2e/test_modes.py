@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from dni.coordinator.results import read_metrics
+from dni.coordinator.results.folder import read_metrics
 from dni import run_job
 from tests.conftest import small_job
 from dni.spec import MODE_NAMES

@@ -11,8 +11,8 @@ import pytest
 
 from dni import load_job, run_job
 from tests.conftest import LEARNED, REPO, mlp_stages, small_job
-from dni.coordinator.datasets import DATASET_GROUP
-from dni.workers.registry import STAGE_GROUP, resolve_stage
+from dni.coordinator.data.datasets import DATASET_GROUP
+from dni.workers.build.registry import STAGE_GROUP, resolve_stage
 
 pytestmark = pytest.mark.e2e
 

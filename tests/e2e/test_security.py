@@ -14,9 +14,9 @@ import pytest
 import zmq
 
 from tests.conftest import LEARNED, small_job
-from dni.coordinator.job import with_addresses
-from dni.coordinator.pipeline import Pipeline
-from dni.coordinator.pools import RemoteWorkers
+from dni.coordinator.jobs.job import with_addresses
+from dni.coordinator.pools.pipeline import Pipeline
+from dni.coordinator.pools.pool import RemoteWorkers
 from dni import run_job
 from dni.protocol import free_port_block
 from dni.protocol import Kind, Message, ProtocolError, encode, receive_message, worker_endpoints

@@ -13,16 +13,16 @@ import pytest
 import torch
 
 from dni import resume_job, run_job
-from dni.coordinator.job import load_job
-from dni.coordinator.results import RunComplete
-from dni.coordinator.sequences import train_sequences
+from dni.coordinator.jobs.job import load_job
+from dni.coordinator.results.folder import RunComplete
+from dni.coordinator.train.sequences import train_sequences
 from dni.lifetime import alive, children
 from tests.e2e.processes import at_first_checkpoint, interrupt, run_cli
 
 pytestmark = pytest.mark.e2e
 
 FAILING_CORES = '''
-from dni.workers.recurrent import LSTMCore
+from dni.workers.stage.recurrent import LSTMCore
 
 
 class Failing(LSTMCore):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from dni.coordinator.job import SHORTCUTS
+from dni.coordinator.jobs.job import SHORTCUTS
 from dni.lifetime import alive, children
 
 pytestmark = pytest.mark.e2e

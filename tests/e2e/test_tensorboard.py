@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from dni.coordinator.results import read_metrics
+from dni.coordinator.results.folder import read_metrics
 from dni import run_job
 from dni.errors import ConfigError
 from tests.conftest import REPO, small_job

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from dni.coordinator.results import read_metrics
+from dni.coordinator.results.folder import read_metrics
 from dni import run_job
 from tests.conftest import small_job
 

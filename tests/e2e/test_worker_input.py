@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import zmq
 
-from dni.coordinator.data import load_dataset, train_batches
+from dni.coordinator.data.dataset import load_dataset, train_batches
 from dni.protocol import Kind, Limits, Message, encode, receive_message, send_message
 from tests.e2e.live_worker import JOB, coordinator_side, forward, request, stage_config, worker  # noqa: F401 (fixture)
 from dni.spec import Mode, OptimizerSpec, StageAssignment, StageSpec, SynthesizerSpec
-from dni.workers.timing import TRANSPORT, spans_from_arrays
+from dni.workers.stage.timing import TRANSPORT, spans_from_arrays
 
 pytestmark = pytest.mark.e2e
 

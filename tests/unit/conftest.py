@@ -27,4 +27,4 @@ def no_processes(monkeypatch):
 
 @pytest.fixture
 def data_root():
-    pytest.fail("unit tests read no dataset: build a small one in the test (tests/unit/test_data.py) or move the test to tests/e2e/")
+    pytest.fail("unit tests read no dataset: build a small one in the test (tests/unit/test_dataset.py) or move the test to tests/e2e/")

@@ -1,10 +1,10 @@
-"""workers/actions.py: the order of one step in every role, mode and event, read as data without any socket."""
+"""workers/loop/actions.py: the order of one step in every role, mode and event, read as data without any socket."""
 from __future__ import annotations
 
 import pytest
 
 from dni.spec import Mode
-from dni.workers.actions import SENDS, Action, Event, Role, step_order
+from dni.workers.loop.actions import SENDS, Action, Event, Role, step_order
 
 A = Action
 UNLOCKED = (Mode.SG, Mode.CDNI, Mode.SL)

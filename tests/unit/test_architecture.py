@@ -13,7 +13,7 @@ from tests.conftest import REPO
 
 DOC = REPO / "docs" / "architecture.md"
 PACKAGES = ("dni", "dni.protocol", "dni.workers", "dni.coordinator", "dni.bench")
-# `Trainer._train`, `Mode.locked`, `datapath.on_forward`, `dni.coordinator.trainer.Trainer._train`: a dotted name whose
+# `Trainer._train`, `Mode.locked`, `datapath.on_forward`, `dni.coordinator.train.trainer.Trainer._train`: a dotted name whose
 # first part is a class or a module; `StageCompute` alone: a class. Lower-case single words are settings and keys.
 DOTTED = re.compile(r"`((?:[A-Za-z_]\w*\.)+[A-Za-z_]\w*)(?:\(|`)")
 CLASS = re.compile(r"`([A-Z][a-z]\w*[a-z]\w*)`")
@@ -21,16 +21,17 @@ CLASS = re.compile(r"`([A-Z][a-z]\w*[a-z]\w*)`")
 
 @cache
 def index() -> dict[str, object]:
-    """Every module by its full and short name, every top-level class and function by name."""
+    """Every module (subpackages' too) by its full and short name, every top-level class and function by name."""
     found: dict[str, object] = {}
     for package in PACKAGES:
         module = importlib.import_module(package)
         found[package] = module
-        for info in pkgutil.iter_modules(module.__path__):
-            if info.ispkg or info.name == "__main__":
+        for info in pkgutil.walk_packages(module.__path__, f"{package}."):
+            short = info.name.rsplit(".", 1)[1]
+            if info.ispkg or short == "__main__":
                 continue
-            child = importlib.import_module(f"{package}.{info.name}")
-            found[child.__name__] = found.setdefault(info.name, child)
+            child = importlib.import_module(info.name)
+            found[child.__name__] = found.setdefault(short, child)
             for name, value in vars(child).items():
                 if (inspect.isclass(value) or inspect.isfunction(value)) and value.__module__ == child.__name__:
                     found.setdefault(name, value)

@@ -1,10 +1,10 @@
-"""coordinator/assignments.py: every trainer tells a stage the job's worker settings and what it resolved."""
+"""coordinator/jobs/assignments.py: every trainer tells a stage the job's worker settings and what it resolved."""
 from __future__ import annotations
 
 from dataclasses import replace
 
-from dni.coordinator.assignments import stage_assignment
-from dni.coordinator.job import job_from_table
+from dni.coordinator.jobs.assignments import stage_assignment
+from dni.coordinator.jobs.job import job_from_table
 from dni.protocol import Endpoints
 from dni.spec import WORKER_SETTINGS, Mode, StageAssignment
 

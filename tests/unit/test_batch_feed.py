@@ -1,4 +1,4 @@
-"""coordinator/batch_feed.py: what a dataset job feeds and tallies, without a trainer: one batch a step, its
+"""coordinator/train/batch_feed.py: what a dataset job feeds and tallies, without a trainer: one batch a step, its
 evaluations and their metrics lines, its part of a checkpoint, its summary. The data are a few random images."""
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from dni.coordinator.batch_feed import BatchFeed, Tally
-from dni.coordinator.checkpoints import Position
-from dni.coordinator.data import Dataset, train_batches
-from dni.coordinator.feeds import Shown, Timing
+from dni.coordinator.train.batch_feed import BatchFeed, Tally
+from dni.coordinator.train.checkpoints import Position
+from dni.coordinator.data.dataset import Dataset, train_batches
+from dni.coordinator.train.feeds import Shown, Timing
 from dni.protocol import Kind, Message
 from tests.conftest import small_job
 

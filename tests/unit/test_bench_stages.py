@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 from dni.bench.stages import EmulatedDelay, balanced
-from dni.workers.registry import resolve_stage
-from dni.workers.stages import BUILTIN_STAGES
+from dni.workers.build.registry import resolve_stage
+from dni.workers.build.stages import BUILTIN_STAGES
 
 
 def test_balanced_stacks_equal_layers_with_optional_logits_and_delay():

@@ -1,4 +1,4 @@
-"""workers/blocks.py and a sequence job's stages as a worker builds them (`assigned_stage`): a recurrent core and the
+"""workers/stage/blocks.py and a sequence job's stages as a worker builds them (`assigned_stage`): a recurrent core and the
 per-step readout are the one stage class around a `Recurrent` and a `PerStep` block, checked against their
 arithmetic written out (a twin stage, torch) and across a checkpoint.
 
@@ -15,12 +15,12 @@ from torch import nn
 
 from dni.errors import ConfigError
 from dni.spec import Mode, OptimizerSpec, StageAssignment, StageSpec, SynthesizerSpec
-from dni.workers.blocks import WHOLE, Feedforward, PerStep, Span, per_step
-from dni.workers.build import assigned_stage
-from dni.workers.checkpoint import load_checkpoint, save_checkpoint
-from dni.workers.compute import StageCompute
-from dni.workers.recurrent import Recurrent, lstm
-from dni.workers.timing import Timeline
+from dni.workers.stage.blocks import WHOLE, Feedforward, PerStep, Span, per_step
+from dni.workers.build.builder import assigned_stage
+from dni.workers.stage.checkpoint import load_checkpoint, save_checkpoint
+from dni.workers.stage.compute import StageCompute
+from dni.workers.stage.recurrent import Recurrent, lstm
+from dni.workers.stage.timing import Timeline
 
 BATCH, STEPS, FEATURES, HIDDEN, OUTPUTS = 2, 3, 3, 4, 2
 SGD = OptimizerSpec("sgd", 0.1)

@@ -1,11 +1,11 @@
-"""workers/checkpoint.py: a stage saved and restored into a fresh build takes exactly the next step the original takes."""
+"""workers/stage/checkpoint.py: a stage saved and restored into a fresh build takes exactly the next step the original takes."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from dni.workers.checkpoint import load_checkpoint, save_checkpoint
-from dni.workers.compute import StageCompute
+from dni.workers.stage.checkpoint import load_checkpoint, save_checkpoint
+from dni.workers.stage.compute import StageCompute
 from dni.spec import Mode
 from tests.unit.test_compute import batch, stage, target_like
 

@@ -1,10 +1,10 @@
-"""coordinator/checkpoints.py: where the last consistent cut left the run, beside the stages' files; a cut is committed
+"""coordinator/train/checkpoints.py: where the last consistent cut left the run, beside the stages' files; a cut is committed
 whole or not at all."""
 from __future__ import annotations
 
 import json
 
-from dni.coordinator.checkpoints import Checkpoints, Position
+from dni.coordinator.train.checkpoints import Checkpoints, Position
 
 
 def test_a_run_without_a_checkpoint_starts_at_the_beginning(tmp_path):

@@ -1,4 +1,4 @@
-"""coordinator/chunk_feed.py: what a sequence job sends and keeps, without workers: its chunks and their
+"""coordinator/train/chunk_feed.py: what a sequence job sends and keeps, without workers: its chunks and their
 flags, its batches from (seed, index), its tallies, its stages' assignments and their check, its checkpointed state,
 and the ChunkFeed a trainer asks for each step's chunks, the curriculum, the text's final evaluation and a summary."""
 from __future__ import annotations
@@ -8,12 +8,12 @@ import math
 import pytest
 import torch
 
-from dni.coordinator.job import job_from_table, load_job
-from dni.coordinator.assignments import stage_assignment
-from dni.coordinator.chunk_feed import (BatchTally, ChunkFeed, SequenceState, batch_for, check_sequence_stages, chunks_of,
+from dni.coordinator.jobs.job import job_from_table, load_job
+from dni.coordinator.jobs.assignments import stage_assignment
+from dni.coordinator.train.chunk_feed import (BatchTally, ChunkFeed, SequenceState, batch_for, check_sequence_stages, chunks_of,
                                         with_readout_width)
-from dni.coordinator.feeds import Shown, Timing
-from dni.coordinator.tasks import CharText, CopyTask, Curriculum, SequenceBatch
+from dni.coordinator.train.feeds import Shown, Timing
+from dni.coordinator.data.tasks import CharText, CopyTask, Curriculum, SequenceBatch
 from dni.errors import ConfigError
 from dni.protocol import Endpoints, Kind, Message
 

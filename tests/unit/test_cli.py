@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 import dni.cli
-import dni.coordinator.plots
+import dni.coordinator.results.plots
 from dni.cli import build_parser, main, package_version
 from dni.coordinator.cli import OVERRIDES, job_from_args, report_run
 from dni import load_job
-from dni.coordinator.plots import run_label
+from dni.coordinator.results.plots import run_label
 from dni.errors import ConfigError, RunInterrupted
 from tests.conftest import REPO
 
@@ -68,7 +68,7 @@ def test_plot_refuses_a_folder_that_is_not_a_run(tmp_path, capsys, monkeypatch):
 
 def test_plot_writes_beside_the_runs_by_default_and_labels_each_run_by_its_folder(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(dni.coordinator.plots, "time", types.SimpleNamespace(strftime=lambda form: "20261127-120000"))
+    monkeypatch.setattr(dni.coordinator.results.plots, "time", types.SimpleNamespace(strftime=lambda form: "20261127-120000"))
     first = fake_run(tmp_path / "runs" / "mnist_fcn-sg-20261127-101500", "sg", 0.9772)
     second = fake_run(tmp_path / "runs" / "mnist_fcn-sg-20261127-111500", "sg", 0.9781)
     main(["plot", "runs/mnist_fcn-sg-20261127-101500", "runs/mnist_fcn-sg-20261127-111500"])

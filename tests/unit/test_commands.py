@@ -1,4 +1,4 @@
-"""workers/commands.py: the control commands as a table; what each answers, and what is refused."""
+"""workers/loop/commands.py: the control commands as a table; what each answers, and what is refused."""
 from __future__ import annotations
 
 import os
@@ -11,10 +11,10 @@ import zmq
 
 from dni.errors import ConfigError
 from dni.protocol import Endpoints, Kind, Message, receive_message, send_message
-from dni.workers.commands import COMMANDS, Command, answer, parse_command
+from dni.workers.loop.commands import COMMANDS, Command, answer, parse_command
 from dni.spec import EXIT_STOPPED
-from dni.workers.validation import Rejected
-from dni.workers.worker import Worker
+from dni.workers.loop.validation import Rejected
+from dni.workers.loop.worker import Worker
 
 JOB = "unit-job"
 

@@ -1,4 +1,4 @@
-"""workers/compute.py: StageCompute's arithmetic in every mode, against reference steps written here in plain torch.
+"""workers/stage/compute.py: StageCompute's arithmetic in every mode, against reference steps written here in plain torch.
 
 Each test builds the stage under test and a reference twin with `build_stage` (the same seed gives the same
 weights), runs StageCompute the way a worker does, and repeats the step by hand on the twin: one SGD step (Adam
@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dni.workers.build import StageModules, build_stage
-from dni.workers.compute import StageCompute, score_meta
+from dni.workers.build.builder import StageModules, build_stage
+from dni.workers.stage.compute import StageCompute, score_meta
 from dni.spec import Mode, OptimizerSpec, StageSpec, SynthesizerSpec
 
 LR = 0.1

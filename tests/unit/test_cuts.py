@@ -1,4 +1,4 @@
-"""coordinator/cuts.py: a job's model keys become one model_slice stage per cut, checked against the model's
+"""coordinator/jobs/cuts.py: a job's model keys become one model_slice stage per cut, checked against the model's
 children with errors that name the model; balanced cuts make the slowest stage as fast as it can be."""
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from dni.coordinator.cuts import balanced_cuts, model_table, segments
-from dni.coordinator.job import job_from_table
+from dni.coordinator.jobs.cuts import balanced_cuts, model_table, segments
+from dni.coordinator.jobs.job import job_from_table
 from dni.errors import ConfigError
-from dni.workers.model_slice import MODEL_SLICE
+from dni.workers.build.model_slice import MODEL_SLICE
 
 MODEL = "tests.unit.test_model_slice:make"  # seven children
 SYNTH = {"kind": "mlp", "hidden": 8, "layers": 1}

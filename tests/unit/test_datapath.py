@@ -1,4 +1,4 @@
-"""workers/datapath.py: one data message through a real Session, its stage and its outboxes, without a process.
+"""workers/loop/datapath.py: one data message through a real Session, its stage and its outboxes, without a process.
 
 Each session's outboxes wrap a socket that only records the frames it is given; the handler is driven as the
 worker's loop drives it (write the outboxes at each yield), so the tests see what left, and when. Tiny stages:
@@ -17,11 +17,11 @@ import torch
 from dni.protocol import DEFAULT_LIMITS, Kind, Message, Outbox, Outboxes, decode, encode
 from dni.protocol.refusals import RefusalLog
 from dni.spec import Mode, OptimizerSpec, StageAssignment, StageSpec, SynthesizerSpec
-from dni.workers import datapath
-from dni.workers.build import assigned_stage
-from dni.workers.session import Links, Session
-from dni.workers.timing import Timeline
-from dni.workers.validation import Rejected
+from dni.workers.loop import datapath
+from dni.workers.build.builder import assigned_stage
+from dni.workers.loop.session import Links, Session
+from dni.workers.stage.timing import Timeline
+from dni.workers.loop.validation import Rejected
 
 JOB = "unit"
 BATCH, FEATURES, HIDDEN, CLASSES = 4, 8, 4, 3

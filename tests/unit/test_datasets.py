@@ -1,4 +1,4 @@
-"""coordinator/datasets.py: a dataset plug-in resolves by import path or entry point when the job is read, and what
+"""coordinator/data/datasets.py: a dataset plug-in resolves by import path or entry point when the job is read, and what
 it returns is checked (structure, lengths, dtypes, labels, NaN, empty splits, shapes), each error naming the plug-in."""
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from dni.coordinator import datasets
-from dni.coordinator.data import Dataset
-from dni.coordinator.datasets import DATASET_GROUP, check_dataset, load_plugin, open_dataset, resolve_dataset, with_classes
+from dni.coordinator.data import datasets
+from dni.coordinator.data.dataset import Dataset
+from dni.coordinator.data.datasets import DATASET_GROUP, check_dataset, load_plugin, open_dataset, resolve_dataset, with_classes
 from dni.errors import ConfigError, DataError
 
 HERE = "tests.unit.test_datasets"

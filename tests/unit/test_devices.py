@@ -1,4 +1,4 @@
-"""workers/devices.py on the CPU: which device a stage gets, and arrays to it and back with one host copy in and
+"""workers/loop/devices.py on the CPU: which device a stage gets, and arrays to it and back with one host copy in and
 none out (GPU paths: tests/e2e/test_gpu.py, benchmarks/gpu)."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dni.errors import ConfigError
-from dni.workers.devices import resolve_device, synchronizer, to_device, to_host
+from dni.workers.loop.devices import resolve_device, synchronizer, to_device, to_host
 
 
 def test_a_received_array_on_a_64_byte_boundary_becomes_a_tensor_without_a_copy():

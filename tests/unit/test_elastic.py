@@ -1,13 +1,13 @@
-"""coordinator/elastic.py: a torchrun group's run folder is named from the rendezvous id, so a restarted group
+"""coordinator/pools/elastic.py: a torchrun group's run folder is named from the rendezvous id, so a restarted group
 (or the same command given again) finds it and resumes; another job's folder or a finished run is refused."""
 from __future__ import annotations
 
 import pytest
 
-from dni.coordinator.elastic import launched_folder, release_run_folders
+from dni.coordinator.pools.elastic import launched_folder, release_run_folders
 from dni import load_job
-from dni.coordinator.rendezvous import Launch
-from dni.coordinator.results import RunComplete
+from dni.coordinator.pools.rendezvous import Launch
+from dni.coordinator.results.folder import RunComplete
 from dni.errors import ConfigError
 
 

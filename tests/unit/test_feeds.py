@@ -1,13 +1,13 @@
-"""coordinator/feeds.py: both feeds answer everything the trainer asks of a feed."""
+"""coordinator/train/feeds.py: both feeds answer everything the trainer asks of a feed."""
 from __future__ import annotations
 
 import inspect
 
 import pytest
 
-from dni.coordinator.batch_feed import BatchFeed
-from dni.coordinator.chunk_feed import ChunkFeed
-from dni.coordinator.feeds import Feed
+from dni.coordinator.train.batch_feed import BatchFeed
+from dni.coordinator.train.chunk_feed import ChunkFeed
+from dni.coordinator.train.feeds import Feed
 
 MEMBERS = sorted({*Feed.__annotations__, *(name for name, _ in inspect.getmembers(Feed, inspect.isfunction)
                                            if not name.startswith("_"))})

@@ -1,4 +1,4 @@
-"""workers/graphs.py: a stage's training passes replayed as CUDA graphs compute what the eager stage computes.
+"""workers/stage/graphs.py: a stage's training passes replayed as CUDA graphs compute what the eager stage computes.
 
 The graph tests need a CUDA device and skip without one, saying so; on the CPU a stage is never graphed.
 """
@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from dni.spec import Mode, OptimizerSpec, StageSpec, SynthesizerSpec
-from dni.workers.build import build_stage
-from dni.workers.compute import StageCompute
+from dni.workers.build.builder import build_stage
+from dni.workers.stage.compute import StageCompute
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none visible)")
 HIDDEN = StageSpec("linear_bn_relu", {"features": 16}, SynthesizerSpec("mlp", {"hidden": 32, "layers": 2}))

@@ -1,10 +1,10 @@
-"""coordinator/job.py: job files and tables are read, checked field by field with errors that name the field,
+"""coordinator/jobs/job.py: job files and tables are read, checked field by field with errors that name the field,
 and written back in the form they are read."""
 from __future__ import annotations
 
 import pytest
 
-from dni.coordinator.job import SHORTCUTS, job_as_table, job_from_table, load_job, with_addresses
+from dni.coordinator.jobs.job import SHORTCUTS, job_as_table, job_from_table, load_job, with_addresses
 from dni.errors import ConfigError
 from dni.spec import Mode, OptimizerSpec
 from tests.conftest import mlp_stages, small_job
@@ -110,10 +110,10 @@ def test_steps_come_from_epochs_when_set(tmp_path):
 
 
 def test_threads_share_the_cores_unless_set(tmp_path, monkeypatch):
-    monkeypatch.setattr("dni.coordinator.job.os.cpu_count", lambda: 8)
+    monkeypatch.setattr("dni.coordinator.jobs.job.os.cpu_count", lambda: 8)
     assert small_job(tmp_path, tmp_path, threads=0).threads_per_worker() == 2  # 8 cores, 3 stages
     assert small_job(tmp_path, tmp_path, threads=5).threads_per_worker() == 5
-    monkeypatch.setattr("dni.coordinator.job.os.cpu_count", lambda: 2)
+    monkeypatch.setattr("dni.coordinator.jobs.job.os.cpu_count", lambda: 2)
     assert small_job(tmp_path, tmp_path, threads=0).threads_per_worker() == 1
 
 

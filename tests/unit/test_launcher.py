@@ -1,10 +1,10 @@
-"""coordinator/launcher.py (without processes): the socket folder of a coordinator that is gone is removed by the next."""
+"""coordinator/pools/launcher.py (without processes): the socket folder of a coordinator that is gone is removed by the next."""
 from __future__ import annotations
 
 import json
 import socket
 
-from dni.coordinator.launcher import remove_abandoned_socket_folders
+from dni.coordinator.pools.launcher import remove_abandoned_socket_folders
 from dni.lifetime import OWNER, claim
 
 

@@ -6,7 +6,7 @@ import math
 import pytest
 
 from dni.cli import build_parser
-from dni.coordinator.job import job_as_table, job_from_table
+from dni.coordinator.jobs.job import job_as_table, job_from_table
 from dni.errors import ConfigError
 from dni.spec import Mode, OptimizerSpec, StageAssignment, StageSpec
 

@@ -10,7 +10,7 @@ import pytest
 from dni.bench.linkdelay import (LEAST_RUN_SECONDS, Runner, Sweep, parse_delays, plan, project,
                                              steps_to_accuracy)
 from dni.bench.linkdelay_report import compare, format_time, verdicts
-from dni.coordinator.job import job_from_table
+from dni.coordinator.jobs.job import job_from_table
 from dni.errors import ConfigError
 
 JOB = job_from_table({"name": "ref", "dataset": "mnist", "batch_size": 100, "iterations": 10,

@@ -1,4 +1,4 @@
-"""workers/losses.py and the job's `loss` setting: the registry, the check, the losses in nats and when a prediction is
+"""workers/stage/losses.py and the job's `loss` setting: the registry, the check, the losses in nats and when a prediction is
 right, and the last stage's results by hand."""
 from __future__ import annotations
 
@@ -11,14 +11,14 @@ import torch
 from torch import nn
 
 from dni.coordinator.cli import OVERRIDES
-from dni.coordinator.job import JOB_KEYS, job_as_table, job_from_table
+from dni.coordinator.jobs.job import JOB_KEYS, job_as_table, job_from_table
 from dni.errors import ConfigError
 from dni.spec import LOSS_NAMES, Mode, OptimizerSpec, StageAssignment, StageSpec, check_loss
-from dni.workers.build import assigned_stage
-from dni.workers.compute import EvalResult, StageCompute, score_meta
-from dni.workers.losses import BUILTIN_LOSSES, Loss, binary_bits, bits_right, class_right, per_example_losses, resolve_loss
-from dni.workers.registry import UnknownBuilderError
-from dni.workers.timing import Timeline
+from dni.workers.build.builder import assigned_stage
+from dni.workers.stage.compute import EvalResult, StageCompute, score_meta
+from dni.workers.stage.losses import BUILTIN_LOSSES, Loss, binary_bits, bits_right, class_right, per_example_losses, resolve_loss
+from dni.workers.build.registry import UnknownBuilderError
+from dni.workers.stage.timing import Timeline
 
 LOGITS = torch.tensor([[2.0, 1.0, 0.0], [0.0, 0.0, 3.0]])
 LABELS = torch.tensor([0, 1])

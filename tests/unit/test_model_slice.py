@@ -1,4 +1,4 @@
-"""workers/model_slice.py: each slice holds the unsplit model's own weights, and a model split at window 1 in
+"""workers/build/model_slice.py: each slice holds the unsplit model's own weights, and a model split at window 1 in
 backprop computes, to the bit, what plain autograd computes on the whole model."""
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from torch import nn
 
 from dni.errors import ConfigError
 from dni.spec import Mode, OptimizerSpec
-from dni.workers.compute import StageCompute
-from dni.workers.model_slice import MODEL_SLICE, build_model, model_children, model_slice
-from dni.workers.registry import resolve_stage
+from dni.workers.stage.compute import StageCompute
+from dni.workers.build.model_slice import MODEL_SLICE, build_model, model_children, model_slice
+from dni.workers.build.registry import resolve_stage
 
 MODEL = f"{__name__}:make"
 SEED = 3

@@ -1,4 +1,4 @@
-"""coordinator/normalize.py: the job key `normalize` read and checked, and applied to uint8 and floating examples
+"""coordinator/data/normalize.py: the job key `normalize` read and checked, and applied to uint8 and floating examples
 (auto keeps today's [0, 1] scaling, standardize uses the training set's per-channel statistics, explicit values come
 after the [0, 1] scaling as in torchvision)."""
 from __future__ import annotations
@@ -8,8 +8,8 @@ import re
 import pytest
 import torch
 
-from dni.coordinator.data import Dataset
-from dni.coordinator.normalize import AUTO, Normalization, check_normalize
+from dni.coordinator.data.dataset import Dataset
+from dni.coordinator.data.normalize import AUTO, Normalization, check_normalize
 from dni.errors import ConfigError, DataError
 
 

@@ -1,4 +1,4 @@
-"""workers/optimizers.py: the direct step is torch's own step, to the bit, before and after a reload of the state."""
+"""workers/stage/optimizers.py: the direct step is torch's own step, to the bit, before and after a reload of the state."""
 from __future__ import annotations
 
 import copy
@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from dni.spec import OptimizerSpec
-from dni.workers.optimizers import Stepper, make_optimizer
+from dni.workers.stage.optimizers import Stepper, make_optimizer
 
 
 def model() -> nn.Module:

@@ -1,4 +1,4 @@
-"""coordinator/pipeline.py: the coordinator's side of the wire against workers played by the test over real sockets: a stage's failure,
+"""coordinator/pools/pipeline.py: the coordinator's side of the wire against workers played by the test over real sockets: a stage's failure,
 a lost batch, a dead connection and an idle pipeline each end a wait with an error that names the stage."""
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import time
 import pytest
 import zmq
 
-from dni.coordinator.pipeline import Pipeline
+from dni.coordinator.pools.pipeline import Pipeline
 from dni.errors import StageFailed, WorkerLost
-from dni.coordinator.pools import RemoteWorkers
+from dni.coordinator.pools.pool import RemoteWorkers
 from dni.protocol import Endpoints, Kind, Message, send_message
 
 JOB = "pipeline-test"

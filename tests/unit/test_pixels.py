@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from dni.coordinator.data import Dataset, train_batches
-from dni.coordinator.data import test_batches as evaluation_batches  # not collected as a test
-from dni.coordinator.normalize import check_normalize
+from dni.coordinator.data.dataset import Dataset, train_batches
+from dni.coordinator.data.dataset import test_batches as evaluation_batches  # not collected as a test
+from dni.coordinator.data.normalize import check_normalize
 from dni.errors import ConfigError
-from dni.workers.pixels import as_floats, scale
-from dni.workers.validation import Rejected, check_batch
+from dni.workers.loop.pixels import as_floats, scale
+from dni.workers.loop.validation import Rejected, check_batch
 from dni.protocol import Kind, Message, decode, encode
 from dni.spec import Mode, OptimizerSpec, PixelScaling, StageAssignment, StageSpec
 

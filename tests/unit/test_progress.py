@@ -1,4 +1,4 @@
-"""coordinator/progress.py: the progress line: its rate and time left count only the steps this process has done,
+"""coordinator/train/progress.py: the progress line: its rate and time left count only the steps this process has done,
 its elapsed time the whole run's; it is redrawn in place on a terminal and written a line per tenth of the run
 elsewhere; a log record written while it is on a terminal starts a line of its own."""
 from __future__ import annotations
@@ -9,8 +9,8 @@ import types
 
 import pytest
 
-import dni.coordinator.progress as progress_module
-from dni.coordinator.progress import EndBarLine, Progress
+import dni.coordinator.train.progress as progress_module
+from dni.coordinator.train.progress import EndBarLine, Progress
 
 
 @pytest.fixture

@@ -1,11 +1,11 @@
-"""coordinator/recovery.py: recoveries are limited by a rate, not a count, and a recovery hit by another fault tries again
+"""coordinator/train/recovery.py: recoveries are limited by a rate, not a count, and a recovery hit by another fault tries again
 after a backoff."""
 from __future__ import annotations
 
 import pytest
 
 from dni.errors import WorkerLost
-from dni.coordinator.recovery import BACKOFF_LIMIT, RecoveryBudget, RecoveryLimit, backoff, recover, recovering
+from dni.coordinator.train.recovery import BACKOFF_LIMIT, RecoveryBudget, RecoveryLimit, backoff, recover, recovering
 
 
 def budget(limit: int, window: float) -> tuple[RecoveryBudget, list[float]]:

@@ -1,4 +1,4 @@
-"""workers/recurrent.py: the kept state, truncated BPTT, and the synthetic gradient over time against hand-written torch.
+"""workers/stage/recurrent.py: the kept state, truncated BPTT, and the synthetic gradient over time against hand-written torch.
 
 A recurrent core is a block (`Recurrent`) inside the one stage class (`StageCompute`): the stage's `forward` then
 `receive_target` is one chunk's forward and backward pass, the stage steps the core's optimiser. A locked
@@ -17,10 +17,10 @@ from torch import nn
 
 from dni.errors import ConfigError
 from dni.spec import Mode, OptimizerSpec, StageSpec
-from dni.workers.blocks import Span
-from dni.workers.build import build_stage
-from dni.workers.compute import StageCompute
-from dni.workers.recurrent import Recurrent, gru, linear_synthesizer, lstm, state_vector
+from dni.workers.stage.blocks import Span
+from dni.workers.build.builder import build_stage
+from dni.workers.stage.compute import StageCompute
+from dni.workers.stage.recurrent import Recurrent, gru, linear_synthesizer, lstm, state_vector
 
 LR = 0.1
 SGD = OptimizerSpec("sgd", LR)

@@ -1,4 +1,4 @@
-"""workers/registry.py: builders are found by built-in name, entry point or import path, and a job's
+"""workers/build/registry.py: builders are found by built-in name, entry point or import path, and a job's
 parameters are checked against the builder's signature before it is called."""
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 from torch import nn
 
-from dni.workers.registry import (STAGE_ARGUMENTS, STAGE_GROUP, SYNTHESIZER_ARGUMENTS, UnknownBuilderError, check_params,
+from dni.workers.build.registry import (STAGE_ARGUMENTS, STAGE_GROUP, SYNTHESIZER_ARGUMENTS, UnknownBuilderError, check_params,
                                   resolve_stage, resolve_synthesizer)
 from dni.errors import ConfigError
-from dni.workers.stages import linear_bn_relu
-from dni.workers.synthesizers import ConvSynthesizer, MLPSynthesizer
+from dni.workers.build.stages import linear_bn_relu
+from dni.workers.interfaces.synthesizers import ConvSynthesizer, MLPSynthesizer
 
 
 def annotated(input_shape: tuple[int, ...], features: int, scale: float = 1.0, pool: str = "none", bias: bool = True) -> nn.Module:

@@ -1,4 +1,4 @@
-"""coordinator/rendezvous.py: a rank reads who it is from torchrun's environment, and the ranks of one attempt
+"""coordinator/pools/rendezvous.py: a rank reads who it is from torchrun's environment, and the ranks of one attempt
 find each other in a key-value store (here a TCPStore on loopback, in this process) without an earlier attempt's keys
 misleading them."""
 from __future__ import annotations
@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 from torch.distributed import TCPStore
 
-from dni.coordinator.rendezvous import Launch, Rendezvous, WorkerRecord
+from dni.coordinator.pools.rendezvous import Launch, Rendezvous, WorkerRecord
 from dni.errors import ConfigError
 from dni.protocol import Endpoints
 

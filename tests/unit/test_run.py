@@ -1,4 +1,4 @@
-"""coordinator/run.py: a resumed run says so, and from where, before its workers start; a torchrun group's first
+"""coordinator/train/run.py: a resumed run says so, and from where, before its workers start; a torchrun group's first
 attempt, which passes its new folder as the one to resume, says nothing."""
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from dni.coordinator.results import RunFolder
-from dni.coordinator.run import _say_resuming
-from dni.coordinator.segments import SEGMENTS
+from dni.coordinator.results.folder import RunFolder
+from dni.coordinator.train.run import _say_resuming
+from dni.coordinator.train.segments import SEGMENTS
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ def test_an_outbox_over_its_bound_stops_new_batches_but_not_targets():
 
 
 def test_every_wait_is_an_activity_the_timeline_knows():
-    from dni.workers.timing import WAITING
+    from dni.workers.stage.timing import WAITING
 
     assert {wait.value for wait in Wait} == set(WAITING)
 
@@ -48,7 +48,7 @@ def test_a_stage_schedules_by_its_mode_and_window(mode, window, in_flight, batch
     from torch import nn
 
     from dni.spec import Mode, OptimizerSpec
-    from dni.workers.compute import StageCompute
+    from dni.workers.stage.compute import StageCompute
 
     stage = StageCompute(nn.Linear(3, 2), mode=Mode(mode), optimizer=OptimizerSpec("sgd", 0.1), first=True, window=window)
     assert stage.schedule.turn(in_flight, outbox_over_bound=False).batches is batches

@@ -1,4 +1,4 @@
-"""coordinator/segments.py: each start of a run is a segment, saved as it goes; a segment whose coordinator died
+"""coordinator/train/segments.py: each start of a run is a segment, saved as it goes; a segment whose coordinator died
 is marked killed by the next, and the totals add every segment up."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from dni.coordinator.segments import SEGMENTS, Segments
+from dni.coordinator.train.segments import SEGMENTS, Segments
 
 
 def test_a_segment_is_saved_running_and_ends_with_how_it_ended(tmp_path):

@@ -1,12 +1,12 @@
-"""coordinator/sequences.py: a sequence job in one process, chunk by chunk, and its summary."""
+"""coordinator/train/sequences.py: a sequence job in one process, chunk by chunk, and its summary."""
 from __future__ import annotations
 
 import math
 
-from dni.coordinator.job import load_job
-from dni.coordinator.sequences import SequenceModel, train_sequences
-from dni.coordinator.chunk_feed import batch_for, chunks_of, with_readout_width
-from dni.coordinator.tasks import CharText, CopyTask
+from dni.coordinator.jobs.job import load_job
+from dni.coordinator.train.sequences import SequenceModel, train_sequences
+from dni.coordinator.train.chunk_feed import batch_for, chunks_of, with_readout_width
+from dni.coordinator.data.tasks import CharText, CopyTask
 
 
 

@@ -6,7 +6,7 @@ from dataclasses import MISSING, dataclass, fields
 
 import pytest
 
-from dni.coordinator.job import JOB_KEYS, SETTINGS, Job
+from dni.coordinator.jobs.job import JOB_KEYS, SETTINGS, Job
 from dni.errors import ConfigError
 from dni.settings import check_type, setting, settings_of
 from dni.spec import WORKER_SETTINGS, StageAssignment, WorkerSettings, check_at_least_one

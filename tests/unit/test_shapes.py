@@ -1,10 +1,10 @@
-"""coordinator/shapes.py: every stage is built once up front; a stage that does not fit fails naming the stage and the shapes."""
+"""coordinator/jobs/shapes.py: every stage is built once up front; a stage that does not fit fails naming the stage and the shapes."""
 from __future__ import annotations
 
 import pytest
 
 from dni import load_job
-from dni.coordinator.shapes import check_stages
+from dni.coordinator.jobs.shapes import check_stages
 from dni.errors import ConfigError
 from tests.conftest import mlp_stages, small_job
 

@@ -1,4 +1,4 @@
-"""coordinator/split.py: dni.split makes a job's stages from a model named by path or by an importable function,
+"""coordinator/jobs/split.py: dni.split makes a job's stages from a model named by path or by an importable function,
 refuses one the workers could not import, and a stages = N job is cut where the measured stages are most even."""
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import pytest
 from torch import nn
 
 import dni
-from dni.coordinator import split as split_module
-from dni.coordinator.job import job_as_table, job_from_table
-from dni.coordinator.split import balance_job, measure_children, model_path, split
+from dni.coordinator.jobs import split as split_module
+from dni.coordinator.jobs.job import job_as_table, job_from_table
+from dni.coordinator.jobs.split import balance_job, measure_children, model_path, split
 from dni.errors import ConfigError
-from dni.workers.model_slice import MODEL_SLICE, model_children
+from dni.workers.build.model_slice import MODEL_SLICE, model_children
 from tests.conftest import small_job
 from tests.unit.test_model_slice import make
 

@@ -1,4 +1,4 @@
-"""workers/stages.py: the built-in stages have the reference's layers, shapes and Glorot-uniform initialisation."""
+"""workers/build/stages.py: the built-in stages have the reference's layers, shapes and Glorot-uniform initialisation."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from dni.workers.stages import BUILTIN_STAGES, conv_bn_relu, glorot_, linear, linear_bn_relu
+from dni.workers.build.stages import BUILTIN_STAGES, conv_bn_relu, glorot_, linear, linear_bn_relu
 
 
 def test_linear_bn_relu_flattens_and_outputs_non_negative_features():

@@ -1,10 +1,10 @@
-"""workers/stash.py: which weights each prediction is made with, and how few copies that takes."""
+"""workers/interfaces/stash.py: which weights each prediction is made with, and how few copies that takes."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from dni.workers.stash import WeightStash
+from dni.workers.interfaces.stash import WeightStash
 
 
 def synthesizer() -> nn.Module:

@@ -1,4 +1,4 @@
-"""workers/synthesizers.py: the built-in synthesizers predict a gradient shaped like the activation, or one
+"""workers/interfaces/synthesizers.py: the built-in synthesizers predict a gradient shaped like the activation, or one
 value per example, from the activation and an optional one-hot label."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from dni.workers.synthesizers import ConvSynthesizer, MLPSynthesizer
+from dni.workers.interfaces.synthesizers import ConvSynthesizer, MLPSynthesizer
 
 
 def test_mlp_predicts_the_activation_shape_and_starts_at_zero():

@@ -1,4 +1,4 @@
-"""coordinator/tasks.py: the copy, repeat-copy and character tasks' sequences, their bits, and the curriculum."""
+"""coordinator/data/tasks.py: the copy, repeat-copy and character tasks' sequences, their bits, and the curriculum."""
 from __future__ import annotations
 
 import math
@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from dni.coordinator.tasks import CharText, CopyTask, Curriculum, RepeatCopyTask, bits_per_step, open_task
-from dni.workers.losses import resolve_loss
+from dni.coordinator.data.tasks import CharText, CopyTask, Curriculum, RepeatCopyTask, bits_per_step, open_task
+from dni.workers.stage.losses import resolve_loss
 from dni.errors import DataError
 
 

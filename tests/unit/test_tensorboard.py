@@ -1,4 +1,4 @@
-"""coordinator/tensorboard.py: what the writer puts in the event files, read back with TensorBoard's own reader."""
+"""coordinator/results/tensorboard.py: what the writer puts in the event files, read back with TensorBoard's own reader."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 from tensorboard.backend.event_processing.event_accumulator import HISTOGRAMS, SCALARS, EventAccumulator
 
-from dni.coordinator.tensorboard import TensorBoardLog
-from dni.workers.timing import ACTIVITIES, GROUPS
+from dni.coordinator.results.tensorboard import TensorBoardLog
+from dni.workers.stage.timing import ACTIVITIES, GROUPS
 from tests.conftest import small_job
 
 

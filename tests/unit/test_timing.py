@@ -1,4 +1,4 @@
-"""workers/timing.py: a worker's time accounting by laps: each lap is charged to its activity, the activities add up
+"""workers/stage/timing.py: a worker's time accounting by laps: each lap is charged to its activity, the activities add up
 to the wall time, spans are kept only when asked and travel as two arrays."""
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import time
 
 import numpy as np
 
-import dni.workers.timing as timing
-from dni.workers.timing import ACTIVITIES, COMPUTE, GROUPS, TRANSPORT, WAITING, Timeline, grouped, spans_from_arrays
+import dni.workers.stage.timing as timing
+from dni.workers.stage.timing import ACTIVITIES, COMPUTE, GROUPS, TRANSPORT, WAITING, Timeline, grouped, spans_from_arrays
 
 
 def test_a_lap_charges_the_time_since_the_previous_lap_to_its_activity():

@@ -1,4 +1,4 @@
-"""coordinator/trainer.py: the Trainer's main loop against a fake pipeline that answers as three workers would.
+"""coordinator/train/trainer.py: the Trainer's main loop against a fake pipeline that answers as three workers would.
 
 The fake (the one stand-in for our own components in the unit tests) takes the Trainer's calls, keeps a log of
 them, and returns a TRAIN_RESULT for every training batch and an EVAL_RESULT for every evaluation batch, in the
@@ -19,17 +19,17 @@ import numpy as np
 import pytest
 import torch
 
-import dni.coordinator.trainer as trainer_module
-from dni.coordinator.batch_feed import BatchFeed
-from dni.coordinator.data import Dataset, train_batches
-from dni.coordinator.feeds import Tensors
-from dni.coordinator.data import test_batches as evaluation_batches  # not collected as a test
-from dni.coordinator.pipeline import Pipeline
+import dni.coordinator.train.trainer as trainer_module
+from dni.coordinator.train.batch_feed import BatchFeed
+from dni.coordinator.data.dataset import Dataset, train_batches
+from dni.coordinator.train.feeds import Tensors
+from dni.coordinator.data.dataset import test_batches as evaluation_batches  # not collected as a test
+from dni.coordinator.pools.pipeline import Pipeline
 from dni.errors import StageFailed, WorkerLost
-from dni.coordinator.results import RunFolder, read_metrics
-from dni.coordinator.recovery import RecoveryLimit
-from dni.coordinator.segments import SEGMENTS
-from dni.coordinator.trainer import STALL_SECONDS, Trainer
+from dni.coordinator.results.folder import RunFolder, read_metrics
+from dni.coordinator.train.recovery import RecoveryLimit
+from dni.coordinator.train.segments import SEGMENTS
+from dni.coordinator.train.trainer import STALL_SECONDS, Trainer
 from dni.protocol import Endpoints, Kind, Message, Outboxes
 from tests.conftest import small_job
 

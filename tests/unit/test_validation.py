@@ -1,4 +1,4 @@
-"""workers/validation.py: every refusal of an incoming data message, its text, and whether it loses the batch."""
+"""workers/loop/validation.py: every refusal of an incoming data message, its text, and whether it loses the batch."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,8 +6,8 @@ import pytest
 
 from dni.protocol import Kind, Message
 from dni.spec import Mode, OptimizerSpec, StageAssignment, StageSpec
-from dni.workers.blocks import WHOLE, Span
-from dni.workers.validation import Rejected, check_batch, check_fresh, check_kind, check_origin, check_target
+from dni.workers.stage.blocks import WHOLE, Span
+from dni.workers.loop.validation import Rejected, check_batch, check_fresh, check_kind, check_origin, check_target
 
 JOB = "unit-job"
 SHAPE = (1, 2, 2)

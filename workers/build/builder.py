@@ -1,0 +1,144 @@
+"""Building one stage, identically wherever it is built: its module, its block and its synthesizer.
+
+Workers, the coordinator's up-front shape check, the single-process runners and the tests' references all build
+through `build_stage`, so a seed gives the same weights everywhere. A job whose messages carry chunks of a
+sequence (`over_steps`) makes every stage but the last a recurrent core (`dni.workers.stage.recurrent`) and the last a
+module applied at every step; any other job's stages are modules applied once per batch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence, cast
+
+import torch
+from torch import nn
+
+from dni.errors import ConfigError
+from dni.spec import Mode, OptimizerSpec, StageAssignment, StageSpec
+from dni.workers.stage.blocks import Block, PerStep, per_step
+from dni.workers.stage.compute import StageCompute
+from dni.workers.build.contracts import Shape, call_stage
+from dni.workers.stage.recurrent import RECURRENT_MODES, Recurrent, RecurrentCore, linear_synthesizer, resolve_core
+from dni.workers.build.registry import (STAGE_ARGUMENTS, SYNTHESIZER_ARGUMENTS, UnknownBuilderError, check_params, resolve_stage,
+                                  resolve_synthesizer)
+from dni.workers.stage.timing import Timeline
+
+__all__ = ["StageModules", "assigned_stage", "build_stage", "build_stages", "output_shape_of", "stage_seed"]
+
+
+@dataclass
+class StageModules:
+    """A built stage: its module, how it is applied (None: once per batch), the synthesizer of its outgoing edge."""
+    module: nn.Module
+    synthesizer: Optional[nn.Module]
+    output_shape: Shape
+    block: Optional[Block] = None
+
+
+def stage_seed(seed: int, index: int) -> int:
+    return seed * 1009 + index
+
+
+def build_stage(spec: StageSpec, *, index: int, input_shape: Shape, mode: Mode, num_classes: int, seed: int,
+                is_last: bool, device: str = "cpu", over_steps: bool = False, optimizer: Optional[OptimizerSpec] = None,
+                discount: float = 1.0) -> StageModules:
+    """The stage's module, and its synthesizer when the mode uses one (never for the last stage).
+
+    With `over_steps`, `input_shape` is one step's; `optimizer` and `discount` are a recurrent core's synthesizer
+    over time's. The job's parameters are checked against each builder's signature first (ConfigError).
+    """
+    torch.manual_seed(stage_seed(seed, index))
+    where = f"stage {index} ({spec.kind})"
+    recurrent = over_steps and not is_last
+    if recurrent and mode not in RECURRENT_MODES:
+        raise ConfigError(f"{where}: a recurrent stage trains in {', '.join(m.value for m in RECURRENT_MODES)}, "
+                          f"not {mode.value}")
+    builder = resolve_core(spec.kind) if recurrent else resolve_stage(spec.kind)
+    check_params(builder, spec.params, where, STAGE_ARGUMENTS)
+    module = builder(tuple(input_shape), **spec.params).to(device)
+    block: Optional[Block] = None
+    if recurrent:
+        core = cast(RecurrentCore, module)
+        output_shape = _per_step_shape(module, input_shape, device, lambda x: core(x, core.initial_state(2, x.device))[0])
+        over_time = linear_synthesizer(core.state_size).to(device) if mode.uses_synthesizer else None
+        block = Recurrent(module, over_time, optimizer=optimizer or OptimizerSpec(), discount=discount)
+    elif over_steps:
+        output_shape = _per_step_shape(module, input_shape, device, lambda x: per_step(module, x))
+        block = PerStep(module)
+    else:
+        output_shape = output_shape_of(module, input_shape, device)
+    synthesizer = None
+    if mode.uses_synthesizer and not is_last:
+        synthesizer_builder = resolve_synthesizer(spec.synthesizer.kind)
+        check_params(synthesizer_builder, spec.synthesizer.params, f"{where}, synthesizer {spec.synthesizer.kind}", SYNTHESIZER_ARGUMENTS)
+        synthesizer = synthesizer_builder(
+            output_shape,
+            (1,) if mode.synthetic_loss else output_shape,
+            num_classes if mode.conditioned else 0,
+            not mode.synthetic_loss,  # a squared output starting at zero could never move
+            **spec.synthesizer.params,
+        ).to(device)
+    return StageModules(module, synthesizer, output_shape, block)
+
+
+def assigned_stage(config: StageAssignment, device: str, timeline: Timeline) -> tuple[StageCompute, Shape]:
+    """The stage a worker serves for `config`, on `device`, and its (per-step) output shape."""
+    modules = build_stage(config.spec, index=config.index, input_shape=config.input_shape, mode=config.mode,
+                          num_classes=config.num_classes, seed=config.seed, is_last=config.is_last, device=device,
+                          over_steps=config.truncation > 0, optimizer=config.optimizer, discount=config.discount)
+    compute = StageCompute(modules.block or modules.module, modules.synthesizer, mode=config.mode,
+                           optimizer=config.optimizer, first=config.is_first, loss=config.loss if config.is_last else None,
+                           num_classes=config.num_classes, window=config.window, cuda_graphs=config.cuda_graphs,
+                           timeline=timeline, name=f"stage {config.index} ({config.spec.kind})")
+    return compute, modules.output_shape
+
+
+def build_stages(stages: Sequence[StageSpec], *, input_shape: Shape, mode: Mode, num_classes: int, seed: int,
+                 device: str = "cpu", over_steps: bool = False, optimizer: Optional[OptimizerSpec] = None,
+                 discount: float = 1.0) -> list[StageModules]:
+    """Every stage of a pipeline in one process, each built for the previous one's output shape.
+
+    A stage that does not fit its input raises a ConfigError naming the stage and the shapes.
+    """
+    built: list[StageModules] = []
+    shape = tuple(input_shape)
+    for index, spec in enumerate(stages):
+        try:
+            modules = build_stage(spec, index=index, input_shape=shape, mode=mode, num_classes=num_classes, seed=seed,
+                                  is_last=index == len(stages) - 1, device=device, over_steps=over_steps,
+                                  optimizer=optimizer, discount=discount)
+        except UnknownBuilderError as error:
+            raise ConfigError(f"stage {index}: {error}") from error
+        except ConfigError:  # parameters that do not fit the builder: the message names the stage already
+            raise
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise ConfigError(
+                f"stage {index} ({spec.kind} {spec.params}, synthesizer {spec.synthesizer.kind}) does not fit "
+                f"its input of shape {list(shape)} (the output of stage {index - 1 if index else 'data'}): {error}"
+            ) from error
+        built.append(modules)
+        shape = modules.output_shape
+    return built
+
+
+def output_shape_of(module: nn.Module, input_shape: Shape, device: str = "cpu") -> Shape:
+    """Per-example output shape, found by running the module in eval mode on a dummy batch."""
+    probe = torch.zeros(2, *input_shape, device=device)
+    labels = torch.zeros(2, dtype=torch.int64, device=device)
+    return _probed(module, lambda: call_stage(module, probe, labels))[1:]
+
+
+def _per_step_shape(module: nn.Module, input_shape: Shape, device: str,
+                    call: Callable[[torch.Tensor], torch.Tensor]) -> Shape:
+    """A per-step module's output shape per step, found on a dummy chunk of one step."""
+    probe = torch.zeros(2, 1, *input_shape, device=device)
+    return _probed(module, lambda: call(probe))[2:]
+
+
+def _probed(module: nn.Module, call: Callable[[], torch.Tensor]) -> Shape:
+    was_training = module.training
+    module.eval()
+    with torch.no_grad():
+        output = call()
+    module.train(was_training)
+    return tuple(output.shape)
