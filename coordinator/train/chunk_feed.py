@@ -11,7 +11,7 @@ per batch row, each from a zero state).
 
 Checkpoints fall between batches (the pipeline drained, every stage flushed). A copy task starts every batch
 from a zero state, so its resume is exact; a character stream's kept state is in each stage's checkpoint and is
-restored, only the synthesizer's one pending prediction over time is not (see `dni.workers.sequence_stage`).
+restored, only the synthesizer's one pending prediction over time is not (see `dni.workers.stage.recurrent.Recurrent`).
 
 The helpers that make a batch's chunks and every stage's assignment are shared with the one-process runner
 (`dni.coordinator.train.sequences`), which sees the same batches and chunks.

@@ -48,8 +48,9 @@ def batch(x: np.ndarray, labels: np.ndarray, kind: Kind = Kind.FORWARD) -> Messa
 
 
 def checked_inputs(message: Message, config: StageAssignment):
-    """What the first stage takes of a batch: its pixels as floats, then checked as any batch is."""
-    return check_batch(as_floats(message, config), config)
+    """What the first stage takes of a batch: checked, then its pixels as floats."""
+    batch = check_batch(message, config)
+    return batch._replace(x=as_floats(batch.x, config.pixels))
 
 
 @pytest.mark.parametrize("normalize", NORMALIZATIONS, ids=["auto", "standardize", "none", "explicit"])

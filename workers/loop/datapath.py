@@ -60,11 +60,12 @@ def on_forward(session: Session, frames: list) -> Steps:
     message = receive(session, frames)
     check_kind(message, "forward")
     check_fresh(message, session.compute.awaits_target(message.batch))
-    batch = check_batch(as_floats(message, session.config), session.config)
+    batch = check_batch(message, session.config)
     count_nonfinite(session, batch.nonfinite)
     session.timeline.lap("checks")
     mask = None if batch.mask is None else to_device(batch.mask, session.labels_device)
-    state = StepState(message, to_device(batch.x, session.device), to_device(batch.labels, session.labels_device),
+    x = to_device(as_floats(batch.x, session.config.pixels), session.device)
+    state = StepState(message, x, to_device(batch.labels, session.labels_device),
                       mask, batch.span)
     session.timeline.lap("to_device")
     yield from _run(session, state, Event.EVALUATION if message.kind is Kind.EVAL else Event.BATCH)

@@ -90,7 +90,7 @@ def check_batch(message: Message, config: StageAssignment) -> Batch:
     if x is None or labels is None or (chunked and mask is None):
         raise Rejected(f"{message.kind.name}{' chunk' if chunked else ''} needs tensors {_listed(names)}, "
                        f"got {sorted(message.tensors)}", message)
-    steps = _check_x(message, x, tuple(config.input_shape), config.truncation)
+    steps = _check_x(message, x, tuple(config.input_shape), config.truncation, config.pixels is not None)
     _check_labels(message, labels, steps, config.loss, config.num_classes)
     if not chunked:
         return Batch(x, labels, None, WHOLE, _nonfinite("x", x, message, config.nonfinite))
@@ -103,14 +103,16 @@ def check_batch(message: Message, config: StageAssignment) -> Batch:
     return Batch(x, labels, mask, Span(start, last), _nonfinite("x", x, message, config.nonfinite))
 
 
-def _check_x(message: Message, x: np.ndarray, input_shape: Shape, truncation: int) -> tuple[int, ...]:
-    """The examples' leading dimensions: (B,), or (B, T) for a chunk of T <= truncation steps."""
+def _check_x(message: Message, x: np.ndarray, input_shape: Shape, truncation: int, pixels: bool) -> tuple[int, ...]:
+    """The examples' leading dimensions: (B,), or (B, T) for a chunk of T <= truncation steps. The first stage of a
+    uint8 dataset takes them as uint8 pixels (`dni.workers.loop.pixels`), every other stage as float32."""
     lead = 2 if truncation else 1
-    fits = x.dtype == np.float32 and x.ndim == lead + len(input_shape) and tuple(x.shape[lead:]) == input_shape \
-        and x.shape[0] > 0 and (not truncation or 1 <= x.shape[1] <= truncation)
+    fits = x.dtype == (np.uint8 if pixels else np.float32) and x.ndim == lead + len(input_shape) \
+        and tuple(x.shape[lead:]) == input_shape and x.shape[0] > 0 and (not truncation or 1 <= x.shape[1] <= truncation)
     if not fits:
         dims = ", ".join(["B", *([f"T <= {truncation}"] if truncation else []), *map(str, input_shape)])
-        raise Rejected(f"x must be float32 ({dims}), got {x.dtype} {list(x.shape)}", message)
+        raise Rejected(f"x must be {'uint8 pixels' if pixels else 'float32'} ({dims}), got {x.dtype} {list(x.shape)}",
+                       message)
     return tuple(x.shape[:lead])
 
 

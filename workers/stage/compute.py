@@ -53,17 +53,22 @@ class Pending:
 
 @dataclass(frozen=True)
 class EvalResult:
-    """What the last stage reports of a batch: its weighted loss, right examples and examples, scored when asked."""
+    """What the last stage reports of a batch: its per-example losses, outputs and labels, and the examples'
+    weights (a sequence's mask; None: every example counts once), scored only when the report is made, after the
+    stage above has its target."""
     losses: torch.Tensor
-    right: torch.Tensor
-    weight: Optional[torch.Tensor]  # a sequence's mask per example; None: every example counts once
+    logits: torch.Tensor
+    labels: torch.Tensor
+    loss: Loss
+    weight: Optional[torch.Tensor]
 
     @functools.cached_property
     def score(self) -> torch.Tensor:
         """(summed loss, right examples[, examples]) as float64 on the stage's device."""
+        right = self.loss.right(self.logits, self.labels)
         if self.weight is None:
-            return torch.stack([self.losses.sum().double(), self.right.sum().double()])
-        return torch.stack([(self.losses * self.weight).sum().double(), (self.right * self.weight).sum().double(),
+            return torch.stack([self.losses.sum().double(), right.sum().double()])
+        return torch.stack([(self.losses * self.weight).sum().double(), (right.to(self.weight.dtype) * self.weight).sum().double(),
                             self.weight.sum().double()])
 
     @property
@@ -266,7 +271,8 @@ class StageCompute:
             upstream = scored.losses.detach()[:, None]
         elif self.needs_input_grad:
             upstream = x.grad
-        return LastStageResult(scored.losses.detach(), scored.right, scored.weight, upstream)
+        return LastStageResult(scored.losses.detach(), scored.logits.detach(), scored.labels, scored.loss, scored.weight,
+                               upstream)
 
     @torch.no_grad()
     def evaluate(self, x: torch.Tensor, labels: Optional[torch.Tensor], span: Span = WHOLE) -> torch.Tensor:
@@ -282,15 +288,14 @@ class StageCompute:
         return self._scored(self.evaluate(x, labels, span), labels, mask)
 
     def _scored(self, logits: torch.Tensor, labels: torch.Tensor, mask: Optional[torch.Tensor]) -> EvalResult:
-        """Per-example losses and rightness; a per-step output's B x T steps are its examples, weighed by `mask`."""
+        """Per-example losses, right examples counted when scored; a per-step output's B x T steps are its examples,
+        weighed by `mask`."""
         if self.loss is None:
             raise RuntimeError(f"{self.name} is not the last stage and has no loss")
         if self.block.over_steps:
             logits, labels = logits.flatten(0, 1), labels.flatten(0, 1)
         weight = mask.flatten() if mask is not None else None
-        losses = per_example_losses(self.loss, logits, labels)
-        right = self.loss.right(logits.detach(), labels)
-        return EvalResult(losses, right if weight is None else right.to(weight.dtype), weight)
+        return EvalResult(per_example_losses(self.loss, logits, labels), logits, labels, self.loss, weight)
 
     def checkpoint_state(self) -> dict[str, Any]:
         """Every trained part under its own name and the step count: what `dni.workers.stage.checkpoint` saves."""
