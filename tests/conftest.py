@@ -27,8 +27,8 @@ def in_ci() -> bool:
 
 
 def unavailable(reason: str) -> NoReturn:
-    """A test's prerequisite this machine lacks, one that only setting the machine up gives (a Docker engine, Compose,
-    the images docker/ci-setup.sh builds). Outside CI the test skips, saying why, so the README's `pytest` passes on
+    """A test's prerequisite this machine lacks, one that only setting the machine up gives (the datasets, a Docker
+    engine, Compose, the images docker/ci-setup.sh builds). Outside CI the test skips, saying why, so the README's `pytest` passes on
     a fresh machine as it does without a GPU; in CI, which sets all of them up, it fails, because a skip there would
     hide a broken setup behind a green run."""
     if in_ci():
@@ -38,8 +38,11 @@ def unavailable(reason: str) -> NoReturn:
 
 @pytest.fixture(scope="session")
 def data_root() -> Path:
-    if not (DATA_ROOT / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file():
-        pytest.fail(f"MNIST not found under {DATA_ROOT}; set DNI_DATA_ROOT")
+    needed = {"MNIST": DATA_ROOT / "MNIST" / "raw" / "train-images-idx3-ubyte",
+              "CIFAR-10": DATA_ROOT / "cifar-10-batches-py" / "data_batch_1"}
+    missing = [name for name, path in needed.items() if not path.is_file()]
+    if missing:
+        unavailable(f"{' and '.join(missing)} not found under {DATA_ROOT}: set DNI_DATA_ROOT to a folder that holds them")
     return DATA_ROOT
 
 

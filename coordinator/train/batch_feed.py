@@ -17,37 +17,16 @@ import torch
 
 from dni.coordinator.train.checkpoints import Position
 from dni.coordinator.data.dataset import Dataset, test_batches, train_batches
-from dni.coordinator.train.feeds import EvalMessage, Run, Shown, Tensors, Timing
+from dni.coordinator.train.feeds import Tally, EvalMessage, Run, Shown, Tensors, Timing
 from dni.coordinator.jobs.job import Job
 from dni.coordinator.results.plots import plot_accuracy
 from dni.coordinator.results.folder import RunFolder
 from dni.coordinator.jobs.shapes import check_last_shape, check_stages
 from dni.protocol import Message
 
-__all__ = ["BatchFeed", "Evaluation", "Tally", "batch_arrays"]
+__all__ = ["BatchFeed", "Evaluation", "batch_arrays"]
 
 log = logging.getLogger("dni.trainer")
-
-
-@dataclass
-class Tally:
-    """Sums of per-batch results over a stretch of batches."""
-    loss_sum: float = 0.0
-    correct: int = 0
-    count: int = 0
-
-    def add(self, meta: dict[str, Any]) -> None:
-        self.loss_sum += float(meta["loss_sum"])
-        self.correct += int(meta["correct"])
-        self.count += int(meta["count"])
-
-    @property
-    def accuracy(self) -> float:
-        return self.correct / self.count if self.count else 0.0
-
-    @property
-    def loss(self) -> float:
-        return self.loss_sum / self.count if self.count else 0.0
 
 
 @dataclass

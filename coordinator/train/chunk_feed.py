@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from dni.coordinator.train.checkpoints import Position
-from dni.coordinator.train.feeds import EvalMessage, Run, Shown, Tensors, Timing
+from dni.coordinator.train.feeds import Tally, EvalMessage, Run, Shown, Tensors, Timing
 from dni.coordinator.jobs.job import Job
 from dni.coordinator.results.plots import plot_curves
 from dni.coordinator.results.folder import RunFolder
@@ -48,13 +48,11 @@ class BatchTally:
     index: int
     length: int
     chunks: int
-    bits: float = 0.0
-    scored: int = 0
+    results: Tally = field(default_factory=Tally)
     received: int = 0
 
     def add(self, meta: dict[str, Any]) -> None:
-        self.bits += float(meta["loss_sum"])
-        self.scored += int(meta["count"])
+        self.results.add(meta)
         self.received += 1
 
     @property
@@ -63,7 +61,7 @@ class BatchTally:
 
     @property
     def bits_per_step(self) -> float:
-        return bits_per_step(self.bits, self.scored)
+        return bits_per_step(self.results.loss_sum, self.results.count)
 
 
 def batch_for(job: Job, task: SequenceTask, index: int, level: int) -> SequenceBatch:

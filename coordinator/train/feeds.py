@@ -19,7 +19,7 @@ from dni.coordinator.results.folder import RunFolder
 from dni.protocol import Message
 from dni.spec import PixelScaling
 
-__all__ = ["EvalMessage", "Feed", "Run", "Shown", "Timing", "Tensors"]
+__all__ = ["EvalMessage", "Feed", "Run", "Shown", "Tally", "Timing", "Tensors"]
 
 Tensors = tuple[dict[str, np.ndarray], dict[str, Any]]  # one training message: its arrays and its meta
 
@@ -50,6 +50,27 @@ class Timing:
     trained_samples: int
     first_result: Optional[float]
     last_result: float
+
+
+@dataclass
+class Tally:
+    """Sums of result messages (loss, right examples, examples): a stretch of batches, or a batch of sequences' chunks."""
+    loss_sum: float = 0.0
+    correct: int = 0
+    count: int = 0
+
+    def add(self, meta: dict[str, Any]) -> None:
+        self.loss_sum += float(meta["loss_sum"])
+        self.correct += int(meta["correct"])
+        self.count += int(meta["count"])
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.count if self.count else 0.0
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / self.count if self.count else 0.0
 
 
 class Run(Protocol):

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from dni.coordinator.train.batch_feed import BatchFeed, Tally
+from dni.coordinator.train.batch_feed import BatchFeed
+from dni.coordinator.train.feeds import Tally
 from dni.coordinator.train.checkpoints import Position
 from dni.coordinator.data.dataset import Dataset, train_batches
 from dni.coordinator.train.feeds import Shown, Timing
