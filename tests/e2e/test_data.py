@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from tests.conftest import REPO
-from tests.unit.test_data import write_idx
+from tests.unit.test_dataset import write_idx
 
 pytestmark = pytest.mark.e2e
 
