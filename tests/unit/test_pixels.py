@@ -1,4 +1,4 @@
-"""dni/pixels.py: uint8 pixels scaled by the first stage equal, bit for bit, the floats the coordinator made of
+"""workers/loop/pixels.py: uint8 pixels scaled by the first stage equal, bit for bit, the floats the coordinator made of
 them; uint8 is taken only where the stage's assignment says how to scale it."""
 from __future__ import annotations
 
