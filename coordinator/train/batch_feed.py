@@ -134,7 +134,7 @@ class BatchFeed:
     def restore(self, position: Position, run: Run) -> None:
         """The tally and the metrics lines of the checkpoint; the lines written after it are rolled back."""
         if position.step:
-            log.info("resuming from step %d, the last checkpoint (%d evaluations kept)", position.step, position.evaluations)
+            log.debug("resuming from step %d, the last checkpoint (%d evaluations kept)", position.step, position.evaluations)
         self.train_tally = Tally(**position.tally)
         self.running.clear()
         self.records = run.metrics_until(position.evaluations)
