@@ -21,7 +21,7 @@ from dni.protocol import free_port_block
 from dni import resume_job, run_job
 from dni.coordinator.results.folder import RunComplete
 from dni.errors import PipelineError, RunInterrupted
-from tests.conftest import LEARNED, small_job
+from tests.conftest import LEARNED, small_job, unavailable
 from dni.lifetime import alive, children
 from tests.e2e.processes import at_first_checkpoint, interrupt, run_cli, when_checkpointed
 
@@ -311,7 +311,7 @@ def small_disk(tmp_path):
     mount = tmp_path / "disk"
     mount.mkdir()
     if os.geteuid() != 0:
-        pytest.skip("filling a disk needs a tmpfs of its own, which only root can mount (CI runs as root)")
+        unavailable("filling a disk needs a tmpfs of its own, which only root can mount (CI runs as root)")
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)], check=True)
     yield mount
     subprocess.run(["umount", "-l", str(mount)], check=False)
@@ -356,7 +356,7 @@ def test_a_results_folder_that_cannot_be_written_fails_with_one_line_and_no_trac
     results = tmp_path / "runs"
     results.mkdir()
     if subprocess.run(["chattr", "+i", str(results)], capture_output=True).returncode:
-        pytest.skip("chattr +i (an immutable folder, which even root cannot write) is not supported on this file system")
+        unavailable("chattr +i (an immutable folder, which even root cannot write) is not supported on this file system")
     try:
         result, workers, seconds = run_cli("mnist-smoke", "--data-root", str(data_root), "--results", str(results))
     finally:

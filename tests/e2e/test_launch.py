@@ -26,7 +26,7 @@ import pytest
 from dni.coordinator.results.folder import read_metrics
 from dni.lifetime import alive, descendants
 from dni.protocol import free_port_block
-from tests.conftest import LEARNED, REPO
+from tests.conftest import LEARNED, REPO, unavailable
 from tests.e2e.processes import when_checkpointed
 
 pytestmark = pytest.mark.e2e
@@ -152,19 +152,12 @@ def test_one_node_three_ranks_learns_and_only_rank_0_writes_results(unkilled):
     print(f"standalone run: {group.seconds:.1f}s, test accuracy {summary['test_accuracy']:.3f}")
 
 
-def cannot_make_namespaces(reason: str) -> None:
-    """Skip where namespaces cannot be made (not root); in CI, which runs as root, that is a failure, not a skip."""
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason} (CI runs as root and must run this test)")
-    pytest.skip(reason)
-
-
 @pytest.fixture
 def network(tmp_path):
     """Three "hosts": network namespaces joined by a bridge (in a fourth namespace), each with its own address and,
     through /etc/netns/NAME/hosts (which `ip netns exec` mounts over /etc/hosts), the names of all three."""
     if os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("unshare") is None:
-        cannot_make_namespaces("network namespaces need root and the ip and unshare commands")
+        unavailable("network namespaces need root and the ip and unshare commands")
     prefix = f"dnit{uuid.uuid4().hex[:6]}"
     switch, nodes = f"{prefix}-sw", [f"{prefix}-n{index}" for index in range(3)]
     addresses = [f"10.231.7.{index + 1}" for index in range(3)]
@@ -185,7 +178,7 @@ def network(tmp_path):
                 made.append(step[3])
             done = subprocess.run(step, capture_output=True, text=True)
             if done.returncode:
-                cannot_make_namespaces(f"cannot make network namespaces here: {' '.join(step)}: {done.stderr.strip()}")
+                unavailable(f"cannot make network namespaces here: {' '.join(step)}: {done.stderr.strip()}")
         for node in nodes:
             Path(f"/etc/netns/{node}").mkdir(parents=True, exist_ok=True)
             Path(f"/etc/netns/{node}/hosts").write_text(hosts)

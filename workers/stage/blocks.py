@@ -55,6 +55,9 @@ class Block(Protocol):
 
     def weights(self) -> dict[str, torch.Tensor]: ...
 
+    @property
+    def synthesizer_loss(self) -> Optional[torch.Tensor]: ...  # its own synthesizer's latest loss, if it has one
+
 
 def per_step(module: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """A feed-forward module at every step: (B, T, *in) -> (B, T, *out), as one batch of B * T examples."""
@@ -90,6 +93,10 @@ class Feedforward:
 
     def weights(self) -> dict[str, torch.Tensor]:
         return {}
+
+    @property
+    def synthesizer_loss(self) -> Optional[torch.Tensor]:
+        return None  # a module has no synthesizer of its own
 
 
 class PerStep(Feedforward):

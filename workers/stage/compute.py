@@ -35,6 +35,7 @@ from dni.workers.stage.graphs import GraphedCall, Unconditioned
 from dni.workers.build.contracts import Shape
 from dni.workers.stage.losses import Loss, LossFunction, per_example_losses, resolve_loss
 from dni.workers.stage.optimizers import Trained
+from dni.workers.interfaces.stash import WeightStash
 from dni.workers.stage.timing import Timeline
 
 __all__ = ["EvalResult", "LastStageResult", "Pending", "StageCompute", "score_meta"]
@@ -139,13 +140,13 @@ class StageCompute:
         return self.interface.synthesizer if self.interface is not None else None
 
     @property
-    def stash(self) -> Any:
+    def stash(self) -> Optional[WeightStash]:
         return self.interface.stash if self.interface is not None else None
 
     @property
     def synthesizer_loss(self) -> float:
         """The latest loss of this stage's synthesizers (read from the device only when asked)."""
-        loss = self.interface.loss if self.interface is not None else getattr(self.block, "synthesizer_loss", None)
+        loss = self.interface.loss if self.interface is not None else self.block.synthesizer_loss
         return float(loss) if loss is not None else 0.0
 
     @property

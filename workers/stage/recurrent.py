@@ -141,7 +141,7 @@ class OverTime:
         self.trained = Trained(synthesizer, optimizer)
         self.synthesizer = synthesizer
         self._names = [name for name, _ in synthesizer.named_parameters()]
-        self._synthesizer_loss: Optional[torch.Tensor] = None
+        self.loss: Optional[torch.Tensor] = None  # the latest regression loss, on the device
 
     def predict(self, features: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         weights = [parameter.detach().clone().requires_grad_() for parameter in self.synthesizer.parameters()]
@@ -153,7 +153,7 @@ class OverTime:
         for parameter, grad in zip(self.synthesizer.parameters(), torch.autograd.grad(loss, weights)):
             parameter.grad = grad
         self.trained.stepper.step()
-        self._synthesizer_loss = loss.detach()
+        self.loss = loss.detach()
 
 
 class Recurrent:
@@ -236,7 +236,7 @@ class Recurrent:
 
     @property
     def synthesizer_loss(self) -> Optional[torch.Tensor]:
-        return self.over_time._synthesizer_loss if self.over_time is not None else None
+        return self.over_time.loss if self.over_time is not None else None
 
 
 def bootstrapped_target(initial: State) -> torch.Tensor:
