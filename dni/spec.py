@@ -8,7 +8,7 @@ both sides, so a bad setting gets the same message wherever it is caught.
 A `StageSpec` is what a job file says about one stage (its kind, parameters,
 synthesizer, device and, for a worker started elsewhere, its address); a
 `StageAssignment` is everything one worker is told to serve it: the spec, its
-place in the pipeline, its neighbours' sockets and the job's settings.
+place in the graph, its edges (with the sockets at their other ends) and the job's settings.
 
 Modes follow the reference experiment (Jaderberg et al. 2017, as written up in
 its single-process TensorFlow reference):
@@ -31,17 +31,18 @@ import enum
 import math
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from dni.errors import ConfigError
+from dni.graph import JOINS, Topology, join_shape
 from dni.settings import check_type, setting, settings_of
 
 __all__ = [
     "COORDINATOR_TIMEOUT", "DEVICE_PATTERN", "EXIT_COORDINATOR_SILENT", "EXIT_STOPPED", "LOSS_NAMES",
     "MAX_LINK_DELAY_MS", "MODE_NAMES", "NONFINITE_POLICIES", "OPTIMIZERS", "WORKER_SETTINGS", "Mode",
-    "OptimizerSpec", "PixelScaling", "StageAssignment", "StageSpec", "SynthesizerSpec", "WorkerSettings", "check_at_least_one", "check_device",
-    "check_discount", "check_link_delay", "check_loss", "check_lr", "check_mode", "check_nonfinite", "check_not_negative",
-    "check_optimizer", "check_pixels", "check_positive", "check_truncation", "read_optimizer",
+    "Edge", "OptimizerSpec", "PixelScaling", "StageAssignment", "StageSpec", "SynthesizerSpec", "WorkerSettings", "check_at_least_one", "check_device",
+    "check_discount", "check_join", "check_labels", "check_link_delay", "check_loss", "check_lr", "check_mode", "check_nonfinite", "check_not_negative",
+    "check_optimizer", "check_pixels", "check_positive", "check_truncation", "check_weight", "read_optimizer", "topology_of",
 ]
 
 OPTIMIZERS = ("adam", "sgd")
@@ -107,6 +108,43 @@ class StageSpec:
     synthesizer: SynthesizerSpec = field(default_factory=SynthesizerSpec)
     device: str = "cpu"
     address: Optional[str] = None  # a worker started elsewhere (`dni worker`); None: a local process
+    name: Optional[str] = None  # how other stages name it (None: stage<i>)
+    inputs: Optional[tuple[str, ...]] = None  # the stages (or "data") whose outputs it takes; None: the stage before
+    join: str = "cat"  # how several inputs become one (`dni.graph.JOINS`)
+    loss: Optional[str] = None  # a head's loss (a stage with one is a head); None: a hidden stage, or the job's loss
+    loss_weight: float = 1.0  # a head's share of the total loss
+    labels: str = ""  # a head's labels: "" the data's, else package.module:function of the data's labels
+    num_classes: int = 0  # a head's classes (0: the data's)
+
+
+def topology_of(stages: Sequence[StageSpec]) -> Topology:
+    """The graph that stages' names, inputs and losses make (`dni.graph`); ConfigError where it does not hold."""
+    return Topology.of([stage.name for stage in stages], [stage.inputs for stage in stages],
+                       [stage.loss is not None for stage in stages])
+
+
+@dataclass(frozen=True)
+class Edge:
+    """One edge of a stage as its worker is told it: the stage at its other end (its index, -1 for the data, and
+    name), that stage's socket (an input edge: its backward socket, where input gradients go, None for the data; an
+    output edge: its forward socket) and, on an input edge, the per-example shape that comes along it."""
+    name: str
+    peer: int
+    address: Optional[str]
+    shape: tuple[int, ...] = ()
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"name": self.name, "peer": self.peer, "address": self.address, "shape": list(self.shape)}
+
+    @classmethod
+    def from_wire(cls, wire: Any) -> "Edge":
+        if not isinstance(wire, dict):
+            raise ConfigError(f"an edge must be a map, got {wire!r:.60}")
+        address = wire.get("address")
+        if address is not None and not isinstance(address, str):
+            raise ConfigError(f"an edge's address must be a string, got {address!r:.60}")
+        return cls(check_type("edge name", wire["name"], str), check_type("edge peer", wire["peer"], int), address,
+                   tuple(check_type("edge shape", wire.get("shape", []), list)))
 
 
 @dataclass(frozen=True)
@@ -191,6 +229,28 @@ def check_loss(value: Any, name: str = "loss") -> str:
     return value
 
 
+def check_join(value: Any, name: str = "join") -> str:
+    """How a stage's several inputs become one (`dni.graph.JOINS`)."""
+    if value not in JOINS:
+        raise ConfigError(f"{name} {value!r:.40} is not one of {', '.join(JOINS)}")
+    return value
+
+
+def check_weight(value: Any, name: str = "loss_weight") -> float:
+    """A head's share of the total loss: a positive, finite number."""
+    if not (_is_number(value) and math.isfinite(value) and value > 0):
+        raise ConfigError(f"{name} must be a positive number, got {value!r:.60}")
+    return float(value)
+
+
+def check_labels(value: Any, name: str = "labels") -> str:
+    """A head's labels: "" (the data's) or the import path of a function of the data's labels; whether it imports
+    and what it returns are checked where the data is (`dni.coordinator.jobs.heads`)."""
+    if not (isinstance(value, str) and (value == "" or IMPORT_PATH.match(value))):
+        raise ConfigError(f"{name} {value!r:.60} is not an import path package.module:function")
+    return value
+
+
 def check_truncation(value: Any, name: str) -> int:
     """A chunk length T, 0 for a feed-forward job (a sequence job also needs T >= 1: `coordinator/jobs/job.py`)."""
     if check_type(name, value, int) < 0:
@@ -271,29 +331,41 @@ class StageAssignment(WorkerSettings):
     index: int
     num_stages: int
     spec: StageSpec
-    input_shape: tuple[int, ...]
+    input_shape: tuple[int, ...]  # what the stage's module takes: its inputs joined (`dni.graph.join_shape`)
     num_classes: int
     threads: int
     coordinator: str
-    upstream: Optional[str] = None  # the upstream worker's backward socket, where input gradients go
-    downstream: Optional[str] = None  # the downstream worker's forward socket, where activations go
+    inputs: tuple[Edge, ...] = ()  # where its inputs come from (peer -1: the data, from the coordinator)
+    outputs: tuple[Edge, ...] = ()  # where its output goes; none: a head, whose output its loss scores
+    name: str = ""
+    join: str = "cat"
     restore: Optional[str] = None  # a checkpoint file to start from
-    loss: str = "cross_entropy"  # the last stage's per-example loss (missing on the wire: the default)
-    pixels: Optional[PixelScaling] = None  # the first stage of a uint8 dataset: its batches come as pixels (missing: floats)
+    loss: str = "cross_entropy"  # a head's per-example loss (missing on the wire: the default)
+    loss_weight: float = 1.0  # a head's share of the total loss
+    pixels: Optional[PixelScaling] = None  # a stage fed the data of a uint8 dataset: its batches come as pixels
 
     @property
     def is_first(self) -> bool:
-        return self.index == 0
+        """It takes the data (and so sends no gradient back along that edge)."""
+        return any(edge.peer < 0 for edge in self.inputs)
 
     @property
     def is_last(self) -> bool:
-        return self.index == self.num_stages - 1
+        """A head: its output goes nowhere, a loss scores it."""
+        return not self.outputs
+
+    @property
+    def where(self) -> str:
+        """The stage as messages name it."""
+        return f"stage {self.index} ({self.name!r})" if self.name else f"stage {self.index}"
 
     def to_wire(self) -> dict[str, Any]:
         wire = asdict(self)
-        del wire["spec"]["address"]  # where the worker lives is the coordinator's business, not the worker's
+        wire["spec"] = {key: wire["spec"][key] for key in ("kind", "params", "synthesizer", "device")}  # the rest is the coordinator's
         wire.update({row.name: row.dump(getattr(self, row.name)) for row in WORKER_SETTINGS})
         wire["input_shape"] = list(self.input_shape)
+        wire["inputs"] = [edge.to_wire() for edge in self.inputs]
+        wire["outputs"] = [edge.to_wire() for edge in self.outputs]
         if self.pixels is not None:  # lists, as msgpack gives them back
             wire["pixels"] = {"divide": self.pixels.divide, "mean": list(self.pixels.mean), "std": list(self.pixels.std)}
         return wire
@@ -312,10 +384,13 @@ class StageAssignment(WorkerSettings):
                 num_classes=check_type("num_classes", wire["num_classes"], int),
                 threads=check_type("threads", wire["threads"], int),
                 coordinator=check_type("coordinator", wire["coordinator"], str),
-                upstream=wire.get("upstream"),
-                downstream=wire.get("downstream"),
+                inputs=tuple(Edge.from_wire(edge) for edge in check_type("inputs", wire["inputs"], list)),
+                outputs=tuple(Edge.from_wire(edge) for edge in check_type("outputs", wire["outputs"], list)),
+                name=check_type("name", wire.get("name", ""), str),
+                join=check_type("join", wire.get("join", "cat"), str),
                 restore=wire.get("restore"),
                 loss=wire.get("loss", "cross_entropy"),
+                loss_weight=check_type("loss_weight", wire.get("loss_weight", 1.0), float),
                 **_settings_from_wire(wire),
                 pixels=check_pixels(wire.get("pixels")),
             )
@@ -325,23 +400,42 @@ class StageAssignment(WorkerSettings):
         return assignment
 
     def validate(self) -> None:
-        """What the settings' own checks cannot see: the stage's place, its resolved threads and shape, a loss that
-        suits the job's kind."""
+        """What the settings' own checks cannot see: the stage's place and edges, its resolved threads and shape, a
+        loss that suits the job's kind."""
         if not 0 <= self.index < self.num_stages:
             raise ConfigError(f"index {self.index} is outside 0..{self.num_stages - 1}")
         check_positive("threads", self.threads)
         if not all(isinstance(size, int) and size > 0 for size in self.input_shape):
             raise ConfigError(f"input_shape must be positive integers, got {list(self.input_shape)}")
         check_loss(self.loss)
+        check_weight(self.loss_weight)
         if self.restore is not None and not isinstance(self.restore, str):
             raise ConfigError("restore must be a checkpoint path")
-        if (self.upstream is None) != self.is_first or (self.downstream is None) != self.is_last:
-            raise ConfigError("upstream/downstream addresses do not match the stage's position")
+        self._validate_edges()
         if self.pixels is not None and (not self.is_first or self.truncation):
-            raise ConfigError("pixels: only the first stage of a feed-forward job is sent uint8 pixels")
-        if self.pixels is not None and self.pixels.mean and len(self.pixels.mean) != self.input_shape[0]:
-            raise ConfigError(f"pixels: {len(self.pixels.mean)} means and stds for examples of {self.input_shape[0]} "
-                              f"channels (shape {list(self.input_shape)})")
+            raise ConfigError("pixels: only the first stage of a feed-forward job (a stage that takes the data) is sent "
+                              "uint8 pixels")
+        data_shape = next((edge.shape for edge in self.inputs if edge.peer < 0), self.input_shape)
+        if self.pixels is not None and self.pixels.mean and len(self.pixels.mean) != data_shape[0]:
+            raise ConfigError(f"pixels: {len(self.pixels.mean)} means and stds for examples of {data_shape[0]} "
+                              f"channels (shape {list(data_shape)})")
+
+    def _validate_edges(self) -> None:
+        if not self.inputs:
+            raise ConfigError("a stage needs at least one input edge")
+        peers = [edge.peer for edge in self.inputs]
+        if len(set(peers)) != len(peers) or any(not -1 <= peer < self.num_stages or peer == self.index for peer in peers):
+            raise ConfigError(f"input edges must come from distinct other stages or the data (-1), got {peers}")
+        if any((edge.peer < 0) != (edge.address is None) for edge in self.inputs):
+            raise ConfigError("an input edge has its producer's address unless it brings the data")
+        receivers = [edge.peer for edge in self.outputs]
+        if len(set(receivers)) != len(receivers) or any(not 0 <= peer < self.num_stages or peer == self.index or
+                                                        edge.address is None for peer, edge in zip(receivers, self.outputs)):
+            raise ConfigError(f"output edges must go to distinct other stages, each with an address, got {receivers}")
+        if any(not edge.shape or not all(isinstance(size, int) and size > 0 for size in edge.shape) for edge in self.inputs):
+            raise ConfigError("every input edge needs a shape of positive integers")
+        if join_shape(self.join, [edge.shape for edge in self.inputs], self.where) != tuple(self.input_shape):
+            raise ConfigError(f"input_shape {list(self.input_shape)} is not the join of the input edges' shapes")
 
 
 def _spec_from_wire(spec: dict[str, Any]) -> StageSpec:

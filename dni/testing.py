@@ -10,15 +10,26 @@ import random
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import msgpack
 import numpy as np
 import zmq
 
 from dni.protocol import Kind, Message, encode
+from dni.spec import Edge
 
-__all__ = ["flood", "hostile_messages", "valid_frames", "valid_header", "wait_for_endpoints"]
+__all__ = ["chain_edges", "flood", "hostile_messages", "valid_frames", "valid_header", "wait_for_endpoints"]
+
+def chain_edges(index: int, input_shape: tuple[int, ...], upstream: Optional[str] = None,
+                downstream: Optional[str] = None) -> dict[str, Any]:
+    """The `inputs` and `outputs` of stage `index` of a chain, as a `StageAssignment` takes them: the data (or the
+    stage before, whose backward socket is `upstream`) in, the stage after (its forward socket `downstream`) out."""
+    source = Edge("data", -1, None, tuple(input_shape)) if upstream is None else \
+        Edge(f"stage{index - 1}", index - 1, upstream, tuple(input_shape))
+    outputs = () if downstream is None else (Edge(f"stage{index + 1}", index + 1, downstream),)
+    return {"inputs": (source,), "outputs": outputs}
+
 
 SOCKETS = (("control", zmq.DEALER), ("forward", zmq.PUSH), ("backward", zmq.PUSH))
 

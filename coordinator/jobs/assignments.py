@@ -1,32 +1,42 @@
 """What one worker is told: a stage's `StageAssignment`, built the same way by every trainer.
 
 The job's `WorkerSettings` are copied row by row (`WORKER_SETTINGS`), so a new worker setting reaches every worker
-without a trainer naming it; the rest is what the coordinator resolved for this stage: its neighbours' sockets,
-its input shape, the classes and loss of the data or task, the threads it may use and the checkpoint it resumes.
+without a trainer naming it; the rest is what the coordinator resolved for this stage: its edges (the sockets at
+their other ends, and the shape each input brings), the shape its module takes, the classes and loss of its data
+or task (a head's own), the threads it may use and the checkpoint it resumes.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 from dni.coordinator.jobs.job import Job
+from dni.graph import join_shape
 from dni.protocol import Endpoints
-from dni.spec import WORKER_SETTINGS, PixelScaling, StageAssignment
+from dni.spec import WORKER_SETTINGS, Edge, PixelScaling, StageAssignment
 
 __all__ = ["stage_assignment"]
 
 
-def stage_assignment(job: Job, index: int, endpoints: Sequence[Endpoints], input_shape: Sequence[int], coordinator: str,
-                     restore: Optional[str], job_id: str, *, num_classes: int, loss: str,
+def stage_assignment(job: Job, index: int, endpoints: Sequence[Endpoints], shapes: Mapping[int, Sequence[int]],
+                     coordinator: str, restore: Optional[str], job_id: str, *, num_classes: int, loss: str,
                      pixels: Optional[PixelScaling] = None) -> StageAssignment:
-    """Stage `index`'s assignment: `endpoints` are every stage's (its neighbours' are its upstream and downstream),
-    `restore` the checkpoint file it starts from (None: fresh); `num_classes` and `loss` are the dataset's (a
-    feed-forward job) or the task's (a sequence job); `pixels` says how the first stage scales uint8 batches."""
-    last = index == len(job.stages) - 1
+    """Stage `index`'s assignment: `endpoints` are every stage's, `shapes` the per-example output shape of every
+    stage configured so far and of the data (-1); `restore` the checkpoint file it starts from (None: fresh);
+    `num_classes` and `loss` are the dataset's (a feed-forward job) or the task's (a sequence job), a head's own
+    where it sets them; `pixels` says how a stage that takes the data scales uint8 batches."""
+    topology, spec = job.topology, job.stages[index]
+    names = topology.names
+    inputs = tuple(Edge("data" if source < 0 else names[source], source,
+                        None if source < 0 else endpoints[source].backward, tuple(shapes[source]))
+                   for source in topology.inputs[index])
+    outputs = tuple(Edge(names[consumer], consumer, endpoints[consumer].forward) for consumer in topology.consumers(index))
+    head = index in topology.heads
     return StageAssignment(
-        job=job_id, index=index, num_stages=len(job.stages), spec=job.stages[index], input_shape=tuple(input_shape),
-        num_classes=num_classes, threads=job.threads_per_worker(), coordinator=coordinator,
-        upstream=endpoints[index - 1].backward if index > 0 else None,
-        downstream=None if last else endpoints[index + 1].forward,
-        restore=restore, loss=loss, pixels=pixels if index == 0 else None,
+        job=job_id, index=index, num_stages=len(job.stages), spec=spec,
+        input_shape=join_shape(spec.join, [edge.shape for edge in inputs], topology.describe(index)),
+        num_classes=(spec.num_classes or num_classes) if head else num_classes, threads=job.threads_per_worker(),
+        coordinator=coordinator, inputs=inputs, outputs=outputs, name="" if topology.chain else names[index],
+        join=spec.join, restore=restore, loss=(spec.loss or loss) if head else loss, loss_weight=spec.loss_weight,
+        pixels=pixels if any(edge.peer < 0 for edge in inputs) else None,
         **{row.name: getattr(job, row.name) for row in WORKER_SETTINGS},
     )

@@ -12,9 +12,10 @@ from dni.coordinator.data.dataset import BUILTIN_DATASETS, resolve_data_root
 from dni.coordinator.data.datasets import check_dataset
 from dni.coordinator.data.normalize import AUTO, Normalization, check_normalize
 from dni.errors import ConfigError
+from dni.graph import Topology
 from dni.settings import Setting, check_type, setting, settings_of
-from dni.spec import (Mode, OptimizerSpec, StageSpec, SynthesizerSpec, WorkerSettings, check_at_least_one, check_device, check_loss,
-                      check_lr, check_not_negative)
+from dni.spec import (Mode, OptimizerSpec, StageSpec, SynthesizerSpec, WorkerSettings, check_at_least_one, check_device, check_join,
+                      check_labels, check_loss, check_lr, check_not_negative, check_weight, topology_of)
 
 __all__ = ["JOB_KEYS", "Job", "LR", "SEQUENCE_MODES", "SETTINGS", "SHORTCUTS", "TASKS", "job_as_table", "job_from_table", "load_job",
            "with_addresses"]
@@ -25,6 +26,7 @@ SHORTCUTS = {"mnist": JOBS_DIR / "mnist_fcn.toml", "mnist-smoke": JOBS_DIR / "mn
 TASKS = ("copy", "repeat-copy", "chars")  # a sequence job's task (dni.coordinator.data.tasks)
 SEQUENCE_MODES = (Mode.BACKPROP, Mode.SG, Mode.NO_BPROP)  # cdni's label and sl's scalar have no per-step meaning
 STAGE_KEYS = ("kind", "device", "address", "synthesizer")
+GRAPH_KEYS = ("name", "inputs", "join", "loss", "loss_weight", "labels", "num_classes")  # a stage's place in the graph (dni.graph)
 
 
 def _dataset(value: str, name: str) -> str:
@@ -114,6 +116,15 @@ class Job(WorkerSettings):
     model: str = ""  # package.module:function whose children the stages are slices of ("": stages of their own)
     split: tuple[int, ...] = ()  # the model's cut points between children
     balance: int = 0  # stages = N: the cuts are still to be measured for the input shape (`dni.coordinator.jobs.split`)
+
+    @property
+    def topology(self) -> Topology:
+        """The job's stages as a graph (`dni.graph`): names, inputs, heads; a chain when the job names none."""
+        return topology_of(self.stages)
+
+    def head_loss(self, index: int) -> str:
+        """The loss that scores head `index`: its own, else the job's."""
+        return self.stages[index].loss or self.loss
 
     @property
     def source(self) -> str:
@@ -228,11 +239,33 @@ def _stage(entry: Any, index: int) -> StageSpec:
         raise ConfigError(f"{where}.{error}") from None
     return StageSpec(
         kind=entry["kind"],
-        params={key: value for key, value in entry.items() if key not in STAGE_KEYS},
+        params={key: value for key, value in entry.items() if key not in (*STAGE_KEYS, *GRAPH_KEYS)},
         synthesizer=SynthesizerSpec(kind=str(synthesizer.pop("kind", "mlp")), params=synthesizer),
         device=device,
         address=address,
+        **_graph_keys(entry, where),
     )
+
+
+def _graph_keys(entry: dict[str, Any], where: str) -> dict[str, Any]:
+    """A stage's name, inputs, join and, for a head, its loss, weight, labels and classes, each checked."""
+    keys: dict[str, Any] = {}
+    if "name" in entry:
+        keys["name"] = check_type(f"{where}.name", entry["name"], str)
+    if "inputs" in entry:
+        inputs = check_type(f"{where}.inputs", entry["inputs"], list)
+        keys["inputs"] = tuple(check_type(f"{where}.inputs", name, str) for name in inputs)
+    if "join" in entry:
+        keys["join"] = check_join(entry["join"], f"{where}.join")
+    if "loss" in entry:
+        keys["loss"] = check_loss(entry["loss"], f"{where}.loss")
+    if "loss_weight" in entry:
+        keys["loss_weight"] = check_weight(entry["loss_weight"], f"{where}.loss_weight")
+    if "labels" in entry:
+        keys["labels"] = check_labels(entry["labels"], f"{where}.labels")
+    if "num_classes" in entry:
+        keys["num_classes"] = check_at_least_one(entry["num_classes"], f"{where}.num_classes")
+    return keys
 
 
 def _validate(job: Job) -> None:
@@ -240,6 +273,11 @@ def _validate(job: Job) -> None:
     _VALIDATE_BY_SOURCE[job.source](job)
     if not (job.iterations or job.epochs):
         raise ConfigError("set iterations or epochs")
+    topology = job.topology
+    for index, stage in enumerate(job.stages):
+        if index not in topology.heads and (stage.labels or stage.num_classes or stage.loss_weight != 1.0):
+            raise ConfigError(f"stage {topology.names[index]!r}: labels, num_classes and loss_weight belong to a head "
+                              "(a stage with a loss)")
     remote = [stage.address is not None for stage in job.stages]
     if any(remote) and not all(remote):
         raise ConfigError("either every stage has an address (remote workers) or none does")
@@ -263,6 +301,8 @@ def _validate_sequence(job: Job) -> None:
         raise ConfigError(f"a sequence job trains in {', '.join(mode.value for mode in SEQUENCE_MODES)}, not {job.mode.value}")
     if job.epochs:
         raise ConfigError("a sequence job has no epochs: iterations counts its batches of sequences")
+    if not job.topology.chain:
+        raise ConfigError("a sequence job's stages form a chain: name no inputs and no loss (its task scores the last)")
     meaningless = [name for name in _DATASET_ONLY if getattr(job, name) != _TOP[name].default]
     if meaningless:
         raise ConfigError(f"{', '.join(meaningless)}: no meaning in a sequence job (its task sets its data and loss)")
@@ -285,9 +325,18 @@ def job_as_table(job: Job) -> dict[str, Any]:
     table["stages"] = [
         {"kind": stage.kind, "device": stage.device, **stage.params,
          "synthesizer": {"kind": stage.synthesizer.kind, **stage.synthesizer.params},
-         **({"address": stage.address} if stage.address else {})}
+         **({"address": stage.address} if stage.address else {}), **_graph_table(stage)}
         for stage in job.stages
     ]
+    return table
+
+
+def _graph_table(stage: StageSpec) -> dict[str, Any]:
+    """The graph keys a stage's entry sets (left out where they are the defaults, so a chain's entries stay as they were)."""
+    defaults = StageSpec("")
+    table = {key: getattr(stage, key) for key in GRAPH_KEYS if getattr(stage, key) != getattr(defaults, key)}
+    if "inputs" in table:
+        table["inputs"] = list(table["inputs"])
     return table
 
 

@@ -1,13 +1,14 @@
 """The coordinator's side of the wire: configure workers, feed batches, collect results.
 
 One DEALER per worker carries control requests (each answered by a REPLY); one
-PUSH feeds the first stage's forward socket; one PULL inbox receives training
-and evaluation results, heartbeats and error reports from every worker.
+PUSH per worker feeds its forward socket (the data to the stages that take it,
+the labels to those that use them); one PULL inbox receives training and
+evaluation results, heartbeats and error reports from every worker.
 
 Every wait (`receive`, `request`) turns the same loop (`_turn`): write the
-feed's outbox as far as stage 0 takes it, watch the workers (at most every
+feeds' outboxes as far as their stages take them, watch the workers (at most every
 CHECK_SECONDS), poll the inbox (and the awaited reply, and POLLOUT on a feed
-that stage 0 did not take, and the interrupt wake-up), and take in everything
+that its stage did not take, and the interrupt wake-up), and take in everything
 the inbox holds, so a stage's failure ends any wait at once, and a worker that
 falls silent (dead, frozen, unreachable) ends it within the heartbeat timeout;
 results that
@@ -21,7 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 import numpy as np
 import zmq
@@ -77,8 +78,8 @@ class Pipeline:
         self.excused: set[int] = set()  # stages lost already, whose new workers are on their way: not judged again
         self.drops = [0] * len(endpoints)  # connections lost per stage: a request sent before one is never answered
         self.delay = link_delay_ms / 1000
-        self.feed = Outbox(self._connect(zmq.PUSH, endpoints[0].forward), self.delay, name="feed")
-        self.link = Outboxes([self.feed])  # batches on their way to stage 0
+        self.feeds = [self._feed(index, e) for index, e in enumerate(endpoints)]
+        self.link = Outboxes(list(self.feeds))  # batches on their way to the stages
         self.results: deque[Message] = deque()
         self.refusals = RefusalLog(log, "input refused")
         self.interrupts = interrupts
@@ -87,6 +88,7 @@ class Pipeline:
         if interrupts.fd is not None:
             self.poller.register(interrupts.fd, zmq.POLLIN)
         self.checks_due = 0.0
+        self.names: tuple[str, ...] = ()  # a graph's stage names, which its messages add (a chain's: none)
         self.forget_silence()
 
     @property
@@ -108,10 +110,12 @@ class Pipeline:
         self.disconnected_at[stage] = None
         self.watched[stage] = False  # a new worker: silent until it serves a job
         self.link.drop()  # what it holds belongs to the lost attempt, which the trainer sends again
-        if stage == 0:
-            self.feed.socket.close(linger=0)
-            self.feed = Outbox(self._connect(zmq.PUSH, endpoints.forward), self.delay, name="feed")
-            self.link.all[:] = [self.feed]
+        self.feeds[stage].socket.close(linger=0)
+        self.feeds[stage] = self._feed(stage, endpoints)
+        self.link.all[:] = self.feeds
+
+    def _feed(self, stage: int, endpoints: Endpoints) -> Outbox:
+        return Outbox(self._connect(zmq.PUSH, endpoints.forward), self.delay, name=f"feed {stage}")
 
     def _connect(self, kind: int, address: str) -> zmq.Socket:
         socket = open_socket(self.context, kind, self.limits)
@@ -202,14 +206,18 @@ class Pipeline:
 
     # -- data ----------------------------------------------------------------------
 
-    def send_tensors(self, kind: Kind, batch: int, tensors: dict[str, np.ndarray], meta: Optional[dict[str, Any]] = None) -> None:
-        """Put a message of these arrays (a batch, a sequence job's chunk) into the feed's outbox and write what stage 0 takes now."""
-        self.feed.put(Message(kind, self.job_id, batch, batch, -1, meta or {}, tensors))
-        self.feed.write()
+    def send_parts(self, kind: Kind, batch: int, parts: Sequence[tuple[int, dict[str, np.ndarray]]],
+                   meta: Optional[dict[str, Any]] = None) -> None:
+        """Put each fed stage's part of a batch (or a sequence job's chunk) into its feed's outbox, and write what
+        the stages take now."""
+        for stage, arrays in parts:
+            feed = self.feeds[stage]
+            feed.put(Message(kind, self.job_id, batch, batch, -1, meta or {}, arrays))
+            feed.write()
 
     def feed_over_bound(self) -> bool:
-        """Stage 0 has not taken what is due (the schedule then feeds nothing more)."""
-        return self.feed.over_bound
+        """A stage has not taken what is due (the schedule then feeds nothing more)."""
+        return any(feed.over_bound for feed in self.feeds)
 
     def receive(self, timeout: float) -> Optional[Message]:
         """The next result, or None after `timeout` seconds; heartbeats and error reports are handled on the way."""
@@ -238,16 +246,16 @@ class Pipeline:
             self._watch()
         if awaited is not None:
             self.poller.register(awaited, zmq.POLLIN)
-        feed = self.feed.socket
-        if self.feed.wants_write:
-            self.poller.register(feed, zmq.POLLOUT)
+        writing = [feed.socket for feed in self.feeds if feed.wants_write]
+        for socket in writing:
+            self.poller.register(socket, zmq.POLLOUT)
         try:
             events = dict(poll_within(self.poller.poll, self.link.timeout(timeout)))
         finally:
             if awaited is not None:
                 self.poller.unregister(awaited)
-            if self.feed.wants_write:
-                self.poller.unregister(feed)
+            for socket in writing:
+                self.poller.unregister(socket)
         self.interrupts.check()
         if self.inbox in events:
             self._read_inbox()
@@ -318,18 +326,22 @@ class Pipeline:
             self.refusals.refuse(f"by stage {stage}", "details in that worker's log", refused)
         self.status[stage] = status
         if status.get("failure"):
-            raise StageFailed(stage, f"stage {stage} failed: {status['failure']} (traceback in that worker's log)")
+            raise StageFailed(stage, f"{self.where(stage)} failed: {status['failure']} (traceback in that worker's log)")
 
     def _take_error_report(self, stage: int, report: dict[str, Any]) -> None:
         if report.get("fatal"):
-            raise StageFailed(stage, f"stage {stage} ({report.get('stage_kind')}) failed: {report.get('error')} "
+            raise StageFailed(stage, f"{self.where(stage)} ({report.get('stage_kind')}) failed: {report.get('error')} "
                                      "(traceback in that worker's log)")
         if "lost_batch" in report:
             sender = report.get("from_stage", -1)
             source = f"stage {sender}" if isinstance(sender, int) and sender >= 0 else "the coordinator"
-            raise StageFailed(stage, f"stage {stage} refused batch {report['lost_batch']} from {source} and so lost it: "
+            raise StageFailed(stage, f"{self.where(stage)} refused batch {report['lost_batch']} from {source} and so lost it: "
                                      f"{report.get('error')}")
         self.refusals.refuse(f"by stage {stage}", str(report.get("error")))
+
+    def where(self, stage: int) -> str:
+        """A stage as messages name it: its index, and its name in a graph."""
+        return f"stage {stage} ({self.names[stage]!r})" if self.names else f"stage {stage}"
 
     @property
     def refused_by_stage(self) -> list[int]:

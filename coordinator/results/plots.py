@@ -15,7 +15,8 @@ from dni.coordinator.results.folder import NotARunError, read_metrics  # noqa: E
 from dni.files import replace_atomically  # noqa: E402
 from dni.coordinator.data.tasks import SOLVED_BITS  # noqa: E402
 
-__all__ = ["check_runs", "default_output", "plot_accuracy", "plot_curves", "plot_runs", "run_label", "sequence_curve", "save_figure"]
+__all__ = ["check_runs", "default_output", "plot_accuracy", "plot_curves", "plot_runs", "run_label", "sequence_curve", "save_figure",
+           "synthetic_losses"]
 
 
 def check_runs(runs: Sequence[Path]) -> None:
@@ -75,17 +76,42 @@ def run_label(run: Path) -> str:
 
 
 def plot_accuracy(runs: Sequence[Path], output: Path, title: str = "Test accuracy") -> Path:
-    figure, axes = plt.subplots(figsize=(9, 5.5))
-    for run in runs:
-        records = read_metrics(run)
-        epochs = [record["epoch"] for record in records]
-        axes.plot(epochs, [record["test_accuracy"] for record in records], label=run_label(run))
+    """Test accuracy per epoch, one line per run (a graph's: its first head's); where runs trained with synthetic
+    losses (`sl`), a second panel of each edge's synthetic loss: what the rest of the graph makes of what travels
+    along that edge, the measure of each branch's part of the input."""
+    records = {run: read_metrics(run) for run in runs}
+    losses = {run: synthetic_losses(lines) for run, lines in records.items()}
+    rows = 2 if any(losses.values()) else 1
+    figure, panels = plt.subplots(rows, 1, figsize=(9, 5.5 if rows == 1 else 8.5), sharex=True, squeeze=False)
+    axes = panels[0][0]
+    for run, lines in records.items():
+        axes.plot([record["epoch"] for record in lines], [record["test_accuracy"] for record in lines], label=run_label(run))
     axes.set_title(title)
-    axes.set_xlabel("Epoch")
     axes.set_ylabel("Test accuracy")
-    axes.grid(alpha=0.3)
+    if rows == 2:
+        edges = panels[1][0]
+        for run, curves in losses.items():
+            for edge, points in curves.items():
+                edges.plot(*zip(*points), label=f"{run.name}: {edge}" if len(runs) > 1 else edge)
+        edges.set_ylabel("synthetic loss per edge (nats)")
+        edges.legend(fontsize="small")
+    panels[-1][0].set_xlabel("Epoch")
+    for row in panels:
+        row[0].grid(alpha=0.3)
     axes.legend()
     return save_figure(figure, output)
+
+
+def synthetic_losses(records: Sequence[dict[str, Any]]) -> dict[str, list[tuple[float, float]]]:
+    """Each edge's synthetic loss (`sl`) at every metrics line, as (epoch, loss) points, by edge ("left -> head")."""
+    curves: dict[str, list[tuple[float, float]]] = {}
+    for record in records:
+        for worker in record.get("workers", []):
+            producer = worker.get("name") or f"stage {worker.get('stage')}"
+            for consumer, values in worker.get("edges", {}).items():
+                if "synthetic_loss" in values:
+                    curves.setdefault(f"{producer} -> {consumer}", []).append((record["epoch"], values["synthetic_loss"]))
+    return curves
 
 
 def plot_curves(curves: dict[str, Sequence[dict[str, Any]]], output: Path, title: str) -> Path:

@@ -5,11 +5,14 @@ behind the training batches sent before them; they take no credit. When all of a
 it becomes one line of metrics.jsonl, with the training tally gathered since the last line (which may still lack
 a few batches in flight: they go to the next line). A checkpoint keeps how many lines were written and that
 tally, so a resumed run rolls back the lines written after it and goes on with the same numbers.
+
+A job of several heads (`dni.graph`) is scored by each: a line's accuracies and losses are its first head's, and
+`heads` gives every head's by name.
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterator, Optional
 
 import numpy as np
@@ -22,6 +25,7 @@ from dni.coordinator.jobs.job import Job
 from dni.coordinator.results.plots import plot_accuracy
 from dni.coordinator.results.folder import RunFolder
 from dni.coordinator.jobs.shapes import check_last_shape, check_stages
+from dni.coordinator.train.routes import check_head_labels
 from dni.protocol import Message
 
 __all__ = ["BatchFeed", "Evaluation", "batch_arrays"]
@@ -31,14 +35,20 @@ log = logging.getLogger("dni.trainer")
 
 @dataclass
 class Evaluation:
-    """An evaluation under way: where training was when it began, the training tally up to then, its results so far."""
+    """An evaluation under way: where training was when it began, each head's training tally up to then, its
+    results so far (a result per batch and head)."""
     index: int
     step: int
     epoch: float
     batches: int
-    train: Tally
-    test: Tally = field(default_factory=Tally)
+    train: dict[int, Tally]
+    test: dict[int, Tally]
     received: int = 0
+
+
+def _scores(train: Tally, test: Tally) -> dict[str, float]:
+    return {"train_accuracy": train.accuracy, "train_loss": train.loss, "test_accuracy": test.accuracy,
+            "test_loss": test.loss}
 
 
 def batch_arrays(x: torch.Tensor, labels: torch.Tensor) -> dict[str, np.ndarray]:
@@ -63,17 +73,23 @@ class BatchFeed:
         self.num_classes = data.num_classes
         self.loss = job.loss
         self.pixels = data.pixels
-        self.train_tally = Tally()
+        self.heads = job.topology.heads
+        self.names = job.topology.names
+        self.train_tally = self._tallies()
         self.running: dict[int, Evaluation] = {}
         self.records: list[dict[str, Any]] = []
         self.trained_steps = 0  # the steps whose results are in
         self.evaluated_at = 0  # the step the latest evaluation began at
 
+    def _tallies(self) -> dict[int, Tally]:
+        return {head: Tally() for head in self.heads}
+
     def check_stages(self) -> None:
         check_stages(self.job, self.input_shape, self.num_classes)
+        check_head_labels(self.job, self.data.train_y[:8].numpy(), self.num_classes)
 
-    def check_output(self, shape: tuple[int, ...]) -> None:
-        check_last_shape(self.job, shape, self.num_classes)
+    def check_output(self, shape: tuple[int, ...], head: int) -> None:
+        check_last_shape(self.job, shape, self.num_classes, head)
 
     def steps(self, start: int) -> Iterator[list[Tensors]]:
         for _, x, labels in train_batches(self.data, self.job.batch_size, self.job.seed, self.total, start, raw=True):
@@ -85,8 +101,9 @@ class BatchFeed:
             return []
         self.evaluated_at = steps
         index = len(self.records) + len(self.running)
-        self.running[index] = Evaluation(index, steps, steps / self.per_epoch, len(self.eval_sets), self.train_tally)
-        self.train_tally = Tally()
+        self.running[index] = Evaluation(index, steps, steps / self.per_epoch, len(self.eval_sets) * len(self.heads),
+                                         self.train_tally, self._tallies())
+        self.train_tally = self._tallies()
         return [EvalMessage(index * len(self.eval_sets) + offset, batch_arrays(x, labels), {"eval": index})
                 for offset, (x, labels) in enumerate(self.eval_sets)]
 
@@ -94,8 +111,9 @@ class BatchFeed:
         return []  # the last step's evaluation was the last
 
     def trained(self, message: Message) -> Optional[Shown]:
-        self.train_tally.add(message.meta)
-        self.trained_steps = message.batch + 1
+        self.train_tally[message.sender].add(message.meta)
+        if message.sender == self.heads[0]:
+            self.trained_steps = message.batch + 1
         return Shown(self.trained_steps, self.records[-1]["test_accuracy"] if self.records else None)
 
     def evaluated(self, message: Message, run: Run) -> Optional[Shown]:
@@ -103,17 +121,18 @@ class BatchFeed:
         if evaluation is None:
             log.warning("ignored a result for evaluation %r, which is not running", message.meta.get("eval"))
             return None
-        evaluation.test.add(message.meta)
+        evaluation.test[message.sender].add(message.meta)
         evaluation.received += 1
         if evaluation.received < evaluation.batches:
             return None
         del self.running[evaluation.index]
+        scores = {self.names[head]: _scores(evaluation.train[head], evaluation.test[head]) for head in self.heads}
+        first = scores[self.names[self.heads[0]]]
         self.records.append(run.record({
-            "eval": evaluation.index, "step": evaluation.step, "epoch": round(evaluation.epoch, 4),
-            "train_accuracy": evaluation.train.accuracy, "train_loss": evaluation.train.loss,
-            "test_accuracy": evaluation.test.accuracy, "test_loss": evaluation.test.loss,
+            "eval": evaluation.index, "step": evaluation.step, "epoch": round(evaluation.epoch, 4), **first,
+            **({"heads": scores} if len(scores) > 1 else {}),
         }))
-        return Shown(self.trained_steps, evaluation.test.accuracy)
+        return Shown(self.trained_steps, first["test_accuracy"])
 
     def awaited(self) -> Optional[str]:
         evaluation = next(iter(self.running.values()), None)
@@ -126,7 +145,8 @@ class BatchFeed:
                     self.records[-1]["test_accuracy"] >= self.job.stop_at_accuracy)
 
     def position(self, step: int, sent: int) -> Position:
-        return Position(step, len(self.records), dict(vars(self.train_tally)))
+        first, *others = (dict(vars(self.train_tally[head])) for head in self.heads)
+        return Position(step, len(self.records), {**first, **({"heads": others} if others else {})})
 
     def sent_by(self, position: Position) -> int:
         return position.step  # a batch a step
@@ -135,7 +155,10 @@ class BatchFeed:
         """The tally and the metrics lines of the checkpoint; the lines written after it are rolled back."""
         if position.step:
             log.debug("resuming from step %d, the last checkpoint (%d evaluations kept)", position.step, position.evaluations)
-        self.train_tally = Tally(**position.tally)
+        tallies = dict(position.tally)
+        others = tallies.pop("heads", [])
+        self.train_tally = {head: Tally(**tally) for head, tally in zip(self.heads, [tallies, *others])} \
+            if tallies else self._tallies()
         self.running.clear()
         self.records = run.metrics_until(position.evaluations)
         self.trained_steps = self.evaluated_at = position.step

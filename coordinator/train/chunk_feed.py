@@ -156,7 +156,7 @@ class ChunkFeed:
     def check_stages(self) -> None:
         check_sequence_stages(self.job, self.task)
 
-    def check_output(self, shape: tuple[int, ...]) -> None:
+    def check_output(self, shape: tuple[int, ...], head: int) -> None:
         check_readout(self.job, self.task, shape)
 
     def steps(self, start: int) -> Iterator[list[Tensors]]:

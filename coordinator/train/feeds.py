@@ -98,8 +98,8 @@ class Feed(Protocol):
     def check_stages(self) -> None:
         """Build every stage once here before any worker starts; ConfigError names one that does not fit."""
 
-    def check_output(self, shape: tuple[int, ...]) -> None:
-        """ConfigError if the last stage's configured output is not what the feed scores."""
+    def check_output(self, shape: tuple[int, ...], head: int) -> None:
+        """ConfigError if head `head`'s configured output is not what the feed scores."""
 
     def steps(self, start: int) -> Iterator[list[Tensors]]:
         """Each step's training messages from step `start` on, made when asked for (after the last one's results)."""

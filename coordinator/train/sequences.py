@@ -23,7 +23,7 @@ from dni.coordinator.data.tasks import CharText, Curriculum, SequenceTask, bits_
 from dni.spec import Mode
 from dni.workers.stage.blocks import Block, Span
 from dni.workers.build.builder import build_stages
-from dni.workers.stage.compute import StageCompute
+from dni.workers.stage.compute import StageCompute, only_input
 
 __all__ = ["SequenceModel", "train_sequences"]
 
@@ -46,11 +46,11 @@ class SequenceModel:
         for core in self.cores:
             x = core.forward(0, x, None, span)
         result = self.readout.train_last(x, torch.from_numpy(tensors["labels"]), torch.from_numpy(tensors["mask"]), span)
-        gradient: Optional[torch.Tensor] = result.upstream
+        gradient = only_input(result.upstream)
         for core in reversed(self.cores):
             if gradient is None:
                 break
-            gradient = core.receive_target(0, gradient)
+            gradient = only_input(core.receive_target(0, gradient))
         return result.score
 
     def evaluate(self, text: CharText, limit: int, rows: int, truncation: int) -> float:

@@ -28,6 +28,7 @@ from dni.coordinator.pools.pipeline import Pipeline
 from dni.coordinator.train.progress import Progress
 from dni.coordinator.train.recovery import RecoveryBudget, Replacements, recovering
 from dni.coordinator.results.folder import RunFolder, read_metrics
+from dni.coordinator.train.routes import Routes
 from dni.coordinator.train.segments import Segments
 from dni.coordinator.results.tensorboard import TensorBoardLog
 from dni.errors import PipelineError, StageFailed, WorkerLost
@@ -61,6 +62,10 @@ class Trainer:
         self.coordinator_address = coordinator_address
         self.total = feed.total
         self.schedule = FeedSchedule(credit=job.window + len(job.stages))
+        self.topology = job.topology
+        pipeline.names = () if self.topology.chain else self.topology.names
+        self.routes = Routes([])  # set when the stages are configured
+        self.heads_in: dict[int, int] = {}  # training batches some but not all heads have reported
         self.progress = Progress(self.total, f"{job.name}/{job.mode.value}", show_progress)
         self.step = 0  # steps fed whole
         self.sent = 0  # training messages
@@ -84,20 +89,24 @@ class Trainer:
         self.tensorboard = TensorBoardLog(job, folder.path)
 
     def configure(self, restore: bool) -> None:
-        """Send every stage its assignment, in order: each stage's output shape is the next one's input."""
+        """Send every stage its assignment, in the graph's order: each stage's output shape is its consumers' input;
+        then route the data and the labels to the stages that said they take them."""
         endpoints = self.pipeline.endpoints
-        shape = self.feed.input_shape
-        self.workers = []
-        for index in range(len(self.job.stages)):
-            config = self._assignment(index, shape, restore)
+        shapes: dict[int, tuple[int, ...]] = {-1: tuple(self.feed.input_shape)}
+        workers: dict[int, dict[str, Any]] = {}
+        for index in self.topology.order():
+            config = self._assignment(index, shapes, restore)
             reply = self.pipeline.request(index, "configure", {"config": config.to_wire()}, timeout=120)
-            self.workers.append({"stage": index, "address": endpoints[index].control,
-                                 **{k: v for k, v in reply.meta.items() if k != "ok"}})
-            shape = tuple(reply.meta["output_shape"])
-        self.feed.check_output(shape)
+            workers[index] = {"stage": index, "address": endpoints[index].control,
+                              **{k: v for k, v in reply.meta.items() if k != "ok"}}
+            shapes[index] = tuple(reply.meta["output_shape"])
+        self.workers = [workers[index] for index in range(len(self.job.stages))]
+        for head in self.topology.heads:
+            self.feed.check_output(shapes[head], head)
+        self.routes = Routes.of(self.job, [bool(worker.get("takes_labels")) for worker in self.workers])
 
-    def _assignment(self, index: int, shape: tuple[int, ...], restore: bool) -> StageAssignment:
-        return stage_assignment(self.job, index, self.pipeline.endpoints, shape, self.coordinator_address,
+    def _assignment(self, index: int, shapes: dict[int, tuple[int, ...]], restore: bool) -> StageAssignment:
+        return stage_assignment(self.job, index, self.pipeline.endpoints, shapes, self.coordinator_address,
                                 str(self.checkpoints.stage(index)) if restore else None, self.job_id,
                                 num_classes=self.feed.num_classes, loss=self.feed.loss, pixels=self.feed.pixels)
 
@@ -150,7 +159,7 @@ class Trainer:
         self._wait_for_credit()
         for tensors, meta in next(steps):
             self._wait_for_credit()
-            self.pipeline.send_tensors(Kind.FORWARD, self.sent, tensors, meta)
+            self.pipeline.send_parts(Kind.FORWARD, self.sent, self.routes.parts(tensors), meta)
             self.sent += 1
             self.fed_of_step += 1
         self.step += 1
@@ -162,7 +171,7 @@ class Trainer:
 
     def _send_evaluations(self, evaluations: list[EvalMessage]) -> None:
         for evaluation in evaluations:
-            self.pipeline.send_tensors(Kind.EVAL, evaluation.number, evaluation.tensors, evaluation.meta)
+            self.pipeline.send_parts(Kind.EVAL, evaluation.number, self.routes.parts(evaluation.tensors), evaluation.meta)
 
     def _reason_to_stop(self) -> Optional[str]:
         """Why training should end before its last step: the time limit is up, or an evaluation was accurate enough."""
@@ -239,6 +248,7 @@ class Trainer:
         """Counters, the feed and every stage back to a checkpoint (or to the start of the run); the step to go on from."""
         self.step = position.step
         self.sent = self.done = self.feed.sent_by(position)
+        self.heads_in.clear()
         self.fed_of_step = 0
         self.feed.restore(position, self)
         self.configure(restore=position.step > 0)
@@ -249,14 +259,20 @@ class Trainer:
         return self.pipeline.receive_until_stalled(STALL_SECONDS, self._lost)
 
     def _lost(self) -> StageFailed:
+        """Where a result that cannot come was lost: the first stage, in the graph's order, that trained on fewer
+        messages than were sent."""
         steps = [int(status.get("steps", -1)) for status in self.pipeline.status]
         idle = f"every stage has been idle for {self.pipeline.idle_for():.0f}s"
+        order = self.topology.order()
         if self.done < self.sent:
-            stage = next((index for index, done in enumerate(steps) if done < self.sent), len(steps) - 1)
-            name = self.feed.message_name
-            return StageFailed(stage, f"{name} {self.done} never came back and {idle}: stage {stage} trained on "
-                                      f"{steps[stage]} of the {self.sent} {plural(name)} sent, so it was lost at stage {stage}")
-        return StageFailed(len(steps) - 1, f"{self.feed.awaited()} and {idle}: the rest were lost")
+            stage = next((index for index in order if steps[index] < self.sent), order[-1])
+            name, where = self.feed.message_name, self._named(stage)
+            return StageFailed(stage, f"{name} {self.done} never came back and {idle}: {where} trained on "
+                                      f"{steps[stage]} of the {self.sent} {plural(name)} sent, so it was lost at {where}")
+        return StageFailed(order[-1], f"{self.feed.awaited()} and {idle}: the rest were lost")
+
+    def _named(self, stage: int) -> str:
+        return f"stage {stage}" if self.topology.chain else self.topology.describe(stage)
 
     def _absorb_ready(self) -> None:
         while (message := self.pipeline.receive(0)) is not None:
@@ -264,15 +280,30 @@ class Trainer:
 
     def _absorb(self, message: Message) -> None:
         if message.kind is Kind.TRAIN_RESULT:
+            shown = self.feed.trained(message)
+            if not self._every_head_in(message.batch):
+                return
             self.done += 1
             self.trained_samples += int(message.meta["count"])
             self.last_result = time.monotonic()
             self.first_result = self.first_result or self.last_result
-            self._show(self.feed.trained(message))
+            self._show(shown)
         elif message.kind is Kind.EVAL_RESULT:
             self._show(self.feed.evaluated(message, self))
         else:
             log.warning("unexpected %s from stage %d", message.kind.name, message.sender)
+
+    def _every_head_in(self, batch: int) -> bool:
+        """A training message is done once every head has reported it."""
+        heads = len(self.topology.heads)
+        if heads == 1:
+            return True
+        reported = self.heads_in.get(batch, 0) + 1
+        if reported < heads:
+            self.heads_in[batch] = reported
+            return False
+        self.heads_in.pop(batch, None)
+        return True
 
     def _show(self, shown: Optional[Shown]) -> None:
         if shown is not None:

@@ -20,7 +20,7 @@ from dni.coordinator.data.dataset import Dataset, test_batches, train_batches
 from dni.coordinator.jobs.job import Job
 from dni.spec import Mode
 from dni.workers.build.builder import build_stages
-from dni.workers.stage.compute import StageCompute
+from dni.workers.stage.compute import StageCompute, only_input
 
 __all__ = ["run_baseline", "single_process_step", "stage_computes"]
 
@@ -76,14 +76,14 @@ def single_process_step(computes: list[StageCompute], batch: int, x: torch.Tenso
     upstream: list[Optional[torch.Tensor]] = []
     for compute in hidden:
         x = compute.forward(batch, x, labels)
-        upstream.append(compute.update_after_forward(batch))
-    upstream.append(last.train_last(x, labels).upstream)
+        upstream.append(only_input(compute.update_after_forward(batch)))
+    upstream.append(only_input(last.train_last(x, labels).upstream))
     for index in reversed(range(len(hidden))):
         target = upstream[index + 1]
         if hidden[index].awaits_target(batch) and target is not None:
             sent = hidden[index].receive_target(batch, target)
             if hidden[index].mode.locked:
-                upstream[index] = sent
+                upstream[index] = only_input(sent)
 
 
 def _accuracy(computes: list[StageCompute], data: Dataset, batch_size: int) -> float:

@@ -23,7 +23,10 @@ def add_command(commands: Any) -> None:
         "single-process and torch.distributed.pipelining baselines; report steady throughput, speedup, time to each "
         "target accuracy and every worker's time by activity. Writes bench-speedup-<time>/ under --results (bench.json, plots)."))
     speedup.add_argument("--job", default="mnist", help="shortcut (mnist, cifar10) or job file (default mnist; ignored with --model)")
-    speedup.add_argument("--model", choices=["balanced-mlp"], help="stages of equal cost instead of a job file")
+    speedup.add_argument("--model", choices=["balanced-mlp", "balanced-towers"],
+                         help="stages of equal cost instead of a job file; balanced-towers: two towers side by side (a "
+                              "graph) against the same modules as a chain, locked, and the graph in sg (--rounds)")
+    speedup.add_argument("--rounds", type=int, default=3, help="with --model balanced-towers: rounds of the three runs (default 3)")
     speedup.add_argument("--stages", default="2,4,8", help="with --model: stage counts to compare (default 2,4,8)")
     speedup.add_argument("--emulate", choices=["auto", "always", "never"], default="auto",
                          help="emulated device time (sleep) per stage: auto = when stages outnumber cores")
@@ -89,12 +92,15 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("dni.bench").setLevel(logging.INFO)  # a sweep's runs, one line each
     from dni.bench.linkdelay import run_link_delay
     from dni.bench.overhead import run_overhead
+    from dni.bench.graph_speedup import run_towers
     from dni.bench.speedup import run_speedup
     from dni.bench.transport import run_transport
 
     if args.bench == "speedup" and not args.model and not args.iterations:
         args.iterations = 1000
-    if args.bench == "speedup":
+    if args.bench == "speedup" and args.model == "balanced-towers":
+        run_towers(args)
+    elif args.bench == "speedup":
         (run_link_delay if args.link_delay_ms else run_speedup)(args)
     elif args.bench == "overhead":
         run_overhead(args)

@@ -127,7 +127,11 @@ def run_speedup(args) -> dict[str, Any]:
         overrides = {"iterations": args.iterations or None, "data_root": args.data_root,
                      "verify_data": False if args.no_verify_data else None}
         job = load_job(args.job, overrides)
-        entry = measure(job, modes, targets, folder / job.name, not args.no_baselines, schedules, args.microbatches)
+        chain = job.topology.chain  # the single-process and torch pipelining baselines take chains only
+        if not chain:
+            print(f"{job.name} is a graph of stages: no single-process or torch pipelining baselines")
+        entry = measure(job, modes, targets, folder / job.name, chain and not args.no_baselines,
+                        schedules if chain else [], args.microbatches)
         entry["emulated"] = False
         configurations.append(entry)
     report = {"cores": os.cpu_count(), "modes": modes, "targets": targets, "configurations": configurations,

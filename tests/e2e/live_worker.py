@@ -13,6 +13,7 @@ import zmq
 from dni.protocol import Endpoints, Kind, Message, encode, receive_message, send_message
 from dni.spec import Mode
 from dni.spec import OptimizerSpec, StageAssignment, StageSpec
+from dni.testing import chain_edges
 
 JOB = "live-worker-test"
 
@@ -55,7 +56,7 @@ def stage_config(inbox: str, **changes) -> dict:
     """A one-stage job (Flatten + Linear to 10 classes) on MNIST-shaped input, in wire form."""
     config = StageAssignment(job=JOB, index=0, num_stages=1, spec=StageSpec("linear", {"features": 10}), mode=Mode.BACKPROP,
                          input_shape=(1, 28, 28), num_classes=10, optimizer=OptimizerSpec("adam", 1e-3), seed=0,
-                         window=1, threads=1, coordinator=inbox).to_wire()
+                         window=1, threads=1, coordinator=inbox, **chain_edges(0, (1, 28, 28))).to_wire()
     config.update(changes)
     return config
 

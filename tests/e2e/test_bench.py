@@ -41,6 +41,21 @@ def test_speedup_on_a_job_with_single_process_and_torch_pipelining_baselines(dat
     assert (folder / "mnist_smoke" / "timeline.png").stat().st_size > 10_000
 
 
+def test_speedup_takes_a_graph_job_and_measures_towers_against_a_chain(data_root, tmp_path):
+    out = dni("bench", "speedup", "--job", "examples/two_towers/two_towers.toml", "--iterations", "20", "--modes",
+              "backprop,sg", "--data-root", str(data_root), "--no-verify-data", "--results", str(tmp_path / "job"))
+    assert "is a graph of stages: no single-process or torch pipelining baselines" in out
+    (configuration,) = json.loads(next((tmp_path / "job").glob("bench-speedup-*/bench.json")).read_text())["configurations"]
+    assert set(configuration["results"]) == {"backprop", "sg"} and configuration["speedup"]["sg"] > 0
+    out = dni("bench", "speedup", "--model", "balanced-towers", "--rounds", "2", "--iterations", "20",
+              "--data-root", str(data_root), "--no-verify-data", "--results", str(tmp_path / "towers"))
+    folder = next((tmp_path / "towers").glob("bench-towers-*"))
+    report = json.loads((folder / "bench.json").read_text())
+    assert [set(rates) for rates in report["rounds"]] == [{"graph backprop", "chain backprop", "graph sg"}] * 2
+    assert len(report["graph_over_chain"][1]) == 2 and all(ratio > 0 for ratio in report["sg_over_backprop"][1])
+    assert (folder / "towers.png").stat().st_size > 0 and "graph backprop / chain backprop:" in out
+
+
 def test_scaling_with_emulated_stages(data_root, tmp_path):
     out = dni("bench", "speedup", "--model", "balanced-mlp", "--stages", "2,4", "--emulate", "always", "--iterations", "30",
               "--modes", "backprop,sg", "--data-root", str(data_root), "--results", str(tmp_path))

@@ -150,6 +150,23 @@ def test_smoke_job_trains_across_containers(stack) -> None:
     assert coordinator_host not in hostnames, "a stage ran on the host, not in a container"
 
 
+def test_a_graph_job_trains_across_containers(stack) -> None:
+    """A job file of one's own reaches the coordinator's container through the runs folder (mounted at /runs): here
+    the two-towers example, whose two stages take the data at once and whose head joins them."""
+    compose, env, runs = stack
+    shutil.copy(REPO / "examples" / "two_towers" / "two_towers.toml", runs / "two_towers.toml")
+    env = {**env, "DNI_JOB": "/runs/two_towers.toml",
+           "DNI_RUN_ARGS": f"{env['DNI_RUN_ARGS']} --iterations 200 --eval-every 100 --batch-size 64 "
+                           "--train-subset 6400 --test-subset 1000"}
+    up = _run(compose + ["up", "--build", "--exit-code-from", "coordinator"], cwd=REPO, env=env, timeout=UP_TIMEOUT)
+    assert up.returncode == 0, f"the coordinator exited with {up.returncode}:\n{_tail(up)}"
+    (summary_file,) = runs.glob("*/summary.json")
+    summary = json.loads(summary_file.read_text())
+    assert summary["test_accuracy"] > 0.5, summary["test_accuracy"]
+    assert len({worker["hostname"] for worker in summary["workers"]}) == 3
+    assert [worker["takes_labels"] for worker in summary["workers"]] == [False, False, True]
+
+
 def _up_until_checkpointed(compose: list[str], env: dict[str, str], runs: Path) -> None:
     up = _run(compose + ["up", "-d", "--build"], cwd=REPO, env=env, timeout=UP_TIMEOUT)
     assert up.returncode == 0, _tail(up)

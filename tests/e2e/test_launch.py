@@ -347,3 +347,17 @@ def test_a_frozen_rank_is_lost_the_group_restarted_and_the_run_resumes(tmp_path)
     assert summary["status"] == "complete" and summary["resumed_from_step"] >= 100 and summary["attempts"] == 2
     assert [segment["status"] for segment in summary["segments"]] == ["failed", "complete"]
     assert not alive(frozen[0]) and not group.left_behind()
+
+
+def test_a_graph_job_runs_one_stage_per_rank(data_root, tmp_path):
+    """The two-towers example (two stages that take the data, a head that joins them) as torchrun runs it."""
+    towers = Path(__file__).resolve().parents[2] / "examples" / "two_towers" / "two_towers.toml"
+    group = Group([[*TORCHRUN, "--standalone", "--nproc-per-node", "3", "-m", "dni.launch", str(towers), "--no-progress",
+                    "--iterations", "100", "--eval-every", "100", "--batch-size", "64", "--train-subset", "6400",
+                    "--test-subset", "1000", "--threads", "1", "--results", str(tmp_path / "runs")]],
+                  tmp_path / "logs", env={"DNI_DATA_ROOT": str(data_root)})
+    assert group.wait() == [0], group.output()[-5000:]
+    summary = json.loads((the_run(tmp_path / "runs") / "summary.json").read_text())
+    assert summary["status"] == "complete" and summary["steps"] == 100 and summary["test_accuracy"] > 0.5
+    assert [worker["takes_labels"] for worker in summary["workers"]] == [False, False, True]
+    assert not group.left_behind()

@@ -15,6 +15,7 @@ from dni.protocol import Kind, Limits, Message, encode, receive_message, send_me
 from tests.e2e.live_worker import JOB, coordinator_side, forward, request, stage_config, worker  # noqa: F401 (fixture)
 from dni.spec import Mode, OptimizerSpec, StageAssignment, StageSpec, SynthesizerSpec
 from dni.workers.stage.timing import TRANSPORT, spans_from_arrays
+from dni.testing import chain_edges
 
 pytestmark = pytest.mark.e2e
 
@@ -108,9 +109,11 @@ def test_activity_spans_travel_as_frames_not_in_the_header(worker, data_root):
     assert all(start <= end for _, start, end in spans)
 
 
-def chunk(batch, x, labels, mask, start=True, last=False, job=JOB):
+def chunk(batch, x, start=True, last=False, job=JOB, sender=-1, **tensors):
+    """A chunk as the coordinator sends it to a first stage that uses no labels: its examples, its place in the sequence."""
     meta = {} if start is None else {"start": start, "last": last}
-    return encode(Message(Kind.FORWARD, job, batch, batch, -1, meta, {"x": x, "labels": labels, "mask": mask}))
+    arrays = {"x": x, **tensors} if x is not None else tensors
+    return encode(Message(Kind.FORWARD, job, batch, batch, sender, meta, arrays))
 
 
 def test_a_recurrent_worker_refuses_bad_chunks_and_goes_on_with_its_sequences(worker):
@@ -121,19 +124,19 @@ def test_a_recurrent_worker_refuses_bad_chunks_and_goes_on_with_its_sequences(wo
     config = StageAssignment(
         job=JOB, index=0, num_stages=2, spec=StageSpec("lstm", {"hidden": 8}, SynthesizerSpec("mlp", {"hidden": 8, "layers": 1})),
         mode=Mode.SG, input_shape=(3,), num_classes=2, optimizer=OptimizerSpec("adam", 1e-2), seed=0, window=2, threads=1,
-        coordinator=inbox_address, downstream=downstream.getsockopt(zmq.LAST_ENDPOINT).decode(), loss="bits", truncation=4)
+        coordinator=inbox_address, **chain_edges(0, (3,), None, downstream.getsockopt(zmq.LAST_ENDPOINT).decode()), loss="bits", truncation=4)
     reply = request(control, "configure", config=config.to_wire())
     assert reply["ok"] and reply["output_shape"] == [8]
 
     rng = np.random.default_rng(0)
     x, labels, mask = rng.normal(size=(5, 4, 3)).astype(np.float32), np.ones((5, 4, 2), np.float32), np.ones((5, 4), np.float32)
     hostile = [
-        chunk(0, rng.normal(size=(5, 5, 3)).astype(np.float32), np.ones((5, 5, 2), np.float32), np.ones((5, 5), np.float32)),
-        chunk(0, x, labels, np.full((5, 4), 0.5, np.float32)),
-        chunk(0, x, np.ones((5, 4), np.int64), mask),
-        chunk(0, x, labels, mask, start=None),
-        chunk(0, np.full((5, 4, 3), np.nan, np.float32), labels, mask),
-        forward(0, x[:, 0], np.zeros(5, np.int64)),  # a feed-forward batch: no time axis, no mask
+        chunk(0, rng.normal(size=(5, 5, 3)).astype(np.float32)),  # longer than the truncation
+        chunk(0, None, labels=labels, mask=mask),  # no examples: a labels part, which this stage does not take
+        chunk(0, x, sender=1),  # along no edge of this stage
+        chunk(0, x, start=None),
+        chunk(0, np.full((5, 4, 3), np.nan, np.float32)),
+        forward(0, x[:, 0], np.zeros(5, np.int64)),  # a feed-forward batch: no time axis
     ]
     feed, back = context.socket(zmq.PUSH), context.socket(zmq.PUSH)
     feed.connect(endpoints.forward)
@@ -142,11 +145,11 @@ def test_a_recurrent_worker_refuses_bad_chunks_and_goes_on_with_its_sequences(wo
     for number in range(chunks):
         for frames in hostile:
             feed.send_multipart(frames)
-        feed.send_multipart(chunk(number, x, labels, mask, start=number % 3 == 0, last=number % 3 == 2))
+        feed.send_multipart(chunk(number, x, start=number % 3 == 0, last=number % 3 == 2))
         assert downstream.poll(30_000), f"chunk {number} never left the stage"
         onward = receive_message(downstream)
         assert (onward.batch, onward.meta) == (number, {"start": number % 3 == 0, "last": number % 3 == 2})
-        assert onward.tensors["x"].shape == (5, 4, 8) and np.array_equal(onward.tensors["mask"], mask)
+        assert list(onward.tensors) == ["x"] and onward.tensors["x"].shape == (5, 4, 8), "labels and mask go to the readout"
         back.send_multipart(encode(Message(Kind.BACKWARD, JOB, number, 0, 1, {}, {"target": np.ones((5, 4, 8), np.float32)})))
     deadline = time.monotonic() + 60
     while (metrics := request(control, "metrics")["metrics"])["pending"] and time.monotonic() < deadline:

@@ -80,7 +80,7 @@ def test_an_evaluation_becomes_a_metrics_line_once_every_result_is_in(tmp_path):
     assert batches.evaluated(result(Kind.EVAL_RESULT, 1, 1.0, 1, 2, eval=0), lines) == Shown(1, 0.5)
     assert lines.lines == [{"eval": 0, "step": 4, "epoch": 0.8, "train_accuracy": 0.25, "train_loss": 0.5,
                             "test_accuracy": 0.5, "test_loss": 0.5}]
-    assert batches.awaited() is None and batches.train_tally == Tally()
+    assert batches.awaited() is None and batches.train_tally == {2: Tally()}
     assert batches.trained(result(Kind.TRAIN_RESULT, 1, 1.0, 1, 8)) == Shown(2, 0.5), "the latest accuracy is shown"
 
 
@@ -107,7 +107,7 @@ def test_a_checkpoint_keeps_the_lines_written_and_the_tally_since(tmp_path):
     assert batches.sent_by(position) == 8
     again, lines = feed(tmp_path), Lines([{"eval": 0}, {"eval": 1}, {"eval": 2}])
     again.restore(position, lines)
-    assert (again.records, again.train_tally, lines.asked) == ([{"eval": 0}, {"eval": 1}], Tally(3.0, 2, 8), [2])
+    assert (again.records, again.train_tally, lines.asked) == ([{"eval": 0}, {"eval": 1}], {2: Tally(3.0, 2, 8)}, [2])
     assert again.evaluations(8, 10) == [], "the evaluation at the checkpoint's step is not repeated"
 
 

@@ -21,6 +21,7 @@ from dni.workers.stage.checkpoint import load_checkpoint, save_checkpoint
 from dni.workers.stage.compute import StageCompute
 from dni.workers.stage.recurrent import Recurrent, lstm
 from dni.workers.stage.timing import Timeline
+from dni.testing import chain_edges
 
 BATCH, STEPS, FEATURES, HIDDEN, OUTPUTS = 2, 3, 3, 4, 2
 SGD = OptimizerSpec("sgd", 0.1)
@@ -33,7 +34,7 @@ def assignment(index: int, mode: Mode = Mode.SG, loss: str = "bits", **spec) -> 
         job="j", index=index, num_stages=2, mode=mode, input_shape=(FEATURES,) if recurrent else (HIDDEN,),
         spec=StageSpec(spec.get("kind", kind), spec.get("params", params), SynthesizerSpec("mlp", {"hidden": 8, "layers": 1})),
         num_classes=OUTPUTS, optimizer=SGD, seed=0, window=2, threads=1, coordinator="ipc://c",
-        upstream="ipc://u" if index else None, downstream=None if index else "ipc://d", loss=loss, truncation=STEPS)
+        **chain_edges(index, (FEATURES,) if recurrent else (HIDDEN,), "ipc://u" if index else None, None if index else "ipc://d"), loss=loss, truncation=STEPS)
 
 
 def recurrent_stage(mode: Mode = Mode.SG) -> StageCompute:

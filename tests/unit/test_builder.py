@@ -2,12 +2,14 @@
 the same seed builds them."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 from dni.errors import ConfigError
 from dni.spec import Mode, StageSpec, SynthesizerSpec
-from dni.workers.build.builder import build_stage, output_shape_of, stage_seed
+from dni.workers.build.builder import build_stage, build_stages, output_shape_of, stage_seed
 from dni.workers.interfaces.synthesizers import ConvSynthesizer, MLPSynthesizer
 
 HIDDEN = StageSpec("linear_bn_relu", {"features": 8}, SynthesizerSpec("mlp", {"hidden": 16, "layers": 1}))
@@ -74,3 +76,22 @@ def test_a_synthesizer_by_import_path_is_built_with_the_shapes_dni_passes():
     built = build_stage(spec, index=0, input_shape=(2, 2), mode=Mode.SL, num_classes=10, seed=0, is_last=False)
     assert isinstance(built.synthesizer, MLPSynthesizer)
     assert (built.output_shape, built.synthesizer.output_shape, built.synthesizer.hidden[0].in_features) == ((5,), (1,), 5)
+
+
+def test_a_graph_is_built_in_its_order_each_stage_for_its_inputs_joined():
+    stages = [StageSpec("linear_bn_relu", {"features": 4}, name="a", inputs=("data",)),
+              StageSpec("linear", {"features": 3}, name="head", inputs=("b", "a"), loss="cross_entropy"),
+              StageSpec("linear_bn_relu", {"features": 6}, name="b", inputs=("data",))]
+    built = build_stages(stages, input_shape=(5,), mode=Mode.SG, num_classes=3, seed=0)
+    assert [modules.input_shape for modules in built] == [(5,), (10,), (5,)]
+    assert [list(modules.synthesizers) for modules in built] == [["head"], [], ["head"]]
+    with pytest.raises(ConfigError, match=r"stage 1 \('head'\): inputs of shapes \[6\] and \[4\] do not join by sum"):
+        build_stages([*stages[:1], replace(stages[1], join="sum"), stages[2]], input_shape=(5,), mode=Mode.SG,
+                     num_classes=3, seed=0)
+
+
+def test_a_stage_with_several_output_edges_gets_a_synthesizer_for_each():
+    modules = build_stage(StageSpec("linear_bn_relu", {"features": 4}), index=0, input_shape=(5,), mode=Mode.CDNI,
+                          num_classes=3, seed=0, is_last=False, outputs=("left", "right"))
+    left, right = modules.synthesizers.values()
+    assert list(modules.synthesizers) == ["left", "right"] and left is not right and modules.synthesizer is left

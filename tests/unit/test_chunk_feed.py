@@ -50,11 +50,11 @@ def test_every_stage_is_told_the_truncation_the_tasks_loss_and_its_neighbours():
     job = with_readout_width(load_job("copy", {"discount": 0.5}), CopyTask())
     assert job.stages[-1].params == {"features": 8}, "the readout is as wide as the task's output"
     feed = ChunkFeed(job, CopyTask())
-    first, readout = (stage_assignment(job, index, ENDPOINTS, shape, "ipc://c", None, "j", num_classes=feed.num_classes,
+    first, readout = (stage_assignment(job, index, ENDPOINTS, {index - 1: shape}, "ipc://c", None, "j", num_classes=feed.num_classes,
                                        loss=feed.loss, pixels=feed.pixels) for index, shape in enumerate([(9,), (64,)]))
     assert (first.truncation, first.discount, first.loss, first.num_classes, first.input_shape) == (3, 0.5, "bits", 8, (9,))
-    assert (first.upstream, first.downstream, readout.upstream, readout.downstream) == (
-        None, ENDPOINTS[1].forward, ENDPOINTS[0].backward, None)
+    assert [[edge.address for edge in edges] for edges in (first.inputs, first.outputs, readout.inputs, readout.outputs)] \
+        == [[None], [ENDPOINTS[1].forward], [ENDPOINTS[0].backward], []]
     assert (readout.input_shape, readout.spec.kind) == ((64,), "linear")
 
 

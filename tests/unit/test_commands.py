@@ -32,7 +32,7 @@ class FakeHost:
         ) if configured else None
 
     def start_session(self, config):
-        self.session = SimpleNamespace(output_shape=(10,), device="cpu", config=config)
+        self.session = SimpleNamespace(output_shape=(10,), device="cpu", config=config, takes_labels=config.is_last)
         return self.session
 
     def end_session(self, why: str, exit_code: int) -> None:
@@ -117,10 +117,12 @@ def test_configure_refuses_a_bad_assignment_and_answers_a_good_one_with_the_stag
         answer(FakeHost(), b"id", control("configure", config="nope"))
     wire = {"job": JOB, "index": 0, "num_stages": 1, "mode": "sg", "input_shape": [4], "num_classes": 10,
             "optimizer": {"name": "adam", "lr": 0.001}, "seed": 0, "window": 1, "threads": 1, "coordinator": "ipc://x",
+            "inputs": [{"name": "data", "peer": -1, "address": None, "shape": [4]}], "outputs": [],
             "spec": {"kind": "linear", "params": {"features": 10}, "synthesizer": {"kind": "mlp", "params": {}}, "device": "cpu"}}
     host = FakeHost(configured=False)
     reply = answer(host, b"id", control("configure", config=wire))
     assert reply.meta["ok"] and reply.meta["output_shape"] == [10] and reply.meta["device"] == "cpu"
+    assert reply.meta["takes_labels"] is True, "a head: the coordinator sends it the labels"
     assert host.session.config.loss == "cross_entropy", "a configure without 'loss' (an older coordinator) gets the default"
 
 

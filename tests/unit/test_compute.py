@@ -464,3 +464,17 @@ def test_the_documented_loop_steps_every_stage_and_every_synthesizer_learns():
             assert [float(optimizer.state[p]["step"]) for p in parameters] == [steps] * len(parameters)
         if stage.synthesizer is not None:
             assert stage.synthesizer.output.weight.any(), "the zero-initialised synthesizer learnt nothing"
+
+
+def test_the_documented_graph_loop_trains_both_towers_and_their_synthesizers():
+    page = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text()
+    graph = next(block for block in re.findall(r"```python\n(.*?)```", page, re.DOTALL) if 'inputs=["left", "right"]' in block)
+    namespace: dict = {}
+    exec(compile(documented_loop(), "docs/api.md", "exec"), namespace)
+    exec(compile(graph, "docs/api.md", "exec"), namespace)
+    left, right, head = namespace["left"], namespace["right"], namespace["head"]
+    steps = len(namespace["batches"])
+    assert [stage.steps for stage in (left, right, head)] == [steps] * 3
+    assert not left.pending and not right.pending, "every target came back along its edge"
+    for tower in (left, right):
+        assert tower.interface.synthesizer.output.weight.any(), "each edge's synthesizer learnt from its own target"

@@ -2,6 +2,8 @@
 and written back in the form they are read."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from dni.coordinator.jobs.job import SHORTCUTS, job_as_table, job_from_table, load_job, with_addresses
@@ -188,3 +190,44 @@ def test_recovery_limits_are_read_and_checked(tmp_path):
         small_job(tmp_path, tmp_path, recovery_window=0)
     with pytest.raises(ConfigError, match="max_recoveries must not be negative"):
         small_job(tmp_path, tmp_path, max_recoveries=-1)
+
+
+TOWERS = [{"name": "left", "inputs": ["data"], "kind": "linear_bn_relu", "features": 8, "columns": [0, 14]},
+          {"name": "right", "inputs": ["data"], "kind": "linear_bn_relu", "features": 8, "columns": [14, 28]},
+          {"name": "head", "inputs": ["left", "right"], "join": "cat", "kind": "linear", "features": 10,
+           "loss": "cross_entropy", "loss_weight": 2.0}]
+
+
+def test_a_graph_job_reads_its_names_inputs_and_heads_and_writes_them_back(tmp_path):
+    job = small_job(tmp_path, tmp_path, stages=TOWERS)
+    head = job.stages[2]
+    assert (head.name, head.inputs, head.join, head.loss, head.loss_weight) == ("head", ("left", "right"), "cat",
+                                                                                "cross_entropy", 2.0)
+    assert job.stages[0].params == {"features": 8, "columns": [0, 14]}, "a stage's parameters keep apart from its place"
+    assert job.topology.inputs == ((-1,), (-1,), (0, 1)) and job.topology.heads == (2,)
+    assert job_from_table(job_as_table(job)) == job
+    chain = small_job(tmp_path, tmp_path)
+    assert all(set(stage) <= {"kind", "device", "synthesizer", "features"} for stage in job_as_table(chain)["stages"])
+
+
+@pytest.mark.parametrize("change, message", [
+    ({2: {"inputs": ["left", "rigth"]}}, "stage 'head' takes input 'rigth', but no stage is named so"),
+    ({1: {"inputs": ["head"]}}, "form a cycle"),
+    ({2: {"inputs": ["left"]}}, "stage 'right' reaches no head"),
+    ({0: {"labels": "m:f"}}, "stage 'left': labels, num_classes and loss_weight belong to a head"),
+    ({2: {"join": "max"}}, "stages[2].join 'max' is not one of cat, sum"),
+    ({2: {"loss_weight": 0}}, "stages[2].loss_weight must be a positive number, got 0"),
+    ({2: {"labels": "parity"}}, "stages[2].labels 'parity' is not an import path package.module:function"),
+    ({2: {"inputs": "left"}}, "stages[2].inputs must be list"),
+])
+def test_a_graph_that_does_not_hold_is_refused_naming_the_stage(change, message, tmp_path):
+    stages = [{**stage, **change.get(index, {})} for index, stage in enumerate(TOWERS)]
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        small_job(tmp_path, tmp_path, stages=stages)
+
+
+def test_a_sequence_job_keeps_to_a_chain():
+    with pytest.raises(ConfigError, match="a sequence job's stages form a chain"):
+        job_from_table({"name": "x", "task": "copy", "truncation": 2, "mode": "sg",
+                        "stages": [{"kind": "lstm", "hidden": 4, "name": "core"},
+                                   {"kind": "linear", "features": 8, "inputs": ["data", "core"]}]})

@@ -9,6 +9,7 @@ from dni.cli import build_parser
 from dni.coordinator.jobs.job import job_as_table, job_from_table
 from dni.errors import ConfigError
 from dni.spec import Mode, OptimizerSpec, StageAssignment, StageSpec
+from dni.testing import chain_edges
 
 TABLE = {"name": "unit", "dataset": "mnist", "stages": [{"kind": "linear_bn_relu", "features": 8}, {"kind": "linear", "features": 10}]}
 
@@ -51,7 +52,7 @@ def test_dni_run_takes_both_as_flags():
 def assignment(**settings) -> StageAssignment:
     return StageAssignment(job="unit", index=0, num_stages=2, spec=StageSpec("linear", {"features": 2}), mode=Mode.SG,
                            input_shape=(3,), num_classes=2, optimizer=OptimizerSpec("sgd", 0.1), seed=0, window=2,
-                           threads=1, coordinator="inproc://c", downstream="inproc://d", **settings)
+                           threads=1, coordinator="inproc://c", **chain_edges(0, (3,), None, "inproc://d"), **settings)
 
 
 def test_every_worker_is_told_the_delay_and_a_coordinator_that_says_nothing_means_none():

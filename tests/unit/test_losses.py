@@ -19,6 +19,7 @@ from dni.workers.stage.compute import EvalResult, StageCompute, score_meta
 from dni.workers.stage.losses import BUILTIN_LOSSES, Loss, binary_bits, bits_right, class_right, per_example_losses, resolve_loss
 from dni.workers.build.registry import UnknownBuilderError
 from dni.workers.stage.timing import Timeline
+from dni.testing import chain_edges
 
 LOGITS = torch.tensor([[2.0, 1.0, 0.0], [0.0, 0.0, 3.0]])
 LABELS = torch.tensor([0, 1])
@@ -92,7 +93,7 @@ def last_assignment(loss: str) -> StageAssignment:
     """What a worker is told to serve the last of two stages."""
     return StageAssignment(job="unit", index=1, num_stages=2, spec=StageSpec("linear", {"features": 3}), mode=Mode.SG,
                            input_shape=(3,), num_classes=3, optimizer=OptimizerSpec("sgd", 0.1), seed=0, window=1,
-                           threads=1, coordinator="inproc://c", upstream="inproc://u", loss=loss)
+                           threads=1, coordinator="inproc://c", **chain_edges(1, (3,), "inproc://u"), loss=loss)
 
 
 def test_the_loss_travels_in_the_assignment_and_may_be_missing_on_the_wire(plugin):
@@ -131,7 +132,7 @@ def test_a_broken_plugin_loss_fails_the_training_step(plugin):
 def test_only_the_last_stage_resolves_the_loss():
     config = StageAssignment(job="unit", index=0, num_stages=2, spec=StageSpec("linear", {"features": 3}), mode=Mode.BACKPROP,
                              input_shape=(3,), num_classes=3, optimizer=OptimizerSpec("sgd", 0.1), seed=0, window=1,
-                             threads=1, coordinator="inproc://c", downstream="inproc://d", loss="not_installed:loss")
+                             threads=1, coordinator="inproc://c", **chain_edges(0, (3,), None, "inproc://d"), loss="not_installed:loss")
     assert assigned_stage(config, "cpu", Timeline())[0].loss is None
     with pytest.raises(UnknownBuilderError, match="cannot be imported"):
         last_stage("not_installed:loss")

@@ -16,6 +16,7 @@ from dni.workers.loop.pixels import as_floats, scale
 from dni.workers.loop.validation import Rejected, check_batch
 from dni.protocol import Kind, Message, decode, encode
 from dni.spec import Mode, OptimizerSpec, PixelScaling, StageAssignment, StageSpec
+from dni.testing import chain_edges
 
 NORMALIZATIONS = ["auto", "standardize", "none", [[0.25, 0.5, 0.75], [0.2, 0.3, 0.4]]]
 
@@ -38,8 +39,8 @@ def identical(a: torch.Tensor, b: torch.Tensor) -> bool:
 def first_stage(pixels: PixelScaling | None, index: int = 0, shape: tuple[int, ...] = (3, 5, 4)) -> StageAssignment:
     return StageAssignment(job="unit", index=index, num_stages=2, spec=StageSpec("linear", {"features": 4}), mode=Mode.SG,
                            input_shape=shape, num_classes=10, optimizer=OptimizerSpec(), seed=0, window=1, threads=1,
-                           coordinator="ipc:///c", upstream="ipc:///u" if index else None,
-                           downstream=None if index else "ipc:///d", pixels=pixels)
+                           coordinator="ipc:///c", **chain_edges(index, shape, "ipc:///u" if index else None, None if index else "ipc:///d"),
+                           pixels=pixels)
 
 
 def batch(x: np.ndarray, labels: np.ndarray, kind: Kind = Kind.FORWARD) -> Message:

@@ -7,12 +7,12 @@ import pytest
 
 from dni.errors import ConfigError
 from dni.spec import Mode, OptimizerSpec, StageAssignment, StageSpec, SynthesizerSpec
+from dni.testing import chain_edges
 
 CONFIG = StageAssignment(job="job-1", index=1, num_stages=3,
                          spec=StageSpec("linear_bn_relu", {"features": 8}, SynthesizerSpec("mlp", {"hidden": 4})),
                          mode=Mode.CDNI, input_shape=(1, 28, 28), num_classes=10, optimizer=OptimizerSpec("sgd", 0.5), seed=3,
-                         window=2, threads=1, coordinator="ipc:///tmp/c", upstream="ipc:///tmp/s0.backward",
-                         downstream="ipc:///tmp/s2.forward")
+                         window=2, threads=1, coordinator="ipc:///tmp/c", **chain_edges(1, (1, 28, 28), "ipc:///tmp/s0.backward", "ipc:///tmp/s2.forward"))
 
 
 def wire(**changes) -> dict:
@@ -40,7 +40,11 @@ def test_an_assignment_survives_the_wire_without_its_workers_address():
     ({"input_shape": [1, 0, 28]}, r"^input_shape must be positive integers, got \[1, 0, 28\]$"),
     ({"nonfinite": "ignore"}, "^nonfinite 'ignore' is not one of reject, count$"),
     ({"restore": 5}, "^restore must be a checkpoint path$"),
-    ({"upstream": None}, "^upstream/downstream addresses do not match the stage's position$"),
+    ({"inputs": []}, "^a stage needs at least one input edge$"),
+    ({"outputs": [{"name": "stage1", "peer": 1, "address": "ipc:///x"}]},
+     r"^output edges must go to distinct other stages, each with an address, got \[1\]$"),
+    ({"inputs": [{"name": "data", "peer": -1, "address": None, "shape": [3]}]},
+     r"^input_shape \[1, 28, 28\] is not the join of the input edges' shapes$"),
     ({"optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9}},
      r"^optimizer has unknown settings \['momentum'\]; known: name, lr$"),
     ({"spec": {**CONFIG.to_wire()["spec"], "device": "tpu"}}, "^device 'tpu' is not one of cpu, cuda, cuda:N, auto$"),

@@ -90,7 +90,7 @@ class FakePipeline:
         if command == "configure":
             self.configs.append(meta["config"])
             features = meta["config"]["spec"]["params"]["features"]
-            reply.update(output_shape=[features], pid=1000 + stage, device="cpu")
+            reply.update(output_shape=[features], pid=1000 + stage, device="cpu", takes_labels=stage == STAGES - 1)
         elif command == "checkpoint":
             Path(meta["path"]).write_text(f"stage {stage} after {self.forwarded} batches")  # as save_checkpoint would
             reply["path"] = meta["path"]
@@ -127,6 +127,13 @@ class FakePipeline:
         return False
 
     # -- data ----------------------------------------------------------------------------------------------
+
+    def send_parts(self, kind: Kind, batch: int, parts: list[tuple[int, dict[str, np.ndarray]]],
+                   meta: Optional[dict[str, Any]] = None) -> None:
+        """The data goes to the first stage, the labels straight to the last: the batch as the stages see it."""
+        arrays = dict(parts)
+        assert set(arrays) == {0, STAGES - 1} and set(arrays[0]) == {"x"} and set(arrays[STAGES - 1]) == {"labels"}
+        self.send_tensors(kind, batch, {"x": arrays[0]["x"], "labels": arrays[STAGES - 1]["labels"]}, meta)
 
     def send_tensors(self, kind: Kind, batch: int, tensors: dict[str, np.ndarray], meta: Optional[dict[str, Any]] = None) -> None:
         assert tensors["x"].dtype == (np.uint8 if self.configs[0]["pixels"] else np.float32) and tensors["labels"].dtype == np.int64
@@ -231,15 +238,20 @@ def zero_accuracy(labels: torch.Tensor) -> float:
 # -- configuration -----------------------------------------------------------------------------------------------
 
 
+def neighbours(config: dict[str, Any]) -> tuple[list, list]:
+    """A configured stage's sockets at the other ends of its input and output edges."""
+    return [edge["address"] for edge in config["inputs"]], [edge["address"] for edge in config["outputs"]]
+
+
 def test_every_stage_is_configured_in_order_with_its_neighbours_and_the_previous_output_shape(tmp_path):
     pipeline = FakePipeline()
     trainer, _ = run(tmp_path, pipeline)
     first, middle, last = pipeline.configs
     assert [config["index"] for config in pipeline.configs] == [0, 1, 2]
     assert [config["input_shape"] for config in pipeline.configs] == [[1, 4, 4], [64], [64]]
-    assert (first["upstream"], first["downstream"]) == (None, endpoints(1).forward)
-    assert (middle["upstream"], middle["downstream"]) == (endpoints(0).backward, endpoints(2).forward)
-    assert (last["upstream"], last["downstream"]) == (endpoints(1).backward, None)
+    assert neighbours(first) == ([None], [endpoints(1).forward])
+    assert neighbours(middle) == ([endpoints(0).backward], [endpoints(2).forward])
+    assert neighbours(last) == ([endpoints(1).backward], [])
     assert {(c["job"], c["coordinator"], c["window"], c["restore"]) for c in pipeline.configs} == {
         (JOB_ID, "ipc:///fake/coordinator", 1, None)}
     assert [worker["pid"] for worker in trainer.workers] == [1000, 1001, 1002]

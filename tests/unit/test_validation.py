@@ -8,6 +8,7 @@ from dni.protocol import Kind, Message
 from dni.spec import Mode, OptimizerSpec, StageAssignment, StageSpec
 from dni.workers.stage.blocks import WHOLE, Span
 from dni.workers.loop.validation import Rejected, check_batch, check_fresh, check_kind, check_origin, check_target
+from dni.testing import chain_edges
 
 JOB = "unit-job"
 SHAPE = (1, 2, 2)
@@ -18,7 +19,7 @@ def assignment(input_shape=SHAPE, num_classes=CLASSES, loss="cross_entropy", tru
     """What the stage agreed to take: the fields `check_batch` reads, the rest a first stage's."""
     return StageAssignment(job=JOB, index=0, num_stages=2, spec=StageSpec("linear", {"features": 2}), mode=Mode.SG,
                            input_shape=input_shape, num_classes=num_classes, optimizer=OptimizerSpec(), seed=0, window=1,
-                           threads=1, coordinator="inproc://c", downstream="inproc://d", nonfinite=nonfinite, loss=loss,
+                           threads=1, coordinator="inproc://c", **chain_edges(0, input_shape, None, "inproc://d"), nonfinite=nonfinite, loss=loss,
                            truncation=truncation)
 
 

@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from dni.errors import ConfigError
-from dni.spec import Mode, OptimizerSpec, StageAssignment, StageSpec
+from dni.graph import DATA, join_shape
+from dni.spec import Mode, OptimizerSpec, StageAssignment, StageSpec, topology_of
 from dni.workers.stage.blocks import Block, PerStep, per_step
 from dni.workers.stage.compute import StageCompute
 from dni.workers.build.contracts import Shape, call_stage
@@ -28,11 +29,18 @@ __all__ = ["StageModules", "assigned_stage", "build_stage", "build_stages", "out
 
 @dataclass
 class StageModules:
-    """A built stage: its module, how it is applied (None: once per batch), the synthesizer of its outgoing edge."""
+    """A built stage: its module, how it is applied (None: once per batch), the synthesizers of its output edges
+    (by edge name), its output shape and the shape it takes (its inputs joined)."""
     module: nn.Module
-    synthesizer: Optional[nn.Module]
+    synthesizers: dict[str, nn.Module]
     output_shape: Shape
     block: Optional[Block] = None
+    input_shape: Shape = ()
+
+    @property
+    def synthesizer(self) -> Optional[nn.Module]:
+        """The synthesizer of a stage's one output edge (the first, where it has several)."""
+        return next(iter(self.synthesizers.values()), None)
 
 
 def stage_seed(seed: int, index: int) -> int:
@@ -41,11 +49,13 @@ def stage_seed(seed: int, index: int) -> int:
 
 def build_stage(spec: StageSpec, *, index: int, input_shape: Shape, mode: Mode, num_classes: int, seed: int,
                 is_last: bool, device: str = "cpu", over_steps: bool = False, optimizer: Optional[OptimizerSpec] = None,
-                discount: float = 1.0) -> StageModules:
-    """The stage's module, and its synthesizer when the mode uses one (never for the last stage).
+                discount: float = 1.0, outputs: Sequence[str] = ("output",)) -> StageModules:
+    """The stage's module, and a synthesizer per output edge (`outputs`, in that order) when the mode uses them
+    (never for a head).
 
-    With `over_steps`, `input_shape` is one step's; `optimizer` and `discount` are a recurrent core's synthesizer
-    over time's. The job's parameters are checked against each builder's signature first (ConfigError).
+    `input_shape` is what the module takes (its inputs joined); with `over_steps`, one step's. `optimizer` and
+    `discount` are a recurrent core's synthesizer over time's. The job's parameters are checked against each
+    builder's signature first (ConfigError).
     """
     torch.manual_seed(stage_seed(seed, index))
     where = f"stage {index} ({spec.kind})"
@@ -67,58 +77,69 @@ def build_stage(spec: StageSpec, *, index: int, input_shape: Shape, mode: Mode, 
         block = PerStep(module)
     else:
         output_shape = output_shape_of(module, input_shape, device)
-    synthesizer = None
+    synthesizers = {}
     if mode.uses_synthesizer and not is_last:
         synthesizer_builder = resolve_synthesizer(spec.synthesizer.kind)
         check_params(synthesizer_builder, spec.synthesizer.params, f"{where}, synthesizer {spec.synthesizer.kind}", SYNTHESIZER_ARGUMENTS)
-        synthesizer = synthesizer_builder(
-            output_shape,
-            (1,) if mode.synthetic_loss else output_shape,
-            num_classes if mode.conditioned else 0,
-            not mode.synthetic_loss,  # a squared output starting at zero could never move
-            **spec.synthesizer.params,
-        ).to(device)
-    return StageModules(module, synthesizer, output_shape, block)
+        for edge in outputs:
+            synthesizers[edge] = synthesizer_builder(
+                output_shape,
+                (1,) if mode.synthetic_loss else output_shape,
+                num_classes if mode.conditioned else 0,
+                not mode.synthetic_loss,  # a squared output starting at zero could never move
+                **spec.synthesizer.params,
+            ).to(device)
+    return StageModules(module, synthesizers, output_shape, block, tuple(input_shape))
 
 
 def assigned_stage(config: StageAssignment, device: str, timeline: Timeline) -> tuple[StageCompute, Shape]:
     """The stage a worker serves for `config`, on `device`, and its (per-step) output shape."""
+    outputs = tuple(edge.name for edge in config.outputs)
     modules = build_stage(config.spec, index=config.index, input_shape=config.input_shape, mode=config.mode,
                           num_classes=config.num_classes, seed=config.seed, is_last=config.is_last, device=device,
-                          over_steps=config.truncation > 0, optimizer=config.optimizer, discount=config.discount)
-    compute = StageCompute(modules.block or modules.module, modules.synthesizer, mode=config.mode,
-                           optimizer=config.optimizer, first=config.is_first, loss=config.loss if config.is_last else None,
-                           num_classes=config.num_classes, window=config.window, cuda_graphs=config.cuda_graphs,
-                           timeline=timeline, name=f"stage {config.index} ({config.spec.kind})")
+                          over_steps=config.truncation > 0, optimizer=config.optimizer, discount=config.discount,
+                          outputs=outputs)
+    compute = StageCompute(modules.block or modules.module, modules.synthesizers or None, mode=config.mode,
+                           optimizer=config.optimizer, inputs=[DATA if edge.peer < 0 else edge.name for edge in config.inputs],
+                           outputs=outputs or None, join=config.join, loss=config.loss if config.is_last else None,
+                           loss_weight=config.loss_weight, num_classes=config.num_classes, window=config.window,
+                           cuda_graphs=config.cuda_graphs, timeline=timeline,
+                           name=f"{config.where} ({config.spec.kind})")
     return compute, modules.output_shape
 
 
 def build_stages(stages: Sequence[StageSpec], *, input_shape: Shape, mode: Mode, num_classes: int, seed: int,
-                 device: str = "cpu", over_steps: bool = False, optimizer: Optional[OptimizerSpec] = None,
-                 discount: float = 1.0) -> list[StageModules]:
-    """Every stage of a pipeline in one process, each built for the previous one's output shape.
+                device: str = "cpu", over_steps: bool = False, optimizer: Optional[OptimizerSpec] = None,
+                discount: float = 1.0) -> list[StageModules]:
+    """Every stage of a job in one process, by index, each built (in the graph's order, `dni.spec.topology_of`) for
+    its inputs' output shapes joined; a head for its own classes (its `num_classes`, else the data's).
 
-    A stage that does not fit its input raises a ConfigError naming the stage and the shapes.
+    A stage that does not fit its inputs raises a ConfigError naming the stage and the shapes.
     """
-    built: list[StageModules] = []
-    shape = tuple(input_shape)
-    for index, spec in enumerate(stages):
+    topology = topology_of(stages)
+    built: dict[int, StageModules] = {}
+    for index in topology.order():
+        spec, sources = stages[index], topology.inputs[index]
+        where = topology.describe(index) if not topology.chain else f"stage {index}"
+        shapes = [tuple(input_shape) if source < 0 else built[source].output_shape for source in sources]
+        shape = join_shape(spec.join, shapes, where)
+        head = index in topology.heads
         try:
-            modules = build_stage(spec, index=index, input_shape=shape, mode=mode, num_classes=num_classes, seed=seed,
-                                  is_last=index == len(stages) - 1, device=device, over_steps=over_steps,
-                                  optimizer=optimizer, discount=discount)
+            built[index] = build_stage(spec, index=index, input_shape=shape, mode=mode,
+                                       num_classes=(spec.num_classes or num_classes) if head else num_classes, seed=seed,
+                                       is_last=head, device=device, over_steps=over_steps, optimizer=optimizer,
+                                       discount=discount, outputs=[topology.names[c] for c in topology.consumers(index)])
         except UnknownBuilderError as error:
-            raise ConfigError(f"stage {index}: {error}") from error
+            raise ConfigError(f"{where}: {error}") from error
         except ConfigError:  # parameters that do not fit the builder: the message names the stage already
             raise
         except (TypeError, ValueError, RuntimeError) as error:
+            takes = " and ".join(f"stage {'data' if source < 0 else source}" for source in sources)
             raise ConfigError(
-                f"stage {index} ({spec.kind} {spec.params}, synthesizer {spec.synthesizer.kind}) does not fit "
-                f"its input of shape {list(shape)} (the output of stage {index - 1 if index else 'data'}): {error}"
+                f"{where} ({spec.kind} {spec.params}, synthesizer {spec.synthesizer.kind}) does not fit "
+                f"its input of shape {list(shape)} (the output of {takes}): {error}"
             ) from error
-        built.append(modules)
-        shape = modules.output_shape
-    return built
+    return [built[index] for index in range(len(stages))]
 
 
 def output_shape_of(module: nn.Module, input_shape: Shape, device: str = "cpu") -> Shape:

@@ -6,13 +6,14 @@ reference experiment (TensorFlow's defaults), rather than PyTorch's.
 from __future__ import annotations
 
 import math
-from typing import Callable, TypeVar
+from typing import Callable, Optional, Sequence, TypeVar
 
+import torch
 from torch import nn
 
 from dni.workers.build.contracts import Shape
 
-__all__ = ["BUILTIN_STAGES", "conv_bn_relu", "glorot_", "linear", "linear_bn_relu"]
+__all__ = ["BUILTIN_STAGES", "Columns", "conv_bn_relu", "glorot_", "linear", "linear_bn_relu"]
 
 _ModuleT = TypeVar("_ModuleT", bound=nn.Module)
 
@@ -26,11 +27,34 @@ def glorot_(module: _ModuleT) -> _ModuleT:
     return module
 
 
-def linear_bn_relu(input_shape: Shape, features: int) -> nn.Module:
-    """Flatten, Linear, BatchNorm, ReLU: a hidden layer of the MNIST FCN."""
+def linear_bn_relu(input_shape: Shape, features: int, columns: Optional[Sequence[int]] = None) -> nn.Module:
+    """Flatten, Linear, BatchNorm, ReLU: a hidden layer of the MNIST FCN. `columns = [start, stop]` takes only
+    that range of the input's last dimension (a tower that sees part of an image, as the two-towers example's)."""
+    layers: list[nn.Module] = []
+    if columns is not None:
+        start, stop = _columns(columns, input_shape)
+        layers.append(Columns(start, stop))
+        input_shape = (*input_shape[:-1], stop - start)
     return glorot_(nn.Sequential(
-        nn.Flatten(), nn.Linear(math.prod(input_shape), features), nn.BatchNorm1d(features), nn.ReLU()
+        *layers, nn.Flatten(), nn.Linear(math.prod(input_shape), features), nn.BatchNorm1d(features), nn.ReLU()
     ))
+
+
+class Columns(nn.Module):
+    """The columns start..stop of the last dimension."""
+
+    def __init__(self, start: int, stop: int) -> None:
+        super().__init__()
+        self.start, self.stop = start, stop
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[..., self.start:self.stop]
+
+
+def _columns(columns: Sequence[int], input_shape: Shape) -> tuple[int, int]:
+    if not (len(columns) == 2 and all(isinstance(c, int) for c in columns) and 0 <= columns[0] < columns[1] <= input_shape[-1]):
+        raise ValueError(f"columns must be [start, stop] within 0..{input_shape[-1]}, got {list(columns)}")
+    return columns[0], columns[1]
 
 
 def linear(input_shape: Shape, features: int) -> nn.Module:

@@ -55,6 +55,7 @@ class BackwardInterface:
         self.graphed = graphed
         self.time = timeline
         self._loss: Optional[torch.Tensor] = None
+        self._predicted: Optional[torch.Tensor] = None  # sl: the latest predicted loss per example
 
     def predict(self, h: torch.Tensor, condition: Optional[torch.Tensor]) -> Prediction:
         """delta_hat for `h` (a loss when squared), its graph kept against the weights that made it."""
@@ -65,7 +66,10 @@ class BackwardInterface:
             value = per_step(lambda features: module(features, None), h)
         else:
             value = module(h, condition)
-        return Prediction(value.square() if self.squared else value, weights, replica)
+        if self.squared:
+            value = value.square()
+            self._predicted = value.detach()
+        return Prediction(value, weights, replica)
 
     def learn(self, prediction: Prediction, target: torch.Tensor) -> None:
         """The regression of the prediction made onto the true target that came back, one optimiser step."""
@@ -84,6 +88,14 @@ class BackwardInterface:
     def loss(self) -> Optional[torch.Tensor]:
         """The latest regression loss, on the device."""
         return self._loss
+
+    def metrics(self) -> dict[str, float]:
+        """The latest regression loss and, in `sl`, the latest synthetic loss (the mean predicted loss per example),
+        read from the device now."""
+        metrics = {"synthesizer_loss": float(self._loss) if self._loss is not None else 0.0}
+        if self.squared:
+            metrics["synthetic_loss"] = float(self._predicted.mean()) if self._predicted is not None else 0.0
+        return metrics
 
     def checkpoint_state(self) -> dict[str, Any]:
         return self.trained.checkpoint_state(self.name)

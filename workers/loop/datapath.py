@@ -1,9 +1,11 @@
 """What one data message does to a configured stage: checked, then the actions of its step carried out.
 
-The forward socket brings training batches (FORWARD) and evaluation batches (EVAL); the backward socket brings
-targets (BACKWARD). Each is checked (`dni.workers.loop.validation`), then the stage carries out the row of actions
-that its role, mode and the message call for (`dni.workers.loop.actions.step_order`), the same for feed-forward and
-recurrent stages.
+The forward socket brings training batches (FORWARD) and evaluation batches (EVAL), a part per input edge (and the
+labels from the coordinator, for a stage that uses them), gathered until the batch is whole
+(`dni.workers.loop.gather`); the backward socket brings targets (BACKWARD), one per output edge. Each message is
+checked (`dni.workers.loop.validation`), and one that comes along no edge of this stage is refused; then the stage
+carries out the row of actions that its role, mode and the message call for (`dni.workers.loop.actions.step_order`),
+the same for feed-forward and recurrent stages, chains and graphs.
 
 A handler is a generator: it yields after every action that put a message a neighbour waits for, and the
 worker's loop writes the outboxes before it resumes the handler, so no handler touches a socket. Refusals
@@ -15,33 +17,40 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
 
+import numpy as np
 import torch
 
 from dni.protocol import Kind, Message, decode
 from dni.workers.loop.actions import SENDS, Action, Event, Role, step_order
 from dni.workers.stage.blocks import Span
-from dni.workers.stage.compute import EvalResult, LastStageResult, score_meta
+from dni.workers.stage.compute import EvalResult, LastStageResult, Upstream, score_meta
 from dni.workers.loop.devices import arrays_on_host, to_device
 from dni.workers.loop.pixels import as_floats
 from dni.workers.loop.session import Session
-from dni.workers.loop.validation import check_batch, check_fresh, check_kind, check_origin, check_target
+from dni.workers.loop.gather import COORDINATOR, describe_edges
+from dni.workers.loop.validation import Rejected, check_batch, check_fresh, check_kind, check_origin, check_target
 
-__all__ = ["Steps", "StepState", "count_nonfinite", "on_backward", "on_forward", "receive"]
+__all__ = ["MAX_GATHERING", "Steps", "StepState", "check_edge", "count_nonfinite", "on_backward", "on_forward", "receive"]
 
 Steps = Iterator[None]  # a handler: each yield lets the loop write what it has put so far
 
 
+MAX_GATHERING = 4096  # batches whose parts are partly in: more means a peer sends parts of batches that never complete
+
+
 @dataclass
 class StepState:
-    """One message's step as its actions carry it out: what came in, and what each action leaves for the next."""
+    """One step as its actions carry it out: what came in (a batch's inputs in edge order, or a target and the output
+    edge it came along), and what each action leaves for the next."""
     message: Message
-    x: Optional[torch.Tensor] = None
+    xs: tuple[torch.Tensor, ...] = ()
     labels: Optional[torch.Tensor] = None
     mask: Optional[torch.Tensor] = None
     span: Span = Span()
     target: Optional[torch.Tensor] = None
+    edge: int = 0
     output: Optional[torch.Tensor] = None
-    upstream: Optional[torch.Tensor] = None
+    upstream: Upstream = None
     result: Optional[EvalResult] = None
 
 
@@ -56,33 +65,60 @@ def receive(session: Session, frames: list) -> Message:
 
 
 def on_forward(session: Session, frames: list) -> Steps:
-    """A training or evaluation batch from upstream (or the coordinator, for the first stage)."""
+    """A training or evaluation batch's part from a producing stage or the coordinator; the step once it is whole."""
     message = receive(session, frames)
     check_kind(message, "forward")
+    gather = session.gather
+    check_edge(message, gather.takes(message.sender), session, "input")
     check_fresh(message, session.compute.awaits_target(message.batch))
-    batch = check_batch(message, session.config)
-    count_nonfinite(session, batch.nonfinite)
+    if gather.has(message):
+        raise Rejected(f"batch {message.batch}: a second part from {describe_edges(frozenset({message.sender}))} "
+                       "(duplicate or replayed)")
+    if len(gather.open) >= MAX_GATHERING:
+        raise Rejected(f"{MAX_GATHERING} batches are partly in already; batch {message.batch} is refused", message)
+    takes_x, takes_labels = gather.wants(message.sender)
+    edge = session.config.inputs[gather.edge_of[message.sender]] if takes_x else None
+    data = message.sender == COORDINATOR
+    part = check_batch(message, session.config, x=takes_x, labels=takes_labels, shape=edge.shape if edge else None,
+                       pixels=data and session.config.pixels is not None)
+    count_nonfinite(session, part.nonfinite)
     session.timeline.lap("checks")
-    mask = None if batch.mask is None else to_device(batch.mask, session.labels_device)
-    x = to_device(as_floats(batch.x, session.config.pixels), session.device)
-    state = StepState(message, x, to_device(batch.labels, session.labels_device),
-                      mask, batch.span)
+    batch = gather.add(message, part)
+    if batch is None:
+        return
+    pixels = session.config.pixels
+    xs = tuple(to_device(as_floats(x, pixels if peer == COORDINATOR else None), session.device)
+               for x, peer in zip(batch.xs, gather.edge_of) if x is not None)
+    state = StepState(batch.message, xs, _on(batch.labels, session.device), _on(batch.mask, session.device), batch.span)
     session.timeline.lap("to_device")
     yield from _run(session, state, Event.EVALUATION if message.kind is Kind.EVAL else Event.BATCH)
 
 
 def on_backward(session: Session, frames: list) -> Steps:
-    """A batch's target from downstream."""
+    """A batch's target from the stage at the other end of one of this stage's output edges."""
     message = receive(session, frames)
     check_kind(message, "backward")
+    edge = session.consumers.get(message.sender)
+    check_edge(message, edge is not None, session, "output")
+    assert edge is not None
     compute = session.compute
-    expected = compute.expected_target_shape(message.batch) if compute.awaits_target(message.batch) else None
+    expected = compute.expected_target_shape(message.batch) if compute.awaits_target(message.batch, edge) else None
     checked = check_target(message, expected, session.config.nonfinite)
     count_nonfinite(session, checked.nonfinite)
     session.timeline.lap("checks")
-    state = StepState(message, target=to_device(checked.target, session.device))
+    state = StepState(message, target=to_device(checked.target, session.device), edge=edge)
     session.timeline.lap("to_device")
     yield from _run(session, state, Event.TARGET)
+
+
+def check_edge(message: Message, known: bool, session: Session, way: str) -> None:
+    """A message must come along one of this stage's edges; one that does not loses nothing."""
+    if not known:
+        raise Rejected(f"{session.config.where} has no {way} edge from {describe_edges(frozenset({message.sender}))}")
+
+
+def _on(array: Optional[np.ndarray], device: str) -> Optional[torch.Tensor]:
+    return None if array is None else to_device(array, device)
 
 
 def _run(session: Session, state: StepState, event: Event) -> Steps:
@@ -93,24 +129,21 @@ def _run(session: Session, state: StepState, event: Event) -> Steps:
 
 
 def _forward(session: Session, state: StepState) -> None:
-    state.output = session.compute.forward(state.message.batch, _x(state), state.labels, state.span)
+    state.output = session.compute.forward(state.message.batch, state.xs, state.labels, state.span)
 
 
 def _evaluate(session: Session, state: StepState) -> None:
-    compute, x = session.compute, _x(state)
+    compute = session.compute
     if session.role is Role.LAST:
-        state.result = compute.evaluate_last(x, _labels(state), state.mask, state.span)
+        state.result = compute.evaluate_last(state.xs, _labels(state), state.mask, state.span)
     else:
-        state.output = compute.evaluate(x, state.labels, state.span)
+        state.output = compute.evaluate(state.xs, state.labels, state.span)
 
 
 def _send_activation(session: Session, state: StepState) -> None:
-    assert session.downstream is not None and state.output is not None  # every stage but the last has one
-    onward = {"x": state.output, "labels": _labels(state)}
-    if state.mask is not None:
-        onward["mask"] = state.mask
+    assert state.output is not None  # every stage but a head has one
     message = state.message
-    session.send(session.downstream, message.kind, message.batch, message.meta, onward)
+    session.send(session.outputs, message.kind, message.batch, message.meta, {"x": state.output})
 
 
 def _follow_synthesizer(session: Session, state: StepState) -> None:
@@ -118,18 +151,22 @@ def _follow_synthesizer(session: Session, state: StepState) -> None:
 
 
 def _loss(session: Session, state: StepState) -> None:
-    result: LastStageResult = session.compute.last_step(_x(state), _labels(state), state.mask, state.span)
+    result: LastStageResult = session.compute.last_step(state.xs, _labels(state), state.mask, state.span)
     state.result, state.upstream = result, result.upstream
 
 
 def _take_target(session: Session, state: StepState) -> None:
     assert state.target is not None
-    state.upstream = session.compute.take_target(state.message.batch, state.target)
+    state.upstream = session.compute.take_target(state.message.batch, state.target, state.edge)
 
 
 def _send_input_gradient(session: Session, state: StepState) -> None:
-    if state.upstream is not None and session.upstream is not None:
-        session.send(session.upstream, Kind.BACKWARD, state.message.batch, {}, {"target": state.upstream})
+    """Each input edge's part of dL/d(input) (or the loss prediction of sl) back to the stage that produced it."""
+    upstream = state.upstream
+    targets = upstream if isinstance(upstream, tuple) else (upstream,)
+    for outbox, target in zip(session.inputs, targets):
+        if outbox is not None and target is not None:
+            session.send(outbox, Kind.BACKWARD, state.message.batch, {}, {"target": target})
 
 
 def _report(session: Session, state: StepState) -> None:
@@ -145,11 +182,6 @@ def _report(session: Session, state: StepState) -> None:
 
 def _step(session: Session, state: StepState) -> None:
     session.compute.apply_update()
-
-
-def _x(state: StepState) -> torch.Tensor:
-    assert state.x is not None
-    return state.x
 
 
 def _labels(state: StepState) -> torch.Tensor:

@@ -19,7 +19,7 @@ import resource
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Sequence, Union
 
 import torch
 import zmq
@@ -37,6 +37,7 @@ from dni.workers.loop.heartbeat import Heartbeat
 from dni.workers.build.contracts import Shape
 from dni.workers.loop.profiling import StageProfile
 from dni.workers.stage.timing import DeviceClock, Timeline
+from dni.workers.loop.gather import Gather
 from dni.workers.loop.validation import all_finite
 
 __all__ = ["Links", "NonFiniteOutput", "Session"]
@@ -50,11 +51,13 @@ class NonFiniteOutput(DniError):
 
 @dataclass
 class Links:
-    """A session's outgoing sockets as outboxes, written in this order: neighbours first, the coordinator only
-    counts results. `report_socket` also carries notifications, sent at once or dropped."""
+    """A session's outgoing sockets as outboxes, one per edge, written in this order: the stages it feeds and those
+    that feed it first, the coordinator only counts results. `inputs` holds, per input edge, the outbox of its
+    producer's backward socket (None for the data); `outputs`, per output edge, its consumer's forward socket.
+    `report_socket` also carries notifications, sent at once or dropped."""
     outboxes: Outboxes
-    upstream: Optional[Outbox]
-    downstream: Optional[Outbox]
+    inputs: tuple[Optional[Outbox], ...]
+    outputs: tuple[Outbox, ...]
     report: Outbox
     report_socket: Any
 
@@ -62,11 +65,12 @@ class Links:
     def connect(cls, context: zmq.Context, config: StageAssignment, limits: Limits) -> "Links":
         delay, outboxes = config.link_delay_ms / 1000, Outboxes()
 
-        def outbox(address: Optional[str], name: str) -> Optional[Outbox]:
-            return outboxes.add(Outbox(_connect(context, address, limits), delay, name=name)) if address else None
-        upstream, downstream = outbox(config.upstream, "upstream"), outbox(config.downstream, "downstream")
+        def outbox(address: str, name: str) -> Outbox:
+            return outboxes.add(Outbox(_connect(context, address, limits), delay, name=name))
+        inputs = tuple(outbox(edge.address, f"to {edge.name}") if edge.address else None for edge in config.inputs)
+        outputs = tuple(outbox(edge.address, f"to {edge.name}") for edge in config.outputs if edge.address)
         report_socket = _connect(context, config.coordinator, limits)
-        return cls(outboxes, upstream, downstream, outboxes.add(Outbox(report_socket, delay, name="coordinator")),
+        return cls(outboxes, inputs, outputs, outboxes.add(Outbox(report_socket, delay, name="coordinator")),
                    report_socket)
 
 
@@ -83,10 +87,11 @@ class Session:
         self.config, self.compute, self.output_shape = config, compute, output_shape
         self.device, self.timeline, self.limits, self.refusals = device, timeline, limits, refusals
         self.role = Role.LAST if config.is_last else Role.HIDDEN
-        uses_labels = config.is_last or config.mode.conditioned or getattr(compute.module, "wants_labels", False)
-        self.labels_device = device if uses_labels else "cpu"  # labels only passed on stay on the host
+        self.takes_labels = config.is_last or (config.mode.conditioned and bool(compute.interfaces)) or \
+            bool(getattr(compute.module, "wants_labels", False))  # the coordinator sends them straight here
+        self.gather = Gather(config, self.takes_labels)
         self.schedule = compute.schedule
-        self.outboxes, self.upstream, self.downstream = links.outboxes, links.upstream, links.downstream
+        self.outboxes, self.inputs, self.outputs = links.outboxes, links.inputs, links.outputs
         self.report, self.report_socket = links.report, links.report_socket
         self.messages: Counter[str] = Counter()
         self.flush_waiters: list[bytes] = []  # control identities owed a reply once no batch awaits its target
@@ -96,6 +101,8 @@ class Session:
         self.heartbeat = heartbeat
         if heartbeat is not None:
             heartbeat.status = self.status
+        self.senders = {edge.peer: index for index, edge in enumerate(config.inputs)}  # where each input edge's sender sits
+        self.consumers = {edge.peer: index for index, edge in enumerate(config.outputs)}  # each output edge's target sender
         self.profile = StageProfile() if config.profile else None
         self.setup_seconds = self.timeline.restart()  # the wall clock of the job starts when the stage is ready
         self.cpu_started = time.process_time()
@@ -130,6 +137,7 @@ class Session:
         compute = self.compute
         metrics = {
             "stage": self.config.index,
+            "name": self.config.name,
             "steps": compute.steps,
             "wall": self.timeline.wall(),
             "cpu_seconds": time.process_time() - self.cpu_started,  # this process's, its ZeroMQ and beat threads' too
@@ -142,6 +150,7 @@ class Session:
             "stash_refreshes": compute.stash.refreshes if compute.stash is not None else 0,
             "pending": compute.in_flight,
             "synthesizer_loss": compute.synthesizer_loss,
+            "edges": compute.edge_metrics(),
             "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "link": self.outboxes.stats(),
         }
@@ -149,16 +158,18 @@ class Session:
             metrics["profile"] = self.profile.summary(compute.steps)
         return metrics
 
-    def send(self, outbox: Outbox, kind: Kind, batch: int, meta: dict[str, Any],
+    def send(self, outboxes: Union[Outbox, Sequence[Outbox]], kind: Kind, batch: int, meta: dict[str, Any],
              tensors: Optional[dict[str, torch.Tensor]] = None) -> None:
-        """Put a data message into `outbox`; the event loop writes it."""
+        """Put a data message into `outboxes` (the same arrays, copied to the host once); the event loop writes it."""
         arrays = arrays_on_host(tensors) if tensors else {}
         self.timeline.lap("to_host")
         for name, array in arrays.items():
             self.check_finite_output(name, array, batch)
         self.timeline.lap("checks")
-        outbox.put(Message(kind, self.config.job, batch, self.compute.steps, self.config.index, meta, arrays))
-        self.messages[_SENT[kind]] += 1
+        message = Message(kind, self.config.job, batch, self.compute.steps, self.config.index, meta, arrays)
+        for outbox in (outboxes,) if isinstance(outboxes, Outbox) else outboxes:
+            outbox.put(message)
+            self.messages[_SENT[kind]] += 1
         self.timeline.lap("encode")
 
     def write(self) -> None:
@@ -185,7 +196,7 @@ class Session:
     def close(self) -> None:
         dropped = self.outboxes.drop()
         if dropped:
-            log.info("stage %d dropped %d message(s) its peers had not taken", self.config.index, dropped)
+            log.info("%s dropped %d message(s) its peers had not taken", self.config.where, dropped)
         if self.profile is not None:
             self.profile.stop()
         if self.heartbeat is not None:

@@ -42,13 +42,16 @@ class Rejected(DniError):
 
 
 class Batch(NamedTuple):
-    """A checked batch (or a sequence's chunk): its arrays, where it lies in its sequence, and how many of its arrays
-    held NaN/Inf accepted under `nonfinite = "count"`."""
-    x: np.ndarray
-    labels: np.ndarray
+    """A checked batch (or a sequence's chunk), or the part of one that came along one edge: its arrays (an input
+    `x`; from the coordinator, the `labels` and a chunk's `mask` for a stage that takes them), where it lies in its
+    sequence, its examples' leading dimensions, and how many of its arrays held NaN/Inf accepted under
+    `nonfinite = "count"`."""
+    x: Optional[np.ndarray]
+    labels: Optional[np.ndarray]
     mask: Optional[np.ndarray]
     span: Span
     nonfinite: int
+    lead: tuple[int, ...] = ()
 
 
 class Target(NamedTuple):
@@ -76,31 +79,45 @@ def check_fresh(message: Message, in_flight: bool) -> None:
         raise Rejected(f"batch {message.batch} is already in flight (duplicate or replayed)")
 
 
-def check_batch(message: Message, config: StageAssignment) -> Batch:
-    """A training or evaluation batch as the stage agreed to take it; a refusal here loses the batch.
+def check_batch(message: Message, config: StageAssignment, *, x: bool = True, labels: bool = True,
+                shape: Optional[Shape] = None, pixels: Optional[bool] = None) -> Batch:
+    """A training or evaluation batch (or the part of one an edge brings) as the stage agreed to take it; a refusal
+    here loses the batch.
 
-    `x` is float32 (B, *input_shape), or (B, T, *input_shape) with 1 <= T <= truncation where messages carry
-    chunks of sequences; `labels` are the job's loss's: int64 classes in range, or float32 vectors of
-    `num_classes` bits (the `bits` loss), one per example (per step of a chunk); a chunk also carries `mask`,
-    float32 (B, T) of 0s and 1s, and bools `start` and `last` in its metadata.
+    `x` (when asked for) is float32 (B, *shape), `shape` the edge's (default: the stage's input shape), or uint8
+    pixels where `pixels` (default: the stage takes them); with chunks of sequences (B, T, *shape), 1 <= T <=
+    truncation. `labels` (when asked for) are the job's loss's: int64 classes in range, or float32 vectors of
+    `num_classes` bits (the `bits` loss), one per example (per step of a chunk), and a chunk's come with `mask`,
+    float32 (B, T) of 0s and 1s. A chunk carries bools `start` and `last` in its metadata.
     """
     chunked = config.truncation > 0
-    names = ("x", "labels", "mask") if chunked else ("x", "labels")
-    x, labels, mask = (message.tensors.get(name) for name in ("x", "labels", "mask"))
-    if x is None or labels is None or (chunked and mask is None):
+    names = (*(("x",) if x else ()), *(("labels", "mask") if chunked and labels else ("labels",) if labels else ()))
+    arrays = {name: message.tensors.get(name) for name in ("x", "labels", "mask")}
+    if any(arrays[name] is None for name in names):
         raise Rejected(f"{message.kind.name}{' chunk' if chunked else ''} needs tensors {_listed(names)}, "
                        f"got {sorted(message.tensors)}", message)
-    steps = _check_x(message, x, tuple(config.input_shape), config.truncation, config.pixels is not None)
-    _check_labels(message, labels, steps, config.loss, config.num_classes)
+    inputs, classes, mask = arrays["x"] if x else None, arrays["labels"] if labels else None, arrays["mask"] if labels else None
+    lead: tuple[int, ...] = ()
+    if inputs is not None:
+        taken = config.pixels is not None if pixels is None else pixels
+        lead = _check_x(message, inputs, tuple(shape or config.input_shape), config.truncation, taken)
+    if classes is not None:
+        lead = lead or _lead(classes, config)
+        _check_labels(message, classes, lead, config.loss, config.num_classes)
+    nonfinite = _nonfinite("x", inputs, message, config.nonfinite) if inputs is not None else 0
     if not chunked:
-        return Batch(x, labels, None, WHOLE, _nonfinite("x", x, message, config.nonfinite))
-    if mask is None or mask.dtype != np.float32 or mask.shape != steps or not np.isin(mask, (0.0, 1.0)).all():
-        got = "nothing" if mask is None else f"{mask.dtype} {list(mask.shape)}"
-        raise Rejected(f"mask must be float32 {list(steps)} of 0s and 1s, got {got}", message)
+        return Batch(inputs, classes, None, WHOLE, nonfinite, lead)
+    if mask is not None and (mask.dtype != np.float32 or mask.shape != lead or not np.isin(mask, (0.0, 1.0)).all()):
+        raise Rejected(f"mask must be float32 {list(lead)} of 0s and 1s, got {mask.dtype} {list(mask.shape)}", message)
     start, last = message.meta.get("start"), message.meta.get("last")
     if not (isinstance(start, bool) and isinstance(last, bool)):
         raise Rejected(f"a chunk's meta needs bools 'start' and 'last', got {start!r:.20} and {last!r:.20}", message)
-    return Batch(x, labels, mask, Span(start, last), _nonfinite("x", x, message, config.nonfinite))
+    return Batch(inputs, classes, mask, Span(start, last), nonfinite, lead)
+
+
+def _lead(labels: np.ndarray, config: StageAssignment) -> tuple[int, ...]:
+    """The leading dimensions of a labels-only part: (B,), or (B, T) for a chunk."""
+    return tuple(labels.shape[:2 if config.truncation else 1])
 
 
 def _check_x(message: Message, x: np.ndarray, input_shape: Shape, truncation: int, pixels: bool) -> tuple[int, ...]:

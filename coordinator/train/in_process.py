@@ -1,0 +1,89 @@
+"""A job's graph of stages stepped in one process: the same `StageCompute` objects the workers run, no sockets.
+
+Each step goes through the stages in the graph's order (a stage's inputs before it), every head scores its own
+labels, and the targets then go back in the reverse order, each along the edge it belongs to, before the next
+step: what the workers do with a window of one batch, as the reference's single script does. It is the baseline
+a graph's accuracy on workers is compared with (`benchmarks/graphs`), and the README's single-process loop for a
+graph: a stage with several inputs takes them in the order of its edges, one with several outputs takes a target
+per edge.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+
+from dni.coordinator.jobs.job import Job
+from dni.coordinator.train.routes import head_labels
+from dni.graph import DATA
+from dni.workers.build.contracts import Shape
+from dni.workers.build.builder import build_stages
+from dni.workers.stage.compute import StageCompute, Upstream
+
+__all__ = ["InProcessGraph"]
+
+
+class InProcessGraph:
+    """The job's stages in this process, built as its workers build them, with a window of one batch."""
+
+    def __init__(self, job: Job, input_shape: Shape, num_classes: int) -> None:
+        self.job, self.topology = job, job.topology
+        built = build_stages(job.stages, input_shape=input_shape, mode=job.mode, num_classes=num_classes, seed=job.seed)
+        names = self.topology.names
+        self.computes = []
+        for index, modules in enumerate(built):
+            head = index in self.topology.heads
+            self.computes.append(StageCompute(
+                modules.module, modules.synthesizers or None, mode=job.mode, optimizer=job.optimizer,
+                inputs=[DATA if source < 0 else names[source] for source in self.topology.inputs[index]],
+                outputs=[names[consumer] for consumer in self.topology.consumers(index)] or None,
+                join=job.stages[index].join, loss=job.head_loss(index) if head else None,
+                loss_weight=job.stages[index].loss_weight, num_classes=num_classes, name=self.topology.describe(index)))
+        self.labels = {head: head_labels(job, head) for head in self.topology.heads}
+
+    def step(self, batch: int, x: torch.Tensor, labels: torch.Tensor) -> None:
+        """One training step of every stage, the targets back before it returns."""
+        outputs: dict[int, torch.Tensor] = {-1: x}
+        upstream: dict[int, Upstream] = {}
+        for index in self.topology.order():
+            compute, inputs = self.computes[index], [outputs[source] for source in self.topology.inputs[index]]
+            if index in self.labels:
+                upstream[index] = compute.train_last(inputs, self._labels(index, labels)).upstream
+            else:
+                outputs[index] = compute.forward(batch, inputs, labels)
+                upstream[index] = compute.update_after_forward(batch)
+        for index in reversed(self.topology.order()):
+            sent = upstream[index]
+            targets = sent if isinstance(sent, tuple) else (sent,)
+            for source, target in zip(self.topology.inputs[index], targets):
+                self._back(batch, source, index, target, upstream)
+
+    def _back(self, batch: int, source: int, consumer: int, target: Optional[torch.Tensor],
+              upstream: dict[int, Upstream]) -> None:
+        if source < 0 or target is None:
+            return
+        edge = self.topology.consumers(source).index(consumer)
+        producer = self.computes[source]
+        if producer.awaits_target(batch, edge):
+            sent = producer.receive_target(batch, target, edge)
+            if producer.mode.locked:
+                upstream[source] = sent
+
+    def _labels(self, head: int, labels: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(self.labels[head](labels.numpy())))
+
+    @torch.no_grad()
+    def accuracy(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
+        """Each head's accuracy on evaluation batches, by head name."""
+        right = dict.fromkeys(self.topology.heads, 0)
+        examples = 0
+        for x, labels in batches:
+            outputs: dict[int, torch.Tensor] = {-1: x}
+            for index in self.topology.order():
+                outputs[index] = self.computes[index].evaluate(
+                    [outputs[source] for source in self.topology.inputs[index]], labels)
+            for head in right:
+                right[head] += int((outputs[head].argmax(1) == self._labels(head, labels)).sum())
+            examples += len(labels)
+        return {self.topology.names[head]: count / examples for head, count in right.items()}
