@@ -51,11 +51,16 @@ def require_tensorboard(job: Job) -> None:
 
 
 def scalars(record: Mapping[str, Any]) -> dict[str, float]:
-    """Tag -> value of one metrics record: the run's curves and every stage's activity fractions."""
+    """Tag -> value of one metrics record: the run's curves (each head's, for several), every stage's activity
+    fractions and each output edge's synthesizer loss (and synthetic loss)."""
     values = {tag: float(record[key]) for key, tag in RECORD_SCALARS.items() if key in record}
+    for head, scores in record.get("heads", {}).items():  # a graph of several heads: each head's curves
+        values.update({f"heads/{head}/{key}": float(value) for key, value in scores.items()})
     for worker in record.get("workers", []):
         for activity, fraction in _activity_fractions(worker).items():
             values[f"stage{worker['stage']}/fraction/{activity}"] = fraction
+        for edge, metrics in worker.get("edges", {}).items():  # each output edge's synthesizer (and sl's synthetic loss)
+            values.update({f"stage{worker['stage']}/edge/{edge}/{name}": float(value) for name, value in metrics.items()})
     return values
 
 

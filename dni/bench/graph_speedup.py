@@ -91,5 +91,5 @@ def _plot(rounds: list[dict[str, float]], output: Path) -> Path:
     axes.set_ylabel("steady samples/s")
     axes.set_title("Two balanced towers: side by side (graph) or one after the other (chain)")
     axes.grid(axis="y", alpha=0.3)
-    axes.legend()
+    axes.legend(loc="lower right")
     return save_figure(figure, output)

@@ -89,3 +89,17 @@ def test_without_a_folder_the_writer_does_nothing(tmp_path):
     log.write(record(100, 0.5, []))
     log.close()
     assert not list(tmp_path.iterdir())
+
+
+def test_a_graph_logs_every_heads_curves_and_every_edges_synthesizer(tmp_path):
+    job = small_job(tmp_path, tmp_path, tensorboard=str(tmp_path / "tb"))
+    log = TensorBoardLog(job, tmp_path / "runs" / "graph-sl-20260101-000000")
+    left = {**worker(0, 2.0, {"forward": 1.0}, {}), "edges": {"head": {"synthesizer_loss": 0.25, "synthetic_loss": 1.5}}}
+    line = {**record(100, 0.5, [left, worker(1, 2.0, {"forward": 1.0}, {})]),
+            "heads": {"digit": {"test_accuracy": 0.5}, "parity": {"test_accuracy": 0.75}}}
+    log.write(line)
+    log.close()
+    accumulator = events(tmp_path / "tb" / "graph-sl-20260101-000000")
+    assert points(accumulator, "heads/parity/test_accuracy") == [(100, 0.75)]
+    assert points(accumulator, "stage0/edge/head/synthetic_loss") == [(100, 1.5)]
+    assert points(accumulator, "stage0/edge/head/synthesizer_loss") == [(100, 0.25)]

@@ -101,7 +101,6 @@ class Session:
         self.heartbeat = heartbeat
         if heartbeat is not None:
             heartbeat.status = self.status
-        self.senders = {edge.peer: index for index, edge in enumerate(config.inputs)}  # where each input edge's sender sits
         self.consumers = {edge.peer: index for index, edge in enumerate(config.outputs)}  # each output edge's target sender
         self.profile = StageProfile() if config.profile else None
         self.setup_seconds = self.timeline.restart()  # the wall clock of the job starts when the stage is ready

@@ -3,13 +3,13 @@
 For each example (examples/two_towers, two_heads, skip_connection) and mode (sg, cdni, backprop): the job as its
 file says, run on one worker process per stage (`dni run`), and the same stages, synthesizers, data order and seed
 stepped in this process with a window of one batch (`dni.coordinator.train.in_process.InProcessGraph`). Writes
-results.json beside this file and prints the table of every head's test accuracy and the difference.
+results/results.json and prints the table of every head's test accuracy and the difference.
 `--examples reference_chain` runs the reference MNIST chain (784-256-256-10) the same way, at the examples' rate
 (Adam 3e-4), as a control: what running ahead costs a chain.
-`--window 1 --workers-only` runs the workers again at the in-process window (results-window1.json), so that the
+`--window 1 --workers-only` runs the workers again at the in-process window (results/results-window1.json), so that the
 asynchrony's share of a difference is seen apart.
 
-    PYTHONPATH=examples/two_heads python benchmarks/graphs/accuracy.py --data-root DIR [--no-verify-data]
+    PYTHONPATH=examples/two_heads python benchmarks/graphs/run.py --data-root DIR [--no-verify-data]
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from dni.coordinator.train.run import job_data, run_job
 from dni.spec import Mode
 
 HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
 EXAMPLES = HERE.parents[1] / "examples"
 GRAPHS = {"two_towers": "two_towers/two_towers.toml", "two_heads": "two_heads/two_heads.toml",
           "skip_connection": "skip_connection/skip_connection.toml"}
@@ -57,12 +58,17 @@ def main() -> None:
     parser.add_argument("--no-verify-data", action="store_true")
     parser.add_argument("--iterations", type=int, default=2000)
     parser.add_argument("--modes", default="sg,cdni,backprop")
-    parser.add_argument("--examples", default=",".join(GRAPHS))
+    parser.add_argument("--examples", default=",".join(GRAPHS), help=f"of {', '.join([*GRAPHS, *CONTROL])}")
     parser.add_argument("--results", default="runs/bench-graphs")
     parser.add_argument("--window", type=int, default=0, help="the workers' window (default: the job file's)")
     parser.add_argument("--workers-only", action="store_true", help="no in-process runs")
+    parser.add_argument("--table", action="store_true", help="print the committed results as one table and exit")
     args = parser.parse_args()
-    output = HERE / (f"results-window{args.window}.json" if args.window else "results.json")
+    if args.table:
+        print(table())
+        return
+    control = "-control" if set(args.examples.split(",")) <= set(CONTROL) else ""
+    output = RESULTS / (f"results{control}-window{args.window}.json" if args.window else f"results{control}.json")
     rows = []
     for name in args.examples.split(","):
         for mode in args.modes.split(","):
@@ -87,6 +93,31 @@ def main() -> None:
             for head, accuracy in row["workers"].items():
                 other = row["in_process"][head]
                 print(f"| {row['example']} | {row['mode']} | {head} | {accuracy:.2%} | {other:.2%} | {100 * (accuracy - other):+.2f} |")
+
+
+def table() -> str:
+    """results.json (the job files' window), results-window1.json and the control's, as one markdown table."""
+    rows = [*_rows("results.json"), *_rows("results-control.json")]
+    workers = {window: {(row["example"], row["mode"]): row["workers"] for row in
+                        [*_rows(f"results-window{window}.json"), *_rows(f"results-control-window{window}.json")]}
+               for window in (1, 4)}
+    lines = ["| example | mode | head | one process | workers, window 1 | difference | workers, window 4 | difference |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        for head, single in row["in_process"].items():
+            cells = []
+            for window in (1, 4):
+                accuracy = workers[window].get((row["example"], row["mode"]), {}).get(head)
+                if accuracy is None and window == row.get("window", 4):  # the job files' window
+                    accuracy = row["workers"][head]
+                cells += [f"{accuracy:.2%}", f"{100 * (accuracy - single):+.2f}"] if accuracy is not None else ["", ""]
+            lines.append(f"| {row['example']} | {row['mode']} | {head} | {single:.2%} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
+def _rows(name: str) -> list[dict]:
+    path = RESULTS / name
+    return json.loads(path.read_text()) if path.is_file() else []
 
 
 if __name__ == "__main__":
