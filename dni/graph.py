@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 
 from dni.errors import ConfigError
 
-__all__ = ["DATA", "JOINS", "Topology", "join_shape"]
+__all__ = ["DATA", "JOINS", "Topology", "join_shape", "stage_label"]
 
 DATA = "data"  # the input edge of the stages the coordinator feeds examples
 JOINS = ("cat", "sum")
@@ -66,7 +66,7 @@ class Topology:
 
     def describe(self, index: int) -> str:
         """A stage as messages name it: its index and name."""
-        return f"stage {index} ({self.names[index]!r})"
+        return stage_label(index, self.names[index])
 
     def _check(self) -> None:
         cycle = self._cycle()
@@ -112,6 +112,11 @@ class Topology:
                 reaching.add(stage)
                 frontier.extend(source for source in self.inputs[stage] if source >= 0)
         return reaching
+
+
+def stage_label(index: int, name: str = "") -> str:
+    """A stage as every message names it: its index, and its name where it has one (a chain's stages have none)."""
+    return f"stage {index} ({name!r})" if name else f"stage {index}"
 
 
 def join_shape(join: str, shapes: Sequence[tuple[int, ...]], where: str = "stage") -> tuple[int, ...]:

@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Optional, Sequence
 
 from dni.errors import ConfigError
-from dni.graph import JOINS, Topology, join_shape
+from dni.graph import JOINS, Topology, join_shape, stage_label
 from dni.settings import check_type, setting, settings_of
 
 __all__ = [
@@ -357,7 +357,7 @@ class StageAssignment(WorkerSettings):
     @property
     def where(self) -> str:
         """The stage as messages name it."""
-        return f"stage {self.index} ({self.name!r})" if self.name else f"stage {self.index}"
+        return stage_label(self.index, self.name)
 
     def to_wire(self) -> dict[str, Any]:
         wire = asdict(self)

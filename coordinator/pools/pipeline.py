@@ -29,6 +29,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from dni.errors import ConfigError, DniError, PipelineError, StageFailed, WorkerLost
+from dni.graph import stage_label
 from dni.coordinator.train.interrupts import INTERRUPTS, Interrupts
 from dni.protocol import (DEFAULT_LIMITS, Endpoints, Kind, Limits, Message, Outbox, Outboxes, ProtocolError, decode, open_socket,
                           receive_message, resolvable, resolved, send_message)
@@ -246,16 +247,17 @@ class Pipeline:
             self._watch()
         if awaited is not None:
             self.poller.register(awaited, zmq.POLLIN)
-        writing = [feed.socket for feed in self.feeds if feed.wants_write]
-        for socket in writing:
-            self.poller.register(socket, zmq.POLLOUT)
+        for feed in self.feeds:  # polling does not write, so the feeds that want to are the same after it
+            if feed.wants_write:
+                self.poller.register(feed.socket, zmq.POLLOUT)
         try:
             events = dict(poll_within(self.poller.poll, self.link.timeout(timeout)))
         finally:
             if awaited is not None:
                 self.poller.unregister(awaited)
-            for socket in writing:
-                self.poller.unregister(socket)
+            for feed in self.feeds:
+                if feed.wants_write:
+                    self.poller.unregister(feed.socket)
         self.interrupts.check()
         if self.inbox in events:
             self._read_inbox()
@@ -341,7 +343,7 @@ class Pipeline:
 
     def where(self, stage: int) -> str:
         """A stage as messages name it: its index, and its name in a graph."""
-        return f"stage {stage} ({self.names[stage]!r})" if self.names else f"stage {stage}"
+        return stage_label(stage, self.names[stage] if self.names else "")
 
     @property
     def refused_by_stage(self) -> list[int]:

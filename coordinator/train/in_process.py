@@ -9,13 +9,11 @@ per edge.
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 import torch
 
 from dni.coordinator.jobs.job import Job
-from dni.coordinator.train.routes import head_labels
+from dni.coordinator.train.routes import head_labels, same_labels
 from dni.graph import DATA
 from dni.workers.build.contracts import Shape
 from dni.workers.build.builder import build_stages
@@ -41,29 +39,30 @@ class InProcessGraph:
                 join=job.stages[index].join, loss=job.head_loss(index) if head else None,
                 loss_weight=job.stages[index].loss_weight, num_classes=num_classes, name=self.topology.describe(index)))
         self.labels = {head: head_labels(job, head) for head in self.topology.heads}
+        self.order = self.topology.order()
+        # each stage's inputs as (producer, the output edge of the producer's that leads here); -1: the data
+        self.edges = [[(source, self.topology.consumers(source).index(index) if source >= 0 else -1)
+                       for source in self.topology.inputs[index]] for index in range(len(built))]
 
     def step(self, batch: int, x: torch.Tensor, labels: torch.Tensor) -> None:
         """One training step of every stage, the targets back before it returns."""
         outputs: dict[int, torch.Tensor] = {-1: x}
         upstream: dict[int, Upstream] = {}
-        for index in self.topology.order():
-            compute, inputs = self.computes[index], [outputs[source] for source in self.topology.inputs[index]]
+        for index in self.order:
+            compute, inputs = self.computes[index], [outputs[source] for source, _ in self.edges[index]]
             if index in self.labels:
                 upstream[index] = compute.train_last(inputs, self._labels(index, labels)).upstream
             else:
                 outputs[index] = compute.forward(batch, inputs, labels)
                 upstream[index] = compute.update_after_forward(batch)
-        for index in reversed(self.topology.order()):
+        for index in reversed(self.order):
             sent = upstream[index]
             targets = sent if isinstance(sent, tuple) else (sent,)
-            for source, target in zip(self.topology.inputs[index], targets):
-                self._back(batch, source, index, target, upstream)
+            for (source, edge), target in zip(self.edges[index], targets):
+                if source >= 0 and target is not None:
+                    self._back(batch, source, edge, target, upstream)
 
-    def _back(self, batch: int, source: int, consumer: int, target: Optional[torch.Tensor],
-              upstream: dict[int, Upstream]) -> None:
-        if source < 0 or target is None:
-            return
-        edge = self.topology.consumers(source).index(consumer)
+    def _back(self, batch: int, source: int, edge: int, target: torch.Tensor, upstream: dict[int, Upstream]) -> None:
         producer = self.computes[source]
         if producer.awaits_target(batch, edge):
             sent = producer.receive_target(batch, target, edge)
@@ -71,7 +70,8 @@ class InProcessGraph:
                 upstream[source] = sent
 
     def _labels(self, head: int, labels: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(self.labels[head](labels.numpy())))
+        own = self.labels[head]
+        return labels if own is same_labels else torch.from_numpy(np.ascontiguousarray(own(labels.numpy())))
 
     @torch.no_grad()
     def accuracy(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
@@ -80,9 +80,8 @@ class InProcessGraph:
         examples = 0
         for x, labels in batches:
             outputs: dict[int, torch.Tensor] = {-1: x}
-            for index in self.topology.order():
-                outputs[index] = self.computes[index].evaluate(
-                    [outputs[source] for source in self.topology.inputs[index]], labels)
+            for index in self.order:
+                outputs[index] = self.computes[index].evaluate([outputs[source] for source, _ in self.edges[index]], labels)
             for head in right:
                 right[head] += int((outputs[head].argmax(1) == self._labels(head, labels)).sum())
             examples += len(labels)

@@ -18,7 +18,7 @@ from dni.coordinator.jobs.job import Job
 from dni.errors import ConfigError
 from dni.workers.build.registry import UnknownBuilderError, import_callable
 
-__all__ = ["LabelsFunction", "Route", "Routes", "check_head_labels", "head_labels"]
+__all__ = ["LabelsFunction", "Route", "Routes", "check_head_labels", "head_labels", "same_labels"]
 
 LabelsFunction = Callable[[np.ndarray], np.ndarray]
 
@@ -62,7 +62,8 @@ class Routes:
         return parts
 
 
-def _same(labels: np.ndarray) -> np.ndarray:
+def same_labels(labels: np.ndarray) -> np.ndarray:
+    """The data's own labels: what a head without `labels` is sent."""
     return labels
 
 
@@ -70,7 +71,7 @@ def head_labels(job: Job, index: int) -> LabelsFunction:
     """The labels stage `index` is sent: a head's own function of the data's, or the data's."""
     path = job.stages[index].labels
     if not path:
-        return _same
+        return same_labels
     try:
         return import_callable(path, "labels")
     except UnknownBuilderError as error:

@@ -32,6 +32,7 @@ from dni.coordinator.train.routes import Routes
 from dni.coordinator.train.segments import Segments
 from dni.coordinator.results.tensorboard import TensorBoardLog
 from dni.errors import PipelineError, StageFailed, WorkerLost
+from dni.graph import stage_label
 from dni.protocol import Kind, Message
 from dni.protocol.linkdelay import describe
 from dni.schedule import FeedSchedule
@@ -266,13 +267,10 @@ class Trainer:
         order = self.topology.order()
         if self.done < self.sent:
             stage = next((index for index in order if steps[index] < self.sent), order[-1])
-            name, where = self.feed.message_name, self._named(stage)
+            name, where = self.feed.message_name, stage_label(stage, "" if self.topology.chain else self.topology.names[stage])
             return StageFailed(stage, f"{name} {self.done} never came back and {idle}: {where} trained on "
                                       f"{steps[stage]} of the {self.sent} {plural(name)} sent, so it was lost at {where}")
         return StageFailed(order[-1], f"{self.feed.awaited()} and {idle}: the rest were lost")
-
-    def _named(self, stage: int) -> str:
-        return f"stage {stage}" if self.topology.chain else self.topology.describe(stage)
 
     def _absorb_ready(self) -> None:
         while (message := self.pipeline.receive(0)) is not None:

@@ -30,11 +30,11 @@ from typing import Any, Optional
 
 import torch
 
-from dni.bench.baselines import single_process_step, stage_computes
 from dni.bench.overhead_plot import plot_overhead
 from dni.coordinator.data.dataset import Dataset, train_batches
 from dni.coordinator.jobs.job import Job, job_from_table
 from dni.coordinator.pools.launcher import LocalWorkers
+from dni.coordinator.train.in_process import InProcessGraph
 from dni.coordinator.train.run import job_data, run_job
 from dni.errors import ConfigError
 from dni.spec import MODE_NAMES
@@ -66,13 +66,13 @@ def single_process_rate(job: Job, data: Dataset, threads: int) -> float:
     """Steps per second of the same stages stepped one after another in this process (window 1: each batch's
     targets come back before the next batch, as in the reference's single script)."""
     torch.set_num_threads(threads)
-    computes = stage_computes(job, data)
+    graph = InProcessGraph(job, tuple(data.input_shape), data.num_classes)
     batches = list(train_batches(data, job.batch_size, job.seed, job.iterations + WARM_UP))
     for batch, (_, x, labels) in enumerate(batches[:WARM_UP]):
-        single_process_step(computes, batch, x, labels)
+        graph.step(batch, x, labels)
     started = time.perf_counter()
     for batch, (_, x, labels) in enumerate(batches[WARM_UP:], start=WARM_UP):
-        single_process_step(computes, batch, x, labels)
+        graph.step(batch, x, labels)
     return job.iterations / (time.perf_counter() - started)
 
 
