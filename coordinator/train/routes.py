@@ -86,7 +86,11 @@ def check_head_labels(job: Job, labels: np.ndarray, num_classes: int) -> None:
         stage = job.stages[head]
         if not stage.labels:
             continue
-        made = head_labels(job, head)(labels)
+        try:
+            made = head_labels(job, head)(labels)
+        except Exception as error:  # a plug-in's own failure, on a sample: refused before any worker starts
+            raise ConfigError(f"head {topology.names[head]!r}: labels = {stage.labels!r} failed on a sample batch: "
+                              f"{type(error).__name__}: {error}") from error
         classes = stage.num_classes or num_classes
         if not (isinstance(made, np.ndarray) and made.dtype == np.int64 and made.shape == labels.shape[:1]
                 and made.size and 0 <= made.min() and made.max() < classes):

@@ -23,6 +23,7 @@ def labels_module(monkeypatch):
     module.parity = lambda digits: digits % 2
     module.floats = lambda digits: digits.astype(np.float32)
     module.too_big = lambda digits: digits + 2
+    module.broken = lambda digits: digits.no_such_method()
     monkeypatch.setitem(sys.modules, "unit_labels", module)
 
 
@@ -44,6 +45,7 @@ def test_each_stage_is_sent_the_data_it_takes_and_its_own_labels(labels_module):
     ("unit_labels:floats", "must return int64 labels, one per example, in 0..1 (num_classes = 2); got float32 [4]"),
     ("unit_labels:too_big", "must return int64 labels, one per example, in 0..1 (num_classes = 2); got int64 [4]"),
     ("unit_labels:missing", "stage 2 ('parity'): "),
+    ("unit_labels:broken", "head 'parity': labels = 'unit_labels:broken' failed on a sample batch: AttributeError: "),
 ])
 def test_a_head_without_labels_it_can_learn_from_is_refused_naming_it(labels, message, labels_module):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("]", r"\]")):
