@@ -11,7 +11,8 @@ which imports `dni.workers`, does not pay for the coordinator's imports:
 update with the synthetic gradient, train the synthesizer on the true target),
 with `OptimizerSpec` its optimiser and `MLPSynthesizer` the built-in synthesizer;
 `StageBuilder` and `SynthesizerBuilder` are the contracts a plug-in honours;
-`split` makes a job's stages from a model of one's own.
+`split` makes a job's stages from a model of one's own, and `cut_here()` marks
+in a model's `forward` where a stage ends.
 The subpackages are `dni.protocol` (bytes and messages), `dni.workers` (one
 stage and its neighbours) and `dni.coordinator` (the job).
 """
@@ -26,8 +27,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 __all__ = [
-    "Job", "MLPSynthesizer", "Mode", "OptimizerSpec", "StageBuilder", "StageCompute", "SynthesizerBuilder", "load_job",
-    "resume_job", "run_job", "split",
+    "Job", "MLPSynthesizer", "Mode", "OptimizerSpec", "StageBuilder", "StageCompute", "SynthesizerBuilder", "cut_here",
+    "load_job", "resume_job", "run_job", "split",
 ]
 
 SUBPACKAGES = ("protocol", "workers", "coordinator")  # the folders beside this one that install as dni.X
@@ -58,6 +59,7 @@ _HOMES = {
     "Mode": "dni.spec", "OptimizerSpec": "dni.spec",
     "StageBuilder": "dni.workers.build.contracts", "SynthesizerBuilder": "dni.workers.build.contracts",
     "StageCompute": "dni.workers.stage.compute", "MLPSynthesizer": "dni.workers.interfaces.synthesizers",
+    "cut_here": "dni.workers.build.tracing",
 }
 
 

@@ -7,27 +7,31 @@ or task (a head's own), the threads it may use and the checkpoint it resumes.
 """
 from __future__ import annotations
 
-from typing import Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence, Union
 
 from dni.coordinator.jobs.job import Job
 from dni.graph import join_shape
 from dni.protocol import Endpoints
 from dni.spec import WORKER_SETTINGS, Edge, PixelScaling, StageAssignment
 
-__all__ = ["stage_assignment"]
+__all__ = ["OutputShape", "stage_assignment"]
 
 
-def stage_assignment(job: Job, index: int, endpoints: Sequence[Endpoints], shapes: Mapping[int, Sequence[int]],
+OutputShape = Union[Sequence[int], Mapping[str, Sequence[int]]]  # a stage's output, or each output edge's by consumer
+
+
+def stage_assignment(job: Job, index: int, endpoints: Sequence[Endpoints], shapes: Mapping[int, OutputShape],
                      coordinator: str, restore: Optional[str], job_id: str, *, num_classes: int, loss: str,
                      pixels: Optional[PixelScaling] = None) -> StageAssignment:
     """Stage `index`'s assignment: `endpoints` are every stage's, `shapes` the per-example output shape of every
-    stage configured so far and of the data (-1); `restore` the checkpoint file it starts from (None: fresh);
-    `num_classes` and `loss` are the dataset's (a feed-forward job) or the task's (a sequence job), a head's own
-    where it sets them; `pixels` says how a stage that takes the data scales uint8 batches."""
+    stage configured so far (or of each of its output edges, by consumer name) and of the data (-1); `restore` the
+    checkpoint file it starts from (None: fresh); `num_classes` and `loss` are the dataset's (a feed-forward job) or
+    the task's (a sequence job), a head's own where it sets them; `pixels` says how a stage that takes the data
+    scales uint8 batches."""
     topology, spec = job.topology, job.stages[index]
     names = topology.names
     inputs = tuple(Edge("data" if source < 0 else names[source], source,
-                        None if source < 0 else endpoints[source].backward, tuple(shapes[source]))
+                        None if source < 0 else endpoints[source].backward, _edge_shape(shapes[source], names[index]))
                    for source in topology.inputs[index])
     outputs = tuple(Edge(names[consumer], consumer, endpoints[consumer].forward) for consumer in topology.consumers(index))
     head = index in topology.heads
@@ -40,3 +44,7 @@ def stage_assignment(job: Job, index: int, endpoints: Sequence[Endpoints], shape
         pixels=pixels if any(edge.peer < 0 for edge in inputs) else None,
         **{row.name: getattr(job, row.name) for row in WORKER_SETTINGS},
     )
+
+
+def _edge_shape(shape: OutputShape, consumer: str) -> tuple[int, ...]:
+    return tuple(shape[consumer] if isinstance(shape, Mapping) else shape)

@@ -1,45 +1,61 @@
-"""A job's own model cut into stages: the job keys `model`, `split` or `stages = N`, `synthesizer(s)`.
+"""A job's own model cut into stages: the job keys `model`, `split`, `cut` or `stages = N`, `synthesizer(s)`.
 
-`model_table` turns such a job table into one of ordinary `[[stages]]`, one
-`model_slice` stage per cut, after checking the cuts against the model's
-children (built once here, as every worker will build it). `balanced_cuts` is
-the arithmetic of `stages = N`: contiguous groups of children whose slowest
-group is as fast as it can be.
+`model_table` turns such a job table into one of ordinary `[[stages]]`, after checking the cuts against the model
+(built once here, as every worker will build it). Two ways to cut:
+- `split = [i, j]` cuts an `nn.Sequential` (or a module whose children run in order) between its children: one
+  `model_slice` stage per slice, a chain.
+- `cut = ["layer2", "layer3.1"]` (or `dni.cut_here()` marks in `forward`) cuts any module, traced: one
+  `model_piece` stage per part, each value that crosses a cut an edge of the job's graph
+  (`dni.workers.build.partition`), so a skip connection goes straight to the stage that uses it.
+`stages = N` is the first for an `nn.Sequential` and the second for any other module, between its children.
+`balanced_cuts` is the arithmetic of `stages = N`: contiguous groups whose slowest is as fast as it can be.
 """
 from __future__ import annotations
 
 from typing import Any, Sequence
 
+from torch import nn
+
 from dni.errors import ConfigError
-from dni.workers.build.model_slice import MODEL_SLICE, model_children
+from dni.graph import DATA
+from dni.workers.build.model_piece import MODEL_PIECE
+from dni.workers.build.model_slice import MODEL_SLICE, build_model
+from dni.workers.build.partition import Partition, cut_model, top_level_cuts
+from dni.workers.build.tracing import is_marker, trace
 
-__all__ = ["MODEL_KEYS", "balanced_cuts", "check_cuts", "model_table", "segments"]
+__all__ = ["MODEL_KEYS", "balanced_cuts", "check_cuts", "even_cuts", "model_table", "piece_tables", "segments", "traced"]
 
-MODEL_KEYS = ("model", "split", "synthesizer", "synthesizers")
+MODEL_KEYS = ("model", "split", "cut", "synthesizer", "synthesizers")
 
 
 def model_table(table: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(`table` with `[[stages]]` made from the model's cuts and the model keys taken out, the Job's model fields).
 
-    The fields are `model`, `split` (the cut points) and `balance` (N for `stages = N`, whose cuts are measured
-    when the run knows its input shape; until then they share the children out evenly).
+    The fields are `model`, `split` (the cut points between children) or `cut` (the submodules a traced model is
+    cut after), and `balance` (N for `stages = N`, whose cuts are measured when the run knows its input shape;
+    until then they share the children out evenly).
     """
     table = dict(table)
     model = table.pop("model", None)
     if not isinstance(model, str) or ":" not in model:
         raise ConfigError(f"model must be an import path 'package.module:function', got {model!r:.60}"
-                          if model is not None else "split, stages = N, synthesizer and synthesizers go with model = \"package.module:function\"")
-    split, stages = table.pop("split", None), table.pop("stages", None)
+                          if model is not None else "split, cut, stages = N, synthesizer and synthesizers go with model = \"package.module:function\"")
+    split, cut, stages = table.pop("split", None), table.pop("cut", None), table.pop("stages", None)
     if isinstance(stages, list):
-        raise ConfigError(f"model {model!r}: a job is either a model cut by split or stages = N, or a list of [[stages]], not both")
-    if split is not None and stages is not None:
-        raise ConfigError(f"model {model!r}: give split = [i, j, ...] or stages = N, not both")
-    if split is None and stages is None:
-        raise ConfigError(f"model {model!r} needs split = [i, j, ...] (cut points between its children) or stages = N")
+        raise ConfigError(f"model {model!r}: a job is either a model cut by split, cut or stages = N, or a list of "
+                          "[[stages]], not both")
+    if sum(key is not None for key in (split, cut, stages)) > 1:
+        raise ConfigError(f"model {model!r}: give one of split = [i, j, ...], cut = [\"name\", ...] or stages = N")
     seed = table.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ConfigError(f"seed must be int, got {seed!r:.60}")
-    trainable = [any(True for _ in child.parameters()) for child in model_children(model, seed)]
+    built = build_model(model, seed)
+    if cut is not None or (split is None and traced(built)):
+        return _traced_table(table, built, model, seed, cut, stages)
+    if split is None and stages is None:
+        raise ConfigError(f"model {model!r} needs split = [i, j, ...] (cut points between its children), "
+                          "cut = [\"name\", ...] (submodules a stage ends after) or stages = N")
+    trainable = [any(True for _ in child.parameters()) for child in _children(built, model)]
     count = len(trainable)
     balance = 0
     if stages is not None:
@@ -54,6 +70,70 @@ def model_table(table: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     ]
     return table, {"model": model, "split": cuts, "balance": balance}
 
+
+def traced(model: nn.Module) -> bool:
+    """Whether a model is cut by tracing it: any but an `nn.Sequential`, and one whose forward marks its cuts."""
+    return not isinstance(model, nn.Sequential) or _marks(model)
+
+
+def _marks(model: nn.Module) -> bool:
+    try:
+        return any(is_marker(node) for node in trace(model, "model").graph.nodes)
+    except ConfigError:
+        return False  # an nn.Sequential that cannot be traced is cut between its children as before
+
+
+def _children(model: nn.Module, name: str) -> list[nn.Module]:
+    children = list(model.children())
+    if len(children) < 2:
+        raise ConfigError(f"model {name!r} has {len(children)} child module{'' if len(children) == 1 else 's'}; "
+                          "a split needs at least 2 (return an nn.Sequential of its layers or blocks)")
+    return children
+
+
+def _traced_table(table: dict[str, Any], model: nn.Module, name: str, seed: int, cut: Any,
+                  stages: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A traced model's stages: cut where `cut` says (and at its marks), or for `stages = N` evenly among its
+    children until `balance_job` measures them."""
+    balance = 0
+    if stages is not None:
+        candidates = top_level_cuts(model, name)
+        if not isinstance(stages, int) or isinstance(stages, bool) or not 2 <= stages <= len(candidates) + 1:
+            raise ConfigError(f"model {name!r}: stages must be a number of stages from 2 to {len(candidates) + 1} "
+                              f"(it can be cut after {candidates}), got {stages!r:.60}")
+        if _marks(model):
+            raise ConfigError(f"model {name!r} marks its own cuts with dni.cut_here(); give those or stages = N, not both")
+        balance = stages
+        cut = even_cuts(model, name, candidates, stages)
+    elif cut is not None and not (isinstance(cut, list) and all(isinstance(path, str) for path in cut)):
+        raise ConfigError(f"model {name!r}: cut must be a list of submodule names like [\"layer2\", \"layer3.1\"], got {cut!r:.60}")
+    partition = cut_model(model, cut or [], name)
+    synthesizers = _synthesizers(table.pop("synthesizer", None), table.pop("synthesizers", None), partition.count - 1, name)
+    table["stages"] = piece_tables(partition, name, seed, list(cut or []), [*synthesizers, {}])
+    return table, {"model": name, "cut": tuple(cut or ()), "balance": balance}
+
+
+def even_cuts(model: nn.Module, name: str, candidates: Sequence[str], stages: int, times: Sequence[float] = ()) -> list[str]:
+    """The children to cut after for `stages` stages of the least slowest total time (each child's part of the
+    forward counted 1 where `times` are not given), each stage with parameters to train."""
+    finest = Partition(trace(model, name), model, candidates, name, whole=False)
+    trainable = [piece in finest.trained for piece in range(finest.count)]
+    if stages > sum(trainable):
+        raise ConfigError(f"model {name!r}: stages = {stages}, but only {sum(trainable)} of its parts between children "
+                          "have parameters to train, and every stage needs some")
+    cuts = balanced_cuts(list(times) or [1.0] * finest.count, stages, trainable)
+    return [candidates[point - 1] for point in cuts]
+
+
+def piece_tables(partition: Partition, name: str, seed: int, cut: list[str],
+                 synthesizers: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One `[[stages]]` entry per part of a traced model: named after its cut, taking the parts its values come from;
+    its `data_shape` is filled in when the run knows it (`dni.coordinator.jobs.split.balance_job`)."""
+    names = partition.stage_names()
+    return [{"kind": MODEL_PIECE, "model": name, "cut": cut, "piece": piece, "seed": seed, "data_shape": [],
+             "synthesizer": synthesizer, "name": names[piece],
+             "inputs": [DATA if crossing.producer < 0 else names[crossing.producer] for crossing in partition.inputs(piece)]}
+            for piece, synthesizer in zip(range(partition.count), synthesizers)]
 
 def check_cuts(split: Any, trainable: Sequence[bool], model: str) -> tuple[int, ...]:
     """The cut points, strictly increasing integers from 1 to count - 1, each stage with parameters to train."""

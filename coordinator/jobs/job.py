@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from dni.coordinator.jobs.cuts import MODEL_KEYS, model_table
+from dni.workers.build.model_piece import MODEL_PIECE
 from dni.coordinator.data.dataset import BUILTIN_DATASETS, resolve_data_root
 from dni.coordinator.data.datasets import check_dataset
 from dni.coordinator.data.normalize import AUTO, Normalization, check_normalize
@@ -113,8 +114,9 @@ class Job(WorkerSettings):
     text_window: int = setting(100, "the chars task: steps of each stream per batch", check=check_at_least_one)
     eval_characters: int = setting(20_000, "the chars task: at most this much of the held-out tail is scored at the end",
                                    check=check_at_least_one)
-    model: str = ""  # package.module:function whose children the stages are slices of ("": stages of their own)
+    model: str = ""  # package.module:function the stages are cut from ("": stages of their own)
     split: tuple[int, ...] = ()  # the model's cut points between children
+    cut: tuple[str, ...] = ()  # the submodules a traced model is cut after (`dni.workers.build.partition`)
     balance: int = 0  # stages = N: the cuts are still to be measured for the input shape (`dni.coordinator.jobs.split`)
 
     @property
@@ -217,7 +219,8 @@ def _model_fields(table: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]
 
 def _model_as_table(job: Job) -> dict[str, Any]:
     """The model keys that make the job's stages again: its cuts (or stages = N before they are measured)."""
-    table: dict[str, Any] = {"model": job.model, **({"stages": job.balance} if job.balance else {"split": list(job.split)})}
+    cuts = {"cut": list(job.cut)} if job.stages[0].kind == MODEL_PIECE else {"split": list(job.split)}
+    table: dict[str, Any] = {"model": job.model, **({"stages": job.balance} if job.balance else cuts)}
     table["synthesizers"] = [{"kind": stage.synthesizer.kind, **stage.synthesizer.params} for stage in job.stages[:-1]]
     return table
 

@@ -17,6 +17,7 @@ from dni.coordinator.train.routes import head_labels, same_labels
 from dni.graph import DATA
 from dni.workers.build.contracts import Shape
 from dni.workers.build.builder import build_stages
+from dni.workers.stage.blocks import Outputs
 from dni.workers.stage.compute import StageCompute, Upstream
 
 __all__ = ["InProcessGraph"]
@@ -46,10 +47,10 @@ class InProcessGraph:
 
     def step(self, batch: int, x: torch.Tensor, labels: torch.Tensor) -> None:
         """One training step of every stage, the targets back before it returns."""
-        outputs: dict[int, torch.Tensor] = {-1: x}
+        outputs: dict[int, Outputs] = {-1: x}
         upstream: dict[int, Upstream] = {}
         for index in self.order:
-            compute, inputs = self.computes[index], [outputs[source] for source, _ in self.edges[index]]
+            compute, inputs = self.computes[index], self._inputs(index, outputs)
             if index in self.labels:
                 upstream[index] = compute.train_last(inputs, self._labels(index, labels)).upstream
             else:
@@ -61,6 +62,11 @@ class InProcessGraph:
             for (source, edge), target in zip(self.edges[index], targets):
                 if source >= 0 and target is not None:
                     self._back(batch, source, edge, target, upstream)
+
+    def _inputs(self, index: int, outputs: dict[int, Outputs]) -> list[torch.Tensor]:
+        """What each input edge of stage `index` carries: its producer's output, or the output for that edge."""
+        return [carried[edge] if isinstance(carried := outputs[source], tuple) else carried
+                for source, edge in self.edges[index]]
 
     def _back(self, batch: int, source: int, edge: int, target: torch.Tensor, upstream: dict[int, Upstream]) -> None:
         producer = self.computes[source]
@@ -79,10 +85,12 @@ class InProcessGraph:
         right = dict.fromkeys(self.topology.heads, 0)
         examples = 0
         for x, labels in batches:
-            outputs: dict[int, torch.Tensor] = {-1: x}
+            outputs: dict[int, Outputs] = {-1: x}
             for index in self.order:
-                outputs[index] = self.computes[index].evaluate([outputs[source] for source, _ in self.edges[index]], labels)
+                outputs[index] = self.computes[index].evaluate(self._inputs(index, outputs), labels)
             for head in right:
-                right[head] += int((outputs[head].argmax(1) == self._labels(head, labels)).sum())
+                logits = outputs[head]
+                assert isinstance(logits, torch.Tensor), "a head outputs one tensor"
+                right[head] += int((logits.argmax(1) == self._labels(head, labels)).sum())
             examples += len(labels)
         return {self.topology.names[head]: count / examples for head, count in right.items()}

@@ -23,7 +23,7 @@ from dni.coordinator.data.tasks import CharText, Curriculum, SequenceTask, bits_
 from dni.spec import Mode
 from dni.workers.stage.blocks import Block, Span
 from dni.workers.build.builder import build_stages
-from dni.workers.stage.compute import StageCompute, only_input
+from dni.workers.stage.compute import StageCompute, only_input, only_output
 
 __all__ = ["SequenceModel", "train_sequences"]
 
@@ -44,7 +44,7 @@ class SequenceModel:
         """One chunk forward through every core and the readout, and back; (loss, steps right, steps scored)."""
         span, x = Span(flags["start"], flags["last"]), torch.from_numpy(tensors["x"])
         for core in self.cores:
-            x = core.forward(0, x, None, span)
+            x = only_output(core.forward(0, x, None, span))
         result = self.readout.train_last(x, torch.from_numpy(tensors["labels"]), torch.from_numpy(tensors["mask"]), span)
         gradient = only_input(result.upstream)
         for core in reversed(self.cores):
@@ -59,7 +59,7 @@ class SequenceModel:
         for tensors, flags in chunks_of(text.evaluation_batch(limit, rows), truncation):
             span, x = Span(flags["start"], flags["last"]), torch.from_numpy(tensors["x"])
             for core in self.cores:
-                x = core.evaluate(x, None, span)
+                x = only_output(core.evaluate(x, None, span))
             total += self.readout.evaluate_last(x, torch.from_numpy(tensors["labels"]), torch.from_numpy(tensors["mask"]),
                                                 span).score
         return bits_per_step(float(total[0]), float(total[2]))

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Optional
 import torch
 
 from dni.coordinator.train.checkpoints import Checkpoints, Position
-from dni.coordinator.jobs.assignments import stage_assignment
+from dni.coordinator.jobs.assignments import OutputShape, stage_assignment
 from dni.coordinator.train.feeds import EvalMessage, Feed, Shown, Tensors, Timing
 from dni.coordinator.train.interrupts import INTERRUPTS
 from dni.coordinator.jobs.job import Job
@@ -93,20 +93,20 @@ class Trainer:
         """Send every stage its assignment, in the graph's order: each stage's output shape is its consumers' input;
         then route the data and the labels to the stages that said they take them."""
         endpoints = self.pipeline.endpoints
-        shapes: dict[int, tuple[int, ...]] = {-1: tuple(self.feed.input_shape)}
+        shapes: dict[int, OutputShape] = {-1: tuple(self.feed.input_shape)}
         workers: dict[int, dict[str, Any]] = {}
         for index in self.topology.order():
             config = self._assignment(index, shapes, restore)
             reply = self.pipeline.request(index, "configure", {"config": config.to_wire()}, timeout=120)
             workers[index] = {"stage": index, "address": endpoints[index].control,
                               **{k: v for k, v in reply.meta.items() if k != "ok"}}
-            shapes[index] = tuple(reply.meta["output_shape"])
+            shapes[index] = reply.meta.get("edge_shapes") or tuple(reply.meta["output_shape"])
         self.workers = [workers[index] for index in range(len(self.job.stages))]
         for head in self.topology.heads:
-            self.feed.check_output(shapes[head], head)
+            self.feed.check_output(tuple(workers[head]["output_shape"]), head)
         self.routes = Routes.of(self.job, [bool(worker.get("takes_labels")) for worker in self.workers])
 
-    def _assignment(self, index: int, shapes: dict[int, tuple[int, ...]], restore: bool) -> StageAssignment:
+    def _assignment(self, index: int, shapes: dict[int, OutputShape], restore: bool) -> StageAssignment:
         return stage_assignment(self.job, index, self.pipeline.endpoints, shapes, self.coordinator_address,
                                 str(self.checkpoints.stage(index)) if restore else None, self.job_id,
                                 num_classes=self.feed.num_classes, loss=self.feed.loss, pixels=self.feed.pixels)

@@ -38,8 +38,8 @@ def assignment(index: int, mode: Mode = Mode.SG, loss: str = "bits", **spec) -> 
 
 
 def recurrent_stage(mode: Mode = Mode.SG) -> StageCompute:
-    stage, shape = assigned_stage(assignment(0, mode), "cpu", Timeline())
-    assert isinstance(stage.block, Recurrent) and shape == (HIDDEN,)
+    stage, built = assigned_stage(assignment(0, mode), "cpu", Timeline())
+    assert isinstance(stage.block, Recurrent) and built.output_shape == (HIDDEN,)
     return stage
 
 
@@ -182,8 +182,8 @@ def test_a_restored_stage_keeps_the_state_across_chunks_and_goes_on_as_the_saved
 
 
 def readout(mode: Mode = Mode.SG, loss: str = "bits") -> StageCompute:
-    stage, shape = assigned_stage(assignment(1, mode, loss), "cpu", Timeline())
-    assert isinstance(stage.block, PerStep) and shape == (OUTPUTS,)
+    stage, built = assigned_stage(assignment(1, mode, loss), "cpu", Timeline())
+    assert isinstance(stage.block, PerStep) and built.output_shape == (OUTPUTS,)
     return stage
 
 

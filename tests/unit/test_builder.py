@@ -95,3 +95,30 @@ def test_a_stage_with_several_output_edges_gets_a_synthesizer_for_each():
                           num_classes=3, seed=0, is_last=False, outputs=("left", "right"))
     left, right = modules.synthesizers.values()
     assert list(modules.synthesizers) == ["left", "right"] and left is not right and modules.synthesizer is left
+
+
+class TwoWays(torch.nn.Module):
+    """One output per edge: the features, and a wider view of them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(6, 4)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.linear(x)
+        return h, torch.cat([h, h], dim=1)
+
+
+def two_ways(input_shape: tuple[int, ...]) -> TwoWays:
+    return TwoWays()
+
+
+def test_a_module_of_one_output_per_edge_gets_each_edges_shape_and_a_synthesizer_of_that_shape():
+    spec = StageSpec(f"{__name__}:two_ways", {}, SynthesizerSpec("mlp", {"hidden": 8, "layers": 1}))
+    built = build_stage(spec, index=0, input_shape=(6,), mode=Mode.SG, num_classes=10, seed=0, is_last=False,
+                        outputs=("narrow", "wide"))
+    assert built.edge_shapes == {"narrow": (4,), "wide": (8,)} and built.edge_shape("wide") == (8,)
+    assert [synthesizer.output.out_features for synthesizer in built.synthesizers.values()] == [4, 8]
+    with pytest.raises(ConfigError, match=r"stage 0 \(.*two_ways\): the module returns 2 outputs for its 3 output edges"):
+        build_stage(spec, index=0, input_shape=(6,), mode=Mode.SG, num_classes=10, seed=0, is_last=False,
+                    outputs=("a", "b", "c"))

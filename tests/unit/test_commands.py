@@ -32,7 +32,7 @@ class FakeHost:
         ) if configured else None
 
     def start_session(self, config):
-        self.session = SimpleNamespace(output_shape=(10,), device="cpu", config=config, takes_labels=config.is_last)
+        self.session = SimpleNamespace(output_shape=(10,), edge_shapes={}, device="cpu", config=config, takes_labels=config.is_last)
         return self.session
 
     def end_session(self, why: str, exit_code: int) -> None:

@@ -1,5 +1,7 @@
 """coordinator/jobs/cuts.py: a job's model keys become one model_slice stage per cut, checked against the model's
-children with errors that name the model; balanced cuts make the slowest stage as fast as it can be."""
+children with errors that name the model, or (`cut`, or `stages = N` of any other module than an nn.Sequential)
+one model_piece stage per part of the traced model, a graph; balanced cuts make the slowest stage as fast as it
+can be."""
 from __future__ import annotations
 
 from itertools import combinations
@@ -8,8 +10,9 @@ from typing import Any
 import pytest
 
 from dni.coordinator.jobs.cuts import balanced_cuts, model_table, segments
-from dni.coordinator.jobs.job import job_from_table
+from dni.coordinator.jobs.job import job_as_table, job_from_table
 from dni.errors import ConfigError
+from dni.workers.build.model_piece import MODEL_PIECE
 from dni.workers.build.model_slice import MODEL_SLICE
 
 MODEL = "tests.unit.test_model_slice:make"  # seven children
@@ -42,9 +45,9 @@ def test_a_model_job_reads_as_a_job_of_its_slices():
 
 
 @pytest.mark.parametrize("keys, message", [
-    ({"split": [2], "stages": [{"kind": "linear"}]}, r"either a model cut by split or stages = N, or a list of \[\[stages\]\], not both"),
-    ({"split": [2], "stages": 3}, "give split = .* or stages = N, not both"),
-    ({}, "needs split = .* \\(cut points between its children\\) or stages = N"),
+    ({"split": [2], "stages": [{"kind": "linear"}]}, r"either a model cut by split, cut or stages = N, or a list of \[\[stages\]\], not both"),
+    ({"split": [2], "stages": 3}, "give one of split = .*, cut = .* or stages = N"),
+    ({}, "needs split = .* \\(cut points between its children\\), cut = .* or stages = N"),
     ({"split": [4, 2]}, r"split \[4, 2\] must be strictly increasing"),
     ({"split": [2, 2]}, r"split \[2, 2\] must be strictly increasing"),
     ({"split": [0, 3]}, r"split \[0, 3\] must cut between its 7 children, at 1 to 6"),
@@ -64,8 +67,9 @@ def test_bad_model_keys_are_refused_naming_the_model(keys, message):
 
 
 @pytest.mark.parametrize("keys, message", [
-    ({"split": [2]}, "split, stages = N, synthesizer and synthesizers go with model"),
-    ({"stages": 3}, "split, stages = N, synthesizer and synthesizers go with model"),
+    ({"split": [2]}, "split, cut, stages = N, synthesizer and synthesizers go with model"),
+    ({"cut": ["a"]}, "split, cut, stages = N, synthesizer and synthesizers go with model"),
+    ({"stages": 3}, "split, cut, stages = N, synthesizer and synthesizers go with model"),
 ])
 def test_model_keys_without_a_model_are_refused(keys, message):
     plain = {key: value for key, value in table(**keys).items() if key != "model"}
@@ -114,3 +118,38 @@ def test_balanced_cuts_make_the_slowest_stage_as_fast_as_it_can_be(times, stages
 
     assert balanced_cuts(times, stages, [True] * len(times)) == cuts
     assert slowest(cuts) == min(slowest(other) for other in combinations(range(1, len(times)), stages - 1))
+
+
+TRACED = "tests.unit.test_model_piece:skip"  # children a, b, c, d; a's output skips to d
+
+
+def test_a_cut_makes_one_piece_stage_per_part_named_after_its_cut_taking_the_parts_it_uses():
+    stages, fields = model_table(table(model=TRACED, cut=["a", "b", "c"], synthesizer=SYNTH))
+    assert fields == {"model": TRACED, "cut": ("a", "b", "c"), "balance": 0}
+    assert [stage["kind"] for stage in stages["stages"]] == [MODEL_PIECE] * 4
+    assert [(stage["name"], stage["inputs"], stage["piece"]) for stage in stages["stages"]] == [
+        ("a", ["data"], 0), ("b", ["a"], 1), ("c", ["b"], 2), ("head", ["a", "c"], 3)]
+    assert [stage["synthesizer"] for stage in stages["stages"]] == [SYNTH, SYNTH, SYNTH, {}]
+
+
+def test_stages_n_of_any_other_module_than_a_sequential_is_traced_and_starts_even_among_its_children():
+    _, fields = model_table(table(model=TRACED, stages=2))
+    assert fields == {"model": TRACED, "cut": ("b",), "balance": 2}
+    with pytest.raises(ConfigError, match=r"stages must be a number of stages from 2 to 4 \(it can be cut after \['a', 'b', 'c'\]\)"):
+        model_table(table(model=TRACED, stages=5))
+
+
+def test_a_traced_job_reads_back_from_its_table():
+    job = job_from_table(table(model=TRACED, cut=["b"]))
+    assert job_from_table(job_as_table(job)) == job
+
+
+@pytest.mark.parametrize("keys, says", [
+    ({"cut": ["a"], "split": [1]}, "give one of split = [i, j, ...], cut = [\"name\", ...] or stages = N"),
+    ({"cut": "a"}, "cut must be a list of submodule names"),
+    ({"model": "tests.unit.test_tracing:Marked", "stages": 2}, "marks its own cuts with dni.cut_here(); give those or stages = N"),
+])
+def test_traced_keys_that_do_not_go_together_are_refused(keys, says):
+    with pytest.raises(ConfigError) as refused:
+        model_table(table(**{"model": TRACED, **keys}))
+    assert says in str(refused.value)

@@ -74,8 +74,8 @@ class Wired:
                       (outboxes.add(Outbox(self.downstream, name="downstream")),) if self.downstream else (),
                       outboxes.add(Outbox(self.report, name="coordinator")), self.report)
         timeline = Timeline()
-        compute, shape = assigned_stage(assignment, "cpu", timeline)
-        self.session = Session(assignment, compute, shape, links, device="cpu", timeline=timeline,
+        compute, modules = assigned_stage(assignment, "cpu", timeline)
+        self.session = Session(assignment, compute, modules.output_shape, links, device="cpu", timeline=timeline,
                                limits=DEFAULT_LIMITS, refusals=RefusalLog(logging.getLogger("test_datapath")))
 
     def sockets(self) -> dict[str, int]:

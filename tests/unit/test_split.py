@@ -8,9 +8,11 @@ from torch import nn
 import dni
 from dni.coordinator.jobs import split as split_module
 from dni.coordinator.jobs.job import job_as_table, job_from_table
-from dni.coordinator.jobs.split import balance_job, measure_children, model_path, split
+from dni.coordinator.jobs.split import balance_job, measure_children, measure_pieces, model_path, split
 from dni.errors import ConfigError
-from dni.workers.build.model_slice import MODEL_SLICE, model_children
+from dni.workers.build.model_slice import MODEL_SLICE, build_model, model_children
+from dni.workers.build.partition import Partition
+from dni.workers.build.tracing import trace
 from tests.conftest import small_job
 from tests.unit.test_model_slice import make
 
@@ -92,3 +94,28 @@ def test_every_child_is_timed_on_its_predecessors_output():
     times = measure_children(model_children(MODEL, 0), (3, 4), 8)
     assert len(times) == 7 and all(time > 0 for time in times)
 
+
+
+TRACED = "tests.unit.test_model_piece:skip"  # children a, b, c, d; a's output skips to d
+
+
+def test_a_traced_model_cut_by_hand_learns_the_datas_shape_and_is_recorded(job):
+    by_hand = split(job, TRACED, cut=["a", "c"], synthesizer=SYNTH)
+    fitted, record = balance_job(by_hand, (6,))
+    assert record == {"cut": ["a", "c"], "how": "as the job says"}
+    assert [stage.params["data_shape"] for stage in fitted.stages] == [[6]] * 3
+    assert [stage.name for stage in fitted.stages] == ["a", "c", "head"]
+
+
+def test_stages_n_of_a_traced_model_is_cut_where_its_measured_parts_are_most_even(job, monkeypatch):
+    monkeypatch.setattr(split_module, "measure_pieces", lambda partition, shape, batch: [4.0, 1.0, 1.0, 2.0])
+    balanced, record = balance_job(split(job, TRACED, stages=2, synthesizer=SYNTH), (6,))
+    assert (balanced.cut, balanced.balance, record["cut"]) == (("a",), 0, ["a"])
+    assert record["how"].startswith("cut after ['a'] from measured times [4.0, 1.0, 1.0, 2.0] ms of the parts after ['a', 'b', 'c']")
+    assert [stage.params["data_shape"] for stage in balanced.stages] == [[6], [6]]
+
+
+def test_every_part_of_a_traced_model_is_timed_on_what_its_inputs_carry():
+    model = build_model(TRACED, 0)
+    times = measure_pieces(Partition(trace(model, TRACED), model, ["a", "b", "c"], TRACED, whole=False), (6,), 8)
+    assert len(times) == 4 and all(time > 0 for time in times)

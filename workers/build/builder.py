@@ -7,7 +7,7 @@ module applied at every step; any other job's stages are modules applied once pe
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence, cast
 
 import torch
@@ -16,7 +16,7 @@ from torch import nn
 from dni.errors import ConfigError
 from dni.graph import DATA, join_shape
 from dni.spec import Mode, OptimizerSpec, StageAssignment, StageSpec, topology_of
-from dni.workers.stage.blocks import Block, PerStep, per_step
+from dni.workers.stage.blocks import Block, Outputs, PerStep, per_step
 from dni.workers.stage.compute import StageCompute
 from dni.workers.build.contracts import Shape, call_stage
 from dni.workers.stage.recurrent import RECURRENT_MODES, Recurrent, RecurrentCore, linear_synthesizer, resolve_core
@@ -24,18 +24,24 @@ from dni.workers.build.registry import (STAGE_ARGUMENTS, SYNTHESIZER_ARGUMENTS, 
                                   resolve_synthesizer)
 from dni.workers.stage.timing import Timeline
 
-__all__ = ["StageModules", "assigned_stage", "build_stage", "build_stages", "output_shape_of", "stage_seed"]
+__all__ = ["StageModules", "assigned_stage", "build_stage", "build_stages", "output_shape_of", "output_shapes_of",
+           "stage_seed"]
 
 
 @dataclass
 class StageModules:
     """A built stage: its module, how it is applied (None: once per batch), the synthesizers of its output edges
-    (by edge name), its output shape and the shape it takes (its inputs joined)."""
+    (by edge name), its output shape, the shape it takes (its inputs joined) and what each output edge carries
+    (its output, or the edge's own where the module makes one per edge: then `output_shape` is the first's)."""
     module: nn.Module
     synthesizers: dict[str, nn.Module]
     output_shape: Shape
     block: Optional[Block] = None
     input_shape: Shape = ()
+    edge_shapes: dict[str, Shape] = field(default_factory=dict)
+
+    def edge_shape(self, edge: str) -> Shape:
+        return self.edge_shapes.get(edge, self.output_shape)
 
     @property
     def synthesizer(self) -> Optional[nn.Module]:
@@ -67,6 +73,7 @@ def build_stage(spec: StageSpec, *, index: int, input_shape: Shape, mode: Mode, 
     check_params(builder, spec.params, where, STAGE_ARGUMENTS)
     module = builder(tuple(input_shape), **spec.params).to(device)
     block: Optional[Block] = None
+    edge_shapes: dict[str, Shape] = {}
     if recurrent:
         core = cast(RecurrentCore, module)
         output_shape = _per_step_shape(module, input_shape, device, lambda x: core(x, core.initial_state(2, x.device))[0])
@@ -76,24 +83,36 @@ def build_stage(spec: StageSpec, *, index: int, input_shape: Shape, mode: Mode, 
         output_shape = _per_step_shape(module, input_shape, device, lambda x: per_step(module, x))
         block = PerStep(module)
     else:
-        output_shape = output_shape_of(module, input_shape, device)
+        probed = output_shapes_of(module, input_shape, device)
+        edge_shapes = _per_edge_shapes(probed, outputs, where)
+        output_shape = probed[0]
     synthesizers = {}
     if mode.uses_synthesizer and not is_last:
         synthesizer_builder = resolve_synthesizer(spec.synthesizer.kind)
         check_params(synthesizer_builder, spec.synthesizer.params, f"{where}, synthesizer {spec.synthesizer.kind}", SYNTHESIZER_ARGUMENTS)
         for edge in outputs:
+            shape = edge_shapes.get(edge, output_shape)
             synthesizers[edge] = synthesizer_builder(
-                output_shape,
-                (1,) if mode.synthetic_loss else output_shape,
+                shape,
+                (1,) if mode.synthetic_loss else shape,
                 num_classes if mode.conditioned else 0,
                 not mode.synthetic_loss,  # a squared output starting at zero could never move
                 **spec.synthesizer.params,
             ).to(device)
-    return StageModules(module, synthesizers, output_shape, block, tuple(input_shape))
+    return StageModules(module, synthesizers, output_shape, block, tuple(input_shape), edge_shapes)
 
 
-def assigned_stage(config: StageAssignment, device: str, timeline: Timeline) -> tuple[StageCompute, Shape]:
-    """The stage a worker serves for `config`, on `device`, and its (per-step) output shape."""
+def _per_edge_shapes(shapes: list[Shape], outputs: Sequence[str], where: str) -> dict[str, Shape]:
+    """Each output edge's shape, where the module returns one output per edge."""
+    if len(shapes) == 1:
+        return {}
+    if len(shapes) != len(outputs):
+        raise ConfigError(f"{where}: the module returns {len(shapes)} outputs for its {len(outputs)} output edges")
+    return dict(zip(outputs, shapes))
+
+
+def assigned_stage(config: StageAssignment, device: str, timeline: Timeline) -> tuple[StageCompute, StageModules]:
+    """The stage a worker serves for `config`, on `device`, and what was built for it (its shapes)."""
     outputs = tuple(edge.name for edge in config.outputs)
     modules = build_stage(config.spec, index=config.index, input_shape=config.input_shape, mode=config.mode,
                           num_classes=config.num_classes, seed=config.seed, is_last=config.is_last, device=device,
@@ -105,7 +124,7 @@ def assigned_stage(config: StageAssignment, device: str, timeline: Timeline) -> 
                            loss_weight=config.loss_weight, num_classes=config.num_classes, window=config.window,
                            cuda_graphs=config.cuda_graphs, timeline=timeline,
                            name=f"{config.where} ({config.spec.kind})")
-    return compute, modules.output_shape
+    return compute, modules
 
 
 def build_stages(stages: Sequence[StageSpec], *, input_shape: Shape, mode: Mode, num_classes: int, seed: int,
@@ -121,7 +140,7 @@ def build_stages(stages: Sequence[StageSpec], *, input_shape: Shape, mode: Mode,
     for index in topology.order():
         spec, sources = stages[index], topology.inputs[index]
         where = topology.describe(index) if not topology.chain else f"stage {index}"
-        shapes = [tuple(input_shape) if source < 0 else built[source].output_shape for source in sources]
+        shapes = [tuple(input_shape) if source < 0 else built[source].edge_shape(topology.names[index]) for source in sources]
         shape = join_shape(spec.join, shapes, where)
         head = index in topology.heads
         try:
@@ -144,22 +163,31 @@ def build_stages(stages: Sequence[StageSpec], *, input_shape: Shape, mode: Mode,
 
 def output_shape_of(module: nn.Module, input_shape: Shape, device: str = "cpu") -> Shape:
     """Per-example output shape, found by running the module in eval mode on a dummy batch."""
+    return output_shapes_of(module, input_shape, device)[0]
+
+
+def output_shapes_of(module: nn.Module, input_shape: Shape, device: str = "cpu") -> list[Shape]:
+    """Per-example shape of each output (one, or one per output edge), found by running the module in eval mode
+    on a dummy batch."""
     probe = torch.zeros(2, *input_shape, device=device)
     labels = torch.zeros(2, dtype=torch.int64, device=device)
-    return _probed(module, lambda: call_stage(module, probe, labels))[1:]
+    outputs = _probed(module, lambda: call_stage(module, probe, labels))
+    return [tuple(output.shape[1:]) for output in (outputs if isinstance(outputs, tuple) else (outputs,))]
 
 
 def _per_step_shape(module: nn.Module, input_shape: Shape, device: str,
                     call: Callable[[torch.Tensor], torch.Tensor]) -> Shape:
     """A per-step module's output shape per step, found on a dummy chunk of one step."""
     probe = torch.zeros(2, 1, *input_shape, device=device)
-    return _probed(module, lambda: call(probe))[2:]
+    output = _probed(module, lambda: call(probe))
+    assert isinstance(output, torch.Tensor)
+    return tuple(output.shape[2:])
 
 
-def _probed(module: nn.Module, call: Callable[[], torch.Tensor]) -> Shape:
+def _probed(module: nn.Module, call: Callable[[], Outputs]) -> Outputs:
     was_training = module.training
     module.eval()
     with torch.no_grad():
         output = call()
     module.train(was_training)
-    return tuple(output.shape)
+    return output

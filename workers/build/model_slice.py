@@ -28,8 +28,7 @@ def build_model(model: str, seed: int) -> nn.Module:
     except Exception as error:  # the model's own code failing: say whose it is
         raise ConfigError(f"model {model!r} failed to build: {type(error).__name__}: {error}") from error
     if not isinstance(built, nn.Module):
-        raise ConfigError(f"model {model!r} must return an nn.Module (an nn.Sequential, or a module whose children run in order), "
-                          f"got {type(built).__name__}")
+        raise ConfigError(f"model {model!r} must return an nn.Module, got {type(built).__name__}")
     return built
 
 

@@ -83,7 +83,8 @@ def _configure(host: CommandHost, identity: bytes, message: Message) -> Message:
     session = host.start_session(StageAssignment.from_wire(message.meta.get("config")))
     hostname = host_socket.gethostname()
     return _ok(pid=os.getpid(), hostname=hostname, ip=_ip_of(hostname), output_shape=list(session.output_shape),
-              device=session.device, takes_labels=session.takes_labels)
+               edge_shapes={edge: list(shape) for edge, shape in session.edge_shapes.items()},
+               device=session.device, takes_labels=session.takes_labels)
 
 
 def _flush(host: CommandHost, identity: bytes, message: Message) -> Optional[Message]:

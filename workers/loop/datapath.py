@@ -22,7 +22,7 @@ import torch
 
 from dni.protocol import Kind, Message, decode
 from dni.workers.loop.actions import SENDS, Action, Event, Role, step_order
-from dni.workers.stage.blocks import Span
+from dni.workers.stage.blocks import Outputs, Span
 from dni.workers.stage.compute import EvalResult, LastStageResult, Upstream, score_meta
 from dni.workers.loop.devices import arrays_on_host, to_device
 from dni.workers.loop.pixels import as_floats
@@ -49,7 +49,7 @@ class StepState:
     span: Span = Span()
     target: Optional[torch.Tensor] = None
     edge: int = 0
-    output: Optional[torch.Tensor] = None
+    output: Optional[Outputs] = None
     upstream: Upstream = None
     result: Optional[EvalResult] = None
 
@@ -102,7 +102,7 @@ def on_backward(session: Session, frames: list) -> Steps:
     check_edge(message, edge is not None, session, "output")
     assert edge is not None
     compute = session.compute
-    expected = compute.expected_target_shape(message.batch) if compute.awaits_target(message.batch, edge) else None
+    expected = compute.expected_target_shape(message.batch, edge) if compute.awaits_target(message.batch, edge) else None
     checked = check_target(message, expected, session.config.nonfinite)
     count_nonfinite(session, checked.nonfinite)
     session.timeline.lap("checks")
@@ -142,8 +142,12 @@ def _evaluate(session: Session, state: StepState) -> None:
 
 def _send_activation(session: Session, state: StepState) -> None:
     assert state.output is not None  # every stage but a head has one
-    message = state.message
-    session.send(session.outputs, message.kind, message.batch, message.meta, {"x": state.output})
+    message, output = state.message, state.output
+    if isinstance(output, tuple):  # one per edge
+        for outbox, part in zip(session.outputs, output):
+            session.send(outbox, message.kind, message.batch, message.meta, {"x": part})
+    else:
+        session.send(session.outputs, message.kind, message.batch, message.meta, {"x": output})
 
 
 def _follow_synthesizer(session: Session, state: StepState) -> None:

@@ -83,8 +83,9 @@ class Session:
 
     def __init__(self, config: StageAssignment, compute: StageCompute, output_shape: Shape, links: Links, *,
                  device: str, timeline: Timeline, limits: Limits, refusals: RefusalLog,
-                 heartbeat: Optional[Heartbeat] = None) -> None:
+                 heartbeat: Optional[Heartbeat] = None, edge_shapes: Optional[dict[str, Shape]] = None) -> None:
         self.config, self.compute, self.output_shape = config, compute, output_shape
+        self.edge_shapes = edge_shapes or {}  # what each output edge carries, where the module makes one per edge
         self.device, self.timeline, self.limits, self.refusals = device, timeline, limits, refusals
         self.role = Role.LAST if config.is_last else Role.HIDDEN
         self.takes_labels = config.is_last or (config.mode.conditioned and bool(compute.interfaces)) or \
@@ -116,14 +117,14 @@ class Session:
             device = resolve_device(config.spec.device, config.index)
             timeline = Timeline(config.record_spans, DeviceClock(device) if device.startswith("cuda") else None)
             torch.set_num_threads(config.threads)
-            compute, output_shape = assigned_stage(config, device, timeline)
+            compute, modules = assigned_stage(config, device, timeline)
             _restore(config, compute)
             links = Links.connect(context, config, limits)
         except BaseException:
             heartbeat.stop()
             raise
-        return cls(config, compute, output_shape, links, device=device, timeline=timeline, limits=limits,
-                   refusals=refusals, heartbeat=heartbeat)
+        return cls(config, compute, modules.output_shape, links, device=device, timeline=timeline, limits=limits,
+                   refusals=refusals, heartbeat=heartbeat, edge_shapes=modules.edge_shapes)
 
     def status(self) -> dict[str, Any]:
         """What each heartbeat tells the coordinator (read from the heartbeat thread: plain values only)."""

@@ -17,7 +17,7 @@ block in eval mode. `Span` says where a chunk lies in its sequence; a feed-forwa
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Protocol, cast
+from typing import Any, Callable, Optional, Protocol, Union, cast
 
 import torch
 from torch import nn
@@ -25,7 +25,9 @@ from torch import nn
 from dni.workers.stage.graphs import GraphedCall
 from dni.workers.build.contracts import call_stage
 
-__all__ = ["WHOLE", "Block", "Feedforward", "PerStep", "Span", "per_step"]
+__all__ = ["WHOLE", "Block", "Feedforward", "Outputs", "PerStep", "Span", "per_step"]
+
+Outputs = Union[torch.Tensor, tuple[torch.Tensor, ...]]  # a block's output: one for every edge, or one per edge
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,7 @@ class Block(Protocol):
 
     def forward(self, x: torch.Tensor, labels: Optional[torch.Tensor], span: Span) -> torch.Tensor: ...
 
-    def backward(self, output: torch.Tensor, gradient: torch.Tensor, span: Span) -> None: ...
+    def backward(self, output: Outputs, gradient: Outputs, span: Span) -> None: ...
 
     def evaluate(self, x: torch.Tensor, labels: Optional[torch.Tensor], span: Span) -> torch.Tensor: ...
 
@@ -79,8 +81,8 @@ class Feedforward:
             return call_stage(self.module, x, labels)
         return self.graphed(x, cast(torch.Tensor, labels)) if self.wants_labels else self.graphed(x)
 
-    def backward(self, output: torch.Tensor, gradient: torch.Tensor, span: Span) -> None:
-        output.backward(gradient)
+    def backward(self, output: Outputs, gradient: Outputs, span: Span) -> None:
+        torch.autograd.backward(output, gradient)  # one output, or one per output edge with its own gradient
 
     def evaluate(self, x: torch.Tensor, labels: Optional[torch.Tensor], span: Span) -> torch.Tensor:
         return _in_eval_mode(self.module, lambda: call_stage(self.module, x, labels))

@@ -8,7 +8,9 @@ its per-step readout are all this one stage around a different block.
 A stage of a graph (`dni.graph`) takes several inputs, joined inside its autograd graph so that each gets its own
 gradient back, and feeds several stages, each output edge with its own `BackwardInterface`: it follows the sum of
 their predictions, and each learns from the target its own consumer returns; locked, it goes backward once every
-edge's target is in, with their sum. A chain's stage is the case of one edge each way.
+edge's target is in, with their sum. A module sends one output along every edge, or returns a tuple of one per
+edge (a stage cut from a model, `dni.workers.build.model_piece`), each edge then with its own prediction and
+target. A chain's stage is the case of one edge each way.
 
 The worker runs a step as the actions of `dni.workers.loop.actions` say: `forward` when a batch arrives, the
 activation sent downstream, `follow_synthesizer` (the update-unlocked step of the synthetic modes), the input
@@ -37,7 +39,7 @@ from dni.graph import DATA
 from dni.schedule import StageSchedule
 from dni.spec import Mode, OptimizerSpec
 from dni.workers.interfaces.backward import BackwardInterface, Prediction
-from dni.workers.stage.blocks import WHOLE, Block, Feedforward, Span
+from dni.workers.stage.blocks import WHOLE, Block, Feedforward, Outputs, Span
 from dni.workers.stage.graphs import GraphedCall, Unconditioned
 from dni.workers.build.contracts import Shape
 from dni.workers.stage.losses import Loss, LossFunction, per_example_losses, resolve_loss
@@ -45,7 +47,8 @@ from dni.workers.stage.optimizers import Trained
 from dni.workers.interfaces.stash import WeightStash
 from dni.workers.stage.timing import Timeline
 
-__all__ = ["EvalResult", "Inputs", "LastStageResult", "Pending", "StageCompute", "Upstream", "only_input", "score_meta"]
+__all__ = ["EvalResult", "Inputs", "LastStageResult", "Outputs", "Pending", "StageCompute", "Upstream", "only_input",
+           "only_output", "score_meta"]
 
 Inputs = Union[torch.Tensor, Sequence[torch.Tensor]]  # a stage's input, or its inputs in the order of its edges
 
@@ -56,9 +59,10 @@ Upstream = Union[torch.Tensor, tuple[Optional[torch.Tensor], ...], None]  # one 
 @dataclass
 class Pending:
     """What a stage keeps of a batch until every output edge's target has arrived: its inputs (their gradients
-    are what goes back), its output, and per output edge the prediction it followed and the target that came."""
+    are what goes back), its output (or one per edge), and per output edge the prediction it followed and the
+    target that came."""
     xs: tuple[Optional[torch.Tensor], ...]
-    h: torch.Tensor
+    h: Outputs
     condition: Optional[torch.Tensor]
     step: int
     span: Span
@@ -67,6 +71,10 @@ class Pending:
 
     def awaits(self, edge: int) -> bool:
         return self.targets[edge] is None
+
+    def output(self, edge: int) -> torch.Tensor:
+        """What edge `edge` carries."""
+        return self.h[edge] if isinstance(self.h, tuple) else self.h
 
     @property
     def complete(self) -> bool:
@@ -215,29 +223,36 @@ class StageCompute:
     def edge_index(self, edge: Union[int, str]) -> int:
         return edge if isinstance(edge, int) else self.outputs.index(edge)
 
-    def expected_target_shape(self, batch: int) -> Shape:
-        """The shape of the target batch `batch` awaits: a loss per example (sl) or a gradient of the output."""
-        h = self.pending[batch].h
+    def expected_target_shape(self, batch: int, edge: int = 0) -> Shape:
+        """The shape of the target batch `batch` awaits along `edge`: a loss per example (sl) or a gradient of what
+        the edge carries."""
+        h = self.pending[batch].output(edge)
         return (h.shape[0], 1) if self.mode.synthetic_loss else tuple(h.shape)
 
-    def forward(self, batch: int, x: Inputs, labels: Optional[torch.Tensor], span: Span = WHOLE) -> torch.Tensor:
+    def forward(self, batch: int, x: Inputs, labels: Optional[torch.Tensor], span: Span = WHOLE) -> Outputs:
         """A hidden stage's training forward pass on its input (or its inputs, in `inputs` order); returns the
-        activation for its output edges."""
+        activation for its output edges (a tuple of one per edge where the module makes one per edge)."""
         self.steps += 1
         xs = _as_inputs(x)
         if not self.learns:
             with torch.no_grad():
-                h = self.block.forward(self._joined(xs), labels, span)
+                h = self._per_edge(self.block.forward(self._joined(xs), labels, span))
             self.time.lap("forward")
             return h
         for part, wants in zip(xs, self.wants_gradient):
             part.requires_grad_(wants)
-        h = self.block.forward(self._joined(xs), labels, span)
+        h = self._per_edge(self.block.forward(self._joined(xs), labels, span))
         condition = F.one_hot(labels, self.num_classes).float() if self.mode.conditioned and labels is not None else None
         edges = len(self.outputs)
         self.pending[batch] = Pending(xs, h, condition, self.steps, span, [None] * edges, [None] * edges)
         self.time.lap("forward")
-        return h.detach()
+        return _detached(h)
+
+    def _per_edge(self, h: Outputs) -> Outputs:
+        if isinstance(h, tuple) and len(h) != len(self.outputs):
+            raise ValueError(f"{self.name}: the module returns {len(h)} outputs for {len(self.outputs)} output edges "
+                             f"{list(self.outputs)}")
+        return h
 
     def _joined(self, xs: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """The inputs as the block takes them: one as it is; several concatenated along their first per-example
@@ -267,7 +282,7 @@ class StageCompute:
             upstream = self._follow_synthetic_gradient(pending)
         self.time.lap("synthetic")
         self._update_due = True
-        pending.xs, pending.h = (), pending.h.detach()  # the predictions keep what their own graphs need
+        pending.xs, pending.h = (), _detached(pending.h)  # the predictions keep what their own graphs need
         return upstream
 
     def apply_update(self) -> None:
@@ -278,15 +293,23 @@ class StageCompute:
             self.time.lap("optimizer")
 
     def _follow_synthetic_gradient(self, pending: Pending) -> Upstream:
-        h = pending.h.detach()
-        predictions = [interface.predict(h, pending.condition) for interface in self.interfaces]
+        predictions = [interface.predict(pending.output(edge).detach(), pending.condition)
+                       for edge, interface in enumerate(self.interfaces)]
         pending.predictions = list(predictions)
         self.module_step.zero_grad()
-        self.block.backward(pending.h, _summed([prediction.value.detach() for prediction in predictions]), pending.span)
+        self._backward(pending, [prediction.value.detach() for prediction in predictions])
         return self._input_gradients(pending)
 
+    def _backward(self, pending: Pending, gradients: list[torch.Tensor]) -> None:
+        """Gradients into the block from each edge's: their sum, where every edge carries the one output."""
+        if isinstance(pending.h, tuple):
+            self.block.backward(pending.h, tuple(gradients), pending.span)
+        else:
+            self.block.backward(pending.h, _summed(gradients), pending.span)
+
     def _follow_synthetic_loss(self, pending: Pending) -> Upstream:
-        predictions = [interface.predict(pending.h, pending.condition) for interface in self.interfaces]
+        predictions = [interface.predict(pending.output(edge), pending.condition)
+                       for edge, interface in enumerate(self.interfaces)]
         pending.predictions = list(predictions)
         predicted = _summed([prediction.value for prediction in predictions])
         parameters = [p for p in self.module.parameters() if p.requires_grad]
@@ -310,7 +333,7 @@ class StageCompute:
         if pending.complete:
             del self.pending[batch]
         if not self.interfaces:
-            return self._backpropagate(pending, _summed(pending.targets)) if pending.complete else None
+            return self._backpropagate(pending) if pending.complete else None
         prediction = pending.predictions[index]
         assert prediction is not None, "a synthetic stage predicts as it follows"
         pending.predictions[index] = None
@@ -318,9 +341,9 @@ class StageCompute:
         self.interfaces[index].learn(prediction, target)
         return None
 
-    def _backpropagate(self, pending: Pending, gradient: torch.Tensor) -> Upstream:
+    def _backpropagate(self, pending: Pending) -> Upstream:
         self.module_step.zero_grad()
-        self.block.backward(pending.h, gradient, pending.span)
+        self._backward(pending, [target for target in pending.targets if target is not None])
         self.time.lap("backward")
         self._update_due = True
         return self._input_gradients(pending)
@@ -368,9 +391,9 @@ class StageCompute:
                                upstream)
 
     @torch.no_grad()
-    def evaluate(self, x: Inputs, labels: Optional[torch.Tensor], span: Span = WHOLE) -> torch.Tensor:
+    def evaluate(self, x: Inputs, labels: Optional[torch.Tensor], span: Span = WHOLE) -> Outputs:
         """The stage's output in eval mode (a hidden stage's evaluation: the output goes downstream)."""
-        output = self.block.evaluate(self._joined(_as_inputs(x)), labels, span)
+        output = self._per_edge(self.block.evaluate(self._joined(_as_inputs(x)), labels, span))
         self.time.lap("forward")
         return output
 
@@ -378,7 +401,9 @@ class StageCompute:
     def evaluate_last(self, x: Inputs, labels: torch.Tensor, mask: Optional[torch.Tensor] = None,
                       span: Span = WHOLE) -> EvalResult:
         """The last stage's evaluation of a batch with the job's loss."""
-        return self._scored(self.evaluate(x, labels, span), labels, mask)
+        logits = self.evaluate(x, labels, span)
+        assert isinstance(logits, torch.Tensor), "a head outputs one tensor"
+        return self._scored(logits, labels, mask)
 
     def _scored(self, logits: torch.Tensor, labels: torch.Tensor, mask: Optional[torch.Tensor]) -> EvalResult:
         """Per-example losses, right examples counted when scored; a per-step output's B x T steps are its examples,
@@ -421,10 +446,20 @@ def only_input(upstream: Upstream) -> Optional[torch.Tensor]:
     return upstream
 
 
+def only_output(h: Outputs) -> torch.Tensor:
+    """The output of a stage whose module makes one (a chain's)."""
+    assert isinstance(h, torch.Tensor), "a module of one output per edge returns a tuple"
+    return h
+
+
 def _as_inputs(x: Inputs) -> tuple[torch.Tensor, ...]:
     """The inputs as this stage's own leaves: one tensor that feeds two stages in one process must not gather both
     stages' gradients in one `.grad`."""
     return (x.detach(),) if isinstance(x, torch.Tensor) else tuple(part.detach() for part in x)
+
+
+def _detached(h: Outputs) -> Outputs:
+    return tuple(part.detach() for part in h) if isinstance(h, tuple) else h.detach()
 
 
 def _summed(tensors: Sequence[Optional[torch.Tensor]]) -> torch.Tensor:

@@ -39,7 +39,7 @@ from torch.func import functional_call
 
 from dni.spec import Mode, OptimizerSpec
 from dni.workers.build.contracts import Shape
-from dni.workers.stage.blocks import Span
+from dni.workers.stage.blocks import Outputs, Span
 from dni.workers.stage.optimizers import Trained
 from dni.workers.build.registry import UnknownBuilderError, import_callable
 from dni.workers.interfaces.synthesizers import MLPSynthesizer
@@ -187,10 +187,11 @@ class Recurrent:
         self._chunk = (initial, final) if learning else None
         return outputs
 
-    def backward(self, output: torch.Tensor, gradient: torch.Tensor, span: Span) -> None:
+    def backward(self, output: Outputs, gradient: Outputs, span: Span) -> None:
         """dL_chunk/d(outputs): the core's gradients, with the synthetic gradient at the chunk's end unless it ends
         the sequence; the previous chunk's prediction learns its bootstrapped target."""
         assert self._chunk is not None, "backward follows forward"
+        assert isinstance(output, torch.Tensor) and isinstance(gradient, torch.Tensor), "a core has one output"
         initial, final = self._chunk
         self._chunk = None
         tensors, grads = [output], [gradient]
