@@ -54,13 +54,14 @@ def interrupt() -> None:
 
 
 def run_cli(*arguments: str) -> tuple[subprocess.CompletedProcess, set[int], float]:
-    """`dni run ...` as a user runs it: (its result, the worker pids it started, seconds it took)."""
+    """`dni run ...` as a user runs it: (its result, the worker pids it started, seconds it took). Only worker
+    processes count: `import torch` runs `ldconfig -p` (torch.cuda's library lookup), a child of any run."""
     started = time.monotonic()
     process = subprocess.Popen([sys.executable, "-m", "dni", "run", *arguments, "--no-progress"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     workers: set[int] = set()
     while process.poll() is None:
-        workers |= set(children(process.pid))
+        workers |= {pid for pid, command in children(process.pid).items() if "-m dni.workers" in command}
         time.sleep(0.1)
     stdout, stderr = process.communicate()
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr), workers, time.monotonic() - started
