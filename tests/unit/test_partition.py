@@ -108,6 +108,17 @@ class SizeCrosses(nn.Module):
         return self.b(h).reshape(rows, -1)
 
 
+class ScalesAcross(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        cut_here()
+        return self.b(torch.relu_(h.mul_(2)))
+
+
 CHAIN = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4))
 
 
@@ -119,6 +130,7 @@ CHAIN = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4))
     (Shared(), ["b"], "'a.weight' is used on both sides of a cut (stages 0 and 1)"),
     (nn.Sequential(nn.Linear(4, 4), nn.ReLU(inplace=True), nn.Linear(4, 2)), ["0"],
      "module '1' ('_1') in stage 1 writes in place into '_0', which stage 0 makes"),
+    (ScalesAcross(), [], ".mul_() ('mul_') in stage 1 writes in place into 'a', which stage 0 makes"),
     (SeveralOutputs(), ["a"], "forward returns several values"),
     (LateData(), ["a"], "the data is used after the first cut (by stage 1)"),
 ])

@@ -14,7 +14,6 @@ the data's shape is known, `value_shapes`) a value that crosses a cut but is no 
 """
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
@@ -29,7 +28,6 @@ from dni.workers.build.tracing import is_marker, trace
 __all__ = ["Crossing", "Partition", "cut_model", "top_level_cuts"]
 
 HEAD = "head"  # the name of the last stage, which holds the model's output
-_IN_PLACE_FUNCTIONS = {operator.iadd, operator.isub, operator.imul, operator.itruediv}
 
 
 @dataclass(frozen=True)
@@ -190,8 +188,7 @@ class Partition:
         if node.op == "call_method":
             return str(node.target).endswith("_") and not str(node.target).startswith("_")
         if node.op == "call_function":
-            return bool(node.kwargs.get("inplace")) or node.target in _IN_PLACE_FUNCTIONS \
-                or getattr(node.target, "__name__", "").endswith("_")
+            return bool(node.kwargs.get("inplace")) or getattr(node.target, "__name__", "").endswith("_")
         if node.op == "call_module":
             return bool(getattr(self.graph.get_submodule(str(node.target)), "inplace", False))
         return False
