@@ -12,18 +12,18 @@
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
-from torch import nn
+from torch import fx, nn
 
 from dni.errors import ConfigError
 from dni.graph import DATA
 from dni.workers.build.model_piece import MODEL_PIECE
 from dni.workers.build.model_slice import MODEL_SLICE, build_model
-from dni.workers.build.partition import Partition, cut_model, top_level_cuts
+from dni.workers.build.partition import Partition, top_level_cuts
 from dni.workers.build.tracing import is_marker, trace
 
-__all__ = ["MODEL_KEYS", "balanced_cuts", "check_cuts", "even_cuts", "model_table", "piece_tables", "segments", "traced"]
+__all__ = ["MODEL_KEYS", "balanced_cuts", "check_cuts", "even_cuts", "model_table", "segments"]
 
 MODEL_KEYS = ("model", "split", "cut", "synthesizer", "synthesizers")
 
@@ -50,8 +50,9 @@ def model_table(table: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ConfigError(f"seed must be int, got {seed!r:.60}")
     built = build_model(model, seed)
-    if cut is not None or (split is None and traced(built)):
-        return _traced_table(table, built, model, seed, cut, stages)
+    graph = trace(built, model) if cut is not None else _traced(built, model) if split is None else None
+    if graph is not None:
+        return _traced_table(table, graph, built, model, seed, cut, stages)
     if split is None and stages is None:
         raise ConfigError(f"model {model!r} needs split = [i, j, ...] (cut points between its children), "
                           "cut = [\"name\", ...] (submodules a stage ends after) or stages = N")
@@ -71,16 +72,20 @@ def model_table(table: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     return table, {"model": model, "split": cuts, "balance": balance}
 
 
-def traced(model: nn.Module) -> bool:
-    """Whether a model is cut by tracing it: any but an `nn.Sequential`, and one whose forward marks its cuts."""
-    return not isinstance(model, nn.Sequential) or _marks(model)
-
-
-def _marks(model: nn.Module) -> bool:
+def _traced(model: nn.Module, name: str) -> Optional[fx.GraphModule]:
+    """The trace of a model cut by tracing (any but an `nn.Sequential`, and one whose forward marks its cuts);
+    None for one cut between its children."""
+    if not isinstance(model, nn.Sequential):
+        return trace(model, name)
     try:
-        return any(is_marker(node) for node in trace(model, "model").graph.nodes)
+        graph = trace(model, name)
     except ConfigError:
-        return False  # an nn.Sequential that cannot be traced is cut between its children as before
+        return None  # an nn.Sequential that cannot be traced is cut between its children as before
+    return graph if _marks(graph) else None
+
+
+def _marks(graph: fx.GraphModule) -> bool:
+    return any(is_marker(node) for node in graph.graph.nodes)
 
 
 def _children(model: nn.Module, name: str) -> list[nn.Module]:
@@ -91,32 +96,33 @@ def _children(model: nn.Module, name: str) -> list[nn.Module]:
     return children
 
 
-def _traced_table(table: dict[str, Any], model: nn.Module, name: str, seed: int, cut: Any,
+def _traced_table(table: dict[str, Any], graph: fx.GraphModule, model: nn.Module, name: str, seed: int, cut: Any,
                   stages: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """A traced model's stages: cut where `cut` says (and at its marks), or for `stages = N` evenly among its
     children until `balance_job` measures them."""
     balance = 0
     if stages is not None:
-        candidates = top_level_cuts(model, name)
+        candidates = top_level_cuts(graph, model, name)
         if not isinstance(stages, int) or isinstance(stages, bool) or not 2 <= stages <= len(candidates) + 1:
             raise ConfigError(f"model {name!r}: stages must be a number of stages from 2 to {len(candidates) + 1} "
                               f"(it can be cut after {candidates}), got {stages!r:.60}")
-        if _marks(model):
+        if _marks(graph):
             raise ConfigError(f"model {name!r} marks its own cuts with dni.cut_here(); give those or stages = N, not both")
         balance = stages
-        cut = even_cuts(model, name, candidates, stages)
+        cut = even_cuts(graph, model, name, candidates, stages)
     elif cut is not None and not (isinstance(cut, list) and all(isinstance(path, str) for path in cut)):
         raise ConfigError(f"model {name!r}: cut must be a list of submodule names like [\"layer2\", \"layer3.1\"], got {cut!r:.60}")
-    partition = cut_model(model, cut or [], name)
+    partition = Partition(graph, model, tuple(cut or ()), name)
     synthesizers = _synthesizers(table.pop("synthesizer", None), table.pop("synthesizers", None), partition.count - 1, name)
-    table["stages"] = piece_tables(partition, name, seed, list(cut or []), [*synthesizers, {}])
+    table["stages"] = _piece_tables(partition, name, seed, list(cut or []), [*synthesizers, {}])
     return table, {"model": name, "cut": tuple(cut or ()), "balance": balance}
 
 
-def even_cuts(model: nn.Module, name: str, candidates: Sequence[str], stages: int, times: Sequence[float] = ()) -> list[str]:
-    """The children to cut after for `stages` stages of the least slowest total time (each child's part of the
-    forward counted 1 where `times` are not given), each stage with parameters to train."""
-    finest = Partition(trace(model, name), model, candidates, name, whole=False)
+def even_cuts(graph: fx.GraphModule, model: nn.Module, name: str, candidates: Sequence[str], stages: int,
+              times: Sequence[float] = ()) -> list[str]:
+    """The children of traced `model` to cut after for `stages` stages of the least slowest total time (each
+    child's part of the forward counted 1 where `times` are not given), each stage with parameters to train."""
+    finest = Partition(graph, model, candidates, name, whole=False)
     trainable = [piece in finest.trained for piece in range(finest.count)]
     if stages > sum(trainable):
         raise ConfigError(f"model {name!r}: stages = {stages}, but only {sum(trainable)} of its parts between children "
@@ -125,7 +131,7 @@ def even_cuts(model: nn.Module, name: str, candidates: Sequence[str], stages: in
     return [candidates[point - 1] for point in cuts]
 
 
-def piece_tables(partition: Partition, name: str, seed: int, cut: list[str],
+def _piece_tables(partition: Partition, name: str, seed: int, cut: list[str],
                  synthesizers: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """One `[[stages]]` entry per part of a traced model: named after its cut, taking the parts its values come from;
     its `data_shape` is filled in when the run knows it (`dni.coordinator.jobs.split.balance_job`)."""

@@ -107,10 +107,10 @@ def _fit_traced(job: Job, input_shape: Shape) -> tuple[Job, dict[str, Any]]:
     record: dict[str, Any] = {"cut": list(job.cut), "how": "as the job says"}
     if job.balance:
         model = build_model(job.model, job.seed)
-        candidates = top_level_cuts(model, job.model)
-        times = measure_pieces(Partition(trace(model, job.model), model, candidates, job.model, whole=False),
-                               input_shape, job.batch_size)
-        cut = even_cuts(model, job.model, candidates, job.balance, times)
+        graph = trace(model, job.model)
+        candidates = top_level_cuts(graph, model, job.model)
+        times = measure_pieces(Partition(graph, model, candidates, job.model, whole=False), input_shape, job.batch_size)
+        cut = even_cuts(graph, model, job.model, candidates, job.balance, times)
         how = (f"cut after {cut} from measured times {[round(time, 3) for time in times]} ms of the parts after "
                f"{candidates} (forward and backward, batch {job.batch_size})")
         synthesizers = [{"kind": stage.synthesizer.kind, **stage.synthesizer.params} for stage in job.stages[:-1]]

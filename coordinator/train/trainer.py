@@ -100,11 +100,23 @@ class Trainer:
             reply = self.pipeline.request(index, "configure", {"config": config.to_wire()}, timeout=120)
             workers[index] = {"stage": index, "address": endpoints[index].control,
                               **{k: v for k, v in reply.meta.items() if k != "ok"}}
-            shapes[index] = reply.meta.get("edge_shapes") or tuple(reply.meta["output_shape"])
+            shapes[index] = self._output_shape(index, reply.meta)
         self.workers = [workers[index] for index in range(len(self.job.stages))]
         for head in self.topology.heads:
             self.feed.check_output(tuple(workers[head]["output_shape"]), head)
         self.routes = Routes.of(self.job, [bool(worker.get("takes_labels")) for worker in self.workers])
+
+    def _output_shape(self, index: int, reply: dict[str, Any]) -> OutputShape:
+        """What a configured stage says it outputs: one shape, or one per output edge, which must name them all."""
+        per_edge = reply.get("edge_shapes")
+        if not per_edge:
+            return tuple(reply["output_shape"])
+        consumers = sorted(self.topology.names[consumer] for consumer in self.topology.consumers(index))
+        named = sorted(per_edge) if isinstance(per_edge, dict) else per_edge
+        if named != consumers:
+            raise PipelineError(f"{self.pipeline.where(index)} reports shapes for edges {named!r:.100} where it has "
+                                f"{consumers}")
+        return per_edge
 
     def _assignment(self, index: int, shapes: dict[int, OutputShape], restore: bool) -> StageAssignment:
         return stage_assignment(self.job, index, self.pipeline.endpoints, shapes, self.coordinator_address,

@@ -8,7 +8,7 @@ from torch import nn
 
 from dni.errors import ConfigError
 from dni.workers.build.partition import Crossing, cut_model, top_level_cuts
-from dni.workers.build.tracing import cut_here
+from dni.workers.build.tracing import cut_here, trace
 
 
 class Skip(nn.Module):
@@ -65,7 +65,7 @@ def test_the_cuts_are_ordered_as_the_model_runs_not_as_listed():
 
 def test_top_level_cuts_leave_out_a_child_after_which_an_in_place_write_would_cross():
     model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.ReLU(inplace=True), nn.Linear(4, 4), nn.Linear(4, 2))
-    assert top_level_cuts(model, "m") == ["0", "2", "3"]  # not after "1": the ReLU writes into its output
+    assert top_level_cuts(trace(model, "m"), model, "m") == ["0", "2", "3"]  # not after "1": the ReLU writes into its output
 
 
 class Shared(nn.Module):

@@ -25,7 +25,7 @@ from dni.coordinator.data.dataset import Dataset, train_batches
 from dni.coordinator.train.feeds import Tensors
 from dni.coordinator.data.dataset import test_batches as evaluation_batches  # not collected as a test
 from dni.coordinator.pools.pipeline import Pipeline
-from dni.errors import StageFailed, WorkerLost
+from dni.errors import PipelineError, StageFailed, WorkerLost
 from dni.coordinator.results.folder import RunFolder, read_metrics
 from dni.coordinator.train.recovery import RecoveryLimit
 from dni.coordinator.train.segments import SEGMENTS
@@ -77,6 +77,10 @@ class FakePipeline:
         self.pauses: list[float] = []
         self.silences_forgotten = 0
         self.link = Outboxes()  # the feed's outbox, whose link stats the summary reports
+        self.edge_shapes: dict[int, Any] = {}  # a stage's configure reply names these per-edge shapes
+
+    def where(self, stage: int) -> str:
+        return f"stage {stage}"
 
     # -- control -------------------------------------------------------------------------------------------
 
@@ -90,7 +94,8 @@ class FakePipeline:
         if command == "configure":
             self.configs.append(meta["config"])
             features = meta["config"]["spec"]["params"]["features"]
-            reply.update(output_shape=[features], pid=1000 + stage, device="cpu", takes_labels=stage == STAGES - 1)
+            reply.update(output_shape=[features], pid=1000 + stage, device="cpu", takes_labels=stage == STAGES - 1,
+                         edge_shapes=self.edge_shapes.get(stage, {}))
         elif command == "checkpoint":
             Path(meta["path"]).write_text(f"stage {stage} after {self.forwarded} batches")  # as save_checkpoint would
             reply["path"] = meta["path"]
@@ -256,6 +261,17 @@ def test_every_stage_is_configured_in_order_with_its_neighbours_and_the_previous
         (JOB_ID, "ipc:///fake/coordinator", 1, None)}
     assert [worker["pid"] for worker in trainer.workers] == [1000, 1001, 1002]
     assert [config["pixels"] for config in pipeline.configs] == [{"divide": True, "mean": [], "std": []}, None, None]
+
+
+def test_a_stages_shape_per_edge_reaches_its_consumer_and_one_for_edges_it_lacks_is_refused(tmp_path):
+    pipeline = FakePipeline()
+    pipeline.edge_shapes = {0: {"stage1": [64]}}  # a chain names its stages so
+    run(tmp_path / "named", pipeline, iterations=2, eval_every=2)
+    assert pipeline.configs[1]["inputs"][0]["shape"] == [64]
+    wrong = FakePipeline()
+    wrong.edge_shapes = {0: {"head": [64]}}
+    with pytest.raises(PipelineError, match=r"stage 0 reports shapes for edges \['head'\] where it has \['stage1'\]"):
+        run(tmp_path / "wrong", wrong, iterations=2, eval_every=2)
 
 
 def test_uint8_examples_travel_as_pixels_and_float_examples_as_floats(tmp_path):

@@ -44,10 +44,10 @@ def cut_model(model: nn.Module, cut: Sequence[str], name: str) -> "Partition":
     return Partition(trace(model, name), model, tuple(cut), name)
 
 
-def top_level_cuts(model: nn.Module, name: str) -> list[str]:
-    """The model's children that a cut may follow, in the order its forward finishes them: what `stages = N`
-    balances over. A child after which a cut would be refused (an in-place write, a shared parameter) is left out."""
-    graph = trace(model, name)
+def top_level_cuts(graph: fx.GraphModule, model: nn.Module, name: str) -> list[str]:
+    """The children of `model` (traced as `graph`) that a cut may follow, in the order its forward finishes them:
+    what `stages = N` balances over. A child after which a cut would be refused (an in-place write, a shared
+    parameter) is left out."""
     candidates, refusals = [], []
     for child, _ in model.named_children():
         try:
@@ -69,6 +69,7 @@ class Partition:
         self.graph, self.name = graph, name
         self.nodes = list(graph.graph.nodes)
         self.position = {node: index for index, node in enumerate(self.nodes)}
+        self.by_name = {node.name: node for node in self.nodes}
         self.names, self.bounds = self._bounds(model, cut)
         self.piece = {node: self._piece_of(node) for node in self.nodes if not is_marker(node)}
         self._check_inputs_and_output()
@@ -232,11 +233,10 @@ class Partition:
         finally:
             for module, training in modes.items():
                 module.training = training
-        by_name = {node.name: node for node in self.nodes}
         shapes = {}
         for crossing in self.crossings:
             for value in crossing.values:
-                meta = by_name[value].meta.get("tensor_meta")
+                meta = self.by_name[value].meta.get("tensor_meta")
                 if not (hasattr(meta, "shape") and len(meta.shape) >= 2 and meta.shape[0] == 2 and meta.dtype.is_floating_point):
                     raise ConfigError(f"model {self.name!r}: {value!r} crosses into stage {crossing.consumer}, but it is not "
                                       "a batch of floats with an example dimension first; cut where only such values cross")
@@ -250,7 +250,7 @@ class Partition:
         env: dict[fx.Node, fx.Node] = {}
         for crossing in self.inputs(stage):
             for value in crossing.values:
-                env[self._node(value)] = graph.placeholder(value)
+                env[self.by_name[value]] = graph.placeholder(value)
         for node in self.nodes:
             if self.piece.get(node) == stage and node.op not in ("placeholder", "output"):
                 env[node] = graph.node_copy(node, env.__getitem__)
@@ -258,15 +258,12 @@ class Partition:
             output = next(node for node in self.nodes if node.op == "output")
             graph.output(env[output.args[0]])
         else:
-            graph.output(tuple(env[self._node(value)] for value in self.sent(stage)))
+            graph.output(tuple(env[self.by_name[value]] for value in self.sent(stage)))
         return fx.GraphModule(self.graph, graph, f"stage{stage}")
 
     def sent(self, stage: int) -> list[str]:
         """The values stage `stage` sends on any output crossing, each once, in the order they first appear."""
         return list(dict.fromkeys(value for crossing in self.outputs(stage) for value in crossing.values))
-
-    def _node(self, name: str) -> fx.Node:
-        return next(node for node in self.nodes if node.name == name)
 
 
 def _inside(node: fx.Node, path: str) -> bool:
